@@ -1,0 +1,216 @@
+// kugetsu/detail/posix.hpp: the one seam through which kugetsu calls the system, plus
+// unique_fd and the small helpers built on the seam (EINTR retry, full writes, atomic
+// file replacement). Not part of the public API.
+//
+// Every call goes through detail::sys(), a table of function pointers that tests replace
+// to inject EINTR, ENOSPC, EIO, short writes or a failing fsync.
+#pragma once
+
+#include <atomic>
+#include <cerrno>
+#include <cstddef>
+#include <cstdint>
+#include <string>
+#include <string_view>
+#include <system_error>
+#include <utility>
+
+#include <fcntl.h>
+#include <sys/file.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+namespace kugetsu::detail {
+
+struct syscall_table {
+    int (*openat)(int dirfd, const char* path, int flags, mode_t mode);
+    ssize_t (*read)(int fd, void* buf, std::size_t n);
+    ssize_t (*write)(int fd, const void* buf, std::size_t n);
+    int (*fsync)(int fd);
+    int (*close)(int fd);
+    int (*renameat)(int olddirfd, const char* oldpath, int newdirfd, const char* newpath);
+    int (*unlinkat)(int dirfd, const char* path, int flags);
+    int (*mkdirat)(int dirfd, const char* path, mode_t mode);
+    int (*flock)(int fd, int op);
+    int (*linkat)(int olddirfd, const char* oldpath, int newdirfd, const char* newpath, int flags);
+};
+
+inline syscall_table default_syscalls() noexcept {
+    return {
+        [](int d, const char* p, int f, mode_t m) { return ::openat(d, p, f, m); },
+        [](int fd, void* b, std::size_t n) { return ::read(fd, b, n); },
+        [](int fd, const void* b, std::size_t n) { return ::write(fd, b, n); },
+        [](int fd) { return ::fsync(fd); },
+        [](int fd) { return ::close(fd); },
+        [](int od, const char* o, int nd, const char* n) { return ::renameat(od, o, nd, n); },
+        [](int d, const char* p, int f) { return ::unlinkat(d, p, f); },
+        [](int d, const char* p, mode_t m) { return ::mkdirat(d, p, m); },
+        [](int fd, int op) { return ::flock(fd, op); },
+        [](int od, const char* o, int nd, const char* n, int f) { return ::linkat(od, o, nd, n, f); },
+    };
+}
+
+/// The table in force. Tests may assign entries; restore with `sys() = default_syscalls()`.
+inline syscall_table& sys() noexcept {
+    static syscall_table t = default_syscalls();
+    return t;
+}
+
+inline std::error_code last_error() noexcept { return {errno, std::system_category()}; }
+
+/// Owns a descriptor. close() is never retried on EINTR: on Linux the descriptor is
+/// released whatever close returns.
+class unique_fd {
+public:
+    unique_fd() noexcept = default;
+    explicit unique_fd(int fd) noexcept : fd_(fd) {}
+    unique_fd(unique_fd&& o) noexcept : fd_(std::exchange(o.fd_, -1)) {}
+    unique_fd& operator=(unique_fd&& o) noexcept {
+        if (this != &o) reset(std::exchange(o.fd_, -1));
+        return *this;
+    }
+    ~unique_fd() { reset(); }
+    int get() const noexcept { return fd_; }
+    int release() noexcept { return std::exchange(fd_, -1); }
+    explicit operator bool() const noexcept { return fd_ >= 0; }
+    void reset(int fd = -1) noexcept {
+        if (fd_ >= 0) sys().close(fd_);
+        fd_ = fd;
+    }
+    /// Closes and reports the error close gave (EIO on some filesystems means lost data).
+    std::error_code close() noexcept {
+        if (fd_ < 0) return {};
+        const int r = sys().close(std::exchange(fd_, -1));
+        return (r < 0 && errno != EINTR) ? last_error() : std::error_code{};
+    }
+
+private:
+    int fd_ = -1;
+};
+
+/// openat with O_CLOEXEC always added, EINTR retried.
+inline unique_fd open_at(int dirfd, const char* path, int flags, mode_t mode, std::error_code& ec) noexcept {
+    for (;;) {
+        const int fd = sys().openat(dirfd, path, flags | O_CLOEXEC, mode);
+        if (fd >= 0) {
+            ec.clear();
+            return unique_fd(fd);
+        }
+        if (errno != EINTR) {
+            ec = last_error();
+            return {};
+        }
+    }
+}
+
+inline unique_fd open_path(const std::string& path, int flags, mode_t mode, std::error_code& ec) noexcept {
+    return open_at(AT_FDCWD, path.c_str(), flags, mode, ec);
+}
+
+/// Writes all of `data`, retrying EINTR and continuing after short writes.
+inline std::error_code write_all(int fd, std::string_view data) noexcept {
+    while (!data.empty()) {
+        const ssize_t n = sys().write(fd, data.data(), data.size());
+        if (n < 0) {
+            if (errno == EINTR) continue;
+            return last_error();
+        }
+        if (n == 0) return std::make_error_code(std::errc::io_error);
+        data.remove_prefix(static_cast<std::size_t>(n));
+    }
+    return {};
+}
+
+/// Reads to end of file, refusing more than `limit` bytes (EFBIG).
+inline std::string read_all(int fd, std::error_code& ec, std::size_t limit = 16u << 20) {
+    std::string out;
+    char buf[8192];
+    for (;;) {
+        const ssize_t n = sys().read(fd, buf, sizeof buf);
+        if (n < 0) {
+            if (errno == EINTR) continue;
+            ec = last_error();
+            return {};
+        }
+        if (n == 0) break;
+        out.append(buf, static_cast<std::size_t>(n));
+        if (out.size() > limit) {
+            ec = std::make_error_code(std::errc::file_too_large);
+            return {};
+        }
+    }
+    ec.clear();
+    return out;
+}
+
+inline std::error_code fsync_fd(int fd) noexcept {
+    for (;;) {
+        if (sys().fsync(fd) == 0) return {};
+        if (errno != EINTR) return last_error();
+    }
+}
+
+/// flock with EINTR retried.
+inline std::error_code flock_fd(int fd, int op) noexcept {
+    for (;;) {
+        if (sys().flock(fd, op) == 0) return {};
+        if (errno != EINTR) return last_error();
+    }
+}
+
+/// Replaces dirfd/name with `content` atomically and durably: write a temp file in the
+/// same directory, fsync it, rename it over the name, fsync the directory. On any failure
+/// the old file is untouched and the temp file is removed.
+///
+/// With `no_replace`, an existing file is left alone and the result is EEXIST (the temp
+/// file is linked to the name, which fails if it exists, then unlinked).
+inline std::error_code atomic_write_at(int dirfd, const std::string& name, std::string_view content,
+                                       bool durable = true, bool no_replace = false) noexcept {
+    static std::atomic<std::uint64_t> counter{0};
+    std::string tmp;
+    try {
+        tmp = "." + name + ".tmp." + std::to_string(::getpid()) + "." + std::to_string(++counter);
+    } catch (...) {
+        return std::make_error_code(std::errc::not_enough_memory);
+    }
+    std::error_code ec;
+    unique_fd fd = open_at(dirfd, tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW, 0600, ec);
+    if (ec) return ec;
+    ec = write_all(fd.get(), content);
+    if (!ec && durable) ec = fsync_fd(fd.get());
+    if (!ec) ec = fd.close();
+    if (!ec && no_replace) {
+        if (sys().linkat(dirfd, tmp.c_str(), dirfd, name.c_str(), 0) != 0) ec = last_error();
+        fd.reset();
+        sys().unlinkat(dirfd, tmp.c_str(), 0);
+        if (ec) return ec;
+    } else if (!ec && sys().renameat(dirfd, tmp.c_str(), dirfd, name.c_str()) != 0) {
+        ec = last_error();
+    }
+    if (ec) {
+        fd.reset();
+        sys().unlinkat(dirfd, tmp.c_str(), 0);
+        return ec;
+    }
+    if (durable) return fsync_fd(dirfd);
+    return {};
+}
+
+/// Runs a callable when the scope ends.
+template <class F>
+class scope_exit {
+public:
+    explicit scope_exit(F f) noexcept : f_(std::move(f)) {}
+    scope_exit(const scope_exit&) = delete;
+    scope_exit& operator=(const scope_exit&) = delete;
+    ~scope_exit() {
+        if (active_) f_();
+    }
+    void release() noexcept { active_ = false; }
+
+private:
+    F f_;
+    bool active_ = true;
+};
+
+} // namespace kugetsu::detail

@@ -1,0 +1,77 @@
+// kugetsu/detail/proc.hpp: process identity from /proc: the start time of a pid and the
+// boot id, so that a process_ref survives PID reuse and reboots.
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <system_error>
+
+#include <fcntl.h>
+#include <unistd.h>
+
+#include "posix.hpp"
+
+namespace kugetsu::detail {
+
+struct proc_stat {
+    char state = '?';              ///< R, S, D, Z (zombie), T, ...
+    std::uint64_t start_time = 0;  ///< clock ticks after boot (field 22)
+};
+
+/// Reads /proc/PID/stat. nullopt if there is no such process (ec clear) or on error (ec set).
+inline std::optional<proc_stat> read_proc_stat(int pid, std::error_code& ec) {
+    ec.clear();
+    const std::string path = "/proc/" + std::to_string(pid) + "/stat";
+    auto fd = open_path(path, O_RDONLY, 0, ec);
+    if (ec) {
+        if (ec == std::errc::no_such_file_or_directory || ec == std::errc::no_such_process) ec.clear();
+        return std::nullopt;
+    }
+    const std::string text = read_all(fd.get(), ec, 4096);
+    if (ec) {
+        if (ec == std::errc::no_such_process) ec.clear();   // it died while we read
+        return std::nullopt;
+    }
+    // "pid (comm) S ppid ...": comm may hold spaces and ')', so parse after the last ')'.
+    const auto close = text.rfind(')');
+    if (close == std::string::npos || close + 2 >= text.size()) {
+        ec = std::make_error_code(std::errc::protocol_error);
+        return std::nullopt;
+    }
+    std::string_view rest = std::string_view(text).substr(close + 2);
+    proc_stat st;
+    st.state = rest.front();
+    // Field 3 is the state; the start time is field 22, i.e. the 20th field of `rest`.
+    for (int field = 3; field < 22; ++field) {
+        const auto sp = rest.find(' ');
+        if (sp == std::string_view::npos) {
+            ec = std::make_error_code(std::errc::protocol_error);
+            return std::nullopt;
+        }
+        rest.remove_prefix(sp + 1);
+    }
+    std::uint64_t v = 0;
+    for (char c : rest) {
+        if (c < '0' || c > '9') break;
+        v = v * 10 + static_cast<std::uint64_t>(c - '0');
+    }
+    st.start_time = v;
+    return st;
+}
+
+/// The kernel's boot id (/proc/sys/kernel/random/boot_id), read once.
+inline const std::string& boot_id() {
+    static const std::string id = [] {
+        std::error_code ec;
+        auto fd = open_path("/proc/sys/kernel/random/boot_id", O_RDONLY, 0, ec);
+        if (ec) return std::string("unknown");
+        std::string s = read_all(fd.get(), ec, 128);
+        while (!s.empty() && (s.back() == '\n' || s.back() == ' ')) s.pop_back();
+        return ec || s.empty() ? std::string("unknown") : s;
+    }();
+    return id;
+}
+
+} // namespace kugetsu::detail

@@ -1,0 +1,72 @@
+// kugetsu/lock/flock_lock.hpp: the default lock: ::flock(LOCK_EX) on a lock file.
+//
+// Use it whenever dispatchers on one machine share a state directory: processes, or threads
+// with one flock_lock object each (a flock lock belongs to the open file description, and
+// each object opens its own). The descriptor is opened O_CLOEXEC, so an agent never inherits
+// the lock: if it did, the cap would collapse to 1 while that agent lives. The kernel
+// releases the lock when its holder dies, whatever the way.
+//
+//   scope              | forked child holds it          | released when holder dies | timed
+//   machine (one host) | until exec (O_CLOEXEC), shared | yes (kernel)              | no (try_lock)
+//
+// Not on NFS. Not recursive: lock() twice on one object is a no-op the second time (flock
+// converts the lock it already holds) but unlock() releases it once for all.
+#pragma once
+
+#include <string>
+#include <system_error>
+#include <utility>
+
+#include <fcntl.h>
+#include <sys/file.h>
+
+#include "../concepts.hpp"
+#include "../detail/posix.hpp"
+
+namespace kugetsu {
+
+class flock_lock {
+public:
+    /// Effects: remembers the path; the file is created (0600) on first use.
+    explicit flock_lock(std::string path) : path_(std::move(path)) {}
+
+    flock_lock(flock_lock&&) noexcept = default;
+    flock_lock& operator=(flock_lock&&) noexcept = default;
+
+    /// Blocks until the lock is held. EINTR is retried. Errors: opening the file.
+    void lock(std::error_code& ec) noexcept { take(LOCK_EX, ec); }
+
+    /// Returns true if the lock was free and is now held.
+    bool try_lock(std::error_code& ec) noexcept {
+        take(LOCK_EX | LOCK_NB, ec);
+        if (ec == std::errc::resource_unavailable_try_again || ec == std::errc::operation_would_block) {
+            ec.clear();
+            return false;
+        }
+        return !ec;
+    }
+
+    void unlock() noexcept {
+        if (fd_) detail::flock_fd(fd_.get(), LOCK_UN);
+    }
+
+    const std::string& path() const noexcept { return path_; }
+    /// The descriptor, or -1 before first use (for tests that check O_CLOEXEC).
+    int native_handle() const noexcept { return fd_.get(); }
+
+private:
+    void take(int op, std::error_code& ec) noexcept {
+        if (!fd_) {
+            fd_ = detail::open_path(path_, O_RDWR | O_CREAT | O_NOFOLLOW, 0600, ec);
+            if (ec) return;
+        }
+        ec = detail::flock_fd(fd_.get(), op);
+    }
+
+    std::string path_;
+    detail::unique_fd fd_;
+};
+
+static_assert(kugetsu::try_lock<flock_lock>);
+
+} // namespace kugetsu

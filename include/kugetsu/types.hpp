@@ -1,0 +1,256 @@
+// kugetsu/types.hpp: the vocabulary: task specs, queue items and their states, sessions,
+// process identities and events.
+//
+// These are plain values. Validation of untrusted input lives in json.hpp (from_json) and
+// in validate_* below; the dispatcher validates every spec it is given.
+//
+// Queue item states:
+//
+//   state      | meaning                                   | next
+//   -----------+-------------------------------------------+------------------------------
+//   pending    | waiting for a slot                        | notified, running, cancelled
+//   notified   | taken by a daemon pass, start in progress | running, pending, error, cancelled
+//   running    | an agent process is live (has a session)  | completed, error
+//   completed  | the agent exited 0                        | (final)
+//   error      | failed: exit != 0, timeout, attempts out  | (final)
+//   cancelled  | cancelled before it ran                   | (final)
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "error.hpp"
+
+namespace kugetsu {
+
+/// Wall-clock time with microsecond resolution: what every clock returns and every record stores.
+using timestamp = std::chrono::sys_time<std::chrono::microseconds>;
+using duration = std::chrono::microseconds;
+
+/// The current format version of every JSON record kugetsu writes.
+inline constexpr int record_version = 1;
+
+/// The session id of the project-manager agent: `pm-agent.json` in the file store.
+inline constexpr std::string_view pm_session_id = "pm-agent";
+
+enum class role { dev, pm };
+enum class task_state { pending, notified, running, completed, error, cancelled };
+
+constexpr bool is_final(task_state s) noexcept {
+    return s == task_state::completed || s == task_state::error || s == task_state::cancelled;
+}
+
+/// Who a process is, in a way that survives PID reuse: the pid together with the process's
+/// start time (clock ticks after boot, /proc/PID/stat field 22) and the boot id. Two refs
+/// denote the same process only if all three agree. A default ref (pid 0) denotes none.
+struct process_ref {
+    int pid = 0;
+    std::uint64_t start_time = 0;
+    std::string boot_id;
+    explicit operator bool() const noexcept { return pid > 0; }
+    friend bool operator==(const process_ref&, const process_ref&) = default;
+};
+
+/// What the caller asks for: the input of enqueue() and start().
+struct task_spec {
+    std::string id;
+    std::vector<std::string> argv;
+    kugetsu::role role = role::dev;
+    std::optional<duration> timeout{}; ///< none: no timeout
+    std::optional<int> max_attempts{}; ///< none: the dispatcher's default
+    std::string repo{};                ///< source of the workspace (a git repository), may be empty
+};
+
+/// A task as the store keeps it.
+struct queue_item {
+    std::string id;
+    std::vector<std::string> argv;
+    kugetsu::role role = role::dev;
+    std::optional<duration> timeout;
+    int attempts = 0;
+    int max_attempts = 3;
+    task_state state = task_state::pending;
+    std::string repo;
+    process_ref process;               ///< the agent (state running), or the last one
+    process_ref owner;                 ///< the kugetsu process that marked it notified
+    timestamp enqueued_at{};
+    timestamp updated_at{};
+    std::optional<timestamp> started_at;
+    std::optional<timestamp> finished_at;
+    std::optional<timestamp> term_sent_at;  ///< timeout: when SIGTERM was sent
+    bool kill_sent = false;                 ///< timeout: SIGKILL was sent too
+    std::string stop_reason;                ///< why it is being stopped: "timeout", "cancelled"
+    std::optional<int> exit_code;
+    std::string last_error;            ///< empty: none
+};
+
+/// One live agent. Dev sessions are keyed by task id; the PM's by pm_session_id.
+struct session {
+    std::string id;
+    kugetsu::role role = role::dev;
+    std::string task_id;
+    process_ref process;
+    std::string workspace;             ///< the agent's working directory ("" = inherited)
+    timestamp started_at{};
+};
+
+enum class event_type { task_queued, task_dequeued, task_started, task_completed, task_error };
+
+/// A notification. Optional fields are written only when known.
+struct event {
+    event_type type = event_type::task_queued;
+    std::string task_id;
+    timestamp time{};
+    std::optional<int> attempt;
+    std::optional<int> pid;
+    std::optional<int> exit_code;
+    std::string reason;                ///< empty: none
+};
+
+// ---------------------------------------------------------------------------------------
+// names
+
+constexpr std::string_view to_string(role r) noexcept { return r == role::pm ? "pm" : "dev"; }
+
+constexpr std::string_view to_string(task_state s) noexcept {
+    switch (s) {
+    case task_state::pending: return "pending";
+    case task_state::notified: return "notified";
+    case task_state::running: return "running";
+    case task_state::completed: return "completed";
+    case task_state::error: return "error";
+    case task_state::cancelled: return "cancelled";
+    }
+    return "?";
+}
+
+constexpr std::string_view to_string(event_type t) noexcept {
+    switch (t) {
+    case event_type::task_queued: return "task_queued";
+    case event_type::task_dequeued: return "task_dequeued";
+    case event_type::task_started: return "task_started";
+    case event_type::task_completed: return "task_completed";
+    case event_type::task_error: return "task_error";
+    }
+    return "?";
+}
+
+inline std::optional<role> parse_role(std::string_view s) noexcept {
+    if (s == "dev") return role::dev;
+    if (s == "pm") return role::pm;
+    return std::nullopt;
+}
+
+inline std::optional<task_state> parse_task_state(std::string_view s) noexcept {
+    for (auto st : {task_state::pending, task_state::notified, task_state::running,
+                    task_state::completed, task_state::error, task_state::cancelled})
+        if (to_string(st) == s) return st;
+    return std::nullopt;
+}
+
+inline std::optional<event_type> parse_event_type(std::string_view s) noexcept {
+    for (auto t : {event_type::task_queued, event_type::task_dequeued, event_type::task_started,
+                   event_type::task_completed, event_type::task_error})
+        if (to_string(t) == s) return t;
+    return std::nullopt;
+}
+
+// ---------------------------------------------------------------------------------------
+// validation
+
+/// Limits on what a spec may ask for.
+inline constexpr std::size_t max_task_id_length = 128;
+inline constexpr std::size_t max_argv_count = 4096;
+inline constexpr std::size_t max_argv_bytes = 1 << 20;
+inline constexpr int max_attempts_limit = 100;
+inline constexpr int max_cap = 4096;
+inline constexpr duration max_timeout = std::chrono::hours(24 * 365);
+
+/// A task id: 1 to 128 of letters, digits, '.', '_', '-', not starting with '.'.
+/// Such an id is safe as a file name: no '/', no "..", no NUL, no control character.
+constexpr bool valid_task_id(std::string_view id) noexcept {
+    if (id.empty() || id.size() > max_task_id_length || id.front() == '.') return false;
+    for (char c : id) {
+        const bool ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
+                        (c >= '0' && c <= '9') || c == '.' || c == '_' || c == '-';
+        if (!ok) return false;
+    }
+    return true;
+}
+
+/// True if s is well-formed UTF-8 (no overlong forms, no surrogates). JSON records hold
+/// text, so arguments must be UTF-8 to be stored without loss.
+constexpr bool valid_utf8(std::string_view s) noexcept {
+    std::size_t i = 0;
+    while (i < s.size()) {
+        const auto c = static_cast<unsigned char>(s[i]);
+        int n = 0;
+        std::uint32_t cp = 0;
+        if (c < 0x80) { ++i; continue; }
+        if ((c & 0xE0) == 0xC0) { n = 1; cp = c & 0x1F; }
+        else if ((c & 0xF0) == 0xE0) { n = 2; cp = c & 0x0F; }
+        else if ((c & 0xF8) == 0xF0) { n = 3; cp = c & 0x07; }
+        else return false;
+        if (i + static_cast<std::size_t>(n) >= s.size()) return false;
+        for (int k = 1; k <= n; ++k) {
+            const auto d = static_cast<unsigned char>(s[i + static_cast<std::size_t>(k)]);
+            if ((d & 0xC0) != 0x80) return false;
+            cp = (cp << 6) | (d & 0x3F);
+        }
+        if ((n == 1 && cp < 0x80) || (n == 2 && cp < 0x800) || (n == 3 && cp < 0x10000) || cp > 0x10FFFF ||
+            (cp >= 0xD800 && cp <= 0xDFFF))
+            return false;
+        i += static_cast<std::size_t>(n) + 1;
+    }
+    return true;
+}
+
+inline std::error_code validate_argv(const std::vector<std::string>& argv) noexcept {
+    if (argv.empty() || argv.front().empty() || argv.size() > max_argv_count)
+        return errc::invalid_argv;
+    std::size_t bytes = 0;
+    for (const auto& a : argv) {
+        if (a.find('\0') != std::string::npos || !valid_utf8(a)) return errc::invalid_argv;
+        bytes += a.size() + 1;
+    }
+    if (bytes > max_argv_bytes) return errc::invalid_argv;
+    return {};
+}
+
+inline std::error_code validate_timeout(const std::optional<duration>& t) noexcept {
+    if (t && (t->count() <= 0 || *t > max_timeout)) return errc::invalid_limit;
+    return {};
+}
+
+inline std::error_code validate_attempts(int n) noexcept {
+    if (n < 1 || n > max_attempts_limit) return errc::invalid_limit;
+    return {};
+}
+
+inline std::error_code validate_cap(int cap) noexcept {
+    if (cap < 1 || cap > max_cap) return errc::invalid_limit;
+    return {};
+}
+
+/// Checks a spec before it enters the queue.
+inline std::error_code validate(const task_spec& s) noexcept {
+    if (!valid_task_id(s.id)) return errc::invalid_task_id;
+    if (s.role == role::dev && s.id == pm_session_id) return errc::reserved_task_id;
+    if (auto ec = validate_argv(s.argv)) return ec;
+    if (auto ec = validate_timeout(s.timeout)) return ec;
+    if (s.max_attempts)
+        if (auto ec = validate_attempts(*s.max_attempts)) return ec;
+    if (s.repo.find('\0') != std::string::npos || !valid_utf8(s.repo)) return errc::invalid_record;
+    return {};
+}
+
+/// The key of the session an item's agent runs under.
+inline std::string session_id_for(const queue_item& it) {
+    return it.role == role::pm ? std::string(pm_session_id) : it.id;
+}
+
+} // namespace kugetsu

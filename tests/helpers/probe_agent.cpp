@@ -1,0 +1,74 @@
+// kugetsu-probe-agent: an agent for the real-process tests, which records the peak of live
+// agents itself, independently of the dispatcher.
+//
+//   kugetsu-probe-agent COUNTER [--hold FIFO] [--exit N]
+//
+// COUNTER holds "live peak total". On start the agent takes an flock on it, increments live
+// and total, raises peak, and writes it back; with --hold it then blocks reading FIFO until
+// end-of-file (the test closes its end to release every agent at once: no sleeps); then it
+// decrements live and exits N (default 0).
+#include <cerrno>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <string>
+
+#include <fcntl.h>
+#include <sys/file.h>
+#include <unistd.h>
+
+namespace {
+
+[[noreturn]] void die(const char* what) {
+    std::fprintf(stderr, "probe-agent: %s: %s\n", what, std::strerror(errno));
+    std::exit(120);
+}
+
+void update(const char* path, int delta) {
+    const int fd = ::open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+    if (fd < 0) die("open counter");
+    while (::flock(fd, LOCK_EX) != 0)
+        if (errno != EINTR) die("flock");
+    char buf[128] = {};
+    ssize_t n;
+    while ((n = ::pread(fd, buf, sizeof buf - 1, 0)) < 0)
+        if (errno != EINTR) die("read");
+    long live = 0, peak = 0, total = 0;
+    std::sscanf(buf, "%ld %ld %ld", &live, &peak, &total);
+    live += delta;
+    if (delta > 0) ++total;
+    if (live > peak) peak = live;
+    const int len = std::snprintf(buf, sizeof buf, "%ld %ld %ld\n", live, peak, total);
+    if (::ftruncate(fd, 0) != 0 || ::pwrite(fd, buf, static_cast<size_t>(len), 0) != len) die("write");
+    ::close(fd);   // releases the flock
+}
+
+} // namespace
+
+int main(int argc, char** argv) {
+    if (argc < 2) {
+        std::fprintf(stderr, "usage: kugetsu-probe-agent COUNTER [--hold FIFO] [--exit N]\n");
+        return 64;
+    }
+    const char* counter = argv[1];
+    const char* hold = nullptr;
+    int code = 0;
+    for (int i = 2; i + 1 < argc; i += 2) {
+        const std::string opt = argv[i];
+        if (opt == "--hold") hold = argv[i + 1];
+        else if (opt == "--exit") code = std::atoi(argv[i + 1]);
+    }
+    update(counter, +1);
+    if (hold) {
+        const int fd = ::open(hold, O_RDONLY | O_CLOEXEC);
+        if (fd < 0) die("open fifo");
+        char c;
+        for (;;) {
+            const ssize_t r = ::read(fd, &c, 1);
+            if (r == 0 || (r < 0 && errno != EINTR)) break;
+        }
+        ::close(fd);
+    }
+    update(counter, -1);
+    return code;
+}
