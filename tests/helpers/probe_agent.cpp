@@ -1,10 +1,11 @@
 // kugetsu-probe-agent: an agent for the real-process tests, which records the peak of live
 // agents itself, independently of the dispatcher.
 //
-//   kugetsu-probe-agent COUNTER [--hold FIFO] [--exit N]
+//   kugetsu-probe-agent COUNTER [--ready FIFO] [--hold FIFO] [--exit N]
 //
 // COUNTER holds "live peak total". On start the agent takes an flock on it, increments live
-// and total, raises peak, and writes it back; with --hold it then blocks reading FIFO until
+// and total, raises peak, and writes it back; with --ready it then writes one byte to that
+// FIFO (so a test knows the count includes it); with --hold it then blocks reading FIFO until
 // end-of-file (the test closes its end to release every agent at once: no sleeps); then it
 // decrements live and exits N (default 0).
 #include <cerrno>
@@ -47,18 +48,27 @@ void update(const char* path, int delta) {
 
 int main(int argc, char** argv) {
     if (argc < 2) {
-        std::fprintf(stderr, "usage: kugetsu-probe-agent COUNTER [--hold FIFO] [--exit N]\n");
+        std::fprintf(stderr, "usage: kugetsu-probe-agent COUNTER [--ready FIFO] [--hold FIFO] [--exit N]\n");
         return 64;
     }
     const char* counter = argv[1];
     const char* hold = nullptr;
+    const char* ready = nullptr;
     int code = 0;
     for (int i = 2; i + 1 < argc; i += 2) {
         const std::string opt = argv[i];
         if (opt == "--hold") hold = argv[i + 1];
+        else if (opt == "--ready") ready = argv[i + 1];
         else if (opt == "--exit") code = std::atoi(argv[i + 1]);
     }
     update(counter, +1);
+    if (ready) {
+        const int fd = ::open(ready, O_WRONLY | O_CLOEXEC);
+        if (fd < 0) die("open ready fifo");
+        while (::write(fd, "r", 1) < 0)
+            if (errno != EINTR) die("write ready fifo");
+        ::close(fd);
+    }
     if (hold) {
         const int fd = ::open(hold, O_RDONLY | O_CLOEXEC);
         if (fd < 0) die("open fifo");

@@ -12,7 +12,8 @@
 // The program is looked up on PATH in the parent (before fork); the child calls only
 // async-signal-safe functions, so spawning from a multi-threaded host is safe. The child's
 // environment is the parent's plus KUGETSU_TASK_ID=<task id>. Every descriptor kugetsu opens
-// is O_CLOEXEC, so the agent inherits only stdin, stdout and stderr from kugetsu.
+// is O_CLOEXEC, and the child marks every descriptor above 2 close-on-exec before exec (also
+// those a host leaked), so the agent inherits stdin, stdout and stderr only.
 //
 // Liveness: poll() reaps this object's own children with waitpid(WNOHANG) and so knows
 // their exit codes; any other process (started by another dispatcher, or before a restart)
@@ -37,6 +38,7 @@
 #include <vector>
 
 #include <fcntl.h>
+#include <linux/close_range.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
@@ -283,6 +285,10 @@ private:
         ::close(go_parent);
         ::close(err_read);
         for (int fd : foreign) ::close(fd);
+        // The agent inherits descriptors 0, 1 and 2 only, even ones the host leaked without
+        // O_CLOEXEC; the go socket and the error pipe are used before exec and closed by it.
+        if (::syscall(SYS_close_range, 3u, ~0u, CLOSE_RANGE_CLOEXEC) != 0)
+            for (int fd = 3; fd < 65536; ++fd) ::fcntl(fd, F_SETFD, FD_CLOEXEC);
         ::setpgid(0, 0);
         struct sigaction dfl{};
         dfl.sa_handler = SIG_DFL;

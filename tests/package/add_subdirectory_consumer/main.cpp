@@ -1,0 +1,94 @@
+// A host program that vendors kugetsu (add_subdirectory). Exits non-zero if the
+// lock models or the lock concept do not behave as documented.
+//
+// Usage: add_subdirectory_consumer [lock-file]
+#include <kugetsu/concepts.hpp>
+#include <kugetsu/lock/flock_lock.hpp>
+#include <kugetsu/lock/null_lock.hpp>
+
+#include <cstdio>
+#include <filesystem>
+#include <string>
+#include <system_error>
+
+#include <unistd.h>
+
+namespace {
+
+int failures = 0;
+
+void check(bool ok, const char* what) {
+    if (!ok) {
+        std::fprintf(stderr, "FAILED: %s\n", what);
+        ++failures;
+    }
+}
+
+// A host's own code written against the concept, not against a model.
+template <kugetsu::lock Lock>
+bool run_locked(Lock& l, int& counter) {
+    std::error_code ec;
+    l.lock(ec);
+    if (ec) return false;
+    ++counter;
+    l.unlock();
+    return true;
+}
+
+struct not_a_lock {
+    void lock() {}
+};
+
+static_assert(kugetsu::lock<kugetsu::flock_lock>);
+static_assert(kugetsu::lock<kugetsu::null_lock>);
+static_assert(!kugetsu::lock<not_a_lock>);
+static_assert(!kugetsu::lock<int>);
+
+} // namespace
+
+int main(int argc, char** argv) {
+    std::error_code ec;
+    const std::string path = argc > 1
+        ? std::string(argv[1])
+        : (std::filesystem::temp_directory_path() /
+           ("kugetsu-consumer-" + std::to_string(::getpid()) + ".lock")).string();
+    std::filesystem::remove(path, ec);
+
+    {
+        kugetsu::flock_lock first(path);
+        kugetsu::flock_lock second(path);
+
+        first.lock(ec);
+        check(!ec, "flock_lock::lock succeeds");
+
+        ec.clear();
+        check(!second.try_lock(ec), "a second flock_lock on the same file cannot be taken");
+        check(!ec, "try_lock on a held lock reports 'not taken', not an error");
+
+        first.unlock();
+        ec.clear();
+        check(second.try_lock(ec), "after unlock, the second flock_lock can be taken");
+        check(!ec, "try_lock on a free lock reports no error");
+        second.unlock();
+
+        int counter = 0;
+        check(run_locked(first, counter) && counter == 1, "a concept-constrained template runs flock_lock");
+    }
+
+    {
+        kugetsu::null_lock a;
+        kugetsu::null_lock b;
+        a.lock(ec);
+        check(!ec, "null_lock::lock succeeds");
+        check(b.try_lock(ec) && !ec, "null_lock excludes nothing");
+        b.unlock();
+        a.unlock();
+
+        int counter = 0;
+        check(run_locked(a, counter) && counter == 1, "a concept-constrained template runs null_lock");
+    }
+
+    std::filesystem::remove(path, ec);
+    if (failures == 0) std::puts("kugetsu consumer: all checks passed");
+    return failures == 0 ? 0 : 1;
+}

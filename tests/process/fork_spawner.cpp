@@ -1,0 +1,280 @@
+// fork_spawner on real processes: argv without a shell, process groups, logs, exec failures
+// through the CLOEXEC pipe, the held phase, identity that survives PID reuse, signals.
+#include <catch2/catch.hpp>
+
+#include <kugetsu/kugetsu.hpp>
+
+#include <csignal>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+
+#include <poll.h>
+#include <sys/prctl.h>
+#include <sys/syscall.h>
+
+#include "support/proc.hpp"
+
+using namespace kugetsu;
+using kugetsu::test::fork_child;
+using kugetsu::test::pipe_pair;
+using kugetsu::test::slurp;
+using kugetsu::test::temp_dir;
+using kugetsu::test::wait_child;
+
+namespace {
+
+/// Blocks until the child exits, without reaping it (poll() does that).
+void await_exit(int pid) {
+    siginfo_t info{};
+    while (::waitid(P_PID, static_cast<id_t>(pid), &info, WEXITED | WNOWAIT) < 0 && errno == EINTR) {}
+}
+
+process_status run_to_end(fork_spawner& sp, const process_ref& p) {
+    await_exit(p.pid);
+    std::error_code ec;
+    return sp.poll(p, ec);
+}
+
+/// Blocks until any process (not necessarily a child) has exited.
+void await_death(int pid) {
+    const int fd = static_cast<int>(::syscall(SYS_pidfd_open, pid, 0));
+    if (fd < 0) return;   // already gone
+    pollfd p{fd, POLLIN, 0};
+    while (::poll(&p, 1, -1) < 0 && errno == EINTR) {}
+    ::close(fd);
+}
+
+bool pending_sigterm(int pid) {
+    std::istringstream in(slurp("/proc/" + std::to_string(pid) + "/status"));
+    for (std::string line; std::getline(in, line);) {
+        if (line.rfind("ShdPnd:", 0) == 0 || line.rfind("SigPnd:", 0) == 0) {
+            const auto mask = std::stoull(line.substr(7), nullptr, 16);
+            if (mask & (1ull << (SIGTERM - 1))) return true;
+        }
+    }
+    return false;
+}
+
+} // namespace
+
+TEST_CASE("fork_spawner runs argv without a shell, in its own process group, logging to the task's log") {
+    temp_dir d;
+    fork_spawner sp(d / "logs");
+    std::error_code ec;
+    auto p = sp.spawn({"t1", {"/bin/sh", "-c",
+                              "echo out; echo err >&2; echo \"arg=$0\"; "
+                              "echo pgid=$(cut -d' ' -f5 /proc/$$/stat); echo task=$KUGETSU_TASK_ID; cat",
+                              "$HOME; rm -rf /"},
+                       ""},
+                      ec);
+    REQUIRE_FALSE(ec);
+    REQUIRE(p.pid > 0);
+    CHECK(p.start_time > 0);
+    CHECK(p.boot_id == kugetsu::detail::boot_id());
+    sp.release(p, ec);
+    REQUIRE_FALSE(ec);
+    auto st = run_to_end(sp, p);
+    CHECK(st.state == process_state::exited);
+    CHECK(st.exit_code == 0);   // `cat` read /dev/null: stdin is not the test's
+    const std::string log = slurp(d / "logs/t1.log");
+    CHECK(log.find("out\n") != std::string::npos);
+    CHECK(log.find("err\n") != std::string::npos);
+    CHECK(log.find("arg=$HOME; rm -rf /\n") != std::string::npos);
+    CHECK(log.find("pgid=" + std::to_string(p.pid) + "\n") != std::string::npos);
+    CHECK(log.find("task=t1\n") != std::string::npos);
+    CHECK(std::filesystem::status(d / "logs").permissions() == std::filesystem::perms::owner_all);
+}
+
+TEST_CASE("fork_spawner finds programs on PATH and reports a missing one before forking") {
+    temp_dir d;
+    fork_spawner sp(d / "logs");
+    std::error_code ec;
+    auto p = sp.spawn({"t1", {"true"}, ""}, ec);
+    REQUIRE_FALSE(ec);
+    sp.release(p, ec);
+    CHECK_FALSE(ec);
+    CHECK(run_to_end(sp, p).exit_code == 0);
+    sp.spawn({"t2", {"kugetsu-no-such-program-xyz"}, ""}, ec);
+    CHECK(ec == std::errc::no_such_file_or_directory);
+    CHECK(sp.last_error_detail().find("kugetsu-no-such-program-xyz") != std::string::npos);
+}
+
+TEST_CASE("an exec failure comes back from release() as the child's errno") {
+    temp_dir d;
+    fork_spawner sp(d / "logs");
+    std::error_code ec;
+    auto p = sp.spawn({"t1", {"/nonexistent/agent"}, ""}, ec);
+    REQUIRE_FALSE(ec);
+    sp.release(p, ec);
+    CHECK(ec == std::errc::no_such_file_or_directory);
+    CHECK(sp.last_error_detail().find("exec \"/nonexistent/agent\"") != std::string::npos);
+    CHECK(sp.poll(p, ec).state == process_state::gone);   // already reaped
+    // A file that is not executable.
+    std::ofstream(d / "script") << "not a program\n";
+    auto q = sp.spawn({"t2", {d / "script"}, ""}, ec);
+    REQUIRE_FALSE(ec);
+    sp.release(q, ec);
+    CHECK(ec == std::errc::permission_denied);
+}
+
+TEST_CASE("a working directory that cannot be entered is reported by release()") {
+    temp_dir d;
+    fork_spawner sp(d / "logs");
+    std::error_code ec;
+    auto p = sp.spawn({"t1", {"/bin/true"}, d / "missing"}, ec);
+    REQUIRE_FALSE(ec);
+    sp.release(p, ec);
+    CHECK(ec == std::errc::no_such_file_or_directory);
+    CHECK(sp.last_error_detail().find("chdir") != std::string::npos);
+}
+
+TEST_CASE("an abandoned held child never runs the program") {
+    temp_dir d;
+    fork_spawner sp(d / "logs");
+    std::error_code ec;
+    const std::string marker = d / "ran";
+    auto p = sp.spawn({"t1", {"/bin/sh", "-c", "echo ran > " + marker}, ""}, ec);
+    REQUIRE_FALSE(ec);
+    CHECK(sp.poll(p, ec).state == process_state::running);   // held: counts as live
+    sp.abandon(p);
+    CHECK_FALSE(std::filesystem::exists(marker));
+    CHECK(sp.poll(p, ec).state == process_state::gone);
+    sp.release(p, ec);
+    CHECK(ec == errc::not_held);
+}
+
+TEST_CASE("a held child whose spawning process dies exits without running the program") {
+    temp_dir d;
+    const std::string marker = d / "ran";
+    REQUIRE(::prctl(PR_SET_CHILD_SUBREAPER, 1) == 0);
+    pipe_pair out;
+    const pid_t spawner_proc = fork_child([&] {
+        fork_spawner sp(d / "logs");
+        std::error_code ec;
+        auto p = sp.spawn({"t1", {"/bin/sh", "-c", "echo ran > " + marker}, ""}, ec);
+        if (ec) return 1;
+        ::write(out.w, &p.pid, sizeof p.pid);
+        ::_exit(0);   // dies with the child held (no destructor runs)
+    });
+    out.close_write();
+    int held = 0;
+    REQUIRE(::read(out.r, &held, sizeof held) == sizeof held);
+    CHECK(wait_child(spawner_proc) == 0);
+    CHECK(wait_child(held) == 127);   // reparented to us, the subreaper
+    CHECK_FALSE(std::filesystem::exists(marker));
+    ::prctl(PR_SET_CHILD_SUBREAPER, 0);
+}
+
+TEST_CASE("poll reports exit codes, and 128+signal for a killed agent") {
+    temp_dir d;
+    fork_spawner sp(d / "logs");
+    std::error_code ec;
+    auto p = sp.spawn({"t1", {"/bin/sh", "-c", "exit 7"}, ""}, ec);
+    sp.release(p, ec);
+    auto st = run_to_end(sp, p);
+    CHECK(st.state == process_state::exited);
+    CHECK(st.exit_code == 7);
+    auto q = sp.spawn({"t2", {"/bin/sleep", "1000"}, ""}, ec);
+    sp.release(q, ec);
+    CHECK(sp.poll(q, ec).state == process_state::running);
+    sp.signal(q, stop_signal::kill, ec);
+    CHECK_FALSE(ec);
+    st = run_to_end(sp, q);
+    CHECK(st.exit_code == 128 + SIGKILL);
+}
+
+TEST_CASE("signal reaches the agent's whole process group") {
+    temp_dir d;
+    fork_spawner sp(d / "logs");
+    std::error_code ec;
+    auto p = sp.spawn({"t1", {"/bin/sh", "-c", "/bin/sleep 1000 & echo $!; wait"}, ""}, ec);
+    sp.release(p, ec);
+    REQUIRE_FALSE(ec);
+    int sleeper = 0;
+    while (sleeper == 0) {   // the shell has written the pid once the log is non-empty
+        std::istringstream in(slurp(d / "logs/t1.log"));
+        in >> sleeper;
+        if (sleeper == 0) {
+            struct pollfd none{};
+            ::poll(&none, 0, 1);
+        }
+    }
+    sp.signal(p, stop_signal::terminate, ec);
+    CHECK_FALSE(ec);
+    CHECK(run_to_end(sp, p).exit_code == 128 + SIGTERM);
+    await_death(sleeper);   // returns only because the group signal killed it too
+    std::error_code pec;
+    auto st = kugetsu::detail::read_proc_stat(sleeper, pec);
+    CHECK((!st || st->state == 'Z'));
+}
+
+TEST_CASE("a process ref survives PID reuse: a wrong start time or boot id means gone, and is never signalled") {
+    temp_dir d;
+    fork_spawner sp(d / "logs");
+    pipe_pair ready, never;
+    // A process that is not the spawner's child, leading its own group, with SIGTERM blocked
+    // so that a signal sent to it stays visible as pending.
+    const pid_t other = fork_child([&] {
+        never.close_write();
+        ::setpgid(0, 0);
+        sigset_t s;
+        sigemptyset(&s);
+        sigaddset(&s, SIGTERM);
+        sigprocmask(SIG_BLOCK, &s, nullptr);
+        ready.put('r');
+        never.wait_eof();
+        return 0;
+    });
+    REQUIRE(ready.get() == 'r');
+    std::error_code ec;
+    auto st = kugetsu::detail::read_proc_stat(other, ec);
+    REQUIRE(st);
+    const process_ref real{other, st->start_time, kugetsu::detail::boot_id()};
+    process_ref reused = real;
+    reused.start_time += 1;
+    process_ref rebooted = real;
+    rebooted.boot_id = "another-boot";
+    CHECK(sp.poll(real, ec).state == process_state::running);
+    CHECK(sp.poll(reused, ec).state == process_state::gone);
+    CHECK(sp.poll(rebooted, ec).state == process_state::gone);
+    sp.signal(reused, stop_signal::terminate, ec);
+    sp.signal(rebooted, stop_signal::terminate, ec);
+    CHECK_FALSE(pending_sigterm(other));
+    sp.signal(real, stop_signal::terminate, ec);
+    CHECK(pending_sigterm(other));
+    ::kill(other, SIGKILL);
+    wait_child(other);
+    CHECK(sp.poll(real, ec).state == process_state::gone);
+}
+
+TEST_CASE("self() names the calling process") {
+    temp_dir d;
+    fork_spawner sp(d / "logs");
+    auto me = sp.self();
+    CHECK(me.pid == ::getpid());
+    std::error_code ec;
+    CHECK(sp.poll(me, ec).state == process_state::running);
+}
+
+TEST_CASE("an agent inherits only stdin, stdout and stderr, even descriptors the host leaked") {
+    temp_dir d;
+    fork_spawner sp(d / "logs");
+    flock_lock l(d / "lock");
+    std::error_code ec;
+    l.lock(ec);
+    const int leaked = ::open("/dev/null", O_RDONLY);   // no O_CLOEXEC: a careless host
+    auto p = sp.spawn({"t1", {"/bin/ls", "/proc/self/fd"}, ""}, ec);
+    ::close(leaked);
+    sp.release(p, ec);
+    l.unlock();
+    REQUIRE(run_to_end(sp, p).exit_code == 0);
+    std::istringstream in(slurp(d / "logs/t1.log"));
+    std::vector<std::string> fds;
+    for (std::string s; in >> s;) fds.push_back(s);
+    // 0, 1, 2, and the descriptor ls itself opened to read the directory.
+    CHECK(fds.size() == 4);
+    CHECK(fds[0] == "0");
+    CHECK(fds[1] == "1");
+    CHECK(fds[2] == "2");
+}
