@@ -97,7 +97,8 @@ concept notifier = requires(N& n, const event& e) {
 /// errc::duplicate_task if the id exists; items_in_state returns at most `limit` items of
 /// that state, oldest first (enqueued_at, then id); a record that cannot be read is an error
 /// (errc::store_corrupt) that names it, never silently skipped. The dispatcher calls every
-/// mutating operation with its lock held.
+/// operation but create_item with its lock held; create_item is atomic on its own (enqueue
+/// takes no lock).
 template <class S>
 concept store = requires(S& s, const queue_item& it, const session& se, std::string_view id,
                          task_state st, std::size_t limit, std::error_code& ec) {

@@ -10,7 +10,8 @@
 // Operations (each in two forms: `ec&`, and throwing kugetsu::error):
 //   enqueue(spec)      pending; task_queued. Takes no lock: creating a record is atomic.
 //   start(spec)        a new task now: no free slot -> start_status::no_slot, nothing written;
-//                      otherwise up to max_attempts attempts in the foreground.
+//                      otherwise up to max_attempts attempts in the foreground; if all fail,
+//                      the task is error and ec is errc::attempts_exhausted.
 //   start_item(id)     one attempt at a pending or notified task; no slot -> back to pending
 //                      without using an attempt ("lost race").
 //   process_queue()    free = cap - live; take up to `free` pending tasks, oldest first, mark
@@ -166,6 +167,7 @@ public:
             start_result r;
             do r = attempt_locked(it, ec);
             while (!ec && r.status == start_status::failed && !is_final(r.item.state));
+            if (!ec && r.status == start_status::failed) ec = errc::attempts_exhausted;
             return r;
         });
     }
@@ -238,11 +240,14 @@ public:
             if (ec || batch.empty()) break;
             report.taken += static_cast<int>(batch.size());
             bool slot_freed = false;
-            for (const auto& id : batch) {
+            for (std::size_t i = 0; i < batch.size(); ++i) {
                 std::error_code sec;
-                const auto r = start_item(id, sec);
+                const auto r = start_item(batch[i], sec);
                 if (sec && sec != errc::invalid_transition) {   // a state or I/O error: stop the pass
                     ec = sec;
+                    const std::string why = detail_;
+                    unclaim(batch, i + 1);
+                    detail_ = why;
                     return report;
                 }
                 switch (r.status) {
@@ -257,6 +262,26 @@ public:
     }
     pass_report process_queue() { return throwing([&](auto& ec) { return process_queue(ec); }); }
 
+private:
+    /// Returns the claimed tasks batch[from...] to pending (best effort), so that they do not
+    /// wait, notified, for this process to die.
+    void unclaim(const std::vector<std::string>& batch, std::size_t from) {
+        std::error_code ec;
+        locked(ec, [&] {
+            for (std::size_t i = from; i < batch.size(); ++i) {
+                std::error_code e;
+                auto it = store_.get_item(batch[i], e);
+                if (e || !it || it->state != task_state::notified || it->owner != spawner_.self()) continue;
+                it->state = task_state::pending;
+                it->owner = {};
+                it->updated_at = clock_.now();
+                store_.put_item(*it, e);
+            }
+            return 0;
+        });
+    }
+
+public:
     reap_report reap(std::error_code& ec) {
         ec.clear();
         return locked(ec, [&] {

@@ -62,6 +62,15 @@ int main(int argc, char** argv) {
         else if (opt == "--exit") code = std::atoi(argv[i + 1]);
     }
     update(counter, +1);
+    // Open the hold FIFO before saying "ready": the test closes its end only after every
+    // agent is ready, so no agent can miss the release. O_NONBLOCK: opening for reading
+    // does not wait for a writer; reads then block while the test's end is open.
+    int hold_fd = -1;
+    if (hold) {
+        hold_fd = ::open(hold, O_RDONLY | O_NONBLOCK | O_CLOEXEC);
+        if (hold_fd < 0) die("open hold fifo");
+        ::fcntl(hold_fd, F_SETFL, ::fcntl(hold_fd, F_GETFL) & ~O_NONBLOCK);
+    }
     if (ready) {
         const int fd = ::open(ready, O_WRONLY | O_CLOEXEC);
         if (fd < 0) die("open ready fifo");
@@ -69,15 +78,13 @@ int main(int argc, char** argv) {
             if (errno != EINTR) die("write ready fifo");
         ::close(fd);
     }
-    if (hold) {
-        const int fd = ::open(hold, O_RDONLY | O_CLOEXEC);
-        if (fd < 0) die("open fifo");
+    if (hold_fd >= 0) {
         char c;
         for (;;) {
-            const ssize_t r = ::read(fd, &c, 1);
+            const ssize_t r = ::read(hold_fd, &c, 1);
             if (r == 0 || (r < 0 && errno != EINTR)) break;
         }
-        ::close(fd);
+        ::close(hold_fd);
     }
     update(counter, -1);
     return code;

@@ -188,18 +188,19 @@ TEST_CASE("signal reaches the agent's whole process group") {
     temp_dir d;
     fork_spawner sp(d / "logs");
     std::error_code ec;
-    auto p = sp.spawn({"t1", {"/bin/sh", "-c", "/bin/sleep 1000 & echo $!; wait"}, ""}, ec);
+    const std::string fifo = d / "pid.fifo";
+    REQUIRE(::mkfifo(fifo.c_str(), 0600) == 0);
+    const int rd = ::open(fifo.c_str(), O_RDWR | O_CLOEXEC);   // O_RDWR: the shell's open never blocks
+    auto p = sp.spawn({"t1", {"/bin/sh", "-c", "/bin/sleep 1000 & echo $! > " + fifo + "; wait"}, ""}, ec);
     sp.release(p, ec);
     REQUIRE_FALSE(ec);
-    int sleeper = 0;
-    while (sleeper == 0) {   // the shell has written the pid once the log is non-empty
-        std::istringstream in(slurp(d / "logs/t1.log"));
-        in >> sleeper;
-        if (sleeper == 0) {
-            struct pollfd none{};
-            ::poll(&none, 0, 1);
-        }
+    std::string line;
+    for (char c = 0; c != '\n';) {   // the shell writes the sleeper's pid once it runs
+        if (::read(rd, &c, 1) != 1) break;
+        line += c;
     }
+    ::close(rd);
+    const int sleeper = std::stoi(line);
     sp.signal(p, stop_signal::terminate, ec);
     CHECK_FALSE(ec);
     CHECK(run_to_end(sp, p).exit_code == 128 + SIGTERM);

@@ -289,8 +289,11 @@ TEST_CASE("a workspace failure is a failed attempt too") {
 
 TEST_CASE("direct start retries in the foreground and reports exhaustion") {
     rig r;
-    r.spawner.fail_next_spawns(5);
-    auto res = r.d.start(r.spec("x"));
+    r.spawner.fail_next_spawns(6);
+    std::error_code ec;
+    auto res = r.d.start(r.spec("x"), ec);
+    CHECK(ec == errc::attempts_exhausted);
+    CHECK_THROWS_AS(r.d.start(r.spec("y")), kugetsu::error);
     CHECK(res.status == start_status::failed);
     CHECK(res.item.state == task_state::error);
     CHECK(res.item.attempts == 3);

@@ -5,7 +5,8 @@
 // spawns or releases fail, and see every request, signal and the peak of running agents.
 // Copies share one state, so a test keeps a copy of the spawner it gives the dispatcher.
 // A terminate or kill signal ends the process with 128+signal unless it was told to ignore
-// SIGTERM. (The simulator in sim/ has its own, scheduled spawner.)
+// SIGTERM. Like a real child, an exited process reports its exit code to one poll() and is
+// gone after that. (The simulator in sim/ has its own, scheduled spawner.)
 #pragma once
 
 #include <map>
@@ -27,6 +28,7 @@ public:
         process_state state = process_state::running;
         int exit_code = -1;
         bool ignore_term = false;
+        bool reaped = false;            ///< its exit was reported by poll(): gone from now on
         std::vector<stop_signal> signals;
     };
 
@@ -81,7 +83,8 @@ public:
         ec.clear();
         if (p == s_->self) return {s_->self_alive ? process_state::running : process_state::gone, -1};
         auto it = s_->procs.find(p.pid);
-        if (it == s_->procs.end() || ref(p.pid) != p) return {process_state::gone, -1};
+        if (it == s_->procs.end() || ref(p.pid) != p || it->second.reaped) return {process_state::gone, -1};
+        if (it->second.state == process_state::exited) it->second.reaped = true;   // reported once
         return {it->second.state, it->second.exit_code};
     }
 

@@ -66,7 +66,8 @@ inline std::string resolve_program(const std::string& argv0, std::error_code& ec
         const auto colon = dirs.find(':');
         std::string dir(dirs.substr(0, colon));
         if (dir.empty()) dir = ".";
-        std::string candidate = dir + "/" + argv0;
+        std::string candidate;
+        candidate.append(dir).append(1, '/').append(argv0);
         struct stat st{};
         if (::stat(candidate.c_str(), &st) == 0 && S_ISREG(st.st_mode)) {
             if (::access(candidate.c_str(), X_OK) == 0) return candidate;

@@ -1,0 +1,34 @@
+// Example 0: the host program shown in the README: queue three tasks, run them at most two at
+// a time, print how each ended. The agents are ordinary programs (echo, ls, true), run without
+// a shell; their output goes to HOME/logs/<task id>.log, the events to HOME/events.jsonl.
+//
+// Expected output:
+//   echo completed
+//   ls completed
+//   true completed
+#include <kugetsu/kugetsu.hpp>
+
+#include <cstdlib>
+#include <iostream>
+
+#include <sys/wait.h>
+
+int main() {
+    char home[] = "/tmp/kugetsu-example-XXXXXX";
+    if (!::mkdtemp(home)) return 1;
+    kugetsu::dispatcher d = kugetsu::open_dispatcher(home, {.cap = 2});
+    d.enqueue({"echo", {"echo", "hello"}});
+    d.enqueue({"ls", {"ls", "/"}});
+    d.enqueue({"true", {"true"}});
+    while (d.process_queue().taken > 0 || d.live() > 0) {   // fill the free slots, then
+        siginfo_t info{};
+        ::waitid(P_ALL, 0, &info, WEXITED | WNOWAIT);        // sleep until an agent exits
+    }
+    std::error_code ec;
+    bool all_completed = true;
+    for (const auto& it : d.store().list_items(ec)) {
+        std::cout << it.id << " " << kugetsu::to_string(it.state) << "\n";
+        all_completed = all_completed && it.state == kugetsu::task_state::completed;
+    }
+    return all_completed && !ec ? 0 : 1;
+}
