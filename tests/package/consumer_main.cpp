@@ -1,7 +1,8 @@
-// A host program built against an installed kugetsu (find_package). Exits non-zero if the
-// lock models or the lock concept do not behave as documented.
+// A host program that uses kugetsu, built by both consumer projects (find_package and
+// add_subdirectory). Exits non-zero if the lock models or the lock concept do not behave
+// as documented.
 //
-// Usage: find_package_consumer [lock-file]
+// Usage: find_package_consumer [lock-file]   (or add_subdirectory_consumer)
 #include <kugetsu/concepts.hpp>
 #include <kugetsu/lock/flock_lock.hpp>
 #include <kugetsu/lock/null_lock.hpp>
