@@ -466,6 +466,25 @@ TEST_CASE("git_worktree_workspace can prepare a task again after remove") {
     CHECK(worktrees(repo) == std::vector<std::string>{repo});
 }
 
+TEST_CASE("git_worktree_workspace never resets a branch that holds commits HEAD lacks") {
+    temp_dir tmp;
+    const std::string repo = make_repo(tmp);
+    kugetsu::git_worktree_workspace ws(tmp / "worktrees", repo);
+    std::error_code ec;
+    const std::string path = ws.prepare(task("t1"), ec);
+    REQUIRE_FALSE(ec);
+    write_file(path + "/work.txt", "done\n");
+    require_git(path, {"add", "work.txt"});
+    require_git(path, {"commit", "-q", "-m", "agent work"});
+    ws.remove(task("t1"), ec);
+    REQUIRE_FALSE(ec);
+    // Preparing the same id again would move kugetsu/t1 back to HEAD: refused, work kept.
+    CHECK(ws.prepare(task("t1"), ec).empty());
+    CHECK(ec == kugetsu::errc::workspace_failed);
+    CHECK(ws.last_error_detail().find("kugetsu/t1") != std::string::npos);
+    CHECK(git(repo, {"log", "-1", "--format=%s", "kugetsu/t1"}).output == "agent work\n");
+}
+
 TEST_CASE("git_worktree_workspace keeps a dirty worktree and reports workspace_failed") {
     temp_dir tmp;
     const std::string repo = make_repo(tmp);

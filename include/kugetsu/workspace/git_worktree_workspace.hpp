@@ -116,6 +116,13 @@ public:
         if (!git(repo, {"worktree", "prune"}, ec)) return {};
         if (!is_registered(repo, path, registered, ec)) return {};
         if (registered && !git(repo, {"worktree", "remove", path}, ec)) return {};
+        // -B resets an existing branch to HEAD: only allowed when that loses no commit.
+        if (branch_has_own_commits(repo, branch_for(it))) {
+            fail("branch " + branch_for(it) + " has commits that HEAD lacks; kept (delete or merge it to reuse id \"" +
+                     it.id + "\")",
+                 ec);
+            return {};
+        }
         if (!git(repo, {"worktree", "add", "-B", branch_for(it), path, "HEAD"}, ec)) return {};
         return path;
     }
@@ -185,6 +192,20 @@ private:
         }
         if (out) *out = std::move(r.output);
         return true;
+    }
+
+    // True if refs/heads/BRANCH exists and is not an ancestor of HEAD (so -B would drop
+    // commits). Any doubt (git fails) counts as true: keep the work.
+    bool branch_has_own_commits(const std::string& repo, const std::string& branch) {
+        std::error_code ec;
+        const std::string ref = "refs/heads/" + branch;
+        auto exists = detail::run_command({"git", "-C", repo, "rev-parse", "--verify", "--quiet", ref}, "",
+                                          detail::git_environment(), ec);
+        if (ec) return true;
+        if (exists.exit_code != 0) return false;   // no such branch
+        auto merged = detail::run_command({"git", "-C", repo, "merge-base", "--is-ancestor", ref, "HEAD"}, "",
+                                          detail::git_environment(), ec);
+        return ec || merged.exit_code != 0;
     }
 
     // Whether `path` is a registered worktree of `repo`. Stale registrations have just been
