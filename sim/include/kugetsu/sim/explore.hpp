@@ -1,0 +1,258 @@
+// kugetsu/sim/explore.hpp: exploring schedules: random (seeded), PCT (priority-based, with a
+// bug-depth parameter), exhaustive (breadth-first over choice prefixes, every reachable state
+// once, by state hashing), replay, and shrinking a counterexample to a short schedule.
+//
+// A schedule is the list of actor ids chosen at each step, a kill recorded as -(id + 1).
+// Replaying (seed, schedule) reproduces a run exactly, trace byte for byte.
+#pragma once
+
+#include <chrono>
+#include <deque>
+#include <optional>
+#include <string>
+#include <unordered_set>
+#include <vector>
+
+#include "scenario.hpp"
+
+namespace kugetsu::sim {
+
+/// Uniformly random among the ready actors; kills with the fault plan's chance.
+class random_chooser : public chooser {
+public:
+    random_chooser(std::uint64_t seed, double kill_chance) : rng_(seed), kill_(kill_chance) {}
+    int choose(const std::vector<int>& ready, std::uint64_t) override {
+        return ready[static_cast<std::size_t>(rng_.below(ready.size()))];
+    }
+    bool kill_here(int) override { return rng_.chance(kill_); }
+
+private:
+    rng rng_;
+    double kill_;
+};
+
+/// PCT (Burckhardt et al., ASPLOS 2010): random distinct priorities, and depth-1 change
+/// points at random steps where the running actor drops to the lowest priorities. Always runs
+/// the highest-priority ready actor. Finds a bug of depth d with probability >= 1/(n k^(d-1)).
+class pct_chooser : public chooser {
+public:
+    pct_chooser(std::uint64_t seed, int depth, std::uint64_t expected_steps, double kill_chance)
+        : rng_(seed), kill_(kill_chance), depth_(depth) {
+        for (int i = 1; i < depth; ++i) change_points_.push_back(1 + rng_.below(std::max<std::uint64_t>(expected_steps, 1)));
+    }
+    int choose(const std::vector<int>& ready, std::uint64_t) override {
+        ++step_;
+        for (int id : ready)
+            if (!prio_.count(id)) prio_[id] = static_cast<std::int64_t>(depth_ + rng_.below(1u << 20)) + 1;
+        int best = ready.front();
+        for (int id : ready)
+            if (prio_[id] > prio_[best]) best = id;
+        for (std::size_t i = 0; i < change_points_.size(); ++i)
+            if (change_points_[i] == step_) prio_[best] = static_cast<std::int64_t>(i) + 1 - depth_;
+        return best;
+    }
+    bool kill_here(int) override { return rng_.chance(kill_); }
+
+private:
+    rng rng_;
+    double kill_;
+    int depth_;
+    std::uint64_t step_ = 0;
+    std::vector<std::uint64_t> change_points_;
+    std::map<int, std::int64_t> prio_;
+};
+
+/// Follows a schedule; past its end, either stops the run (exploration) or runs the lowest
+/// ready actor (replay of a prefix).
+class scripted_chooser : public chooser {
+public:
+    explicit scripted_chooser(std::vector<int> schedule) : s_(std::move(schedule)) {}
+    int choose(const std::vector<int>& ready, std::uint64_t h) override {
+        if (i_ >= s_.size()) {
+            if (stop_mode_) {
+                frontier_ready = ready;
+                frontier_hash = h;
+                reached_end = true;
+                stop_run = true;
+                return ready.front();
+            }
+            kill_ = false;
+            return ready.front();
+        }
+        const int e = s_[i_++];
+        kill_ = e < 0;
+        const int who = e < 0 ? -e - 1 : e;
+        for (int id : ready)
+            if (id == who) return who;
+        diverged = true;   // the schedule does not fit this run: fall back
+        kill_ = false;
+        return ready.front();
+    }
+    bool kill_here(int) override { return kill_; }
+    void stop_at_end(bool on) noexcept { stop_mode_ = on; }
+
+    bool reached_end = false;
+    bool diverged = false;
+    std::vector<int> frontier_ready;
+    std::uint64_t frontier_hash = 0;
+
+private:
+    std::vector<int> s_;
+    std::size_t i_ = 0;
+    bool kill_ = false;
+    bool stop_mode_ = false;
+};
+
+struct counterexample {
+    std::uint64_t seed = 0;
+    std::vector<int> schedule;           ///< up to and including the violating step
+    std::vector<std::string> actors;     ///< actor names, by id
+    violation first;
+};
+
+struct exploration {
+    std::string mode;
+    std::uint64_t schedules = 0;         ///< complete runs explored
+    std::uint64_t states = 0;            ///< distinct states (exhaustive)
+    std::uint64_t violating = 0;         ///< runs that broke an invariant
+    int peak_live = 0;
+    std::uint64_t lost_tasks = 0;
+    std::uint64_t duplicate_starts = 0;
+    std::map<std::string, std::uint64_t> by_kind;
+    std::optional<counterexample> shortest;
+    bool complete = true;                ///< exhaustive: the whole state space was covered
+    double seconds = 0;
+    std::optional<run_result> example;   ///< the run to show: the counterexample, or the first
+};
+
+namespace detail {
+
+inline void account(exploration& ex, const run_result& r, std::uint64_t seed) {
+    ++ex.schedules;
+    ex.peak_live = std::max(ex.peak_live, r.peak_live);
+    ex.lost_tasks += static_cast<std::uint64_t>(r.lost);
+    ex.duplicate_starts += static_cast<std::uint64_t>(r.duplicates);
+    if (r.violations.empty()) return;
+    ++ex.violating;
+    for (auto& v : r.violations) ++ex.by_kind[v.kind];
+    const auto& v = r.violations.front();
+    const std::size_t len = std::min<std::size_t>(r.schedule.size(), v.step);
+    if (!ex.shortest || len < ex.shortest->schedule.size()) {
+        counterexample c;
+        c.seed = seed;
+        c.schedule.assign(r.schedule.begin(), r.schedule.begin() + static_cast<std::ptrdiff_t>(len));
+        c.actors = r.actor_names;
+        c.first = v;
+        ex.shortest = c;
+    }
+}
+
+template <class F>
+double timed(F&& f) {
+    const auto t0 = std::chrono::steady_clock::now();
+    f();
+    return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+}
+
+} // namespace detail
+
+/// Replays (seed, schedule); past the schedule's end the lowest ready actor runs.
+inline run_result replay(const scenario& sc, std::uint64_t seed, const std::vector<int>& schedule,
+                         const run_options& opt = {}) {
+    scripted_chooser ch(schedule);
+    return run(sc, seed, ch, opt);
+}
+
+/// Shortens a counterexample: the shortest prefix that, run on with the lowest ready actor,
+/// still breaks an invariant (of any kind).
+inline counterexample shrink(const scenario& sc, counterexample c) {
+    run_options opt;
+    opt.keep_trace = false;
+    for (std::size_t cut = 0; cut < c.schedule.size(); ++cut) {
+        std::vector<int> prefix(c.schedule.begin(), c.schedule.begin() + static_cast<std::ptrdiff_t>(cut));
+        auto r = replay(sc, c.seed, prefix, opt);
+        if (r.violations.empty()) continue;
+        const auto& v = r.violations.front();
+        const std::size_t len = std::min<std::size_t>(r.schedule.size(), v.step);
+        if (len < c.schedule.size()) {
+            c.schedule.assign(r.schedule.begin(), r.schedule.begin() + static_cast<std::ptrdiff_t>(len));
+            c.first = v;
+            c.actors = r.actor_names;
+        }
+        break;
+    }
+    return c;
+}
+
+inline exploration explore_random(const scenario& sc, std::uint64_t seed, std::uint64_t schedules,
+                                  bool pct = false, int depth = 3) {
+    exploration ex;
+    ex.mode = pct ? "pct" : "random";
+    run_options opt;
+    opt.keep_trace = false;
+    std::uint64_t expected = 200;
+    ex.seconds = detail::timed([&] {
+        for (std::uint64_t i = 0; i < schedules; ++i) {
+            const std::uint64_t cs = mix(seed, i + 1);
+            run_result r;
+            if (pct) {
+                pct_chooser ch(cs, depth, expected, sc.faults.kill);
+                r = run(sc, seed, ch, opt);
+            } else {
+                random_chooser ch(cs, sc.faults.kill);
+                r = run(sc, seed, ch, opt);
+            }
+            expected = std::max<std::uint64_t>(expected / 2 + r.steps / 2, 1);
+            detail::account(ex, r, seed);
+        }
+        if (ex.shortest) ex.shortest = shrink(sc, *ex.shortest);
+    });
+    return ex;
+}
+
+/// Breadth-first over choice prefixes; a state already seen is not expanded again, so each
+/// reachable state is visited once and the first violation found is on a shortest schedule.
+/// Stops after `max_states` states (then `complete` is false).
+inline exploration explore_exhaustive(const scenario& sc, std::uint64_t seed, std::uint64_t max_states = 2'000'000,
+                                      bool reduce = true) {
+    exploration ex;
+    ex.mode = "exhaustive";
+    run_options opt;
+    opt.keep_trace = false;
+    opt.state_hash = true;
+    opt.atomic_critical_sections = reduce;
+    ex.seconds = detail::timed([&] {
+        std::unordered_set<std::uint64_t> seen;
+        std::deque<std::vector<int>> queue;
+        queue.emplace_back();
+        while (!queue.empty()) {
+            std::vector<int> prefix = std::move(queue.front());
+            queue.pop_front();
+            scripted_chooser ch(prefix);
+            ch.stop_at_end(true);
+            auto r = run(sc, seed, ch, opt);
+            if (!ch.reached_end) {   // the run ended within the prefix: a complete schedule
+                detail::account(ex, r, seed);
+                continue;
+            }
+            if (!r.violations.empty()) {   // broke an invariant on the way: a counterexample
+                detail::account(ex, r, seed);
+                continue;
+            }
+            if (!seen.insert(ch.frontier_hash).second) continue;
+            ++ex.states;
+            if (ex.states >= max_states) {
+                ex.complete = false;
+                break;
+            }
+            for (int id : ch.frontier_ready) {
+                auto next = prefix;
+                next.push_back(id);
+                queue.push_back(std::move(next));
+            }
+        }
+    });
+    return ex;
+}
+
+} // namespace kugetsu::sim

@@ -1,0 +1,538 @@
+// kugetsu/sim/scenario.hpp: the simulated scenarios, the original ("legacy") design, and
+// the invariants every run is checked against.
+//
+// The six-task race: an enqueuer queues N tasks (6); then a PM agent is started, the queue
+// daemon runs, and K starters (3) each start a task of their own, all at the same time; cap
+// C (3). With enqueue_first off the enqueues race with the rest too.
+//
+// Designs. "fixed" runs the real kugetsu::basic_dispatcher. "legacy" is the original shell
+// tool's logic, re-created with the same policies, with the four causes of the incident:
+//   1. the daemon spawns agents directly, bypassing start and its limit;
+//   2. the count of active sessions includes the PM's;
+//   3. no lock around "count sessions, create session, spawn";
+//   4. the daemon spawns all pending tasks at once, in background jobs.
+// Each cause can be fixed alone (`fixes`), to see which fixes matter; with all four fixed the
+// real dispatcher runs.
+//
+// Invariants (a violation records its kind and the step):
+//   cap              live dev agents never exceed the cap, at any step
+//   duplicate_start  no task's program runs twice
+//   lost_task        at the end every task is completed, error or cancelled
+//   attempts         attempts never exceed max_attempts
+//   events           each task's events form a valid sequence, its end event last
+//   idle_slot        when the daemon goes to sleep, no slot is free while tasks are pending
+#pragma once
+
+#include <array>
+#include <map>
+#include <memory>
+#include <optional>
+#include <set>
+#include <string>
+#include <vector>
+
+#include <kugetsu/dispatcher.hpp>
+#include <kugetsu/workspace/null_workspace.hpp>
+
+#include "policies.hpp"
+#include "world.hpp"
+
+namespace kugetsu::sim {
+
+struct scenario {
+    std::string name = "six-task-race";
+    std::array<bool, 4> fixed{true, true, true, true};   ///< causes 1-4 fixed?
+    int tasks = 6;
+    int cap = 3;
+    int starters = 3;
+    bool pm = true;
+    int max_attempts = 3;
+    std::optional<duration> timeout;   ///< per task; needed when agents may hang
+    fault_plan faults;
+    int max_daemon_restarts = 3;
+    bool enqueue_first = true;         ///< queue the tasks before the others start
+
+    bool all_fixed() const noexcept { return fixed[0] && fixed[1] && fixed[2] && fixed[3]; }
+    std::string design() const {
+        if (all_fixed()) return "fixed";
+        std::string s = "legacy";
+        for (int i = 0; i < 4; ++i)
+            if (fixed[static_cast<std::size_t>(i)]) s += "+fix" + std::to_string(i + 1);
+        return s;
+    }
+    static scenario legacy() {
+        scenario s;
+        s.fixed = {false, false, false, false};
+        return s;
+    }
+};
+
+struct run_result {
+    std::string design;
+    int cap = 0;
+    int peak_live = 0;
+    std::vector<violation> violations;
+    std::vector<int> schedule;
+    std::vector<std::string> actor_names;
+    std::uint64_t steps = 0;
+    int lost = 0;
+    int duplicates = 0;
+    int kills = 0;
+    bool aborted = false;
+    std::vector<trace_entry> trace;
+    std::vector<proc> agents;
+    std::vector<event> events;
+    std::vector<queue_item> items;
+    timestamp begin{}, end{};
+    bool ok() const noexcept { return violations.empty(); }
+};
+
+namespace detail {
+
+/// Everything the actors of one run share.
+struct shared {
+    shared(world& w_, const scenario& sc_) : w(w_), sc(sc_) {}
+    world& w;
+    const scenario& sc;
+    memory_store store;
+    std::shared_ptr<std::map<std::string, std::uint64_t>> hashes = std::make_shared<std::map<std::string, std::uint64_t>>();
+    std::shared_ptr<event_log> log = std::make_shared<event_log>();
+    std::string pm_task = "pm-1";
+    int daemon_restarts = 0;
+    int peak = 0;
+    bool cap_reported = false, dup_reported = false;
+
+    sim_store make_store() { return sim_store(w, store, hashes); }
+    sim_spawner make_spawner() { return sim_spawner(w, pm_task); }
+    sim_notifier make_notifier() { return sim_notifier(w, log); }
+
+    task_spec task(std::string id) const {
+        task_spec s;
+        s.id = std::move(id);
+        s.argv = {"agent", "--task"};
+        s.timeout = sc.timeout;
+        s.max_attempts = sc.max_attempts;
+        return s;
+    }
+    task_spec pm_spec() const {
+        task_spec s = task(pm_task);
+        s.role = role::pm;
+        s.timeout.reset();
+        return s;
+    }
+    /// Every client (enqueuer, starters, PM starter) has finished.
+    bool clients_done() const {
+        for (std::size_t i = 0; i < w.actor_count(); ++i) {
+            const actor& a = w.get(static_cast<int>(i));
+            if (a.client && a.status != actor_status::done) return false;
+        }
+        return true;
+    }
+};
+
+using fixed_dispatcher = basic_dispatcher<sim_lock, sim_spawner, sim_notifier, sim_store, sim_clock, null_workspace>;
+
+inline fixed_dispatcher make_fixed(shared& s) {
+    return fixed_dispatcher(sim_lock(s.w), s.make_spawner(), s.make_notifier(), s.make_store(), sim_clock(s.w),
+                            null_workspace{}, dispatcher_options{s.sc.cap, s.sc.max_attempts, std::chrono::seconds(5)});
+}
+
+/// The original design, with each of its four causes switchable.
+class legacy_kugetsu {
+public:
+    explicit legacy_kugetsu(shared& s)
+        : s_(s), lock_(s.w), nolock_(s.w), store_(s.make_store()), sp_(s.make_spawner()), n_(s.make_notifier()),
+          clock_(s.w) {}
+
+    void enqueue(const task_spec& spec) {
+        queue_item it = make_item(spec);
+        std::error_code ec;
+        store_.create_item(it, ec);
+        if (!ec) n_.notify(ev(event_type::task_queued, it));
+    }
+
+    /// The old `start`: checks the cap (counting the PM unless fix 2), locked only with fix 3.
+    start_status start_new(const task_spec& spec) {
+        guard g(*this);
+        reap();
+        if (spec.role == role::dev && count() >= s_.sc.cap) return start_status::no_slot;
+        queue_item it = make_item(spec);
+        std::error_code ec;
+        store_.create_item(it, ec);
+        if (ec) return start_status::failed;
+        return launch(it);
+    }
+
+    /// `start` of a queued task.
+    start_status start_item(const std::string& id) {
+        guard g(*this);
+        reap();
+        std::error_code ec;
+        auto it = store_.get_item(id, ec);
+        if (!it || (it->state != task_state::pending && it->state != task_state::notified)) return start_status::failed;
+        if (count() >= s_.sc.cap) {
+            it->state = task_state::pending;
+            store_.put_item(*it, ec);
+            return start_status::no_slot;
+        }
+        return launch(*it);
+    }
+
+    /// Cause 1: the daemon's own spawn, which never looks at the cap or the lock.
+    start_status direct(const std::string& id) {
+        std::error_code ec;
+        auto it = store_.get_item(id, ec);
+        if (!it || (it->state != task_state::pending && it->state != task_state::notified)) return start_status::failed;
+        return launch(*it);
+    }
+
+    /// One daemon pass: reap, then take the pending tasks (all of them unless fix 4 limits
+    /// the pass to the free slots), foreground or in background jobs.
+    void daemon_pass() {
+        {
+            guard g(*this);
+            reap();
+        }
+        std::error_code ec;
+        std::size_t limit = static_cast<std::size_t>(-1);
+        if (s_.sc.fixed[3]) {
+            guard g(*this);
+            const int free = s_.sc.cap - count();
+            limit = free > 0 ? static_cast<std::size_t>(free) : 0;
+        }
+        auto pending = store_.items_in_state(task_state::pending, limit, ec);
+        for (auto& it : pending) {
+            it.state = task_state::notified;
+            store_.put_item(it, ec);
+            n_.notify(ev(event_type::task_dequeued, it));
+            const std::string id = it.id;
+            if (s_.sc.fixed[3]) {   // foreground, one after another
+                if (s_.sc.fixed[0]) start_item(id);
+                else direct(id);
+            } else {                // cause 4: a background job per task, all at once
+                shared* sp = &s_;
+                const bool via_start = s_.sc.fixed[0];
+                s_.w.add_actor("bg-" + id, [sp, id, via_start] {
+                    legacy_kugetsu k(*sp);
+                    if (via_start) k.start_item(id);
+                    else k.direct(id);
+                });
+            }
+        }
+    }
+
+    void reap() {
+        std::error_code ec;
+        for (auto& se : store_.list_sessions(ec)) {
+            const auto st = sp_.poll(se.process, ec);
+            if (st.state == process_state::running) continue;
+            auto it = store_.get_item(se.task_id, ec);
+            if (it && !is_final(it->state)) {
+                it->state = st.state == process_state::exited && st.exit_code == 0 ? task_state::completed : task_state::error;
+                if (st.state == process_state::exited) it->exit_code = st.exit_code;
+                it->finished_at = clock_.now();
+                store_.put_item(*it, ec);
+                auto e = ev(it->state == task_state::completed ? event_type::task_completed : event_type::task_error, *it);
+                e.exit_code = it->exit_code;
+                n_.notify(e);
+            }
+            store_.remove_session(se.id, ec);
+        }
+    }
+
+private:
+    struct guard {
+        legacy_kugetsu& k;
+        explicit guard(legacy_kugetsu& k_) : k(k_) {
+            std::error_code ec;
+            if (k.s_.sc.fixed[2]) k.lock_.lock(ec);
+            else k.nolock_.lock(ec);
+        }
+        ~guard() {
+            if (k.s_.sc.fixed[2]) k.lock_.unlock();
+        }
+    };
+
+    /// Active sessions, as the old tool counted them: every session file (fix 2: dev only).
+    int count() {
+        std::error_code ec;
+        int n = 0;
+        for (auto& se : store_.list_sessions(ec))
+            if (!s_.sc.fixed[1] || se.role == role::dev) ++n;
+        return n;
+    }
+
+    start_status launch(queue_item& it) {
+        std::error_code ec;
+        ++it.attempts;
+        const auto p = sp_.spawn({it.id, it.argv, ""}, ec);
+        store_.put_session({session_id_for(it), it.role, it.id, p, "", clock_.now()}, ec);
+        sp_.release(p, ec);
+        if (ec) {
+            std::error_code rec;
+            store_.remove_session(session_id_for(it), rec);
+            it.state = it.attempts >= it.max_attempts ? task_state::error : task_state::pending;
+            store_.put_item(it, rec);
+            if (it.state == task_state::error) {
+                auto e = ev(event_type::task_error, it);
+                e.reason = "attempts_exhausted";
+                n_.notify(e);
+            }
+            return start_status::failed;
+        }
+        it.state = task_state::running;
+        it.process = p;
+        it.started_at = clock_.now();
+        store_.put_item(it, ec);
+        n_.notify(ev(event_type::task_started, it));
+        return start_status::started;
+    }
+
+    queue_item make_item(const task_spec& spec) {
+        queue_item it;
+        it.id = spec.id;
+        it.argv = spec.argv;
+        it.role = spec.role;
+        it.timeout = spec.timeout;
+        it.max_attempts = spec.max_attempts.value_or(3);
+        it.enqueued_at = it.updated_at = clock_.now();
+        return it;
+    }
+    event ev(event_type t, const queue_item& it) {
+        event e;
+        e.type = t;
+        e.task_id = it.id;
+        e.time = clock_.now();
+        if (it.attempts) e.attempt = it.attempts;
+        if (it.process) e.pid = it.process.pid;
+        return e;
+    }
+
+    shared& s_;
+    sim_lock lock_;
+    sim_null_lock nolock_;
+    sim_store store_;
+    sim_spawner sp_;
+    sim_notifier n_;
+    sim_clock clock_;
+};
+
+/// Dev tasks not yet completed, error or cancelled (read directly, not a step).
+inline int unfinished(memory_store& store) {
+    std::error_code ec;
+    int n = 0;
+    for (auto& it : store.list_items(ec)) n += it.role == role::dev && !is_final(it.state);
+    return n;
+}
+
+inline int pending_count(memory_store& store) {
+    std::error_code ec;
+    return static_cast<int>(store.items_in_state(task_state::pending, static_cast<std::size_t>(-1), ec).size());
+}
+
+/// Live dev agents as kugetsu should count them when `sleeper` goes to sleep: running or
+/// held, or exited but not yet reaped by a live parent other than the sleeper.
+inline int counted_live(world& w, int sleeper) {
+    int n = 0;
+    for (auto& [k, p] : w.procs()) {
+        if (p.role != role::dev) continue;
+        if (p.status == proc_status::held || p.status == proc_status::running) ++n;
+        else if (p.status == proc_status::exited && p.parent != sleeper && w.actor_alive(p.parent)) ++n;
+    }
+    return n;
+}
+
+inline void daemon_body(shared& s) {
+    world& w = s.w;
+    auto fixed = s.sc.all_fixed() ? std::optional<fixed_dispatcher>(make_fixed(s)) : std::nullopt;
+    std::optional<legacy_kugetsu> legacy;
+    if (!fixed) legacy.emplace(s);
+    for (;;) {
+        // Here the daemon's future depends on the shared state only: nothing it saw in an
+        // earlier pass is kept (the dispatcher holds no state between calls).
+        w.reset_history();
+        if (fixed) {
+            std::error_code ec;
+            fixed->process_queue(ec);
+        } else {
+            legacy->daemon_pass();
+        }
+        if (s.clients_done() && unfinished(s.store) == 0) break;
+        if (w.has_unseen_event()) {   // something happened during the pass: pass again
+            w.consume_events();
+            continue;
+        }
+        // About to sleep: no slot may stay free while tasks are pending (unless another
+        // process is inside the critical section right now, about to take it).
+        const int me = w.current();
+        if (w.lock_holder() == -1 && pending_count(s.store) > 0 && counted_live(w, me) < s.sc.cap) {
+            s.w.add_violation("idle_slot", std::to_string(pending_count(s.store)) + " pending, " +
+                                               std::to_string(counted_live(w, me)) + " live, cap " +
+                                               std::to_string(s.sc.cap));
+        }
+        std::optional<timestamp> deadline;
+        if (s.sc.timeout) deadline = w.now() + std::chrono::seconds(1);   // enforce timeouts
+        w.wait_event(deadline);
+    }
+}
+
+/// The per-step invariants: the cap, and no task's program running twice.
+inline void check_step(shared& s) {
+    int live = 0;
+    std::map<std::string, int> ran;
+    for (auto& [k, p] : s.w.procs()) {
+        if (p.role == role::dev && p.status == proc_status::running) ++live;
+        if (p.ran) ++ran[p.task_id];
+    }
+    s.peak = std::max(s.peak, live);
+    if (live > s.sc.cap && !s.cap_reported) {
+        s.cap_reported = true;
+        s.w.add_violation("cap", std::to_string(live) + " live dev agents, cap " + std::to_string(s.sc.cap));
+    }
+    for (auto& [task, n] : ran)
+        if (n > 1 && !s.dup_reported) {
+            s.dup_reported = true;
+            s.w.add_violation("duplicate_start", "task " + task + " ran " + std::to_string(n) + " times");
+        }
+}
+
+/// Each task's events: queued? dequeued* [started] end?, nothing after the end, at most one
+/// start and one end. Without kills, every finished task has its end event.
+inline std::string check_events(const std::vector<event>& events, const queue_item& it, bool kills) {
+    int stage = 0;   // 0 before start, 1 started, 2 ended
+    int starts = 0;
+    bool queued_seen = false;
+    for (auto& e : events) {
+        if (e.task_id != it.id) continue;
+        switch (e.type) {
+        case event_type::task_queued:
+            if (queued_seen || stage != 0) return "task_queued out of place";
+            queued_seen = true;
+            break;
+        case event_type::task_dequeued:
+            if (stage != 0) return "task_dequeued after the start or end";
+            break;
+        case event_type::task_started:
+            if (stage != 0 || ++starts > 1) return "task_started twice or after the end";
+            stage = 1;
+            break;
+        case event_type::task_completed:
+        case event_type::task_error:
+            if (stage == 2) return "a second end event";
+            stage = 2;
+            break;
+        }
+    }
+    if (is_final(it.state) && stage != 2 && !kills) return "no end event";
+    return {};
+}
+
+} // namespace detail
+
+struct run_options {
+    bool keep_trace = true;
+    std::uint64_t max_steps = 200000;
+    bool state_hash = false;
+    bool atomic_critical_sections = false;
+};
+
+/// One run of the scenario under the chooser's schedule.
+inline run_result run(const scenario& sc, std::uint64_t seed, chooser& ch, const run_options& opt = {}) {
+    world w(seed, sc.faults);
+    w.want_state_hash(opt.state_hash);
+    w.set_atomic(opt.atomic_critical_sections);
+    detail::shared s(w, sc);
+    s.pm_task = "pm-1";
+    run_result r;
+    r.design = sc.design();
+    r.cap = sc.cap;
+    r.begin = w.now();
+
+    const bool fixed = sc.all_fixed();
+    // The PM starter, the daemon and the K starters.
+    auto start_others = [&s, fixed] {
+        world& w = s.w;
+        if (s.sc.pm)
+            w.add_actor("pm", [&s, fixed] {
+                if (fixed) {
+                    auto d = detail::make_fixed(s);
+                    std::error_code ec;
+                    d.start(s.pm_spec(), ec);
+                } else {
+                    detail::legacy_kugetsu(s).start_new(s.pm_spec());
+                }
+            });
+        w.add_actor("daemon", [&s] { detail::daemon_body(s); }, /*client=*/false);
+        for (int k = 1; k <= s.sc.starters; ++k)
+            w.add_actor("starter-" + std::to_string(k), [&s, fixed, k] {
+                const auto spec = s.task("s" + std::to_string(k));
+                if (fixed) {
+                    auto d = detail::make_fixed(s);
+                    std::error_code ec;
+                    d.start(spec, ec);
+                } else {
+                    detail::legacy_kugetsu(s).start_new(spec);
+                }
+            });
+    };
+    // The enqueuer: the queued tasks. In the six-task race they are queued before anything
+    // else runs; with enqueue_first off, enqueues race with everything else.
+    w.add_actor("enqueuer", [&s, fixed, start_others] {
+        for (int i = 1; i <= s.sc.tasks; ++i) {
+            const auto spec = s.task("t" + std::to_string(i));
+            if (fixed) {
+                auto d = detail::make_fixed(s);
+                std::error_code ec;
+                d.enqueue(spec, ec);
+            } else {
+                detail::legacy_kugetsu(s).enqueue(spec);
+            }
+        }
+        if (s.sc.enqueue_first) start_others();
+    });
+    if (!sc.enqueue_first) start_others();
+    w.on_killed = [&s](const actor& a) {
+        if (!a.client && s.daemon_restarts < s.sc.max_daemon_restarts) {   // a supervisor restarts it
+            ++s.daemon_restarts;
+            s.w.add_actor("daemon-" + std::to_string(s.daemon_restarts + 1), [&s] { detail::daemon_body(s); }, false);
+        }
+    };
+    w.check_step = [&s] { detail::check_step(s); };
+    w.run(ch, opt.max_steps);
+
+    r.aborted = w.stopped();
+    r.steps = w.steps();
+    r.kills = w.kills();
+    r.peak_live = s.peak;
+    r.schedule = w.schedule();
+    for (std::size_t i = 0; i < w.actor_count(); ++i) r.actor_names.push_back(w.get(static_cast<int>(i)).name);
+    r.violations = w.violations();
+    std::error_code ec;
+    r.items = s.store.list_items(ec);
+    r.events = s.log->events;
+    if (!r.aborted) {
+        std::map<std::string, int> ran;
+        for (auto& [k, p] : w.procs())
+            if (p.ran) ++ran[p.task_id];
+        for (auto& [t, n] : ran) r.duplicates += n > 1;
+        for (auto& it : r.items) {
+            if (it.role != role::dev) continue;
+            if (!is_final(it.state)) {
+                ++r.lost;
+                w.add_violation("lost_task", "task " + it.id + " ended " + std::string(to_string(it.state)));
+            }
+            if (it.attempts > it.max_attempts)
+                w.add_violation("attempts", "task " + it.id + " made " + std::to_string(it.attempts) + " attempts");
+            if (auto why = detail::check_events(r.events, it, w.kills() > 0); !why.empty())
+                w.add_violation("events", "task " + it.id + ": " + why);
+        }
+        r.violations = w.violations();
+    }
+    for (auto& [k, p] : w.procs())
+        if (p.ran) r.agents.push_back(p);
+    r.end = w.now();
+    if (opt.keep_trace) r.trace = w.trace_log();
+    return r;
+}
+
+} // namespace kugetsu::sim

@@ -1,0 +1,514 @@
+// kugetsu/sim/world.hpp: the deterministic simulator's core: simulated kugetsu processes
+// (actors) as coroutines on one OS thread, a scheduler that decides which actor moves at
+// every shared step, a virtual clock, simulated agents, and the shared state they act on.
+//
+// An actor runs real code (for kugetsu, the real basic_dispatcher template) with policies
+// bound to the world (sim/policies.hpp). Every policy call that touches shared state (lock,
+// store read or write, spawn, poll, signal) is a choice point: the actor stops there, and
+// the chooser picks which ready actor runs next. Between two choice points an actor runs
+// alone, so a schedule (the sequence of choices) determines the run completely: the same
+// schedule gives a byte-identical trace.
+//
+// Agents are not coroutines: they are entries in the process table with an end time (drawn
+// from the seed, the task and the attempt, so it does not depend on the schedule). Virtual
+// time moves only when no actor is ready: to the next agent end or actor wake-up.
+//
+// Faults: SIGKILL of an actor at a step (it unwinds from its choice point; the lock it held
+// is released, as the kernel releases an flock; its held children exit without running;
+// events it had not sent are lost), exec failures, agent crashes and hangs, and PID reuse.
+#pragma once
+
+#include <algorithm>
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <memory>
+#include <optional>
+#include <set>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include <ucontext.h>
+
+#include <kugetsu/json.hpp>
+#include <kugetsu/store/memory_store.hpp>
+#include <kugetsu/types.hpp>
+
+namespace kugetsu::sim {
+
+/// Thrown inside an actor that is SIGKILLed, to unwind it.
+struct killed_signal {};
+/// Thrown inside every actor when a run is cut short (exploration reached its prefix).
+struct run_aborted {};
+
+inline std::uint64_t mix(std::uint64_t x) noexcept {   // splitmix64 finaliser
+    x += 0x9e3779b97f4a7c15ull;
+    x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
+    x = (x ^ (x >> 27)) * 0x94d049bb133111ebull;
+    return x ^ (x >> 31);
+}
+inline std::uint64_t mix(std::uint64_t h, std::uint64_t v) noexcept { return mix(h ^ mix(v)); }
+inline std::uint64_t hash_text(std::string_view s) noexcept {
+    std::uint64_t h = 0xcbf29ce484222325ull;
+    for (unsigned char c : s) h = (h ^ c) * 0x100000001b3ull;
+    return mix(h);
+}
+
+/// A deterministic random source (the same on every platform).
+class rng {
+public:
+    explicit rng(std::uint64_t seed) : s_(seed) {}
+    std::uint64_t next() noexcept { return mix(s_++); }
+    /// Uniform in [0, n).
+    std::uint64_t below(std::uint64_t n) noexcept { return n ? next() % n : 0; }
+    bool chance(double p) noexcept { return p > 0 && static_cast<double>(next() >> 11) * 0x1p-53 < p; }
+
+private:
+    std::uint64_t s_;
+};
+
+enum class actor_status { ready, blocked, done };
+enum class wait_kind { none, lock, event };
+
+struct actor {
+    int id = 0;
+    std::string name;
+    std::function<void()> body;
+    actor_status status = actor_status::ready;
+    wait_kind waiting = wait_kind::none;
+    std::optional<timestamp> wake_at;
+    bool started = false;
+    bool kill_requested = false;
+    bool killed = false;
+    bool client = true;            ///< a client (starter, enqueuer, PM starter), not a daemon
+    std::uint64_t history = 0;     ///< hash of everything it observed
+    std::uint64_t seen_events = 0; ///< the world's event count when it last looked
+    std::string next_op = "begin";
+    process_ref self;
+    ucontext_t ctx{};
+    std::unique_ptr<char[]> stack;
+};
+
+enum class proc_status { held, running, exited, reaped, abandoned };
+
+/// A simulated agent process.
+struct proc {
+    process_ref ref;
+    std::string task_id;
+    kugetsu::role role = role::dev;
+    int parent = -1;                 ///< the actor that spawned it (gets its exit code)
+    proc_status status = proc_status::held;
+    bool ran = false;                ///< released: the program ran
+    std::optional<timestamp> ends_at;  ///< running: when it exits by itself; none: hangs
+    int exit_code = 0;               ///< the code it will exit with / exited with
+    bool ignore_term = false;
+    timestamp started{}, ended{};
+    int attempt = 0;
+};
+
+/// One line of the trace.
+struct trace_entry {
+    std::uint64_t step = 0;
+    timestamp time{};
+    std::string actor;
+    std::string op;
+    std::string detail;
+};
+
+struct violation {
+    std::string kind;      ///< cap, duplicate_start, lost_task, attempts, events, idle_slot
+    std::string detail;
+    std::uint64_t step = 0;
+};
+
+/// Faults injected into a run.
+struct fault_plan {
+    double exec_failure = 0;   ///< chance that a release (exec) fails
+    double agent_crash = 0;    ///< chance that an agent exits non-zero
+    double agent_hang = 0;     ///< chance that an agent never exits by itself
+    double kill = 0;           ///< chance, at each step, that the chosen actor is SIGKILLed
+    int max_kills = 3;
+    bool pid_reuse = false;    ///< reuse the pids of reaped processes
+    bool any() const noexcept { return exec_failure > 0 || agent_crash > 0 || agent_hang > 0 || kill > 0 || pid_reuse; }
+};
+
+/// Picks the next actor at a choice point.
+class chooser {
+public:
+    virtual ~chooser() = default;
+    /// ready: the ids of the ready actors, ascending, never empty. Returns one of them.
+    virtual int choose(const std::vector<int>& ready, std::uint64_t state_hash) = 0;
+    /// Whether the actor just chosen is SIGKILLed there (faults). Schedules record a kill
+    /// as -(actor + 1).
+    virtual bool kill_here(int /*actor*/) { return false; }
+    /// Set by choose() to end the run at this choice point (exploration of a prefix).
+    bool stop_run = false;
+};
+
+class world {
+public:
+    explicit world(std::uint64_t seed, fault_plan faults = {}) : seed_(seed), faults_(faults) {}
+    world(const world&) = delete;
+    world& operator=(const world&) = delete;
+
+    ~world() { unwind_all(); }
+
+    // ---- building a run ------------------------------------------------------------------
+
+    /// Adds an actor. It may be called while running (a background job, a restarted daemon).
+    int add_actor(std::string name, std::function<void()> body, bool client = true) {
+        auto a = std::make_unique<actor>();
+        a->id = static_cast<int>(actors_.size());
+        a->name = std::move(name);
+        a->body = std::move(body);
+        a->client = client;
+        a->self = new_ref();
+        a->stack.reset(new char[stack_size]);
+        getcontext(&a->ctx);
+        a->ctx.uc_stack.ss_sp = a->stack.get();
+        a->ctx.uc_stack.ss_size = stack_size;
+        a->ctx.uc_link = &main_ctx_;
+        const auto p = reinterpret_cast<std::uintptr_t>(this);
+        makecontext(&a->ctx, reinterpret_cast<void (*)()>(&world::trampoline), 2,
+                    static_cast<unsigned>(p & 0xffffffffu), static_cast<unsigned>(p >> 32));
+        actors_.push_back(std::move(a));
+        trace(actors_.back()->id, "actor", actors_.back()->name);
+        return actors_.back()->id;
+    }
+
+    /// Called when the daemon is killed: the scenario can restart it.
+    std::function<void(const actor&)> on_killed;
+    /// Invariants checked after every step; may add violations.
+    std::function<void()> check_step;
+
+    // ---- running -------------------------------------------------------------------------
+
+    /// Runs until no actor is ready and no timed event is left, or a limit is hit.
+    void run(chooser& ch, std::uint64_t max_steps = 200000) {
+        chooser_ = &ch;
+        while (!stop_) {
+            std::vector<int> ready;
+            for (auto& a : actors_)
+                if (a->status == actor_status::ready) ready.push_back(a->id);
+            if (ready.empty()) {
+                if (!advance_time()) break;
+                continue;
+            }
+            if (step_ >= max_steps) {
+                add_violation("step_limit", "no quiescence after " + std::to_string(step_) + " steps");
+                break;
+            }
+            const std::uint64_t h = want_hash_ ? state_hash() : 0;
+            const int who = ch.choose(ready, h);
+            if (ch.stop_run) stop_ = true;
+            if (stop_) break;
+            ++step_;
+            actor& a = *actors_.at(static_cast<std::size_t>(who));
+            if (kills_ < faults_.max_kills && ch.kill_here(who)) {
+                a.kill_requested = true;
+                ++kills_;
+                schedule_.push_back(-(who + 1));   // a kill is part of the schedule
+            } else {
+                schedule_.push_back(who);
+            }
+            resume(a);
+            if (check_step) check_step();
+        }
+        unwind_all();
+    }
+
+    /// Makes the run stop at the next choice point (exploration: the prefix is done).
+    void stop() noexcept { stop_ = true; }
+    bool stopped() const noexcept { return stop_; }
+    void want_state_hash(bool on) noexcept { want_hash_ = on; }
+    /// Whether histories and record hashes are kept (exhaustive search needs them).
+    bool hashing() const noexcept { return want_hash_; }
+
+    // ---- for policies: called from inside an actor ----------------------------------------
+
+    int current() const noexcept { return current_; }
+    actor& me() { return *actors_.at(static_cast<std::size_t>(current_)); }
+    const actor& get(int id) const { return *actors_.at(static_cast<std::size_t>(id)); }
+    std::size_t actor_count() const noexcept { return actors_.size(); }
+
+    /// A choice point: the current actor will do `op` when it is chosen next. With atomic
+    /// critical sections, the lock holder's steps are not choice points (see set_atomic).
+    void choice(std::string op) {
+        me().next_op = std::move(op);
+        if (atomic_cs_ && lock_holder_ == current_) return;
+        switch_out();
+    }
+
+    /// Partial-order reduction for exhaustive search: run each critical section without
+    /// interruption. Sound when every shared step except creating a record happens under the
+    /// lock (the fixed design), because a record creation commutes with the holder's steps
+    /// that cannot observe it; not used with kills (a kill inside a critical section matters).
+    void set_atomic(bool on) noexcept { atomic_cs_ = on; }
+
+    /// Forgets what the current actor observed: for an actor at a point of its program where
+    /// its future depends on the shared state only (a daemon at the top of its loop).
+    void reset_history() {
+        if (current_ >= 0) me().history = 0;
+    }
+
+    /// How many times a task's agent was spawned (shared, so part of the state).
+    int& spawns_of(const std::string& task) { return spawns_[task]; }
+
+    /// Mixes an observation into the current actor's history (for state hashing).
+    void observe(std::uint64_t h) {
+        if (want_hash_ && current_ >= 0) me().history = mix(me().history, h);
+    }
+
+    void trace(int who, std::string op, std::string detail = {}) {
+        trace_.push_back({step_, now_, who >= 0 ? get(who).name : std::string("world"), std::move(op), std::move(detail)});
+    }
+
+    // lock
+    void lock_acquire() {
+        choice("lock");
+        while (lock_holder_ != -1 && lock_holder_ != current_) {
+            me().status = actor_status::blocked;
+            me().waiting = wait_kind::lock;
+            switch_out();
+        }
+        lock_holder_ = current_;
+        trace(current_, "lock");
+    }
+    void lock_release() noexcept {
+        if (lock_holder_ != current_) return;
+        lock_holder_ = -1;
+        for (auto& a : actors_)
+            if (a->waiting == wait_kind::lock && a->status == actor_status::blocked) {
+                a->status = actor_status::ready;
+                a->waiting = wait_kind::none;
+            }
+        if (!unwinding_) trace(current_, "unlock");
+    }
+    int lock_holder() const noexcept { return lock_holder_; }
+
+    /// Events are level-triggered, like an eventfd or inotify: an event that happened while
+    /// an actor was busy is still there when it next waits. True if one is waiting for it.
+    bool has_unseen_event() const { return event_seq_ != get(current_).seen_events; }
+    void consume_events() { me().seen_events = event_seq_; }
+
+    /// Blocks the current actor until an agent ends, a task is enqueued, or `deadline`;
+    /// returns at once if an event came since it last looked.
+    void wait_event(std::optional<timestamp> deadline) {
+        if (has_unseen_event()) {
+            consume_events();
+            return;
+        }
+        me().status = actor_status::blocked;
+        me().waiting = wait_kind::event;
+        me().wake_at = deadline;
+        trace(current_, "sleep", deadline ? "until " + format_rfc3339(*deadline) : "until an event");
+        switch_out();
+        consume_events();
+    }
+    /// Wakes every actor waiting for an event.
+    void notify_event() {
+        ++event_seq_;
+        for (auto& a : actors_)
+            if (a->waiting == wait_kind::event && a->status == actor_status::blocked) {
+                a->status = actor_status::ready;
+                a->waiting = wait_kind::none;
+                a->wake_at.reset();
+            }
+    }
+
+    // time
+    timestamp now() const noexcept { return now_; }
+
+    // processes
+    process_ref new_ref() {
+        int pid;
+        if (faults_.pid_reuse && !free_pids_.empty()) {
+            pid = free_pids_.front();
+            free_pids_.erase(free_pids_.begin());
+        } else {
+            pid = next_pid_++;
+        }
+        return {pid, ++start_counter_, "sim-boot"};
+    }
+    std::map<std::uint64_t, proc>& procs() noexcept { return procs_; }   // keyed by start time
+    const std::map<std::uint64_t, proc>& procs() const noexcept { return procs_; }
+    proc* find_proc(const process_ref& p) {
+        auto it = procs_.find(p.start_time);
+        if (it == procs_.end() || it->second.ref != p) return nullptr;
+        return &it->second;
+    }
+    const actor* find_actor(const process_ref& p) const {
+        for (auto& a : actors_)
+            if (a->self == p) return a.get();
+        return nullptr;
+    }
+    /// A process's pid becomes reusable once it has been reaped.
+    void reaped(proc& pr) {
+        pr.status = proc_status::reaped;
+        if (faults_.pid_reuse) free_pids_.push_back(pr.ref.pid);
+    }
+    bool actor_alive(int id) const { return id >= 0 && !get(id).killed && get(id).status != actor_status::done; }
+
+    // faults and randomness
+    const fault_plan& faults() const noexcept { return faults_; }
+    std::uint64_t seed() const noexcept { return seed_; }
+    /// A draw that depends only on the seed and the key, never on the schedule.
+    std::uint64_t draw(std::string_view key) const noexcept { return mix(seed_, hash_text(key)); }
+    bool draw_chance(std::string_view key, double p) const noexcept {
+        return p > 0 && static_cast<double>(draw(key) >> 11) * 0x1p-53 < p;
+    }
+
+    // results
+    void add_violation(std::string kind, std::string detail) {
+        if (violations_.size() < 64) violations_.push_back({std::move(kind), std::move(detail), step_});
+    }
+    const std::vector<violation>& violations() const noexcept { return violations_; }
+    const std::vector<trace_entry>& trace_log() const noexcept { return trace_; }
+    const std::vector<int>& schedule() const noexcept { return schedule_; }
+    std::uint64_t steps() const noexcept { return step_; }
+    int kills() const noexcept { return kills_; }
+
+    /// Global state, for exhaustive search: store, lock, processes, actors, time.
+    std::uint64_t state_hash() const {
+        std::uint64_t h = mix(static_cast<std::uint64_t>(now_.time_since_epoch().count()), lock_holder_ + 7);
+        h = mix(h, store_hash);
+        h = mix(h, events_hash);
+        for (auto& [k, p] : procs_)
+            h = mix(h, mix(p.ref.start_time, (static_cast<std::uint64_t>(p.status) << 32) ^ (p.ran ? 1u : 0u) ^
+                                                 (static_cast<std::uint64_t>(p.parent + 1) << 8)));
+        for (auto& a : actors_)
+            h = mix(h, mix(a->history ^ mix(event_seq_ - a->seen_events), hash_text(a->next_op) ^ (static_cast<std::uint64_t>(a->status) << 1) ^
+                                           (static_cast<std::uint64_t>(a->waiting) << 4) ^ (a->killed ? 1u << 7 : 0u)));
+        return h;
+    }
+
+    /// Maintained by the simulated store and notifier.
+    std::uint64_t store_hash = 0;
+    std::uint64_t events_hash = 0;
+
+    static constexpr std::size_t stack_size = 256 * 1024;
+
+private:
+    static void trampoline(unsigned lo, unsigned hi) {
+        auto* w = reinterpret_cast<world*>(static_cast<std::uintptr_t>(lo) | (static_cast<std::uintptr_t>(hi) << 32));
+        actor& a = w->me();
+        try {
+            a.body();
+        } catch (const killed_signal&) {
+        } catch (const run_aborted&) {
+        } catch (const std::exception& e) {
+            w->add_violation("exception", a.name + ": " + e.what());
+        }
+        w->finished(a);
+        // returning switches to uc_link: the main context
+    }
+
+    void finished(actor& a) {
+        a.status = actor_status::done;
+        if (lock_holder_ == a.id) {   // the kernel releases an flock when its holder dies
+            lock_holder_ = -1;
+            for (auto& b : actors_)
+                if (b->waiting == wait_kind::lock && b->status == actor_status::blocked) {
+                    b->status = actor_status::ready;
+                    b->waiting = wait_kind::none;
+                }
+        }
+        for (auto& [k, p] : procs_)   // a held child whose spawner died exits without running
+            if (p.parent == a.id && p.status == proc_status::held) {
+                p.status = proc_status::abandoned;
+                if (!unwinding_) trace(a.id, "abandoned", "pid " + std::to_string(p.ref.pid));
+            }
+        if (!unwinding_) {
+            trace(a.id, a.killed ? "killed" : "exit");
+            if (a.killed && on_killed) on_killed(a);
+        }
+    }
+
+    void resume(actor& a) {
+        current_ = a.id;
+        a.started = true;
+        swapcontext(&main_ctx_, &a.ctx);
+        current_ = -1;
+    }
+
+    /// Back to the scheduler; on return, dies if killed or aborted.
+    void switch_out() {
+        actor& a = me();
+        swapcontext(&a.ctx, &main_ctx_);
+        after_resume(a);
+    }
+    void after_resume(actor& a) {
+        if (unwinding_) throw run_aborted{};
+        if (a.kill_requested && !a.killed) {
+            a.killed = true;
+            trace(a.id, "SIGKILL", "before " + a.next_op);
+            throw killed_signal{};
+        }
+    }
+
+    /// Nothing is ready: move time to the next agent end or wake-up. False if there is none.
+    bool advance_time() {
+        std::optional<timestamp> next;
+        for (auto& [k, p] : procs_)
+            if (p.status == proc_status::running && p.ends_at && (!next || *p.ends_at < *next)) next = p.ends_at;
+        for (auto& a : actors_)
+            if (a->status == actor_status::blocked && a->waiting == wait_kind::event && a->wake_at &&
+                (!next || *a->wake_at < *next))
+                next = a->wake_at;
+        if (!next) return false;
+        if (*next > now_) now_ = *next;
+        bool ended = false;
+        for (auto& [k, p] : procs_)
+            if (p.status == proc_status::running && p.ends_at && *p.ends_at <= now_) {
+                p.status = proc_status::exited;
+                p.ended = now_;
+                ended = true;
+                ++event_seq_;
+                trace(-1, "agent_exit", p.task_id + " pid " + std::to_string(p.ref.pid) + " code " + std::to_string(p.exit_code));
+            }
+        for (auto& a : actors_)
+            if (a->status == actor_status::blocked && a->waiting == wait_kind::event &&
+                (ended || (a->wake_at && *a->wake_at <= now_))) {
+                a->status = actor_status::ready;
+                a->waiting = wait_kind::none;
+                a->wake_at.reset();
+            }
+        return true;
+    }
+
+    /// Unwinds every actor that has started and not finished, so their stacks free memory.
+    void unwind_all() {
+        if (unwinding_) return;
+        unwinding_ = true;
+        for (auto& a : actors_)
+            if (a->status != actor_status::done && a->started) resume(*a);
+        unwinding_ = false;
+    }
+
+    std::uint64_t seed_;
+    fault_plan faults_;
+    std::vector<std::unique_ptr<actor>> actors_;
+    ucontext_t main_ctx_{};
+    int current_ = -1;
+    int lock_holder_ = -1;
+    timestamp now_{std::chrono::sys_days{std::chrono::year{2026} / std::chrono::January / 1}};
+    std::map<std::uint64_t, proc> procs_;
+    std::map<std::string, int> spawns_;
+    std::vector<int> free_pids_;
+    int next_pid_ = 100;
+    std::uint64_t start_counter_ = 0;
+    std::vector<trace_entry> trace_;
+    std::vector<violation> violations_;
+    std::vector<int> schedule_;
+    std::uint64_t step_ = 0;
+    std::uint64_t event_seq_ = 0;
+    int kills_ = 0;
+    chooser* chooser_ = nullptr;
+    bool stop_ = false;
+    bool want_hash_ = false;
+    bool unwinding_ = false;
+    bool atomic_cs_ = false;
+};
+
+} // namespace kugetsu::sim
