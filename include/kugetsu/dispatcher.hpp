@@ -159,6 +159,10 @@ public:
                 return {start_status::no_slot, make_item(spec), {}};
             }
             queue_item it = make_item(spec);
+            // Claimed from birth: if this process dies before the first attempt is recorded,
+            // reap_locked() sees a claim of a dead owner (a PM start is then not retried).
+            it.state = task_state::notified;
+            it.owner = spawner_.self();
             store_.create_item(it, ec);
             if (ec) {
                 note_failure("start \"" + spec.id + "\"", ec, store_);
@@ -224,9 +228,20 @@ public:
                 first = false;
                 const int free = opt_.cap - rep.live;
                 if (free <= 0) return ids;
-                auto items = store_.items_in_state(task_state::pending, static_cast<std::size_t>(free), ec);
-                if (ec) return note_failure("queue", ec, store_), ids;
+                // Only dev tasks take slots; a PM task is never pending (see reap_locked), but
+                // if one were, it must not use up the `free` tasks fetched.
+                std::size_t want = static_cast<std::size_t>(free);
+                std::vector<queue_item> items;
+                for (;;) {
+                    items = store_.items_in_state(task_state::pending, want, ec);
+                    if (ec) return note_failure("queue", ec, store_), ids;
+                    const auto dev = static_cast<std::size_t>(
+                        std::count_if(items.begin(), items.end(), [](auto& i) { return i.role == role::dev; }));
+                    if (dev >= static_cast<std::size_t>(free) || items.size() < want) break;
+                    want += static_cast<std::size_t>(free) - dev;
+                }
                 for (auto& it : items) {
+                    if (it.role != role::dev) continue;   // never queued (see reap_locked)
                     it.state = task_state::notified;
                     it.owner = spawner_.self();
                     it.updated_at = clock_.now();
@@ -402,9 +417,20 @@ private:
             if (it.owner == me) continue;
             std::error_code pec;
             if (it.owner && spawner_.poll(it.owner, pec).state == process_state::running) continue;
-            it.state = task_state::pending;
             it.owner = {};
             it.updated_at = clock_.now();
+            if (it.attempts >= it.max_attempts || it.role == role::pm) {
+                // Its last attempt was cut short; or it is a PM, which is started, never
+                // queued: a PM start whose caller died is not retried by a daemon.
+                it.state = task_state::error;
+                it.finished_at = it.updated_at;
+                it.last_error = "attempt " + std::to_string(it.attempts) + " was interrupted: its starter died";
+                auto e = make_event(event_type::task_error, it);
+                e.reason = it.role == role::pm ? "start_interrupted" : "attempts_exhausted";
+                events_.push_back(std::move(e));
+            } else {
+                it.state = task_state::pending;
+            }
             store_.put_item(it, ec);
             if (ec) return note_failure("task \"" + it.id + "\"", ec, store_);
             ++rep.recovered;
@@ -543,6 +569,11 @@ private:
             auto e = make_event(event_type::task_error, it);
             e.reason = "attempts_exhausted";
             events_.push_back(std::move(e));
+        } else if (it.role == role::pm) {
+            // A PM is never queued: it stays claimed by the start() that retries it, so that
+            // if this process dies the claim is seen as interrupted (reap_locked).
+            it.state = task_state::notified;
+            it.owner = spawner_.self();
         } else {
             it.state = task_state::pending;
         }

@@ -120,6 +120,7 @@ struct exploration {
     std::uint64_t duplicate_starts = 0;
     std::map<std::string, std::uint64_t> by_kind;
     std::optional<counterexample> shortest;
+    std::map<std::string, counterexample> shortest_by_kind;
     bool complete = true;                ///< exhaustive: the whole state space was covered
     double seconds = 0;
     std::optional<run_result> example;   ///< the run to show: the counterexample, or the first
@@ -134,7 +135,19 @@ inline void account(exploration& ex, const run_result& r, std::uint64_t seed) {
     ex.duplicate_starts += static_cast<std::uint64_t>(r.duplicates);
     if (r.violations.empty()) return;
     ++ex.violating;
-    for (auto& v : r.violations) ++ex.by_kind[v.kind];
+    for (auto& v : r.violations) {
+        ++ex.by_kind[v.kind];
+        const std::size_t len = std::min<std::size_t>(r.schedule.size(), v.step);
+        auto it = ex.shortest_by_kind.find(v.kind);
+        if (it == ex.shortest_by_kind.end() || len < it->second.schedule.size()) {
+            counterexample c;
+            c.seed = seed;
+            c.schedule.assign(r.schedule.begin(), r.schedule.begin() + static_cast<std::ptrdiff_t>(len));
+            c.actors = r.actor_names;
+            c.first = v;
+            ex.shortest_by_kind[v.kind] = c;
+        }
+    }
     const auto& v = r.violations.front();
     const std::size_t len = std::min<std::size_t>(r.schedule.size(), v.step);
     if (!ex.shortest || len < ex.shortest->schedule.size()) {
@@ -163,23 +176,38 @@ inline run_result replay(const scenario& sc, std::uint64_t seed, const std::vect
     return run(sc, seed, ch, opt);
 }
 
-/// Shortens a counterexample: the shortest prefix that, run on with the lowest ready actor,
-/// still breaks an invariant (of any kind).
-inline counterexample shrink(const scenario& sc, counterexample c) {
+/// Shortens a counterexample. First the shortest prefix that, run on with the lowest ready
+/// actor, still breaks the same invariant; then single steps are dropped while the run
+/// still breaks it at an earlier step. Every candidate is a real replay.
+inline counterexample shrink(const scenario& sc, counterexample c, int passes = 2) {
     run_options opt;
     opt.keep_trace = false;
-    for (std::size_t cut = 0; cut < c.schedule.size(); ++cut) {
-        std::vector<int> prefix(c.schedule.begin(), c.schedule.begin() + static_cast<std::ptrdiff_t>(cut));
-        auto r = replay(sc, c.seed, prefix, opt);
-        if (r.violations.empty()) continue;
-        const auto& v = r.violations.front();
+    auto attempt = [&](const std::vector<int>& candidate) -> bool {
+        auto r = replay(sc, c.seed, candidate, opt);
+        auto same = std::find_if(r.violations.begin(), r.violations.end(),
+                                 [&](const violation& v) { return v.kind == c.first.kind; });
+        if (same == r.violations.end()) return false;
+        const violation v = *same;
         const std::size_t len = std::min<std::size_t>(r.schedule.size(), v.step);
-        if (len < c.schedule.size()) {
-            c.schedule.assign(r.schedule.begin(), r.schedule.begin() + static_cast<std::ptrdiff_t>(len));
-            c.first = v;
-            c.actors = r.actor_names;
+        if (len >= c.schedule.size()) return false;
+        c.schedule.assign(r.schedule.begin(), r.schedule.begin() + static_cast<std::ptrdiff_t>(len));
+        c.first = v;
+        c.actors = r.actor_names;
+        return true;
+    };
+    for (std::size_t cut = 0; cut < c.schedule.size(); ++cut)
+        if (attempt(std::vector<int>(c.schedule.begin(), c.schedule.begin() + static_cast<std::ptrdiff_t>(cut)))) break;
+    for (int pass = 0; pass < passes; ++pass) {
+        bool better = false;
+        for (std::size_t i = 0; i < c.schedule.size(); ++i) {
+            auto candidate = c.schedule;
+            candidate.erase(candidate.begin() + static_cast<std::ptrdiff_t>(i));
+            if (attempt(candidate)) {
+                better = true;
+                --i;
+            }
         }
-        break;
+        if (!better) break;
     }
     return c;
 }
@@ -210,11 +238,12 @@ inline exploration explore_random(const scenario& sc, std::uint64_t seed, std::u
     return ex;
 }
 
-/// Breadth-first over choice prefixes; a state already seen is not expanded again, so each
-/// reachable state is visited once and the first violation found is on a shortest schedule.
-/// Stops after `max_states` states (then `complete` is false).
+/// Depth-first over choice prefixes (each replayed from the start); a state already seen is
+/// not expanded again, so each reachable state is visited once. A counterexample found is
+/// then shrunk. Stops after `max_states` states (then `complete` is false).
+/// With `stop_at_violation`, the search ends at the first violating schedule.
 inline exploration explore_exhaustive(const scenario& sc, std::uint64_t seed, std::uint64_t max_states = 2'000'000,
-                                      bool reduce = true) {
+                                      bool stop_at_violation = true, bool reduce = true) {
     exploration ex;
     ex.mode = "exhaustive";
     run_options opt;
@@ -226,17 +255,25 @@ inline exploration explore_exhaustive(const scenario& sc, std::uint64_t seed, st
         std::deque<std::vector<int>> queue;
         queue.emplace_back();
         while (!queue.empty()) {
-            std::vector<int> prefix = std::move(queue.front());
-            queue.pop_front();
+            std::vector<int> prefix = std::move(queue.back());   // depth first: a deep
+            queue.pop_back();                                     // violation is found early
             scripted_chooser ch(prefix);
             ch.stop_at_end(true);
             auto r = run(sc, seed, ch, opt);
             if (!ch.reached_end) {   // the run ended within the prefix: a complete schedule
                 detail::account(ex, r, seed);
+                if (stop_at_violation && !r.violations.empty()) {
+                    ex.complete = false;
+                    break;
+                }
                 continue;
             }
             if (!r.violations.empty()) {   // broke an invariant on the way: a counterexample
                 detail::account(ex, r, seed);
+                if (stop_at_violation) {
+                    ex.complete = false;
+                    break;
+                }
                 continue;
             }
             if (!seen.insert(ch.frontier_hash).second) continue;
@@ -245,12 +282,13 @@ inline exploration explore_exhaustive(const scenario& sc, std::uint64_t seed, st
                 ex.complete = false;
                 break;
             }
-            for (int id : ch.frontier_ready) {
+            for (auto it = ch.frontier_ready.rbegin(); it != ch.frontier_ready.rend(); ++it) {
                 auto next = prefix;
-                next.push_back(id);
+                next.push_back(*it);
                 queue.push_back(std::move(next));
             }
         }
+        if (ex.shortest) ex.shortest = shrink(sc, *ex.shortest);
     });
     return ex;
 }

@@ -327,7 +327,9 @@ inline int unfinished(memory_store& store) {
 
 inline int pending_count(memory_store& store) {
     std::error_code ec;
-    return static_cast<int>(store.items_in_state(task_state::pending, static_cast<std::size_t>(-1), ec).size());
+    int n = 0;
+    for (auto& it : store.items_in_state(task_state::pending, static_cast<std::size_t>(-1), ec)) n += it.role == role::dev;
+    return n;
 }
 
 /// Live dev agents as kugetsu should count them when `sleeper` goes to sleep: running or
@@ -491,7 +493,8 @@ inline run_result run(const scenario& sc, std::uint64_t seed, chooser& ch, const
         if (s.sc.enqueue_first) start_others();
     });
     if (!sc.enqueue_first) start_others();
-    w.on_killed = [&s](const actor& a) {
+    w.on_killed = [&s, start_others](const actor& a) {
+        if (a.name == "enqueuer" && s.sc.enqueue_first) start_others();   // the rest still runs
         if (!a.client && s.daemon_restarts < s.sc.max_daemon_restarts) {   // a supervisor restarts it
             ++s.daemon_restarts;
             s.w.add_actor("daemon-" + std::to_string(s.daemon_restarts + 1), [&s] { detail::daemon_body(s); }, false);
