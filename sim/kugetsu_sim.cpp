@@ -1,0 +1,2 @@
+#include <kugetsu/sim/explore.hpp>
+int main() { return 0; }
