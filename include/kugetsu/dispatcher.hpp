@@ -149,6 +149,9 @@ public:
             reap_report rep;
             reap_locked(rep, ec);
             if (ec) return {};
+            // A taken id is an error whether or not a slot is free.
+            if (auto existing = store_.get_item(spec.id, ec); !ec && existing) ec = errc::duplicate_task;
+            if (ec) return note_failure("start \"" + spec.id + "\"", ec, store_), start_result{};
             if (spec.role == role::pm) {
                 if (rep.pm_live > 0) {
                     ec = errc::pm_already_running;

@@ -172,12 +172,15 @@ inline nlohmann::json summary_json(const scenario& sc, const exploration& ex, st
 /// step turned into a kill: the world traces "SIGKILL before <op>", and the state before a
 /// step does not depend on what happens at it. Costs one short replay per step.
 /// Requires: `schedule` is one a run recorded (run_result::schedule, or a prefix of it), so
-/// that each kill in it did happen.
-inline std::vector<std::string> step_ops(const scenario& sc, std::uint64_t seed, const std::vector<int>& schedule) {
+/// that each kill in it did happen; `options` are those of that run (atomic critical sections
+/// change what a schedule means).
+inline std::vector<std::string> step_ops(const scenario& sc, std::uint64_t seed, const std::vector<int>& schedule,
+                                         run_options options = {}) {
     scenario probe = sc;
     probe.faults.max_kills = 1 + static_cast<int>(std::count_if(schedule.begin(), schedule.end(), [](int e) { return e < 0; }));
-    run_options opt;
+    run_options opt = options;
     opt.keep_trace = true;
+    opt.state_hash = false;
     std::vector<std::string> ops;
     ops.reserve(schedule.size());
     for (std::size_t k = 0; k < schedule.size(); ++k) {
