@@ -443,3 +443,54 @@ TEST_CASE("each task's events form queued, dequeued, started, then one end event
     }
     CHECK(r.spawner.peak() == 2);
 }
+
+TEST_CASE("a task whose last attempt was interrupted by its starter's death ends error, not retried") {
+    rig r;
+    r.d.enqueue(r.spec("t1"));
+    auto it = r.item("t1");
+    it.state = task_state::notified;
+    it.attempts = it.max_attempts;                 // the starter died during the last attempt
+    it.owner = {999999, 1, "fake-boot"};
+    std::error_code ec;
+    r.store.put_item(it, ec);
+    CHECK(r.d.reap().recovered == 1);
+    CHECK(r.item("t1").state == task_state::error);
+    CHECK(r.item("t1").attempts == 3);
+    CHECK(r.last_of("t1")->reason == "attempts_exhausted");
+    CHECK(r.d.process_queue().taken == 0);
+    CHECK(r.spawner.requests().empty());
+}
+
+TEST_CASE("a PM start interrupted by its caller's death ends error and is never queued") {
+    rig r;
+    auto pm = r.spec("pm-1");
+    pm.role = role::pm;
+    r.spawner.fail_next_spawns(1);
+    // What an interrupted start leaves: a PM item claimed by a process that is now dead.
+    queue_item it;
+    it.id = "pm-1";
+    it.argv = {"agent"};
+    it.role = role::pm;
+    it.state = task_state::notified;
+    it.attempts = 1;
+    it.owner = {999999, 1, "fake-boot"};
+    std::error_code ec;
+    r.store.create_item(it, ec);
+    r.d.enqueue(r.spec("t1"));
+    auto rep = r.d.process_queue();
+    CHECK(rep.started == 1);
+    CHECK(r.item("pm-1").state == task_state::error);
+    CHECK(r.last_of("pm-1")->reason == "start_interrupted");
+    CHECK(r.item("t1").state == task_state::running);
+}
+
+TEST_CASE("start reports a taken id even when no slot is free") {
+    rig r(dispatcher_options{1, 3, 1s});
+    r.d.enqueue(r.spec("q"));
+    r.d.start(r.spec("busy"));
+    std::error_code ec;
+    auto res = r.d.start(r.spec("q"), ec);
+    CHECK(ec == errc::duplicate_task);
+    CHECK(res.status == start_status::no_slot);   // the default: nothing was done
+    CHECK(r.item("q").state == task_state::pending);
+}
