@@ -16,6 +16,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <cstdint>
 #include <cstdio>
 #include <map>
@@ -383,8 +384,9 @@ inline void write_svg(std::ostream& os, const run_result& r, const std::string& 
     os << "<line x1=\"" << num(left) << "\" y1=\"" << num(chart_top) << "\" x2=\"" << num(left) << "\" y2=\""
        << num(axis_y) << "\" stroke=\"#333333\"/>\n";
     os << "<g text-anchor=\"end\" fill=\"#333333\">\n";
-    std::vector<int> levels{0, r.cap};
-    if (chart_peak != r.cap && chart_peak > 0) levels.push_back(chart_peak);
+    std::vector<int> levels{0};   // 0, the cap and the peak, those that do not overlap
+    for (int n : {r.cap, chart_peak})
+        if (std::all_of(levels.begin(), levels.end(), [&](int m) { return std::abs(y(n) - y(m)) >= 11; })) levels.push_back(n);
     for (int n : levels)
         os << "<text x=\"" << num(left - 6) << "\" y=\"" << num(y(n) + 4) << "\">" << n << "</text>\n";
     os << "</g>\n";
