@@ -108,6 +108,7 @@ struct counterexample {
     std::vector<int> schedule;           ///< up to and including the violating step
     std::vector<std::string> actors;     ///< actor names, by id
     violation first;
+    bool atomic_sections = false;        ///< found with atomic critical sections: replay so
 };
 
 struct exploration {
@@ -128,7 +129,7 @@ struct exploration {
 
 namespace detail {
 
-inline void account(exploration& ex, const run_result& r, std::uint64_t seed) {
+inline void account(exploration& ex, const run_result& r, std::uint64_t seed, bool atomic = false) {
     ++ex.schedules;
     ex.peak_live = std::max(ex.peak_live, r.peak_live);
     ex.lost_tasks += static_cast<std::uint64_t>(r.lost);
@@ -145,6 +146,7 @@ inline void account(exploration& ex, const run_result& r, std::uint64_t seed) {
             c.schedule.assign(r.schedule.begin(), r.schedule.begin() + static_cast<std::ptrdiff_t>(len));
             c.actors = r.actor_names;
             c.first = v;
+            c.atomic_sections = atomic;
             ex.shortest_by_kind[v.kind] = c;
         }
     }
@@ -156,6 +158,7 @@ inline void account(exploration& ex, const run_result& r, std::uint64_t seed) {
         c.schedule.assign(r.schedule.begin(), r.schedule.begin() + static_cast<std::ptrdiff_t>(len));
         c.actors = r.actor_names;
         c.first = v;
+        c.atomic_sections = atomic;
         ex.shortest = c;
     }
 }
@@ -179,10 +182,14 @@ inline run_result replay(const scenario& sc, std::uint64_t seed, const std::vect
 /// Shortens a counterexample. First the shortest prefix that, run on with the lowest ready
 /// actor, still breaks the same invariant; then single steps are dropped while the run
 /// still breaks it at an earlier step. Every candidate is a real replay.
-inline counterexample shrink(const scenario& sc, counterexample c, int passes = 2) {
+/// At most `max_replays` replays: large scenarios get a partly shrunk counterexample.
+inline counterexample shrink(const scenario& sc, counterexample c, int passes = 2, int max_replays = 1500) {
     run_options opt;
     opt.keep_trace = false;
+    opt.atomic_critical_sections = c.atomic_sections;
+    int replays = 0;
     auto attempt = [&](const std::vector<int>& candidate) -> bool {
+        if (++replays > max_replays) return false;
         auto r = replay(sc, c.seed, candidate, opt);
         auto same = std::find_if(r.violations.begin(), r.violations.end(),
                                  [&](const violation& v) { return v.kind == c.first.kind; });
@@ -195,11 +202,11 @@ inline counterexample shrink(const scenario& sc, counterexample c, int passes = 
         c.actors = r.actor_names;
         return true;
     };
-    for (std::size_t cut = 0; cut < c.schedule.size(); ++cut)
+    for (std::size_t cut = 0; cut < c.schedule.size() && replays < max_replays; ++cut)
         if (attempt(std::vector<int>(c.schedule.begin(), c.schedule.begin() + static_cast<std::ptrdiff_t>(cut)))) break;
     for (int pass = 0; pass < passes; ++pass) {
         bool better = false;
-        for (std::size_t i = 0; i < c.schedule.size(); ++i) {
+        for (std::size_t i = 0; i < c.schedule.size() && replays < max_replays; ++i) {
             auto candidate = c.schedule;
             candidate.erase(candidate.begin() + static_cast<std::ptrdiff_t>(i));
             if (attempt(candidate)) {
@@ -261,7 +268,7 @@ inline exploration explore_exhaustive(const scenario& sc, std::uint64_t seed, st
             ch.stop_at_end(true);
             auto r = run(sc, seed, ch, opt);
             if (!ch.reached_end) {   // the run ended within the prefix: a complete schedule
-                detail::account(ex, r, seed);
+                detail::account(ex, r, seed, reduce);
                 if (stop_at_violation && !r.violations.empty()) {
                     ex.complete = false;
                     break;
@@ -269,7 +276,7 @@ inline exploration explore_exhaustive(const scenario& sc, std::uint64_t seed, st
                 continue;
             }
             if (!r.violations.empty()) {   // broke an invariant on the way: a counterexample
-                detail::account(ex, r, seed);
+                detail::account(ex, r, seed, reduce);
                 if (stop_at_violation) {
                     ex.complete = false;
                     break;

@@ -195,8 +195,7 @@ public:
             w_->trace(w_->current(), "exec_failed", p->task_id + " pid " + std::to_string(ref.pid));
             return;
         }
-        p->status = proc_status::running;
-        p->ran = true;
+        w_->mark_running(*p);
         p->started = w_->now();
         if (p->role == role::pm || w_->draw_chance("hang:" + key, w_->faults().agent_hang)) {
             p->ends_at.reset();
@@ -248,7 +247,7 @@ public:
         if (!p || p->status != proc_status::running) return;
         w_->trace(w_->current(), sig == stop_signal::kill ? "SIGKILL agent" : "SIGTERM agent", p->task_id);
         if (sig == stop_signal::kill || !p->ignore_term) {
-            p->status = proc_status::exited;
+            w_->mark_exited(*p);
             p->exit_code = sig == stop_signal::kill ? 137 : 143;
             p->ended = w_->now();
             w_->notify_event();

@@ -169,36 +169,16 @@ inline nlohmann::json summary_json(const scenario& sc, const exploration& ex, st
 
 /// What each step of `schedule` did: the operation the chosen actor performed there, as its
 /// choice point names it ("store.list_sessions", "lock", "spawn t3", "begin" for an actor's
-/// first step); a kill as "kill before <op>". Found by replaying each prefix with its last
-/// step turned into a kill: the world traces "SIGKILL before <op>", and the state before a
-/// step does not depend on what happens at it. Costs one short replay per step.
-/// Requires: `schedule` is one a run recorded (run_result::schedule, or a prefix of it), so
-/// that each kill in it did happen; `options` are those of that run (atomic critical sections
-/// change what a schedule means).
+/// first step); a kill as "kill before <op>". One replay; the world records each step's op.
 inline std::vector<std::string> step_ops(const scenario& sc, std::uint64_t seed, const std::vector<int>& schedule,
                                          run_options options = {}) {
-    scenario probe = sc;
-    probe.faults.max_kills = 1 + static_cast<int>(std::count_if(schedule.begin(), schedule.end(), [](int e) { return e < 0; }));
-    run_options opt = options;
-    opt.keep_trace = true;
-    opt.state_hash = false;
-    std::vector<std::string> ops;
-    ops.reserve(schedule.size());
-    for (std::size_t k = 0; k < schedule.size(); ++k) {
-        const int e = schedule[k];
-        std::vector<int> prefix(schedule.begin(), schedule.begin() + static_cast<std::ptrdiff_t>(k));
-        prefix.push_back(e < 0 ? e : -(e + 1));
-        scripted_chooser ch(std::move(prefix));
-        ch.stop_at_end(true);
-        const run_result r = run(probe, seed, ch, opt);
-        std::string op = "begin";   // no SIGKILL traced: the actor's first step
-        for (const auto& t : r.trace)
-            if (t.step == k + 1 && t.op == "SIGKILL" && t.detail.rfind("before ", 0) == 0) {
-                op = t.detail.substr(7);
-                break;
-            }
-        ops.push_back(e < 0 ? "kill before " + op : op);
-    }
+    options.keep_trace = false;
+    options.state_hash = false;
+    const run_result r = replay(sc, seed, schedule, options);
+    std::vector<std::string> ops(r.ops.begin(),
+                                 r.ops.begin() + static_cast<std::ptrdiff_t>(std::min(r.ops.size(), schedule.size())));
+    for (std::size_t k = 0; k < ops.size(); ++k)
+        if (schedule[k] < 0) ops[k] = "kill before " + ops[k];
     return ops;
 }
 

@@ -73,6 +73,7 @@ struct run_result {
     int peak_live = 0;
     std::vector<violation> violations;
     std::vector<int> schedule;
+    std::vector<std::string> ops;        ///< what each step of the schedule did
     std::vector<std::string> actor_names;
     std::uint64_t steps = 0;
     int lost = 0;
@@ -380,22 +381,16 @@ inline void daemon_body(shared& s) {
 
 /// The per-step invariants: the cap, and no task's program running twice.
 inline void check_step(shared& s) {
-    int live = 0;
-    std::map<std::string, int> ran;
-    for (auto& [k, p] : s.w.procs()) {
-        if (p.role == role::dev && p.status == proc_status::running) ++live;
-        if (p.ran) ++ran[p.task_id];
-    }
+    const int live = s.w.live_dev();
     s.peak = std::max(s.peak, live);
     if (live > s.sc.cap && !s.cap_reported) {
         s.cap_reported = true;
         s.w.add_violation("cap", std::to_string(live) + " live dev agents, cap " + std::to_string(s.sc.cap));
     }
-    for (auto& [task, n] : ran)
-        if (n > 1 && !s.dup_reported) {
-            s.dup_reported = true;
-            s.w.add_violation("duplicate_start", "task " + task + " ran " + std::to_string(n) + " times");
-        }
+    if (!s.w.ran_twice().empty() && !s.dup_reported) {
+        s.dup_reported = true;
+        s.w.add_violation("duplicate_start", "task " + s.w.ran_twice() + " ran twice");
+    }
 }
 
 /// Each task's events: queued? dequeued* [started] end?, nothing after the end, at most one
@@ -508,6 +503,7 @@ inline run_result run(const scenario& sc, std::uint64_t seed, chooser& ch, const
     r.kills = w.kills();
     r.peak_live = s.peak;
     r.schedule = w.schedule();
+    r.ops = w.step_ops();
     for (std::size_t i = 0; i < w.actor_count(); ++i) r.actor_names.push_back(w.get(static_cast<int>(i)).name);
     r.violations = w.violations();
     std::error_code ec;

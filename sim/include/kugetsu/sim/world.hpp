@@ -205,6 +205,7 @@ public:
             if (stop_) break;
             ++step_;
             actor& a = *actors_.at(static_cast<std::size_t>(who));
+            step_ops_.push_back(a.next_op);
             if (kills_ < faults_.max_kills && ch.kill_here(who)) {
                 a.kill_requested = true;
                 ++kills_;
@@ -343,6 +344,22 @@ public:
             if (a->self == p) return a.get();
         return nullptr;
     }
+    /// Status changes of agents go through these, which keep the live count and the number
+    /// of times each task's program ran (the per-step invariants read them in O(1)).
+    void mark_running(proc& p) {
+        p.status = proc_status::running;
+        p.ran = true;
+        if (p.role == role::dev) ++live_dev_;
+        if (++ran_[p.task_id] > 1) twice_ = p.task_id;
+    }
+    void mark_exited(proc& p) {
+        if (p.status == proc_status::running && p.role == role::dev) --live_dev_;
+        p.status = proc_status::exited;
+    }
+    int live_dev() const noexcept { return live_dev_; }
+    /// A task whose program ran twice, or "".
+    const std::string& ran_twice() const noexcept { return twice_; }
+
     /// A process's pid becomes reusable once it has been reaped.
     void reaped(proc& pr) {
         pr.status = proc_status::reaped;
@@ -366,6 +383,8 @@ public:
     const std::vector<violation>& violations() const noexcept { return violations_; }
     const std::vector<trace_entry>& trace_log() const noexcept { return trace_; }
     const std::vector<int>& schedule() const noexcept { return schedule_; }
+    /// What each step did: the chosen actor's pending operation ("store.list_sessions", ...).
+    const std::vector<std::string>& step_ops() const noexcept { return step_ops_; }
     std::uint64_t steps() const noexcept { return step_; }
     int kills() const noexcept { return kills_; }
 
@@ -461,7 +480,7 @@ private:
         bool ended = false;
         for (auto& [k, p] : procs_)
             if (p.status == proc_status::running && p.ends_at && *p.ends_at <= now_) {
-                p.status = proc_status::exited;
+                mark_exited(p);
                 p.ended = now_;
                 ended = true;
                 ++event_seq_;
@@ -495,12 +514,16 @@ private:
     timestamp now_{std::chrono::sys_days{std::chrono::year{2026} / std::chrono::January / 1}};
     std::map<std::uint64_t, proc> procs_;
     std::map<std::string, int> spawns_;
+    std::map<std::string, int> ran_;
+    std::string twice_;
+    int live_dev_ = 0;
     std::vector<int> free_pids_;
     int next_pid_ = 100;
     std::uint64_t start_counter_ = 0;
     std::vector<trace_entry> trace_;
     std::vector<violation> violations_;
     std::vector<int> schedule_;
+    std::vector<std::string> step_ops_;
     std::uint64_t step_ = 0;
     std::uint64_t event_seq_ = 0;
     int kills_ = 0;
