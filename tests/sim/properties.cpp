@@ -65,6 +65,17 @@ exploration explore(const scenario& sc, std::uint64_t seed, int schedules = 3) {
     return explore_random(sc, seed, static_cast<std::uint64_t>(schedules));
 }
 
+/// A random case of the issue's ranges: 0 to 40 tasks, caps 1 to 8, 1 to 6 starters, any
+/// seed, any fault plan; explored over a few schedules. Returns the cap and the exploration.
+std::pair<int, exploration> random_case() {
+    const int tasks = *rc::gen::inRange(0, 41);
+    const int cap = *rc::gen::inRange(1, 9);
+    const int starters = *rc::gen::inRange(1, 7);
+    const auto seed = *rc::gen::arbitrary<std::uint64_t>();
+    const auto faults = *gen_faults();
+    return {cap, explore(make(tasks, cap, starters, faults), seed)};
+}
+
 std::uint64_t count(const exploration& ex, const std::string& kind) {
     auto it = ex.by_kind.find(kind);
     return it == ex.by_kind.end() ? 0 : it->second;
@@ -81,12 +92,7 @@ std::string describe(const exploration& ex) {
 
 TEST_CASE("fixed design: live dev agents never exceed the cap, at any step, under any faults") {
     rc::prop("cap holds", [] {
-        const int tasks = *rc::gen::inRange(0, 41);
-        const int cap = *rc::gen::inRange(1, 9);
-        const int starters = *rc::gen::inRange(1, 7);
-        const auto seed = *rc::gen::arbitrary<std::uint64_t>();
-        const auto faults = *gen_faults();
-        const auto ex = explore(make(tasks, cap, starters, faults), seed);
+        const auto [cap, ex] = random_case();
         RC_LOG() << describe(ex);
         RC_ASSERT(count(ex, "cap") == 0u);
         RC_ASSERT(ex.peak_live <= cap);
@@ -95,12 +101,7 @@ TEST_CASE("fixed design: live dev agents never exceed the cap, at any step, unde
 
 TEST_CASE("fixed design: no task is lost, none runs twice, attempts never exceed the maximum") {
     rc::prop("every task ends exactly once", [] {
-        const int tasks = *rc::gen::inRange(0, 41);
-        const int cap = *rc::gen::inRange(1, 9);
-        const int starters = *rc::gen::inRange(1, 7);
-        const auto seed = *rc::gen::arbitrary<std::uint64_t>();
-        const auto faults = *gen_faults();
-        const auto ex = explore(make(tasks, cap, starters, faults), seed);
+        const auto [cap, ex] = random_case();
         RC_LOG() << describe(ex);
         RC_ASSERT(count(ex, "lost_task") == 0u);
         RC_ASSERT(count(ex, "duplicate_start") == 0u);
@@ -114,12 +115,7 @@ TEST_CASE("fixed design: no task is lost, none runs twice, attempts never exceed
 
 TEST_CASE("fixed design: no free slot stays idle while tasks are pending, and events form valid sequences") {
     rc::prop("no idle slot, valid events", [] {
-        const int tasks = *rc::gen::inRange(0, 41);
-        const int cap = *rc::gen::inRange(1, 9);
-        const int starters = *rc::gen::inRange(1, 7);
-        const auto seed = *rc::gen::arbitrary<std::uint64_t>();
-        const auto faults = *gen_faults();
-        const auto ex = explore(make(tasks, cap, starters, faults), seed);
+        const auto [cap, ex] = random_case();
         RC_LOG() << describe(ex);
         RC_ASSERT(count(ex, "idle_slot") == 0u);
         RC_ASSERT(count(ex, "events") == 0u);

@@ -129,6 +129,18 @@ struct exploration {
 
 namespace detail {
 
+/// The schedule of `r` up to violation `v`, as a counterexample.
+inline counterexample cut_at(const run_result& r, const violation& v, std::uint64_t seed, bool atomic) {
+    counterexample c;
+    c.seed = seed;
+    const std::size_t len = std::min<std::size_t>(r.schedule.size(), v.step);
+    c.schedule.assign(r.schedule.begin(), r.schedule.begin() + static_cast<std::ptrdiff_t>(len));
+    c.actors = r.actor_names;
+    c.first = v;
+    c.atomic_sections = atomic;
+    return c;
+}
+
 inline void account(exploration& ex, const run_result& r, std::uint64_t seed, bool atomic = false) {
     ++ex.schedules;
     ex.peak_live = std::max(ex.peak_live, r.peak_live);
@@ -138,29 +150,13 @@ inline void account(exploration& ex, const run_result& r, std::uint64_t seed, bo
     ++ex.violating;
     for (auto& v : r.violations) {
         ++ex.by_kind[v.kind];
-        const std::size_t len = std::min<std::size_t>(r.schedule.size(), v.step);
+        auto c = cut_at(r, v, seed, atomic);
         auto it = ex.shortest_by_kind.find(v.kind);
-        if (it == ex.shortest_by_kind.end() || len < it->second.schedule.size()) {
-            counterexample c;
-            c.seed = seed;
-            c.schedule.assign(r.schedule.begin(), r.schedule.begin() + static_cast<std::ptrdiff_t>(len));
-            c.actors = r.actor_names;
-            c.first = v;
-            c.atomic_sections = atomic;
-            ex.shortest_by_kind[v.kind] = c;
-        }
+        if (it == ex.shortest_by_kind.end() || c.schedule.size() < it->second.schedule.size())
+            ex.shortest_by_kind[v.kind] = std::move(c);
     }
-    const auto& v = r.violations.front();
-    const std::size_t len = std::min<std::size_t>(r.schedule.size(), v.step);
-    if (!ex.shortest || len < ex.shortest->schedule.size()) {
-        counterexample c;
-        c.seed = seed;
-        c.schedule.assign(r.schedule.begin(), r.schedule.begin() + static_cast<std::ptrdiff_t>(len));
-        c.actors = r.actor_names;
-        c.first = v;
-        c.atomic_sections = atomic;
-        ex.shortest = c;
-    }
+    auto c = cut_at(r, r.violations.front(), seed, atomic);
+    if (!ex.shortest || c.schedule.size() < ex.shortest->schedule.size()) ex.shortest = std::move(c);
 }
 
 template <class F>
