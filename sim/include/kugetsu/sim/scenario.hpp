@@ -373,8 +373,8 @@ inline void daemon_body(shared& s) {
                                                std::to_string(counted_live(w, me)) + " live, cap " +
                                                std::to_string(s.sc.cap));
         }
-        std::optional<timestamp> deadline;
-        if (s.sc.timeout) deadline = w.now() + std::chrono::seconds(1);   // enforce timeouts
+        std::optional<timestamp> deadline;   // the fixed design enforces timeouts; the old one had none
+        if (s.sc.timeout && fixed) deadline = w.now() + std::chrono::seconds(1);
         w.wait_event(deadline);
     }
 }
