@@ -53,6 +53,7 @@
 #include <boost/interprocess/sync/file_lock.hpp>
 
 #include "../concepts.hpp"
+#include "../detail/ipc.hpp"
 #include "../detail/posix.hpp"
 #include "../error.hpp"
 
@@ -91,38 +92,16 @@ public:
     /// (errno, e.g. EDEADLK), or errc::lock_failed.
     void lock(std::error_code& ec) noexcept {
         if (!open(ec)) return;
-        for (;;) {
-            try {
-                lock_->lock();
-                held_ = true;
-                ec.clear();
-                return;
-            } catch (const boost::interprocess::interprocess_exception& e) {
-                ec = to_error_code(e);
-            } catch (...) {
-                ec = make_error_code(errc::lock_failed);
-            }
-            if (ec != std::errc::interrupted) return;
-        }
+        if (detail::ipc_call([&] { lock_->lock(); return true; }, ec)) held_ = true;
     }
 
     /// Returns: true if no other process held the lock and this process now holds it;
     /// false (ec clear) if another process holds it. Errors as for lock(), returning false.
     bool try_lock(std::error_code& ec) noexcept {
         if (!open(ec)) return false;
-        for (;;) {
-            try {
-                const bool got = lock_->try_lock();
-                held_ = held_ || got;
-                ec.clear();
-                return got;
-            } catch (const boost::interprocess::interprocess_exception& e) {
-                ec = to_error_code(e);
-            } catch (...) {
-                ec = make_error_code(errc::lock_failed);
-            }
-            if (ec != std::errc::interrupted) return false;
-        }
+        const bool got = detail::ipc_call([&] { return lock_->try_lock(); }, ec).value_or(false);
+        held_ = held_ || got;
+        return got;
     }
 
     /// Effects: if this object took the lock, releases it (for the whole process). A no-op
@@ -144,12 +123,6 @@ public:
     bool owns_lock() const noexcept { return held_; }
 
 private:
-    static std::error_code to_error_code(const boost::interprocess::interprocess_exception& e) noexcept {
-        const int native = e.get_native_error();
-        if (native != 0) return {native, std::system_category()};
-        return make_error_code(errc::lock_failed);
-    }
-
     // Creates the file (0600, O_NOFOLLOW, O_CLOEXEC) if missing, then lets Boost open it.
     // Our descriptor is closed straight away: this object holds no lock yet, and keeping it
     // would only add a second descriptor whose close drops the lock.
@@ -167,7 +140,7 @@ private:
             ec.clear();
             return true;
         } catch (const boost::interprocess::interprocess_exception& e) {
-            ec = to_error_code(e);
+            ec = detail::ipc_error(e);
         } catch (const std::bad_alloc&) {
             ec = std::make_error_code(std::errc::not_enough_memory);
         } catch (...) {

@@ -64,6 +64,7 @@
 #include <boost/interprocess/sync/named_mutex.hpp>
 
 #include "../concepts.hpp"
+#include "../detail/ipc.hpp"
 #include "../error.hpp"
 
 namespace kugetsu {
@@ -107,19 +108,7 @@ public:
     void lock(std::error_code& ec) noexcept {
         assert(!held_ && "boost_named_mutex_lock is not recursive");
         if (!open(ec)) return;
-        for (;;) {
-            try {
-                mutex_->lock();
-                held_ = true;
-                ec.clear();
-                return;
-            } catch (const boost::interprocess::interprocess_exception& e) {
-                ec = to_error_code(e);
-            } catch (...) {
-                ec = make_error_code(errc::lock_failed);
-            }
-            if (ec != std::errc::interrupted) return;
-        }
+        if (detail::ipc_call([&] { mutex_->lock(); return true; }, ec)) held_ = true;
     }
 
     /// Requires: this object does not hold the lock.
@@ -128,18 +117,8 @@ public:
     bool try_lock(std::error_code& ec) noexcept {
         assert(!held_ && "boost_named_mutex_lock is not recursive");
         if (!open(ec)) return false;
-        for (;;) {
-            try {
-                held_ = mutex_->try_lock();
-                ec.clear();
-                return held_;
-            } catch (const boost::interprocess::interprocess_exception& e) {
-                ec = to_error_code(e);
-            } catch (...) {
-                ec = make_error_code(errc::lock_failed);
-            }
-            if (ec != std::errc::interrupted) return false;
-        }
+        held_ = detail::ipc_call([&] { return mutex_->try_lock(); }, ec).value_or(false);
+        return held_;
     }
 
     /// Requires: this object does not hold the lock.
@@ -219,12 +198,6 @@ public:
     bool owns_lock() const noexcept { return held_; }
 
 private:
-    static std::error_code to_error_code(const boost::interprocess::interprocess_exception& e) noexcept {
-        const int native = e.get_native_error();
-        if (native != 0) return {native, std::system_category()};
-        return make_error_code(errc::lock_failed);
-    }
-
     bool open(std::error_code& ec) noexcept {
         if (mutex_) {
             ec.clear();
@@ -236,7 +209,7 @@ private:
             ec.clear();
             return true;
         } catch (const boost::interprocess::interprocess_exception& e) {
-            ec = to_error_code(e);
+            ec = detail::ipc_error(e);
         } catch (const std::bad_alloc&) {
             ec = std::make_error_code(std::errc::not_enough_memory);
         } catch (...) {
