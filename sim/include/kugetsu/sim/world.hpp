@@ -31,6 +31,24 @@
 
 #include <ucontext.h>
 
+// AddressSanitizer must be told when the stack changes under it (swapcontext), or it reports
+// false errors when an exception unwinds a coroutine (google/sanitizers#189).
+#if defined(__SANITIZE_ADDRESS__)
+#define KUGETSU_SIM_ASAN 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define KUGETSU_SIM_ASAN 1
+#endif
+#endif
+#if KUGETSU_SIM_ASAN
+#include <sanitizer/common_interface_defs.h>
+#define KUGETSU_SIM_FIBER_START(save, bottom, size) __sanitizer_start_switch_fiber(save, bottom, size)
+#define KUGETSU_SIM_FIBER_FINISH(save, bottom, size) __sanitizer_finish_switch_fiber(save, bottom, size)
+#else
+#define KUGETSU_SIM_FIBER_START(save, bottom, size) ((void)0)
+#define KUGETSU_SIM_FIBER_FINISH(save, bottom, size) ((void)0)
+#endif
+
 #include <kugetsu/json.hpp>
 #include <kugetsu/store/memory_store.hpp>
 #include <kugetsu/types.hpp>
@@ -88,6 +106,7 @@ struct actor {
     process_ref self;
     ucontext_t ctx{};
     std::unique_ptr<char[]> stack;
+    void* fake_stack = nullptr;    ///< AddressSanitizer's bookkeeping while switched away
 };
 
 enum class proc_status { held, running, exited, reaped, abandoned };
@@ -411,6 +430,7 @@ public:
 private:
     static void trampoline(unsigned lo, unsigned hi) {
         auto* w = reinterpret_cast<world*>(static_cast<std::uintptr_t>(lo) | (static_cast<std::uintptr_t>(hi) << 32));
+        KUGETSU_SIM_FIBER_FINISH(nullptr, &w->main_bottom_, &w->main_size_);
         actor& a = w->me();
         try {
             a.body();
@@ -420,7 +440,8 @@ private:
             w->add_violation("exception", a.name + ": " + e.what());
         }
         w->finished(a);
-        // returning switches to uc_link: the main context
+        // Returning switches to uc_link, the main context; this stack is done with.
+        KUGETSU_SIM_FIBER_START(nullptr, w->main_bottom_, w->main_size_);
     }
 
     void finished(actor& a) {
@@ -447,14 +468,18 @@ private:
     void resume(actor& a) {
         current_ = a.id;
         a.started = true;
+        KUGETSU_SIM_FIBER_START(&main_fake_stack_, a.stack.get(), stack_size);
         swapcontext(&main_ctx_, &a.ctx);
+        KUGETSU_SIM_FIBER_FINISH(main_fake_stack_, nullptr, nullptr);
         current_ = -1;
     }
 
     /// Back to the scheduler; on return, dies if killed or aborted.
     void switch_out() {
         actor& a = me();
+        KUGETSU_SIM_FIBER_START(&a.fake_stack, main_bottom_, main_size_);
         swapcontext(&a.ctx, &main_ctx_);
+        KUGETSU_SIM_FIBER_FINISH(a.fake_stack, &main_bottom_, &main_size_);
         after_resume(a);
     }
     void after_resume(actor& a) {
@@ -509,6 +534,9 @@ private:
     fault_plan faults_;
     std::vector<std::unique_ptr<actor>> actors_;
     ucontext_t main_ctx_{};
+    void* main_fake_stack_ = nullptr;
+    const void* main_bottom_ = nullptr;
+    std::size_t main_size_ = 0;
     int current_ = -1;
     int lock_holder_ = -1;
     timestamp now_{std::chrono::sys_days{std::chrono::year{2026} / std::chrono::January / 1}};
