@@ -149,16 +149,22 @@ public:
             reap_report rep;
             reap_locked(rep, ec);
             if (ec) return {};
-            // A taken id is an error whether or not a slot is free.
-            if (auto existing = store_.get_item(spec.id, ec); !ec && existing) ec = errc::duplicate_task;
-            if (ec) return note_failure("start \"" + spec.id + "\"", ec, store_), start_result{};
+            // A taken id is an error whether or not a slot is free. With a slot, create_item
+            // below says so; without one, look it up (off the path that starts an agent).
+            auto taken = [&] {
+                if (auto existing = store_.get_item(spec.id, ec); !ec && existing) ec = errc::duplicate_task;
+                if (ec) note_failure("start \"" + spec.id + "\"", ec, store_);
+                return bool(ec);
+            };
             if (spec.role == role::pm) {
                 if (rep.pm_live > 0) {
+                    if (taken()) return {};
                     ec = errc::pm_already_running;
                     detail_ = "a PM agent is already running";
                     return {};
                 }
             } else if (rep.live >= opt_.cap) {
+                if (taken()) return {};
                 return {start_status::no_slot, make_item(spec), {}};
             }
             queue_item it = make_item(spec);

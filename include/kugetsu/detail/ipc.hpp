@@ -2,6 +2,7 @@
 // mapped to std::error_code, and EINTR retried (Boost 1.74 does not retry it).
 #pragma once
 
+#include <new>
 #include <optional>
 #include <system_error>
 
@@ -17,7 +18,8 @@ inline std::error_code ipc_error(const boost::interprocess::interprocess_excepti
     return make_error_code(errc::lock_failed);
 }
 
-/// Calls f() until it returns without EINTR. On another error: ec set, nullopt.
+/// Calls f() until it returns without EINTR. On another error: ec set (the native errno,
+/// ENOMEM for bad_alloc, else errc::lock_failed), nullopt.
 template <class F>
 auto ipc_call(F&& f, std::error_code& ec) noexcept -> std::optional<decltype(f())> {
     for (;;) {
@@ -27,6 +29,8 @@ auto ipc_call(F&& f, std::error_code& ec) noexcept -> std::optional<decltype(f()
             return r;
         } catch (const boost::interprocess::interprocess_exception& e) {
             ec = ipc_error(e);
+        } catch (const std::bad_alloc&) {
+            ec = std::make_error_code(std::errc::not_enough_memory);
         } catch (...) {
             ec = make_error_code(errc::lock_failed);
         }

@@ -135,17 +135,7 @@ private:
             detail::unique_fd fd = detail::open_path(path_, O_RDWR | O_CREAT | O_NOFOLLOW, 0600, ec);
             if (ec) return false;
         }
-        try {
-            lock_.emplace(path_.c_str());
-            ec.clear();
-            return true;
-        } catch (const boost::interprocess::interprocess_exception& e) {
-            ec = detail::ipc_error(e);
-        } catch (const std::bad_alloc&) {
-            ec = std::make_error_code(std::errc::not_enough_memory);
-        } catch (...) {
-            ec = make_error_code(errc::lock_failed);
-        }
+        if (detail::ipc_call([&] { return &lock_.emplace(path_.c_str()); }, ec)) return true;
         lock_.reset();
         return false;
     }

@@ -203,19 +203,11 @@ private:
             ec.clear();
             return true;
         }
-        try {
-            mutex_ = std::make_unique<boost::interprocess::named_mutex>(
-                boost::interprocess::open_or_create, name_.c_str(), boost::interprocess::permissions(0600));
-            ec.clear();
-            return true;
-        } catch (const boost::interprocess::interprocess_exception& e) {
-            ec = detail::ipc_error(e);
-        } catch (const std::bad_alloc&) {
-            ec = std::make_error_code(std::errc::not_enough_memory);
-        } catch (...) {
-            ec = make_error_code(errc::lock_failed);
-        }
-        return false;
+        return detail::ipc_call([&] {
+                   mutex_ = std::make_unique<boost::interprocess::named_mutex>(
+                       boost::interprocess::open_or_create, name_.c_str(), boost::interprocess::permissions(0600));
+                   return true;
+               }, ec).has_value();
     }
 
     std::string name_;
