@@ -9,7 +9,7 @@ set -euo pipefail
 packages=(
     cmake g++ make git ca-certificates
     libboost-dev librange-v3-dev nlohmann-json3-dev
-    librapidcheck-dev catch2 libbenchmark-dev
+    librapidcheck-dev catch2 libbenchmark-dev libcli11-dev
     clang-14
 )
 

@@ -46,6 +46,8 @@ struct spawn_request {
     std::string task_id;
     std::vector<std::string> argv;    ///< run by exec, never through a shell
     std::string working_dir;          ///< "" = inherit
+    std::optional<duration> timeout{};  ///< a spawner that supervises may enforce it itself
+    duration kill_grace{};            ///< SIGTERM -> SIGKILL delay for that enforcement
 };
 
 enum class process_state {
@@ -57,6 +59,7 @@ enum class process_state {
 struct process_status {
     process_state state = process_state::gone;
     int exit_code = -1;               ///< exited: 0-255, or 128+signal if killed by a signal
+    bool timed_out = false;           ///< exited: the spawner stopped it at its timeout
 };
 
 enum class stop_signal { terminate, kill };
@@ -72,6 +75,8 @@ enum class stop_signal { terminate, kill };
 /// `s.signal(p, sig, ec)` signals the agent's whole process group, and nothing at all if p no
 /// longer denotes the same process (PID reuse). `s.self()` names the calling process, so
 /// that work it claims can be recovered when it dies.
+/// Optional: `s.forget(p)` (noexcept), called once an agent's end is recorded or its start
+/// failed, drops whatever the spawner keeps per agent.
 template <class S>
 concept spawner = requires(S& s, const spawn_request& r, const process_ref& p, std::error_code& ec) {
     { s.spawn(r, ec) } -> std::same_as<process_ref>;

@@ -352,6 +352,39 @@ public:
     }
     queue_item cancel(std::string_view id) { return throwing([&](auto& ec) { return cancel(id, ec); }); }
 
+    /// What a process that waits for work (a daemon) must wake for besides changes to the
+    /// store: the earliest deadline of a running agent (its timeout, or the end of the grace
+    /// after SIGTERM), and the processes holding claims (a claim is recovered when its owner
+    /// dies).
+    struct wake_plan {
+        std::optional<timestamp> deadline;
+        std::vector<process_ref> owners;
+    };
+
+    wake_plan next_wake(std::error_code& ec) {
+        ec.clear();
+        return locked(ec, [&] {
+            wake_plan w;
+            auto earliest = [&](timestamp t) {
+                if (!w.deadline || t < *w.deadline) w.deadline = t;
+            };
+            auto running = store_.items_in_state(task_state::running, static_cast<std::size_t>(-1), ec);
+            if (ec) return note_failure("queue", ec, store_), w;
+            for (const auto& it : running) {
+                if (it.term_sent_at && !it.kill_sent) earliest(*it.term_sent_at + opt_.kill_grace);
+                else if (!it.term_sent_at && !it.stop_reason.empty()) earliest(it.updated_at);
+                else if (!it.term_sent_at && it.timeout && it.started_at) earliest(*it.started_at + *it.timeout);
+            }
+            auto claimed = store_.items_in_state(task_state::notified, static_cast<std::size_t>(-1), ec);
+            if (ec) return note_failure("queue", ec, store_), w;
+            const process_ref me = spawner_.self();
+            for (const auto& it : claimed)
+                if (it.owner && it.owner != me) w.owners.push_back(it.owner);
+            return w;
+        });
+    }
+    wake_plan next_wake() { return throwing([&](auto& ec) { return next_wake(ec); }); }
+
     // ---- access -------------------------------------------------------------------------
 
     const dispatcher_options& options() const noexcept { return opt_; }
@@ -483,7 +516,8 @@ private:
             if (item.stop_reason == "cancelled") {
                 item.state = task_state::cancelled;
                 e.reason = "cancelled";
-            } else if (item.stop_reason == "timeout") {
+            } else if (item.stop_reason == "timeout" || st.timed_out) {
+                item.stop_reason = "timeout";
                 item.state = task_state::error;
                 item.last_error = e.reason = "timeout";
             } else if (st.state == process_state::exited && st.exit_code == 0) {
@@ -504,7 +538,14 @@ private:
         }
         store_.remove_session(s.id, ec);
         if (ec) return note_failure("session \"" + s.id + "\"", ec, store_);
+        forget(s.process);
         if (it) remove_workspace(*it, ec);
+    }
+
+    /// Spawners that keep a record per agent (fork_spawner's slot files) drop it once the
+    /// agent's end is recorded.
+    void forget(const process_ref& p) noexcept {
+        if constexpr (requires { spawner_.forget(p); }) spawner_.forget(p);
     }
 
     void remove_workspace(queue_item& it, std::error_code& ec) {
@@ -530,11 +571,12 @@ private:
         if (ec) return note_failure("task \"" + it.id + "\"", ec, store_), start_result{start_status::failed, it, detail_};
 
         std::error_code wec;
-        const std::string dir = workspace_.prepare(it, wec);
+        std::string dir = workspace_.prepare(it, wec);
         if (wec) return attempt_failed(it, describe("workspace", wec, workspace_), ec);
+        if (dir.empty()) dir = it.workdir;
 
         std::error_code sec;
-        const process_ref proc = spawner_.spawn({it.id, it.argv, dir}, sec);
+        const process_ref proc = spawner_.spawn({it.id, it.argv, dir, it.timeout, opt_.kill_grace}, sec);
         if (sec) return attempt_failed(it, describe("spawn", sec, spawner_), ec);
 
         const session s{session_id_for(it), it.role, it.id, proc, dir, clock_.now()};
@@ -549,6 +591,7 @@ private:
         if (sec) {
             std::error_code rec;
             store_.remove_session(s.id, rec);
+            forget(proc);
             return attempt_failed(it, describe("exec", sec, spawner_), ec);
         }
         it.state = task_state::running;
@@ -609,6 +652,7 @@ private:
         it.timeout = spec.timeout;
         it.max_attempts = spec.max_attempts.value_or(opt_.max_attempts);
         it.repo = spec.repo;
+        it.workdir = spec.workdir;
         it.enqueued_at = it.updated_at = clock_.now();
         return it;
     }

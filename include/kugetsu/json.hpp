@@ -109,6 +109,7 @@ inline void to_json(nlohmann::json& j, const queue_item& it) {
          {"max_attempts", it.max_attempts},
          {"state", to_string(it.state)},
          {"repo", it.repo},
+         {"workdir", it.workdir},
          {"pid", it.process ? nlohmann::json(it.process.pid) : nlohmann::json(nullptr)},
          {"process", detail::opt_ref(it.process)},
          {"owner", detail::opt_ref(it.owner)},
@@ -312,6 +313,7 @@ inline std::optional<queue_item> parse_item(const nlohmann::json& j, std::error_
     if (auto s = parse_task_state(o.string("state", 16))) it.state = *s;
     else if (o.ok()) o.wrong("state", "a task state");
     it.repo = o.string("repo", 4096);
+    it.workdir = o.string("workdir", 4096);
     const auto* pid = o.nullable("pid");
     it.process = detail::read_ref(o.nullable("process"), "process", ec, why);
     if (o.ok()) {

@@ -51,13 +51,18 @@ struct home_layout {
     std::string home;
     std::string lock() const { return home + "/lock"; }
     std::string logs() const { return home + "/logs"; }
+    std::string run() const { return home + "/run"; }
+    std::string queue() const { return home + "/queue"; }
+    std::string sessions() const { return home + "/sessions"; }
+    /// Held (shared flock) by every running daemon: supervisors skip their on-exit reaper then.
+    std::string daemon_lock() const { return home + "/daemon.lock"; }
     std::string events() const { return home + "/events.jsonl"; }
     std::string worktrees() const { return home + "/worktrees"; }
 };
 
 /// A dispatcher over the state directory HOME (created 0700 if missing): the lock file
-/// HOME/lock, records under HOME/queue and HOME/sessions, agent logs in HOME/logs, events
-/// appended to HOME/events.jsonl, git worktrees under HOME/worktrees.
+/// HOME/lock, records under HOME/queue and HOME/sessions, agent logs in HOME/logs, slot files
+/// in HOME/run, events appended to HOME/events.jsonl, git worktrees under HOME/worktrees.
 /// Throws kugetsu::error: invalid options, or HOME cannot be created or opened.
 inline dispatcher open_dispatcher(const std::string& home, dispatcher_options options = {}) {
     const home_layout h{home};
@@ -65,7 +70,7 @@ inline dispatcher open_dispatcher(const std::string& home, dispatcher_options op
     std::error_code ec;
     store.open(ec);
     if (ec) throw error(ec, store.last_error_detail());
-    return dispatcher(flock_lock(h.lock()), fork_spawner(h.logs()), jsonl_notifier(h.events()),
+    return dispatcher(flock_lock(h.lock()), fork_spawner(h.logs(), h.run()), jsonl_notifier(h.events()),
                       std::move(store), system_clock{}, git_worktree_workspace(h.worktrees()), options);
 }
 

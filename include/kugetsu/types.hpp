@@ -63,6 +63,7 @@ struct task_spec {
     std::optional<duration> timeout{}; ///< none: no timeout
     std::optional<int> max_attempts{}; ///< none: the dispatcher's default
     std::string repo{};                ///< source of the workspace (a git repository), may be empty
+    std::string workdir{};             ///< where the agent runs when the workspace prepares none ("" = inherit)
 };
 
 /// A task as the store keeps it.
@@ -75,6 +76,7 @@ struct queue_item {
     int max_attempts = 3;
     task_state state = task_state::pending;
     std::string repo;
+    std::string workdir;               ///< see task_spec::workdir
     process_ref process;               ///< the agent (state running), or the last one
     process_ref owner;                 ///< the kugetsu process that marked it notified
     timestamp enqueued_at{};
@@ -244,7 +246,9 @@ inline std::error_code validate(const task_spec& s) noexcept {
     if (auto ec = validate_timeout(s.timeout)) return ec;
     if (s.max_attempts)
         if (auto ec = validate_attempts(*s.max_attempts)) return ec;
-    if (s.repo.find('\0') != std::string::npos || !valid_utf8(s.repo)) return errc::invalid_record;
+    for (const std::string* path : {&s.repo, &s.workdir})
+        if (path->size() > 4096 || path->find('\0') != std::string::npos || !valid_utf8(*path))
+            return errc::invalid_record;
     return {};
 }
 

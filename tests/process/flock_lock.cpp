@@ -122,9 +122,7 @@ TEST_CASE("flock_lock is not held by an agent spawned while it was held") {
     }
     (void)lock_ino;
     ::close(hold);
-    siginfo_t info{};
-    ::waitid(P_PID, static_cast<id_t>(p.pid), &info, WEXITED | WNOWAIT);
-    auto st = sp.poll(p, ec);
+    auto st = sp.wait(p, ec);
     CHECK(st.state == process_state::exited);
     CHECK(st.exit_code == 0);
     ::close(ready);

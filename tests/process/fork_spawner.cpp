@@ -24,16 +24,15 @@ using kugetsu::test::wait_child;
 
 namespace {
 
-/// Blocks until the child exits, without reaping it (poll() does that).
-void await_exit(int pid) {
-    siginfo_t info{};
-    while (::waitid(P_PID, static_cast<id_t>(pid), &info, WEXITED | WNOWAIT) < 0 && errno == EINTR) {}
-}
-
+/// Blocks until the agent's end is recorded, then checks that poll() agrees with wait().
 process_status run_to_end(fork_spawner& sp, const process_ref& p) {
-    await_exit(p.pid);
     std::error_code ec;
-    return sp.poll(p, ec);
+    const auto st = sp.wait(p, ec);
+    REQUIRE_FALSE(ec);
+    const auto polled = sp.poll(p, ec);
+    CHECK(polled.state == st.state);
+    CHECK(polled.exit_code == st.exit_code);
+    return st;
 }
 
 /// Blocks until any process (not necessarily a child) has exited.
@@ -161,8 +160,19 @@ TEST_CASE("a held child whose spawning process dies exits without running the pr
     int held = 0;
     REQUIRE(::read(out.r, &held, sizeof held) == sizeof held);
     CHECK(wait_child(spawner_proc) == 0);
-    CHECK(wait_child(held) == 127);   // reparented to us, the subreaper
+    await_death(held);
+    // The supervisor (reparented to us, the subreaper) exits 0 once it has let the agent go.
+    int status = 0;
+    pid_t sup;
+    while ((sup = ::waitpid(-1, &status, 0)) < 0 && errno == EINTR) {}
+    REQUIRE(sup > 0);
+    CHECK(WIFEXITED(status));
+    CHECK(WEXITSTATUS(status) == 0);
     CHECK_FALSE(std::filesystem::exists(marker));
+    // And it removed the slot: nothing is left in the run directory.
+    CHECK(std::filesystem::exists(d / "logs/t1.log"));   // the log stays
+    for (auto& f : std::filesystem::directory_iterator(d / "logs"))
+        CHECK(f.path().extension() != ".slot");
     ::prctl(PR_SET_CHILD_SUBREAPER, 0);
 }
 
@@ -273,9 +283,10 @@ TEST_CASE("an agent inherits only stdin, stdout and stderr, even descriptors the
     std::istringstream in(slurp(d / "logs/t1.log"));
     std::vector<std::string> fds;
     for (std::string s; in >> s;) fds.push_back(s);
-    // 0, 1, 2, and the descriptor ls itself opened to read the directory.
-    CHECK(fds.size() == 4);
+    // 0, 1, 2, the slot (5), and the descriptor ls itself opened to read the directory.
+    REQUIRE(fds.size() == 5);
     CHECK(fds[0] == "0");
     CHECK(fds[1] == "1");
     CHECK(fds[2] == "2");
+    CHECK(std::count(fds.begin(), fds.end(), std::to_string(fork_spawner::slot_fd)) == 1);
 }

@@ -1,28 +1,49 @@
-// kugetsu/spawn/fork_spawner.hpp: the real spawner: fork + exec of the agent's argv, no shell.
+// kugetsu/spawn/fork_spawner.hpp: the real spawner: each agent runs under a small supervisor
+// process that records its end, whatever happens to the process that started it.
 //
-// spawn() forks a child that puts itself in its own process group, resets its signal mask
-// and dispositions, takes stdin from /dev/null and sends stdout and stderr to
-// LOG_DIR/<task id>.log (appended, 0600), changes to the workspace, and then WAITS on a
-// socket for the go-ahead. release() sends it; the child execs the program, and an exec
-// failure (or a failed chdir) comes back as errno through an O_CLOEXEC pipe, so release()
-// reports "no such program" as an error instead of a child that exits 127. If the spawning
-// process dies while a child is held, the child sees end-of-file and exits without running
-// the program: no agent ever runs without the session the dispatcher writes in between.
+// spawn() forks a SUPERVISOR, which forks the AGENT and holds it before exec:
 //
-// The program is looked up on PATH in the parent (before fork); the child calls only
-// async-signal-safe functions, so spawning from a multi-threaded host is safe. The child's
-// environment is the parent's plus KUGETSU_TASK_ID=<task id>. Every descriptor kugetsu opens
-// is O_CLOEXEC, and the child marks every descriptor above 2 close-on-exec before exec (also
-// those a host leaked), so the agent inherits stdin, stdout and stderr only.
+//   caller ──fork──> supervisor (own session; stdio: /dev/null and the task's log)
+//                      │ holds RUN_DIR/<pid>-<start>.slot, flock'd (shared with the agent)
+//                      └──fork──> agent (own process group; waits for the go-ahead, then execs)
 //
-// Liveness: poll() reaps this object's own children with waitpid(WNOHANG) and so knows
-// their exit codes; any other process (started by another dispatcher, or before a restart)
-// is checked by identity: /proc/PID/stat start time and the boot id must match the ref, or
-// the process is gone (PID reuse is detected). A zombie still counts as running: a slot is
-// freed when its agent has been reaped. If the host sets SIGCHLD to SIG_IGN, children are
-// reaped by the kernel and their exit codes are lost (poll reports `gone`).
+// The agent's stdin is /dev/null and its stdout and stderr are appended to
+// LOG_DIR/<task id>.log (0600, O_NOFOLLOW). release() lets it exec; an exec failure (or a
+// failed chdir) comes back as errno through an O_CLOEXEC pipe, so release() reports "no such
+// program" as an error instead of an agent that exits 127. If the caller dies or calls
+// abandon() while the agent is held, the agent exits without running the program: no agent
+// ever runs without the session the dispatcher writes in between.
 //
-// signal() sends to the agent's process group after checking the identity through a pidfd.
+// THE SLOT FILE. The supervisor creates RUN_DIR/<agent pid>-<agent start time>.slot and takes
+// an exclusive flock on it before the agent is forked; the agent inherits that open file (as
+// descriptor 5, KUGETSU_SLOT_FD=5), so the lock is held exactly while the supervisor or the
+// agent (or a descendant that keeps the descriptor) is alive, and the kernel releases it when
+// the last of them dies, however it dies. When the agent ends, the supervisor reaps it and
+// writes its exit status into the file before it lets go. So poll() from ANY process answers:
+//   lock held                                   -> running (also: a zombie not yet reaped)
+//   lock free, exit status written              -> exited, with the code (and timed_out)
+//   lock free, no status (supervisor killed)    -> running while the agent's identity
+//                                                  (pid, start time, boot id) is alive, else gone
+// The slot file's last close is an inotify IN_CLOSE_WRITE on RUN_DIR: a daemon wakes on it.
+//
+// TIMEOUTS. With spawn_request::timeout set, the supervisor itself sends SIGTERM to the
+// agent's process group at the deadline (counted from release()) and SIGKILL kill_grace
+// later, and records timed_out: timeouts hold even if no kugetsu process is left.
+//
+// ON EXIT. After writing the status, the supervisor can exec a command (set_on_exit), such as
+// `kugetsu reap`, so that the end is recorded in the store at once even with no daemon
+// running; it skips the command while some process holds a lock on `unless_locked` (a
+// daemon that will reap anyway).
+//
+// The program is looked up on PATH in the caller (before fork); supervisor and agent call
+// only async-signal-safe functions, so spawning from a multi-threaded host is safe. The
+// supervisor closes every descriptor it does not need (also those a host leaked, and the
+// dispatcher's lock), so the agent inherits stdin, stdout, stderr and the slot only.
+// The environment is the caller's plus KUGETSU_TASK_ID=<task id> and KUGETSU_SLOT_FD=5.
+//
+// signal() sends to the agent's process group after checking its identity through a pidfd.
+// wait() blocks until an agent's end is recorded (a blocking shared flock on its slot).
+// Supervisors that are the caller's children are reaped by poll(), wait() and forget().
 //
 // Not thread-safe: one fork_spawner per thread (as with the dispatcher that owns it).
 #pragma once
@@ -30,15 +51,18 @@
 #include <algorithm>
 #include <cerrno>
 #include <csignal>
+#include <cstdint>
 #include <cstdlib>
+#include <ctime>
 #include <map>
-#include <set>
 #include <string>
 #include <utility>
 #include <vector>
 
 #include <fcntl.h>
 #include <linux/close_range.h>
+#include <poll.h>
+#include <sys/file.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
@@ -82,8 +106,16 @@ inline std::string resolve_program(const std::string& argv0, std::error_code& ec
 
 /// What a child that could not exec writes back: which step failed, and errno.
 struct child_failure {
-    int step;   // 1 = chdir, 2 = exec
+    int step;   // 1 = chdir, 2 = exec, 3 = no go-ahead (the supervisor died)
     int error;
+};
+
+/// What the supervisor tells the caller once the agent is held (or why it is not).
+struct supervisor_hello {
+    int ok;           // 1: held; 0: setup failed
+    int pid;          // the agent
+    std::uint64_t start_time;
+    int error;        // setup failed: errno
 };
 
 inline int exit_code_of(int status) noexcept {
@@ -100,28 +132,145 @@ inline pid_t wait_for(pid_t pid, int* status, int flags) noexcept {
     }
 }
 
+// ---- async-signal-safe helpers for the supervisor ------------------------------------------
+
+/// Appends the decimal digits of v at p; returns the end. No allocation.
+inline char* put_uint(char* p, std::uint64_t v) noexcept {
+    char tmp[24];
+    int n = 0;
+    do tmp[n++] = static_cast<char>('0' + v % 10);
+    while ((v /= 10) != 0);
+    while (n) *p++ = tmp[--n];
+    return p;
+}
+
+inline char* put_str(char* p, const char* s) noexcept {
+    while (*s) *p++ = *s++;
+    return p;
+}
+
+inline std::int64_t monotonic_ms() noexcept {
+    timespec ts{};
+    ::clock_gettime(CLOCK_MONOTONIC, &ts);
+    return static_cast<std::int64_t>(ts.tv_sec) * 1000 + ts.tv_nsec / 1000000;
+}
+
+/// /proc/PID/stat field 22 without allocating; 0 on failure.
+inline std::uint64_t start_time_of(int pid) noexcept {
+    char path[64];
+    char* e = put_str(path, "/proc/");
+    e = put_uint(e, static_cast<std::uint64_t>(pid));
+    e = put_str(e, "/stat");
+    *e = '\0';
+    const int fd = ::open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return 0;
+    char buf[2048];
+    std::size_t got = 0;
+    for (;;) {
+        const ssize_t n = ::read(fd, buf + got, sizeof buf - 1 - got);
+        if (n < 0 && errno == EINTR) continue;
+        if (n <= 0) break;
+        got += static_cast<std::size_t>(n);
+        if (got == sizeof buf - 1) break;
+    }
+    ::close(fd);
+    buf[got] = '\0';
+    const char* p = nullptr;
+    for (std::size_t i = 0; i < got; ++i)
+        if (buf[i] == ')') p = buf + i;
+    if (!p) return 0;
+    p += 2;   // state
+    for (int field = 3; field < 22; ++field) {
+        while (*p && *p != ' ') ++p;
+        if (!*p) return 0;
+        ++p;
+    }
+    std::uint64_t v = 0;
+    while (*p >= '0' && *p <= '9') v = v * 10 + static_cast<std::uint64_t>(*p++ - '0');
+    return v;
+}
+
+inline bool write_full(int fd, const void* data, std::size_t len) noexcept {
+    const char* p = static_cast<const char*>(data);
+    while (len) {
+        const ssize_t n = ::write(fd, p, len);
+        if (n < 0 && errno == EINTR) continue;
+        if (n <= 0) return false;
+        p += n;
+        len -= static_cast<std::size_t>(n);
+    }
+    return true;
+}
+
+inline bool read_full(int fd, void* data, std::size_t len) noexcept {
+    char* p = static_cast<char*>(data);
+    while (len) {
+        const ssize_t n = ::read(fd, p, len);
+        if (n < 0 && errno == EINTR) continue;
+        if (n <= 0) return false;
+        p += n;
+        len -= static_cast<std::size_t>(n);
+    }
+    return true;
+}
+
+/// The exit status line a supervisor writes into a slot: "kugetsu-exit 1 CODE TIMED_OUT\n".
+inline bool parse_exit_record(std::string_view s, int& code, bool& timed_out) noexcept {
+    constexpr std::string_view head = "kugetsu-exit 1 ";
+    if (s.substr(0, head.size()) != head) return false;
+    s.remove_prefix(head.size());
+    int v = 0, digits = 0;
+    while (!s.empty() && s.front() >= '0' && s.front() <= '9' && digits < 4) {
+        v = v * 10 + (s.front() - '0');
+        s.remove_prefix(1);
+        ++digits;
+    }
+    if (digits == 0 || v > 255 || s.size() != 3 || s[0] != ' ' || (s[1] != '0' && s[1] != '1') || s[2] != '\n')
+        return false;
+    code = v;
+    timed_out = s[1] == '1';
+    return true;
+}
+
 } // namespace detail
 
 class fork_spawner {
 public:
-    /// Effects: logs go to LOG_DIR/<task id>.log; LOG_DIR is created (0700) when needed.
-    explicit fork_spawner(std::string log_dir) : log_dir_(std::move(log_dir)) {}
+    /// The descriptor through which an agent holds its slot.
+    static constexpr int slot_fd = 5;
+
+    /// Effects: logs go to LOG_DIR/<task id>.log, slot files to RUN_DIR (default: LOG_DIR);
+    /// both are created (0700) when needed.
+    explicit fork_spawner(std::string log_dir, std::string run_dir = {})
+        : log_dir_(std::move(log_dir)), run_dir_(run_dir.empty() ? log_dir_ : std::move(run_dir)) {}
 
     fork_spawner(fork_spawner&&) noexcept = default;
     fork_spawner& operator=(fork_spawner&& o) noexcept {
         if (this != &o) {
             abandon_all();
             log_dir_ = std::move(o.log_dir_);
+            run_dir_ = std::move(o.run_dir_);
+            on_exit_ = std::move(o.on_exit_);
+            on_exit_unless_locked_ = std::move(o.on_exit_unless_locked_);
             held_ = std::move(o.held_);
-            children_ = std::move(o.children_);
+            supervisors_ = std::move(o.supervisors_);
             detail_ = std::move(o.detail_);
         }
         return *this;
     }
     ~fork_spawner() { abandon_all(); }
 
-    /// Creates the child, held before exec. Errors: the program is not found or not
-    /// executable (ENOENT, EACCES), the log cannot be opened, fork fails.
+    /// After recording an agent's exit status, its supervisor execs argv (argv[0] a path, no
+    /// PATH lookup), unless some process holds an flock on the file `unless_locked` ("" =
+    /// always). The supervisor's stdout and stderr are the task's log. Empty argv: none.
+    void set_on_exit(std::vector<std::string> argv, std::string unless_locked = {}) {
+        on_exit_ = std::move(argv);
+        on_exit_unless_locked_ = std::move(unless_locked);
+    }
+
+    /// Creates the supervisor and the agent, held before exec. Errors: the program is not
+    /// found or not executable (ENOENT, EACCES), the log or the slot cannot be created,
+    /// fork fails.
     process_ref spawn(const spawn_request& r, std::error_code& ec) {
         ec.clear();
         if (auto e = validate_argv(r.argv)) return fail(ec, e, "invalid argv"), process_ref{};
@@ -129,53 +278,71 @@ public:
         const std::string program = detail::resolve_program(r.argv.front(), ec);
         if (ec) return fail(ec, ec, "cannot run \"" + r.argv.front() + "\""), process_ref{};
 
-        if (::mkdir(log_dir_.c_str(), 0700) != 0 && errno != EEXIST)
-            return fail(ec, detail::last_error(), "mkdir " + log_dir_), process_ref{};
+        for (const std::string* dir : {&log_dir_, &run_dir_})
+            if (::mkdir(dir->c_str(), 0700) != 0 && errno != EEXIST)
+                return fail(ec, detail::last_error(), "mkdir " + *dir), process_ref{};
         const std::string log_path = log_dir_ + "/" + r.task_id + ".log";
         auto log = detail::open_path(log_path, O_WRONLY | O_CREAT | O_APPEND | O_NOFOLLOW, 0600, ec);
         if (ec) return fail(ec, ec, "open " + log_path), process_ref{};
         auto null = detail::open_path("/dev/null", O_RDONLY, 0, ec);
         if (ec) return fail(ec, ec, "open /dev/null"), process_ref{};
 
-        int go[2];
-        if (::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, go) != 0)
+        int ctl[2];
+        if (::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, ctl) != 0)
             return fail(ec, detail::last_error(), "socketpair"), process_ref{};
-        detail::unique_fd go_parent(go[0]), go_child(go[1]);
+        detail::unique_fd ctl_parent(ctl[0]), ctl_child(ctl[1]);
         int err[2];
         if (::pipe2(err, O_CLOEXEC) != 0) return fail(ec, detail::last_error(), "pipe"), process_ref{};
         detail::unique_fd err_read(err[0]), err_write(err[1]);
 
-        // Everything the child needs, built before fork: the child must not allocate.
-        std::vector<char*> argv;
-        for (const auto& a : r.argv) argv.push_back(const_cast<char*>(a.c_str()));
-        argv.push_back(nullptr);
+        // Everything the supervisor and the agent need, built before fork: they must not allocate.
+        plan pl;
+        pl.program = program.c_str();
+        for (const auto& a : r.argv) pl.argv.push_back(const_cast<char*>(a.c_str()));
+        pl.argv.push_back(nullptr);
         const std::string task_env = "KUGETSU_TASK_ID=" + r.task_id;
-        std::vector<char*> envp;
-        for (char** e = environ; e && *e; ++e)
-            if (std::string_view(*e).substr(0, 16) != "KUGETSU_TASK_ID=") envp.push_back(*e);
-        envp.push_back(const_cast<char*>(task_env.c_str()));
-        envp.push_back(nullptr);
-        std::vector<int> foreign;   // other held children's go sockets: the child must not keep them
-        for (auto& [pid, h] : held_) foreign.push_back(h.go.get());
-        const char* cwd = r.working_dir.empty() ? nullptr : r.working_dir.c_str();
+        const std::string slot_env = "KUGETSU_SLOT_FD=" + std::to_string(slot_fd);
+        for (char** e = environ; e && *e; ++e) {
+            const std::string_view v(*e);
+            if (v.substr(0, 16) != "KUGETSU_TASK_ID=" && v.substr(0, 16) != "KUGETSU_SLOT_FD=") pl.envp.push_back(*e);
+        }
+        pl.envp.push_back(const_cast<char*>(task_env.c_str()));
+        pl.envp.push_back(const_cast<char*>(slot_env.c_str()));
+        pl.envp.push_back(nullptr);
+        for (const auto& a : on_exit_) pl.hook.push_back(const_cast<char*>(a.c_str()));
+        pl.hook.push_back(nullptr);
+        pl.hook_lock = on_exit_unless_locked_.empty() ? nullptr : on_exit_unless_locked_.c_str();
+        pl.cwd = r.working_dir.empty() ? nullptr : r.working_dir.c_str();
+        const std::string tmp = run_dir_ + "/.slot." + std::to_string(::getpid()) + "." + std::to_string(++counter_);
+        pl.slot_tmp = tmp.c_str();
+        pl.run_dir = run_dir_.c_str();
+        std::string slot_buf(run_dir_.size() + 64, '\0');
+        pl.slot_path = slot_buf.data();
+        pl.timeout_ms = r.timeout ? std::max<std::int64_t>(1, (r.timeout->count() + 999) / 1000) : -1;
+        pl.grace_ms = std::max<std::int64_t>(0, r.kill_grace.count() / 1000);
+        pl.fds = {null.get(), log.get(), ctl_child.get(), err_write.get()};
 
-        const pid_t pid = ::fork();
-        if (pid < 0) return fail(ec, detail::last_error(), "fork"), process_ref{};
-        if (pid == 0) child(program.c_str(), argv.data(), envp.data(), cwd, null.get(), log.get(),
-                            go_parent.get(), go_child.get(), err_read.get(), err_write.get(), foreign);
+        const pid_t sup = ::fork();
+        if (sup < 0) return fail(ec, detail::last_error(), "fork"), process_ref{};
+        if (sup == 0) supervise(pl);
 
-        ::setpgid(pid, pid);   // also in the parent, so the group exists before signal() can run
-        go_child.reset();
+        ctl_child.reset();
         err_write.reset();
-        process_ref ref{pid, 0, detail::boot_id()};
-        if (auto st = detail::read_proc_stat(pid, ec); st) ref.start_time = st->start_time;
-        ec.clear();
-        held_.emplace(pid, held{std::move(go_parent), std::move(err_read), program, r.working_dir});
+        detail::supervisor_hello hello{};
+        if (!detail::read_full(ctl_parent.get(), &hello, sizeof hello) || !hello.ok) {
+            int status = 0;
+            detail::wait_for(sup, &status, 0);
+            if (hello.error) return fail(ec, detail::errno_code(hello.error), "supervisor: slot in " + run_dir_), process_ref{};
+            return fail(ec, errc::spawn_failed, "the supervisor died before the agent was held"), process_ref{};
+        }
+        process_ref ref{hello.pid, hello.start_time, detail::boot_id()};
+        supervisors_[hello.pid] = sup;
+        held_.emplace(hello.pid, held{std::move(ctl_parent), std::move(err_read), program, r.working_dir});
         return ref;
     }
 
-    /// Lets a held child exec. Errors: exec or chdir failed in the child (errno, e.g.
-    /// ENOENT, EACCES, ENOEXEC); the child is reaped. errc::not_held: no such held child.
+    /// Lets a held agent exec. Errors: exec or chdir failed (errno, e.g. ENOENT, EACCES,
+    /// ENOEXEC). errc::not_held: no such held agent.
     void release(const process_ref& p, std::error_code& ec) {
         ec.clear();
         auto it = held_.find(p.pid);
@@ -184,9 +351,8 @@ public:
         held_.erase(it);
         const char go = 'g';
         for (;;) {
-            if (::send(h.go.get(), &go, 1, MSG_NOSIGNAL) >= 0 || errno != EINTR) break;
+            if (::send(h.ctl.get(), &go, 1, MSG_NOSIGNAL) >= 0 || errno != EINTR) break;
         }
-        h.go.reset();
         detail::child_failure f{};
         std::size_t got = 0;
         while (got < sizeof f) {
@@ -195,46 +361,60 @@ public:
             if (n <= 0) break;
             got += static_cast<std::size_t>(n);
         }
-        if (got == 0) {   // the pipe closed on exec: the program runs
-            children_.insert(p.pid);
-            return;
+        if (got == 0) return;   // the pipe closed on exec: the program runs
+        // The program never ran: the supervisor removes the slot and exits; wait for it, so
+        // that the agent is reaped (and gone) when this returns.
+        if (auto s = supervisors_.find(p.pid); s != supervisors_.end()) {
+            int status = 0;
+            detail::wait_for(s->second, &status, 0);
+            supervisors_.erase(s);
         }
-        int status = 0;
-        detail::wait_for(p.pid, &status, 0);
-        if (got != sizeof f) return fail(ec, errc::spawn_failed, "child died before exec");
+        if (got != sizeof f) return fail(ec, errc::spawn_failed, "the agent died before exec");
+        if (f.step == 3) return fail(ec, errc::spawn_failed, "the supervisor died before the agent could start");
         fail(ec, detail::errno_code(f.error),
              f.step == 1 ? "chdir \"" + h.cwd + "\"" : "exec \"" + h.program + "\"");
     }
 
-    /// Discards a held child: it exits without running the program, and is reaped.
+    /// Discards a held agent: it exits without running the program; its slot is removed.
     void abandon(const process_ref& p) noexcept {
         auto it = held_.find(p.pid);
         if (it == held_.end()) return;
-        held_.erase(it);   // closes the go socket: the child reads end-of-file and exits
-        int status = 0;
-        detail::wait_for(p.pid, &status, 0);
+        held_.erase(it);   // closes the control socket: the supervisor lets the agent go
+        if (auto s = supervisors_.find(p.pid); s != supervisors_.end()) {
+            int status = 0;
+            detail::wait_for(s->second, &status, 0);
+            supervisors_.erase(s);
+        }
     }
 
     /// Never blocks. See the header comment for how liveness is decided.
     process_status poll(const process_ref& p, std::error_code& ec) {
         ec.clear();
+        reap_supervisors();
         if (!p) return {process_state::gone, -1};
         if (held_.count(p.pid)) return {process_state::running, -1};
-        if (children_.count(p.pid)) {
-            int status = 0;
-            const pid_t r = detail::wait_for(p.pid, &status, WNOHANG);
-            if (r == p.pid) {
-                children_.erase(p.pid);
-                return {process_state::exited, detail::exit_code_of(status)};
-            }
-            if (r == 0) return {process_state::running, -1};
-            children_.erase(p.pid);   // ECHILD: reaped elsewhere (SIGCHLD ignored?)
-        }
         if (p.boot_id != detail::boot_id()) return {process_state::gone, -1};
-        auto st = detail::read_proc_stat(p.pid, ec);
-        if (ec) return {process_state::running, -1};   // cannot tell: never free a slot on doubt
-        if (!st || st->start_time != p.start_time) return {process_state::gone, -1};
-        return {process_state::running, -1};
+        return status_of(p, /*block=*/false, ec);
+    }
+
+    /// Blocks until the agent's end is recorded (its slot released), then answers as poll().
+    process_status wait(const process_ref& p, std::error_code& ec) {
+        ec.clear();
+        if (!p || held_.count(p.pid)) return poll(p, ec);
+        if (p.boot_id != detail::boot_id()) return {process_state::gone, -1};
+        auto st = status_of(p, /*block=*/true, ec);
+        reap_supervisors();
+        return st;
+    }
+
+    /// Removes the agent's slot file once its end is recorded.
+    void forget(const process_ref& p) noexcept {
+        reap_supervisors();
+        if (!p || held_.count(p.pid)) return;
+        try {
+            ::unlink(slot_path(p).c_str());
+        } catch (...) {
+        }
     }
 
     /// Signals the agent's process group; nothing if p no longer denotes that process.
@@ -243,7 +423,7 @@ public:
         if (!p || held_.count(p.pid)) return;
         const int sig = s == stop_signal::kill ? SIGKILL : SIGTERM;
         // Hold a pidfd while checking the identity, so the check and the kill are about the
-        // same process (a zombie child of ours also keeps its pid until we reap it).
+        // same process (a zombie also keeps its pid until it is reaped).
         detail::unique_fd pidfd(static_cast<int>(::syscall(SYS_pidfd_open, p.pid, 0)));
         if (!pidfd && errno == ESRCH) return;
         if (p.boot_id != detail::boot_id()) return;
@@ -267,53 +447,262 @@ public:
         return self_;
     }
 
+    /// RUN_DIR/<pid>-<start time>.slot: where the agent p's slot is.
+    std::string slot_path(const process_ref& p) const {
+        return run_dir_ + "/" + std::to_string(p.pid) + "-" + std::to_string(p.start_time) + ".slot";
+    }
     const std::string& log_dir() const noexcept { return log_dir_; }
+    const std::string& run_dir() const noexcept { return run_dir_; }
     /// After a failure: which step failed and on what.
     const std::string& last_error_detail() const noexcept { return detail_; }
 
 private:
     struct held {
-        detail::unique_fd go;    // write one byte to let the child exec; close to abandon it
-        detail::unique_fd err;   // the child's errno if chdir or exec fails; EOF on exec
+        detail::unique_fd ctl;   // one byte lets the agent exec; closing it abandons the agent
+        detail::unique_fd err;   // the agent's errno if chdir or exec fails; EOF on exec
         std::string program;
         std::string cwd;
     };
 
-    [[noreturn]] static void child(const char* program, char* const* argv, char* const* envp, const char* cwd,
-                                   int null_fd, int log_fd, int go_parent, int go_child, int err_read,
-                                   int err_write, const std::vector<int>& foreign) noexcept {
-        // Async-signal-safe calls only from here on.
-        ::close(go_parent);
-        ::close(err_read);
-        for (int fd : foreign) ::close(fd);
-        // The agent inherits descriptors 0, 1 and 2 only, even ones the host leaked without
-        // O_CLOEXEC; the go socket and the error pipe are used before exec and closed by it.
-        if (::syscall(SYS_close_range, 3u, ~0u, CLOSE_RANGE_CLOEXEC) != 0)
-            for (int fd = 3; fd < 65536; ++fd) ::fcntl(fd, F_SETFD, FD_CLOEXEC);
-        ::setpgid(0, 0);
-        struct sigaction dfl{};
-        dfl.sa_handler = SIG_DFL;
-        for (int s = 1; s < NSIG; ++s) ::sigaction(s, &dfl, nullptr);
+    struct plan {
+        const char* program = nullptr;
+        std::vector<char*> argv, envp, hook;
+        const char* hook_lock = nullptr;
+        const char* cwd = nullptr;
+        const char* slot_tmp = nullptr;
+        const char* run_dir = nullptr;
+        char* slot_path = nullptr;
+        std::int64_t timeout_ms = -1;
+        std::int64_t grace_ms = 0;
+        struct { int null_fd, log, ctl, err; } fds{};
+    };
+
+    process_status status_of(const process_ref& p, bool block, std::error_code& ec) {
+        const std::string path = slot_path(p);
+        detail::unique_fd fd = detail::open_path(path, O_RDONLY | O_NOFOLLOW, 0, ec);
+        if (ec) {
+            if (ec != std::errc::no_such_file_or_directory) return {process_state::running, -1};   // doubt: keep the slot
+            ec.clear();
+            return identity(p, block, ec);   // no slot (removed, or not ours): identity only
+        }
+        for (;;) {
+            if (::flock(fd.get(), LOCK_SH | (block ? 0 : LOCK_NB)) == 0) break;
+            if (errno == EINTR) continue;
+            if (errno == EWOULDBLOCK) return {process_state::running, -1};
+            ec = detail::last_error();
+            return {process_state::running, -1};
+        }
+        char buf[64];
+        ssize_t n;
+        while ((n = ::pread(fd.get(), buf, sizeof buf, 0)) < 0 && errno == EINTR) {}
+        int code = -1;
+        bool timed_out = false;
+        if (n > 0 && detail::parse_exit_record(std::string_view(buf, static_cast<std::size_t>(n)), code, timed_out))
+            return {process_state::exited, code, timed_out};
+        fd.reset();
+        return identity(p, block, ec);   // the supervisor died before writing: the agent may live on
+    }
+
+    static process_status identity(const process_ref& p, bool block, std::error_code& ec) {
+        if (block) {
+            detail::unique_fd pidfd(static_cast<int>(::syscall(SYS_pidfd_open, p.pid, 0)));
+            if (pidfd) {
+                auto st = detail::read_proc_stat(p.pid, ec);
+                if (!ec && st && st->start_time == p.start_time) {
+                    pollfd pf{pidfd.get(), POLLIN, 0};
+                    while (::poll(&pf, 1, -1) < 0 && errno == EINTR) {}
+                }
+            }
+        }
+        auto st = detail::read_proc_stat(p.pid, ec);
+        if (ec) return {process_state::running, -1};   // cannot tell: never free a slot on doubt
+        if (!st || st->start_time != p.start_time) return {process_state::gone, -1};
+        return {process_state::running, -1};
+    }
+
+    void reap_supervisors() noexcept {
+        for (auto it = supervisors_.begin(); it != supervisors_.end();) {
+            if (held_.count(it->first)) {
+                ++it;
+                continue;
+            }
+            int status = 0;
+            const pid_t r = detail::wait_for(it->second, &status, WNOHANG);
+            if (r == 0) ++it;
+            else it = supervisors_.erase(it);   // reaped, or ECHILD (SIGCHLD ignored)
+        }
+    }
+
+    /// The supervisor. Async-signal-safe calls only.
+    [[noreturn]] static void supervise(const plan& pl) noexcept {
+        // Its own session: a terminal's ^C or hangup reaches neither it nor the agent.
+        ::setsid();
+        // Keep exactly: 0 /dev/null, 1 and 2 the log, 3 the control socket, 4 the error pipe.
+        // Everything else is closed now (the dispatcher's lock among it), not merely at exec:
+        // the supervisor never execs the agent itself.
+        const int src[4] = {pl.fds.null_fd, pl.fds.log, pl.fds.ctl, pl.fds.err};
+        int high[4];
+        for (int i = 0; i < 4; ++i)
+            if ((high[i] = ::fcntl(src[i], F_DUPFD_CLOEXEC, 16)) < 0) ::_exit(127);
+        if (::dup2(high[0], 0) < 0 || ::dup2(high[1], 1) < 0 || ::dup2(high[1], 2) < 0 ||
+            ::dup3(high[2], 3, O_CLOEXEC) < 0 || ::dup3(high[3], 4, O_CLOEXEC) < 0)
+            ::_exit(127);
+        if (::syscall(SYS_close_range, 5u, ~0u, 0u) != 0)
+            for (int fd = 5; fd < 65536; ++fd) ::close(fd);
+        const int ctl = 3, err = 4;
+        struct sigaction act{};
+        act.sa_handler = SIG_DFL;
+        for (int s = 1; s < NSIG; ++s) ::sigaction(s, &act, nullptr);
+        act.sa_handler = SIG_IGN;
+        for (int s : {SIGPIPE, SIGHUP, SIGINT, SIGQUIT, SIGTSTP, SIGTTIN, SIGTTOU}) ::sigaction(s, &act, nullptr);
         sigset_t none;
         ::sigemptyset(&none);
         ::sigprocmask(SIG_SETMASK, &none, nullptr);
-        auto report = [&](int step) {
-            const detail::child_failure f{step, errno};
-            ssize_t n;
-            do n = ::write(err_write, &f, sizeof f);
-            while (n < 0 && errno == EINTR);
+
+        detail::supervisor_hello hello{};
+        auto setup_failed = [&](int e) {
+            hello.error = e;
+            detail::write_full(ctl, &hello, sizeof hello);
             ::_exit(127);
         };
-        if (::dup2(null_fd, 0) < 0 || ::dup2(log_fd, 1) < 0 || ::dup2(log_fd, 2) < 0) report(2);
-        if (cwd && ::chdir(cwd) != 0) report(1);
-        char go;
-        ssize_t n;
-        do n = ::read(go_child, &go, 1);
-        while (n < 0 && errno == EINTR);
-        if (n != 1) ::_exit(127);   // abandoned, or the spawning process died
-        ::execve(program, argv, envp);
-        report(2);
-        ::_exit(127);
+        // The slot: created and locked before the agent exists, so the agent inherits the lock.
+        int slot = ::open(pl.slot_tmp, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0600);
+        if (slot < 0) setup_failed(errno);
+        if (slot != fork_spawner::slot_fd) {
+            if (::dup3(slot, fork_spawner::slot_fd, O_CLOEXEC) < 0) setup_failed(errno);
+            ::close(slot);
+            slot = fork_spawner::slot_fd;
+        }
+        while (::flock(slot, LOCK_EX) != 0)
+            if (errno != EINTR) setup_failed(errno);
+        int go[2], sync[2];   // go: supervisor -> agent; sync: the agent's exec failure, to the supervisor
+        if (::pipe2(go, O_CLOEXEC) != 0 || ::pipe2(sync, O_CLOEXEC) != 0) setup_failed(errno);
+
+        const pid_t agent = ::fork();
+        if (agent < 0) {
+            ::unlink(pl.slot_tmp);
+            setup_failed(errno);
+        }
+        if (agent == 0) {
+            ::close(ctl);
+            ::close(go[1]);
+            ::close(sync[0]);
+            ::setpgid(0, 0);
+            act.sa_handler = SIG_DFL;
+            for (int s = 1; s < NSIG; ++s) ::sigaction(s, &act, nullptr);
+            ::fcntl(slot, F_SETFD, 0);   // the agent holds its slot across exec
+            auto report = [&](int step) {
+                const detail::child_failure f{step, errno};
+                detail::write_full(err, &f, sizeof f);
+                detail::write_full(sync[1], &f, sizeof f);
+                ::_exit(127);
+            };
+            if (pl.cwd && ::chdir(pl.cwd) != 0) report(1);
+            char c;
+            if (!detail::read_full(go[0], &c, 1)) {   // abandoned, or the supervisor died
+                errno = ECONNABORTED;
+                report(3);
+            }
+            ::execve(pl.program, pl.argv.data(), pl.envp.data());
+            report(2);
+        }
+        ::setpgid(agent, agent);   // also here, so the group exists before anyone signals it
+        ::close(go[0]);
+        ::close(sync[1]);
+        ::close(err);              // the caller's read end sees EOF once the agent has exec'd
+        hello.pid = agent;
+        hello.start_time = detail::start_time_of(agent);
+        char* e = detail::put_str(pl.slot_path, pl.run_dir);
+        e = detail::put_str(e, "/");
+        e = detail::put_uint(e, static_cast<std::uint64_t>(agent));
+        e = detail::put_str(e, "-");
+        e = detail::put_uint(e, hello.start_time);
+        e = detail::put_str(e, ".slot");
+        *e = '\0';
+        auto drop_agent = [&] {
+            ::close(go[1]);   // the agent reads end-of-file and exits without running the program
+            int status;
+            detail::wait_for(agent, &status, 0);
+        };
+        if (hello.start_time == 0 || ::rename(pl.slot_tmp, pl.slot_path) != 0) {
+            const int saved = hello.start_time == 0 ? ESRCH : errno;
+            drop_agent();
+            ::unlink(pl.slot_tmp);
+            setup_failed(saved);
+        }
+        hello.ok = 1;
+        char go_byte = 0;
+        if (!detail::write_full(ctl, &hello, sizeof hello) || !detail::read_full(ctl, &go_byte, 1)) {
+            drop_agent();   // the caller abandoned the agent, or died
+            ::unlink(pl.slot_path);
+            ::_exit(0);
+        }
+        detail::write_full(go[1], "g", 1);
+        ::close(go[1]);
+        detail::child_failure failed{};
+        if (detail::read_full(sync[0], &failed, sizeof failed)) {
+            // The program never ran: the caller learns why through its own pipe and records
+            // nothing; there is no end to record and no hook to run.
+            int status;
+            detail::wait_for(agent, &status, 0);
+            ::unlink(pl.slot_path);
+            ::_exit(0);
+        }
+        ::close(sync[0]);
+
+        // Supervise: wait for the agent, enforcing the timeout.
+        int status = 0;
+        bool timed_out = false;
+        const int pidfd = static_cast<int>(::syscall(SYS_pidfd_open, agent, 0));
+        std::int64_t deadline = pl.timeout_ms >= 0 ? detail::monotonic_ms() + pl.timeout_ms : -1;
+        bool term_sent = false;
+        for (;;) {
+            if (pidfd < 0 || deadline < 0) {
+                detail::wait_for(agent, &status, 0);
+                break;
+            }
+            const std::int64_t left = std::max<std::int64_t>(0, deadline - detail::monotonic_ms());
+            pollfd pf{pidfd, POLLIN, 0};
+            const int r = ::poll(&pf, 1, static_cast<int>(std::min<std::int64_t>(left, 1 << 30)));
+            if (r < 0 && errno == EINTR) continue;
+            if (r > 0) {
+                detail::wait_for(agent, &status, 0);
+                break;
+            }
+            if (r == 0 && detail::monotonic_ms() >= deadline) {
+                if (!term_sent) {
+                    ::kill(-agent, SIGTERM);
+                    term_sent = timed_out = true;
+                    deadline = detail::monotonic_ms() + pl.grace_ms;
+                } else {
+                    ::kill(-agent, SIGKILL);
+                    deadline = -1;
+                }
+            }
+        }
+        // The status goes into the slot before the lock is let go.
+        char rec[48];
+        char* q = detail::put_str(rec, "kugetsu-exit 1 ");
+        q = detail::put_uint(q, static_cast<std::uint64_t>(std::clamp(detail::exit_code_of(status), 0, 255)));
+        q = detail::put_str(q, timed_out ? " 1\n" : " 0\n");
+        ssize_t w;
+        while ((w = ::pwrite(slot, rec, static_cast<std::size_t>(q - rec), 0)) < 0 && errno == EINTR) {}
+        ::close(ctl);
+        if (pl.hook.size() > 1) {
+            bool skip = false;
+            if (pl.hook_lock) {
+                const int lk = ::open(pl.hook_lock, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+                if (lk >= 0) {
+                    skip = ::flock(lk, LOCK_EX | LOCK_NB) != 0 && errno == EWOULDBLOCK;
+                    ::close(lk);
+                }
+            }
+            if (!skip) {
+                ::close(slot);   // released before the hook records the end
+                ::execve(pl.hook[0], pl.hook.data(), pl.envp.data());
+            }
+        }
+        ::_exit(0);
     }
 
     void fail(std::error_code& ec, std::error_code e, const std::string& what) {
@@ -329,9 +718,13 @@ private:
     }
 
     std::string log_dir_;
+    std::string run_dir_;
+    std::vector<std::string> on_exit_;
+    std::string on_exit_unless_locked_;
     std::map<int, held> held_;
-    std::set<int> children_;
+    std::map<int, int> supervisors_;   // agent pid -> supervisor pid (our children)
     process_ref self_;
+    std::uint64_t counter_ = 0;
     std::string detail_;
 };
 
