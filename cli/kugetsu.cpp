@@ -1,0 +1,661 @@
+// kugetsu: the command-line tool. Enqueue tasks, start agents under the cap, run the queue
+// daemon, watch it. Built on the library's public API only; docs/cli.md is its manual.
+//
+//   kugetsu [--home DIR] enqueue [--id ID] [--timeout S] [--worktree REPO] -- CMD [ARG...]
+//   kugetsu [--home DIR] start [--id ID] [--role dev|pm] [--timeout S] [--worktree REPO] -- CMD...
+//   kugetsu [--home DIR] daemon [--once] [--verbose]
+//   kugetsu [--home DIR] status [--json]
+//   kugetsu [--home DIR] wait [ID...]
+//   kugetsu [--home DIR] cancel ID [--no-wait]
+//   kugetsu [--home DIR] logs ID [--follow]
+//   kugetsu [--home DIR] events [--follow]
+//   kugetsu [--home DIR] reap [--quiet]
+//
+// Exit status (sysexits.h): 0 success; 1 the task failed (start: every attempt failed;
+// wait: a task did not complete); 64 usage; 65 bad data (an invalid id, a corrupt state
+// file, an unknown task); 74 I/O error; 75 no free slot (start) ; 70 internal error.
+#include <cerrno>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <iostream>
+#include <optional>
+#include <random>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include <fcntl.h>
+#include <sys/file.h>
+#include <sys/random.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <CLI/CLI.hpp>
+#include <kugetsu/kugetsu.hpp>
+#include <kugetsu/watcher.hpp>
+
+namespace {
+
+using namespace kugetsu;
+
+// sysexits.h
+constexpr int ex_ok = 0, ex_failed = 1, ex_usage = 64, ex_dataerr = 65, ex_software = 70, ex_ioerr = 74,
+              ex_tempfail = 75;
+
+/// The process's exit code for an error.
+int exit_code_for(const std::error_code& ec) {
+    if (ec.category() == kugetsu::category()) {
+        switch (static_cast<errc>(ec.value())) {
+        case errc::invalid_limit: return ex_usage;
+        case errc::invalid_task_id:
+        case errc::invalid_argv:
+        case errc::invalid_record:
+        case errc::unsupported_version:
+        case errc::reserved_task_id:
+        case errc::duplicate_task:
+        case errc::unknown_task:
+        case errc::invalid_transition:
+        case errc::store_corrupt: return ex_dataerr;
+        case errc::pm_already_running: return ex_tempfail;
+        case errc::lock_failed: return ex_ioerr;
+        case errc::workspace_failed:
+        case errc::spawn_failed:
+        case errc::attempts_exhausted: return ex_failed;
+        case errc::not_held: return ex_software;
+        }
+        return ex_software;
+    }
+    return ex_ioerr;   // errno from the system: the filesystem, fork, inotify
+}
+
+int report(const std::error_code& ec, const std::string& detail) {
+    std::cerr << "kugetsu: " << (detail.empty() ? ec.message() : detail) << "\n";
+    return exit_code_for(ec);
+}
+
+struct usage_error : std::runtime_error {
+    using std::runtime_error::runtime_error;
+};
+
+// ---- test hooks ---------------------------------------------------------------------------
+// KUGETSU_TEST_NO_LOCK=1 disables the critical-section lock; KUGETSU_TEST_BARRIER=PATH:N makes
+// every start wait, between counting the live agents and spawning, until N processes have
+// arrived. Together they reproduce the original race on real processes (tests/cli). Never
+// set them otherwise: kugetsu says so on stderr whenever one is active.
+
+/// flock_lock, or nothing at all under KUGETSU_TEST_NO_LOCK.
+class cli_lock {
+public:
+    cli_lock(std::string path, bool enabled) : real_(std::move(path)), enabled_(enabled) {}
+    void lock(std::error_code& ec) noexcept {
+        if (enabled_) real_.lock(ec);
+        else ec.clear();
+    }
+    void unlock() noexcept {
+        if (enabled_) real_.unlock();
+    }
+
+private:
+    flock_lock real_;
+    bool enabled_;
+};
+
+/// git worktrees for tasks with a repo; under KUGETSU_TEST_BARRIER, a barrier first.
+class cli_workspace {
+public:
+    cli_workspace(std::string root, std::string barrier) : git_(std::move(root)), barrier_(std::move(barrier)) {}
+    std::string prepare(const queue_item& it, std::error_code& ec) {
+        if (!barrier_.empty()) wait_barrier();
+        return git_.prepare(it, ec);
+    }
+    void remove(const queue_item& it, std::error_code& ec) { git_.remove(it, ec); }
+    std::string_view last_error_detail() const noexcept { return git_.last_error_detail(); }
+
+private:
+    void wait_barrier() {
+        const auto colon = barrier_.rfind(':');
+        const std::string path = barrier_.substr(0, colon);
+        const long n = colon == std::string::npos ? 1 : std::atol(barrier_.c_str() + colon + 1);
+        const int fd = ::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+        if (fd < 0) return;
+        auto bump = [&](long add) {
+            ::flock(fd, LOCK_EX);
+            char buf[32] = {};
+            const ssize_t r = ::pread(fd, buf, sizeof buf - 1, 0);
+            long v = r > 0 ? std::atol(buf) : 0;
+            v += add;
+            const std::string s = std::to_string(v);
+            if (add && ::ftruncate(fd, 0) == 0) ::pwrite(fd, s.data(), s.size(), 0);
+            ::flock(fd, LOCK_UN);
+            return v;
+        };
+        bump(1);
+        // Test-only: a bounded wait (10 s) so that a test can never hang on it.
+        for (int i = 0; i < 10000 && bump(0) < n; ++i) ::usleep(1000);
+        ::close(fd);
+    }
+
+    git_worktree_workspace git_;
+    std::string barrier_;
+};
+
+using cli_dispatcher = basic_dispatcher<cli_lock, fork_spawner, jsonl_notifier, file_store, system_clock, cli_workspace>;
+
+// ---- configuration --------------------------------------------------------------------------
+
+std::string absolute(const std::string& p) {
+    if (p.empty() || p.front() == '/') return p;
+    std::string cwd(4096, '\0');
+    if (!::getcwd(cwd.data(), cwd.size())) throw std::system_error(errno, std::system_category(), "getcwd");
+    cwd.resize(std::strlen(cwd.c_str()));
+    return cwd + "/" + p;
+}
+
+std::string default_home() {
+    if (const char* x = std::getenv("XDG_STATE_HOME"); x && *x == '/') return std::string(x) + "/kugetsu";
+    const char* h = std::getenv("HOME");
+    if (!h || *h != '/') throw usage_error("no state directory: set --home, KUGETSU_HOME or HOME");
+    return std::string(h) + "/.local/state/kugetsu";
+}
+
+/// mkdir -p of HOME's parents (0755, as mkdir -p); HOME itself is created 0700 by the store.
+void make_parents(const std::string& home) {
+    for (std::size_t i = 1; i < home.size(); ++i) {
+        if (home[i] != '/') continue;
+        const std::string dir = home.substr(0, i);
+        if (::mkdir(dir.c_str(), 0755) != 0 && errno != EEXIST)
+            throw std::system_error(errno, std::system_category(), "mkdir " + dir);
+    }
+}
+
+int env_int(const char* name, int def, int lo, int hi) {
+    const char* v = std::getenv(name);
+    if (!v || !*v) return def;
+    char* end = nullptr;
+    errno = 0;
+    const long n = std::strtol(v, &end, 10);
+    if (errno || *end || n < lo || n > hi)
+        throw usage_error(std::string(name) + "=\"" + v + "\" is not a whole number in " + std::to_string(lo) +
+                          ".." + std::to_string(hi));
+    return static_cast<int>(n);
+}
+
+duration parse_seconds(const std::string& what, const std::string& v) {
+    char* end = nullptr;
+    errno = 0;
+    const double s = std::strtod(v.c_str(), &end);
+    const double max_s = std::chrono::duration<double>(max_timeout).count();
+    if (v.empty() || errno || *end || !std::isfinite(s) || s <= 0 || s > max_s)
+        throw usage_error(what + " \"" + v + "\" is not a number of seconds in (0, " +
+                          std::to_string(static_cast<long long>(max_s)) + "]");
+    return std::chrono::duration_cast<duration>(std::chrono::duration<double>(s));
+}
+
+struct globals {
+    std::string home;
+    dispatcher_options opt;
+    bool lock_enabled = true;
+    std::string barrier;
+};
+
+globals load_globals(const std::string& home_flag) {
+    globals g;
+    std::string home = home_flag;
+    if (home.empty())
+        if (const char* h = std::getenv("KUGETSU_HOME"); h && *h) home = h;
+    if (home.empty()) home = default_home();
+    g.home = absolute(home);
+    while (g.home.size() > 1 && g.home.back() == '/') g.home.pop_back();
+    g.opt.cap = env_int("MAX_CONCURRENT_AGENTS", 3, 1, max_cap);
+    g.opt.max_attempts = env_int("KUGETSU_MAX_ATTEMPTS", 3, 1, max_attempts_limit);
+    if (const char* k = std::getenv("KUGETSU_KILL_GRACE"); k && *k) g.opt.kill_grace = parse_seconds("KUGETSU_KILL_GRACE", k);
+    if (const char* t = std::getenv("KUGETSU_TEST_NO_LOCK"); t && std::string_view(t) == "1") {
+        g.lock_enabled = false;
+        std::cerr << "kugetsu: warning: KUGETSU_TEST_NO_LOCK=1: the cap is NOT enforced (test hook)\n";
+    }
+    if (const char* b = std::getenv("KUGETSU_TEST_BARRIER"); b && *b) {
+        g.barrier = b;
+        std::cerr << "kugetsu: warning: KUGETSU_TEST_BARRIER is set (test hook)\n";
+    }
+    return g;
+}
+
+cli_dispatcher open_home(const globals& g) {
+    make_parents(g.home);
+    const home_layout h{g.home};
+    file_store store(g.home);
+    std::error_code ec;
+    store.open(ec);
+    if (ec) throw error(ec, store.last_error_detail());
+    fork_spawner spawner(h.logs(), h.run());
+    // The supervisor of each agent records its end at once through `kugetsu reap`, unless a
+    // daemon (which holds daemon.lock) is there to do it.
+    spawner.set_on_exit({"/proc/self/exe", "--home", g.home, "reap", "--quiet"}, h.daemon_lock());
+    return cli_dispatcher(cli_lock(h.lock(), g.lock_enabled), std::move(spawner), jsonl_notifier(h.events()),
+                          std::move(store), system_clock{}, cli_workspace(h.worktrees(), g.barrier), g.opt);
+}
+
+/// A task id nobody else will pick: t-<UTC time>-<random>.
+std::string new_task_id() {
+    const auto now = std::chrono::system_clock::now();
+    const std::time_t t = std::chrono::system_clock::to_time_t(now);
+    std::tm tm{};
+    ::gmtime_r(&t, &tm);
+    char stamp[32];
+    std::strftime(stamp, sizeof stamp, "%Y%m%dT%H%M%S", &tm);
+    unsigned char r[4] = {};
+    if (::getrandom(r, sizeof r, 0) != static_cast<ssize_t>(sizeof r)) {
+        std::random_device rd;
+        for (auto& b : r) b = static_cast<unsigned char>(rd());
+    }
+    char hex[9];
+    std::snprintf(hex, sizeof hex, "%02x%02x%02x%02x", r[0], r[1], r[2], r[3]);
+    return std::string("t-") + stamp + "-" + hex;
+}
+
+struct task_flags {
+    std::string id;
+    std::string timeout;
+    std::string worktree;
+    std::string role = "dev";
+    std::vector<std::string> argv;
+
+    task_spec spec() const {
+        task_spec s;
+        s.id = id.empty() ? new_task_id() : id;
+        s.argv = argv;
+        s.role = role == "pm" ? role::pm : role::dev;
+        if (!timeout.empty()) s.timeout = parse_seconds("--timeout", timeout);
+        if (!worktree.empty()) s.repo = absolute(worktree);
+        s.workdir = absolute(".");
+        if (auto ec = validate(s); ec == errc::invalid_task_id || ec == errc::reserved_task_id)
+            throw error(ec, "--id \"" + s.id.substr(0, 160) + "\": " + ec.message());
+        return s;
+    }
+};
+
+void add_task_flags(CLI::App* c, task_flags& f, bool with_role) {
+    c->add_option("--id", f.id, "Task id: 1-128 of [A-Za-z0-9._-], not starting with '.' (default: generated)");
+    c->add_option("--timeout", f.timeout, "Stop the agent after this many seconds (SIGTERM, then SIGKILL)");
+    c->add_option("--worktree", f.worktree, "Run the agent in a new git worktree of REPO (branch kugetsu/<id>)");
+    if (with_role)
+        c->add_option("--role", f.role, "dev (counts toward the cap) or pm (the one project-manager agent)")
+            ->check(CLI::IsMember({"dev", "pm"}));
+    c->add_option("command", f.argv, "The agent's command and arguments, after --")->required();
+}
+
+// ---- output ---------------------------------------------------------------------------------
+
+nlohmann::json task_json(const queue_item& it) {
+    return {{"id", it.id},
+            {"role", to_string(it.role)},
+            {"state", to_string(it.state)},
+            {"attempts", it.attempts},
+            {"max_attempts", it.max_attempts},
+            {"pid", it.process ? nlohmann::json(it.process.pid) : nlohmann::json(nullptr)},
+            {"exit_code", it.exit_code ? nlohmann::json(*it.exit_code) : nlohmann::json(nullptr)},
+            {"argv", it.argv},
+            {"enqueued_at", format_rfc3339(it.enqueued_at)},
+            {"started_at", it.started_at ? nlohmann::json(format_rfc3339(*it.started_at)) : nlohmann::json(nullptr)},
+            {"finished_at", it.finished_at ? nlohmann::json(format_rfc3339(*it.finished_at)) : nlohmann::json(nullptr)},
+            {"last_error", it.last_error}};
+}
+
+nlohmann::json session_json(const session& s) {
+    return {{"id", s.id},
+            {"role", to_string(s.role)},
+            {"task_id", s.task_id},
+            {"pid", s.process.pid},
+            {"workspace", s.workspace},
+            {"started_at", format_rfc3339(s.started_at)}};
+}
+
+// ---- commands -------------------------------------------------------------------------------
+
+int cmd_enqueue(const globals& g, const task_flags& f) {
+    auto d = open_home(g);
+    std::error_code ec;
+    const auto it = d.enqueue(f.spec(), ec);
+    if (ec) return report(ec, d.last_error_detail());
+    std::cout << it.id << "\n";
+    return ex_ok;
+}
+
+int cmd_start(const globals& g, const task_flags& f) {
+    auto d = open_home(g);
+    std::error_code ec;
+    const auto spec = f.spec();
+    const auto r = d.start(spec, ec);
+    if (ec == errc::pm_already_running) {
+        std::cerr << "kugetsu: no free slot: a PM agent is already running\n";
+        return ex_tempfail;
+    }
+    if (ec) return report(ec, d.last_error_detail());
+    if (r.status == start_status::no_slot) {
+        std::cerr << "kugetsu: no free slot: " << g.opt.cap << " of " << g.opt.cap
+                  << " dev agents are running; nothing was started or recorded\n";
+        return ex_tempfail;
+    }
+    std::cout << r.item.id << " " << r.item.process.pid << "\n";
+    return ex_ok;
+}
+
+/// A watcher of everything in HOME that can change what a pass would do.
+watcher home_watcher(const globals& g) {
+    const home_layout h{g.home};
+    watcher w;
+    std::error_code ec;
+    w.add(h.queue(), IN_CREATE | IN_MOVED_TO, ec);
+    if (!ec) w.add(h.sessions(), IN_DELETE | IN_MOVED_FROM, ec);
+    if (!ec) w.add(h.run(), IN_CLOSE_WRITE, ec);
+    if (ec) throw std::system_error(ec, "inotify on " + g.home);
+    return w;
+}
+
+int cmd_daemon(const globals& g, bool once, bool verbose) {
+    auto d = open_home(g);
+    const home_layout h{g.home};
+    watcher w = home_watcher(g);
+    std::error_code ec;
+    if (!once) {
+        w.catch_signals({SIGTERM, SIGINT, SIGHUP}, ec);
+        if (ec) return report(ec, "signalfd: " + ec.message());
+    }
+    // Held shared while the daemon lives: supervisors then leave the reaping to daemons.
+    auto daemon_lock = detail::open_path(h.daemon_lock(), O_RDWR | O_CREAT | O_NOFOLLOW, 0600, ec);
+    if (!ec) ec = detail::flock_fd(daemon_lock.get(), LOCK_SH);
+    if (ec) return report(ec, "daemon lock " + h.daemon_lock() + ": " + ec.message());
+    if (verbose) std::cerr << "kugetsu daemon: pid " << ::getpid() << ", home " << g.home << ", cap " << g.opt.cap << "\n";
+    int status = ex_ok;
+    for (;;) {
+        w.drain();
+        const auto rep = d.process_queue(ec);
+        if (ec) {
+            status = report(ec, d.last_error_detail());
+            if (once) return status;
+        } else if (verbose && (rep.started || rep.finished || rep.failed || rep.lost_race)) {
+            std::cerr << "kugetsu daemon: pass: " << rep.finished << " ended, " << rep.started << " started, "
+                      << rep.failed << " failed attempts, " << rep.lost_race << " lost races\n";
+        }
+        if (once) return ex_ok;
+        auto plan = d.next_wake(ec);
+        if (ec) report(ec, d.last_error_detail());
+        if (w.wait(plan.deadline, plan.owners, ec) == watcher::wake::signal) {
+            if (verbose) std::cerr << "kugetsu daemon: " << ::strsignal(w.last_signal()) << ": exiting; agents run on\n";
+            return ex_ok;
+        }
+    }
+}
+
+int cmd_reap(const globals& g, bool quiet) {
+    auto d = open_home(g);
+    std::error_code ec;
+    const auto rep = d.reap(ec);
+    if (ec) return report(ec, d.last_error_detail());
+    if (!quiet)
+        std::cout << rep.finished << " ended, " << rep.adopted << " adopted, " << rep.recovered << " recovered, "
+                  << rep.live << " live\n";
+    return ex_ok;
+}
+
+int cmd_status(const globals& g, bool json) {
+    auto d = open_home(g);
+    std::error_code ec;
+    const auto rep = d.reap(ec);
+    if (ec) return report(ec, d.last_error_detail());
+    const auto sessions = d.store().list_sessions(ec);
+    if (ec) return report(ec, "sessions: " + std::string(d.store().last_error_detail()));
+    const auto items = d.store().list_items(ec);
+    if (ec) return report(ec, "queue: " + std::string(d.store().last_error_detail()));
+    if (json) {
+        nlohmann::json j = {{"cap", g.opt.cap}, {"live", rep.live}, {"pm_live", rep.pm_live},
+                            {"sessions", nlohmann::json::array()}, {"tasks", nlohmann::json::array()}};
+        for (auto& s : sessions) j["sessions"].push_back(session_json(s));
+        for (auto& it : items) j["tasks"].push_back(task_json(it));
+        std::cout << j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) << "\n";
+        return ex_ok;
+    }
+    std::printf("home %s\ncap %d: %d dev agent%s live, PM %s\n", g.home.c_str(), g.opt.cap, rep.live,
+                rep.live == 1 ? "" : "s", rep.pm_live ? "live" : "not running");
+    if (items.empty()) {
+        std::printf("no tasks\n");
+        return ex_ok;
+    }
+    std::printf("%-32s %-4s %-10s %-8s %-8s %-5s %s\n", "TASK", "ROLE", "STATE", "ATTEMPTS", "PID", "EXIT", "COMMAND");
+    for (auto& it : items) {
+        std::string cmd;
+        for (auto& a : it.argv) cmd += (cmd.empty() ? "" : " ") + a;
+        if (cmd.size() > 60) cmd = cmd.substr(0, 57) + "...";
+        std::printf("%-32s %-4s %-10s %d/%-6d %-8s %-5s %s\n", it.id.c_str(), std::string(to_string(it.role)).c_str(),
+                    std::string(to_string(it.state)).c_str(), it.attempts, it.max_attempts,
+                    it.process ? std::to_string(it.process.pid).c_str() : "-",
+                    it.exit_code ? std::to_string(*it.exit_code).c_str() : "-", cmd.c_str());
+        if (!it.last_error.empty() && !is_final(it.state)) std::printf("    last error: %s\n", it.last_error.c_str());
+        else if (!it.last_error.empty() && it.state == task_state::error) std::printf("    %s\n", it.last_error.c_str());
+    }
+    return ex_ok;
+}
+
+/// Runs reap passes until `done` holds: the ends of agents are recorded by this process if
+/// nobody else does, timeouts and kill graces are enforced. No polling interval.
+template <class Done>
+int until(const globals& g, cli_dispatcher& d, Done done, const std::string& also_watch = {}) {
+    watcher w = home_watcher(g);
+    std::error_code ec;
+    if (!also_watch.empty()) w.add(also_watch, IN_MODIFY | IN_CREATE, ec);
+    if (!ec) w.catch_signals({SIGTERM, SIGINT, SIGHUP}, ec);
+    if (ec) return report(ec, "watch: " + ec.message());
+    for (;;) {
+        w.drain();
+        d.reap(ec);
+        if (ec) return report(ec, d.last_error_detail());
+        if (auto r = done(); r >= 0) return r;
+        auto plan = d.next_wake(ec);
+        if (ec) return report(ec, d.last_error_detail());
+        if (w.wait(plan.deadline, plan.owners, ec) == watcher::wake::signal) return 128 + w.last_signal();
+    }
+}
+
+int cmd_wait(const globals& g, std::vector<std::string> ids) {
+    auto d = open_home(g);
+    std::error_code ec;
+    if (ids.empty()) {
+        for (auto& it : d.store().list_items(ec)) ids.push_back(it.id);
+        if (ec) return report(ec, "queue: " + std::string(d.store().last_error_detail()));
+    }
+    for (auto& id : ids)
+        if (!valid_task_id(id)) return report(errc::invalid_task_id, "task id \"" + id.substr(0, 160) + "\": invalid");
+    return until(g, d, [&]() -> int {
+        bool all_completed = true;
+        for (auto& id : ids) {
+            std::error_code e;
+            auto it = d.store().get_item(id, e);
+            if (e) return report(e, "task \"" + id + "\": " + std::string(d.store().last_error_detail()));
+            if (!it) return report(errc::unknown_task, "no task \"" + id + "\"");
+            if (!is_final(it->state)) return -1;
+            all_completed = all_completed && it->state == task_state::completed;
+        }
+        if (!all_completed)
+            for (auto& id : ids) {
+                std::error_code e;
+                if (auto it = d.store().get_item(id, e); it && it->state != task_state::completed)
+                    std::cerr << "kugetsu: task " << id << ": " << to_string(it->state)
+                              << (it->last_error.empty() ? "" : ": " + it->last_error) << "\n";
+            }
+        return all_completed ? ex_ok : ex_failed;
+    });
+}
+
+int cmd_cancel(const globals& g, const std::string& id, bool no_wait) {
+    auto d = open_home(g);
+    std::error_code ec;
+    auto it = d.cancel(id, ec);
+    if (ec) return report(ec, d.last_error_detail());
+    if (it.state != task_state::running || no_wait) {
+        std::cout << id << " " << (it.state == task_state::running ? "stopping" : to_string(it.state)) << "\n";
+        return ex_ok;
+    }
+    // Stopping: SIGTERM was sent; wait until its end is recorded, with SIGKILL after the grace.
+    return until(g, d, [&]() -> int {
+        std::error_code e;
+        auto cur = d.store().get_item(id, e);
+        if (e) return report(e, d.store().last_error_detail());
+        if (!cur || !is_final(cur->state)) return -1;
+        std::cout << id << " " << to_string(cur->state) << "\n";
+        return ex_ok;
+    });
+}
+
+/// Copies what was appended to `path` since `offset` to stdout.
+void copy_new(const std::string& path, off_t& offset) {
+    const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+    if (fd < 0) return;
+    char buf[65536];
+    for (;;) {
+        const ssize_t n = ::pread(fd, buf, sizeof buf, offset);
+        if (n < 0 && errno == EINTR) continue;
+        if (n <= 0) break;
+        std::fwrite(buf, 1, static_cast<std::size_t>(n), stdout);
+        offset += n;
+    }
+    std::fflush(stdout);
+    ::close(fd);
+}
+
+int cmd_logs(const globals& g, const std::string& id, bool follow) {
+    auto d = open_home(g);
+    std::error_code ec;
+    if (!valid_task_id(id)) return report(errc::invalid_task_id, "task id \"" + id.substr(0, 160) + "\": invalid");
+    auto it = d.store().get_item(id, ec);
+    if (ec) return report(ec, d.store().last_error_detail());
+    if (!it) return report(errc::unknown_task, "no task \"" + id + "\"");
+    const home_layout h{g.home};
+    const std::string path = h.logs() + "/" + id + ".log";
+    off_t offset = 0;
+    if (!follow) {
+        copy_new(path, offset);
+        return ex_ok;
+    }
+    return until(g, d, [&]() -> int {
+        copy_new(path, offset);
+        std::error_code e;
+        auto cur = d.store().get_item(id, e);
+        if (e) return report(e, d.store().last_error_detail());
+        if (cur && is_final(cur->state)) {
+            copy_new(path, offset);
+            return ex_ok;
+        }
+        return -1;
+    }, h.logs());
+}
+
+int cmd_events(const globals& g, bool follow) {
+    const home_layout h{g.home};
+    off_t offset = 0;
+    if (!follow) {
+        copy_new(h.events(), offset);
+        return ex_ok;
+    }
+    make_parents(g.home);
+    watcher w;
+    std::error_code ec;
+    w.add(g.home, IN_MODIFY | IN_CREATE, ec);
+    if (!ec) w.catch_signals({SIGTERM, SIGINT, SIGHUP}, ec);
+    if (ec) return report(ec, "inotify on " + g.home + ": " + ec.message());
+    for (;;) {
+        w.drain();
+        copy_new(h.events(), offset);
+        if (w.wait(std::nullopt, {}, ec) == watcher::wake::signal) return ex_ok;
+    }
+}
+
+} // namespace
+
+int main(int argc, char** argv) {
+    CLI::App app{"kugetsu: runs agents for queued tasks, never more at once than the cap.\n"
+                 "Environment: KUGETSU_HOME (state directory), MAX_CONCURRENT_AGENTS (cap, default 3),\n"
+                 "KUGETSU_MAX_ATTEMPTS (default 3), KUGETSU_KILL_GRACE (seconds, default 10).",
+                 "kugetsu"};
+    app.require_subcommand(1);
+    std::string home;
+    app.add_option("--home", home, "State directory (default: $KUGETSU_HOME, else ${XDG_STATE_HOME:-~/.local/state}/kugetsu)");
+
+    task_flags enq_f, start_f;
+    auto* enq = app.add_subcommand("enqueue", "Add a pending task; the daemon starts it when a slot is free");
+    add_task_flags(enq, enq_f, false);
+    auto* start = app.add_subcommand("start", "Start an agent now if a slot is free (else exit 75, nothing recorded)");
+    add_task_flags(start, start_f, true);
+
+    bool once = false, verbose = false;
+    auto* daemon = app.add_subcommand("daemon", "Run the queue: start tasks whenever a slot frees or a task arrives");
+    daemon->add_flag("--once", once, "One pass, then exit");
+    daemon->add_flag("-v,--verbose", verbose, "Say what each pass did, on stderr");
+
+    bool json = false;
+    auto* status = app.add_subcommand("status", "Live agents and every task, with state, attempts and PID");
+    status->add_flag("--json", json, "As one JSON object");
+
+    std::vector<std::string> wait_ids;
+    auto* wait = app.add_subcommand("wait", "Block until the tasks (default: all) are completed, error or cancelled; "
+                                            "exit 0 if all completed, else 1");
+    wait->add_option("id", wait_ids, "Task ids");
+
+    std::string cancel_id;
+    bool no_wait = false;
+    auto* cancel = app.add_subcommand("cancel", "Cancel a task; a running agent is stopped (SIGTERM, SIGKILL after the grace)");
+    cancel->add_option("id", cancel_id, "Task id")->required();
+    cancel->add_flag("--no-wait", no_wait, "Return once SIGTERM is sent");
+
+    std::string logs_id;
+    bool follow_logs = false;
+    auto* logs = app.add_subcommand("logs", "Print a task's output (its agent's stdout and stderr)");
+    logs->add_option("id", logs_id, "Task id")->required();
+    logs->add_flag("-f,--follow", follow_logs, "Keep printing until the task ends");
+
+    bool follow_events = false;
+    auto* events = app.add_subcommand("events", "Print the event log (JSON lines)");
+    events->add_flag("-f,--follow", follow_events, "Keep printing new events until interrupted");
+
+    bool quiet = false;
+    auto* reap = app.add_subcommand("reap", "Record the ends of agents that have exited (supervisors run this)");
+    reap->add_flag("-q,--quiet", quiet, "Print nothing");
+
+    try {
+        app.parse(argc, argv);
+    } catch (const CLI::CallForHelp& e) {
+        return app.exit(e);
+    } catch (const CLI::CallForAllHelp& e) {
+        return app.exit(e);
+    } catch (const CLI::ParseError& e) {
+        std::cerr << "kugetsu: " << e.what() << "\nRun 'kugetsu --help' or 'kugetsu COMMAND --help'.\n";
+        return ex_usage;
+    }
+
+    try {
+        const globals g = load_globals(home);
+        if (*enq) return cmd_enqueue(g, enq_f);
+        if (*start) return cmd_start(g, start_f);
+        if (*daemon) return cmd_daemon(g, once, verbose);
+        if (*status) return cmd_status(g, json);
+        if (*wait) return cmd_wait(g, wait_ids);
+        if (*cancel) return cmd_cancel(g, cancel_id, no_wait);
+        if (*logs) return cmd_logs(g, logs_id, follow_logs);
+        if (*events) return cmd_events(g, follow_events);
+        if (*reap) return cmd_reap(g, quiet);
+    } catch (const usage_error& e) {
+        std::cerr << "kugetsu: " << e.what() << "\n";
+        return ex_usage;
+    } catch (const kugetsu::error& e) {
+        return report(e.code(), e.what());
+    } catch (const std::system_error& e) {
+        std::cerr << "kugetsu: " << e.what() << "\n";
+        return ex_ioerr;
+    } catch (const std::exception& e) {
+        std::cerr << "kugetsu: internal error: " << e.what() << "\n";
+        return ex_software;
+    }
+    return ex_usage;
+}

@@ -1,0 +1,175 @@
+// kugetsu/watcher.hpp: watcher, what a daemon sleeps on: no polling interval, level-triggered.
+//
+// A watcher blocks until something that may change a dispatcher's decisions happens:
+//   - a change in a watched directory (inotify): a task enqueued in HOME/queue, a session
+//     removed from HOME/sessions (a slot freed by another process), a slot file released in
+//     HOME/run (an agent's end, written by its supervisor);
+//   - the death of a watched process (pidfd): the owner of a claimed task;
+//   - a deadline (a timeout, or the end of a kill grace);
+//   - a signal the watcher was asked to catch (signalfd): SIGTERM, SIGINT, SIGHUP.
+//
+// Use it level-triggered, so that no wake-up is lost:
+//
+//   for (;;) {
+//       w.drain();                       // forget what happened so far: the pass sees it all
+//       d.process_queue(ec);             // a change during the pass is queued for wait()
+//       auto plan = d.next_wake(ec);
+//       if (w.wait(plan.deadline, plan.owners, ec) == watcher::wake::signal) break;
+//   }
+//
+// Names starting with '.' (the stores' temporary files) never wake a waiter. Not
+// thread-safe; the descriptors are O_CLOEXEC.
+#pragma once
+
+#include <algorithm>
+#include <chrono>
+#include <csignal>
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <system_error>
+#include <vector>
+
+#include <poll.h>
+#include <sys/inotify.h>
+#include <sys/signalfd.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include "detail/posix.hpp"
+#include "detail/proc.hpp"
+#include "types.hpp"
+
+namespace kugetsu {
+
+class watcher {
+public:
+    enum class wake {
+        changed,     ///< a watched directory changed
+        deadline,    ///< the deadline passed
+        process,     ///< a watched process died
+        signal,      ///< a caught signal arrived (last_signal())
+    };
+
+    /// Throws std::system_error if inotify is unavailable.
+    watcher() : inotify_(::inotify_init1(IN_NONBLOCK | IN_CLOEXEC)) {
+        if (!inotify_) throw std::system_error(detail::last_error(), "inotify_init1");
+    }
+
+    /// Watches DIR (created 0700 if missing) for the inotify events in `mask`.
+    void add(const std::string& dir, std::uint32_t mask, std::error_code& ec) {
+        ec.clear();
+        if (::mkdir(dir.c_str(), 0700) != 0 && errno != EEXIST) {
+            ec = detail::last_error();
+            return;
+        }
+        if (::inotify_add_watch(inotify_.get(), dir.c_str(), mask | IN_ONLYDIR) < 0) ec = detail::last_error();
+    }
+
+    /// Blocks `signals` in the calling thread and delivers them to wait() instead.
+    void catch_signals(std::initializer_list<int> signals, std::error_code& ec) {
+        ec.clear();
+        sigset_t set;
+        ::sigemptyset(&set);
+        for (int s : signals) ::sigaddset(&set, s);
+        if (::sigprocmask(SIG_BLOCK, &set, nullptr) != 0) {
+            ec = detail::last_error();
+            return;
+        }
+        signals_ = detail::unique_fd(::signalfd(-1, &set, SFD_NONBLOCK | SFD_CLOEXEC));
+        if (!signals_) ec = detail::last_error();
+    }
+
+    /// Discards every change seen so far. Call it before a pass.
+    void drain() noexcept { read_events(); }
+
+    /// Blocks until a change, the deadline, the death of one of `processes`, or a caught
+    /// signal. A process that is already gone (or whose identity no longer matches) wakes
+    /// at once. ec: poll failed (the result is then `changed`, so the caller re-checks).
+    wake wait(std::optional<timestamp> deadline, const std::vector<process_ref>& processes, std::error_code& ec) {
+        ec.clear();
+        std::vector<detail::unique_fd> pidfds;
+        for (const auto& p : processes) {
+            if (!p) continue;
+            detail::unique_fd fd(static_cast<int>(::syscall(SYS_pidfd_open, p.pid, 0)));
+            if (!fd) {
+                if (errno == ESRCH) return wake::process;
+                continue;   // cannot watch it: the deadline or a change will do
+            }
+            std::error_code pec;
+            auto st = detail::read_proc_stat(p.pid, pec);
+            if (!pec && (!st || st->start_time != p.start_time || p.boot_id != detail::boot_id()))
+                return wake::process;   // the pid now names another process
+            pidfds.push_back(std::move(fd));
+        }
+        for (;;) {
+            std::vector<pollfd> fds;
+            fds.push_back({inotify_.get(), POLLIN, 0});
+            if (signals_) fds.push_back({signals_.get(), POLLIN, 0});
+            for (auto& f : pidfds) fds.push_back({f.get(), POLLIN, 0});
+            int timeout = -1;
+            if (deadline) {
+                const auto left = std::chrono::ceil<std::chrono::milliseconds>(*deadline - now());
+                if (left.count() <= 0) return wake::deadline;
+                timeout = static_cast<int>(std::min<std::int64_t>(left.count(), 1 << 30));
+            }
+            const int r = ::poll(fds.data(), fds.size(), timeout);
+            if (r < 0) {
+                if (errno == EINTR) continue;
+                ec = detail::last_error();
+                return wake::changed;
+            }
+            if (r == 0) {
+                if (deadline && now() >= *deadline) return wake::deadline;
+                continue;
+            }
+            std::size_t i = 1;
+            if (signals_) {
+                if (fds[1].revents & POLLIN) {
+                    signalfd_siginfo si{};
+                    if (::read(signals_.get(), &si, sizeof si) == static_cast<ssize_t>(sizeof si)) {
+                        last_signal_ = static_cast<int>(si.ssi_signo);
+                        return wake::signal;
+                    }
+                }
+                ++i;
+            }
+            for (; i < fds.size(); ++i)
+                if (fds[i].revents) return wake::process;
+            if ((fds[0].revents & POLLIN) && read_events()) return wake::changed;
+        }
+    }
+
+    /// The signal that ended the last wait() with wake::signal.
+    int last_signal() const noexcept { return last_signal_; }
+
+private:
+    static timestamp now() {
+        return std::chrono::time_point_cast<std::chrono::microseconds>(std::chrono::system_clock::now());
+    }
+
+    /// Reads every queued event; true if one of them concerns a name not starting with '.'.
+    bool read_events() noexcept {
+        bool relevant = false;
+        alignas(inotify_event) char buf[16384];
+        for (;;) {
+            const ssize_t n = ::read(inotify_.get(), buf, sizeof buf);
+            if (n < 0 && errno == EINTR) continue;
+            if (n <= 0) break;
+            for (char* p = buf; p < buf + n;) {
+                auto* e = reinterpret_cast<inotify_event*>(p);
+                // IN_Q_OVERFLOW: events were lost; treat as a change.
+                if ((e->mask & IN_Q_OVERFLOW) || e->len == 0 || e->name[0] != '.') relevant = true;
+                p += sizeof(inotify_event) + e->len;
+            }
+        }
+        return relevant;
+    }
+
+    detail::unique_fd inotify_;
+    detail::unique_fd signals_;
+    int last_signal_ = 0;
+};
+
+} // namespace kugetsu
