@@ -1,5 +1,6 @@
 // kugetsu: the command-line tool. Enqueue tasks, start agents under the cap, run the queue
-// daemon, watch it. Built on the library's public API only; docs/cli.md is its manual.
+// daemon, watch it. Built on the library's public API (and plain POSIX); docs/cli.md is its
+// manual.
 //
 //   kugetsu [--home DIR] enqueue [--id ID] [--timeout S] [--worktree REPO] -- CMD [ARG...]
 //   kugetsu [--home DIR] start [--id ID] [--role dev|pm] [--timeout S] [--worktree REPO] -- CMD...
@@ -13,7 +14,9 @@
 //
 // Exit status (sysexits.h): 0 success; 1 the task failed (start: every attempt failed;
 // wait: a task did not complete); 64 usage; 65 bad data (an invalid id, a corrupt state
-// file, an unknown task); 74 I/O error; 75 no free slot (start) ; 70 internal error.
+// file, an unknown task); 74 I/O error; 75 no free slot (start: the cap is reached, or a PM
+// is already running); 70 internal error; 128+N: wait, cancel or logs -f interrupted by
+// signal N (events -f exits 0 when interrupted).
 #include <cerrno>
 #include <chrono>
 #include <cmath>
@@ -146,12 +149,16 @@ using cli_dispatcher = basic_dispatcher<cli_lock, fork_spawner, jsonl_notifier, 
 
 // ---- configuration --------------------------------------------------------------------------
 
-std::string absolute(const std::string& p) {
-    if (p.empty() || p.front() == '/') return p;
+std::string current_dir() {
     std::string cwd(4096, '\0');
     if (!::getcwd(cwd.data(), cwd.size())) throw std::system_error(errno, std::system_category(), "getcwd");
     cwd.resize(std::strlen(cwd.c_str()));
-    return cwd + "/" + p;
+    return cwd;
+}
+
+std::string absolute(const std::string& p) {
+    if (p.empty() || p.front() == '/') return p;
+    return current_dir() + "/" + p;
 }
 
 std::string default_home() {
@@ -183,15 +190,16 @@ int env_int(const char* name, int def, int lo, int hi) {
     return static_cast<int>(n);
 }
 
-duration parse_seconds(const std::string& what, const std::string& v) {
+/// A number of seconds (decimals allowed), rounded up to whole milliseconds.
+duration parse_seconds(const std::string& what, const std::string& v, bool allow_zero = false) {
     char* end = nullptr;
     errno = 0;
     const double s = std::strtod(v.c_str(), &end);
     const double max_s = std::chrono::duration<double>(max_timeout).count();
-    if (v.empty() || errno || *end || !std::isfinite(s) || s <= 0 || s > max_s)
-        throw usage_error(what + " \"" + v + "\" is not a number of seconds in (0, " +
+    if (v.empty() || errno || *end || !std::isfinite(s) || s < 0 || (s == 0 && !allow_zero) || s > max_s)
+        throw usage_error(what + " \"" + v + "\" is not a number of seconds in " + (allow_zero ? "[0, " : "(0, ") +
                           std::to_string(static_cast<long long>(max_s)) + "]");
-    return std::chrono::duration_cast<duration>(std::chrono::duration<double>(s));
+    return std::chrono::ceil<std::chrono::milliseconds>(std::chrono::duration<double>(s));
 }
 
 struct globals {
@@ -211,7 +219,8 @@ globals load_globals(const std::string& home_flag) {
     while (g.home.size() > 1 && g.home.back() == '/') g.home.pop_back();
     g.opt.cap = env_int("MAX_CONCURRENT_AGENTS", 3, 1, max_cap);
     g.opt.max_attempts = env_int("KUGETSU_MAX_ATTEMPTS", 3, 1, max_attempts_limit);
-    if (const char* k = std::getenv("KUGETSU_KILL_GRACE"); k && *k) g.opt.kill_grace = parse_seconds("KUGETSU_KILL_GRACE", k);
+    if (const char* k = std::getenv("KUGETSU_KILL_GRACE"); k && *k)
+        g.opt.kill_grace = parse_seconds("KUGETSU_KILL_GRACE", k, /*allow_zero=*/true);
     if (const char* t = std::getenv("KUGETSU_TEST_NO_LOCK"); t && std::string_view(t) == "1") {
         g.lock_enabled = false;
         std::cerr << "kugetsu: warning: KUGETSU_TEST_NO_LOCK=1: the cap is NOT enforced (test hook)\n";
@@ -220,6 +229,9 @@ globals load_globals(const std::string& home_flag) {
         g.barrier = b;
         std::cerr << "kugetsu: warning: KUGETSU_TEST_BARRIER is set (test hook)\n";
     }
+    // Not passed on: agents and the supervisors' on-exit reaper run without them.
+    ::unsetenv("KUGETSU_TEST_NO_LOCK");
+    ::unsetenv("KUGETSU_TEST_BARRIER");
     return g;
 }
 
@@ -262,23 +274,24 @@ struct task_flags {
     std::string worktree;
     std::string role = "dev";
     std::vector<std::string> argv;
+    const CLI::Option* id_option = nullptr;
 
     task_spec spec() const {
         task_spec s;
-        s.id = id.empty() ? new_task_id() : id;
+        s.id = id_option && id_option->count() ? id : new_task_id();   // an explicit "" is refused
         s.argv = argv;
         s.role = role == "pm" ? role::pm : role::dev;
         if (!timeout.empty()) s.timeout = parse_seconds("--timeout", timeout);
         if (!worktree.empty()) s.repo = absolute(worktree);
-        s.workdir = absolute(".");
+        s.workdir = current_dir();
         if (auto ec = validate(s); ec == errc::invalid_task_id || ec == errc::reserved_task_id)
-            throw error(ec, "--id \"" + s.id.substr(0, 160) + "\": " + ec.message());
+            throw error(ec, "--id \"" + s.id.substr(0, 160) + "\"");
         return s;
     }
 };
 
 void add_task_flags(CLI::App* c, task_flags& f, bool with_role) {
-    c->add_option("--id", f.id, "Task id: 1-128 of [A-Za-z0-9._-], not starting with '.' (default: generated)");
+    f.id_option = c->add_option("--id", f.id, "Task id: 1-128 of [A-Za-z0-9._-], not starting with '.' (default: generated)");
     c->add_option("--timeout", f.timeout, "Stop the agent after this many seconds (SIGTERM, then SIGKILL)");
     c->add_option("--worktree", f.worktree, "Run the agent in a new git worktree of REPO (branch kugetsu/<id>)");
     if (with_role)
@@ -335,8 +348,8 @@ int cmd_start(const globals& g, const task_flags& f) {
     }
     if (ec) return report(ec, d.last_error_detail());
     if (r.status == start_status::no_slot) {
-        std::cerr << "kugetsu: no free slot: " << g.opt.cap << " of " << g.opt.cap
-                  << " dev agents are running; nothing was started or recorded\n";
+        std::cerr << "kugetsu: no free slot: the cap (" << g.opt.cap
+                  << " dev agents) is reached; nothing was started or recorded\n";
         return ex_tempfail;
     }
     std::cout << r.item.id << " " << r.item.process.pid << "\n";
@@ -365,16 +378,17 @@ int cmd_daemon(const globals& g, bool once, bool verbose) {
         if (ec) return report(ec, "signalfd: " + ec.message());
     }
     // Held shared while the daemon lives: supervisors then leave the reaping to daemons.
-    auto daemon_lock = detail::open_path(h.daemon_lock(), O_RDWR | O_CREAT | O_NOFOLLOW, 0600, ec);
-    if (!ec) ec = detail::flock_fd(daemon_lock.get(), LOCK_SH);
-    if (ec) return report(ec, "daemon lock " + h.daemon_lock() + ": " + ec.message());
+    const int daemon_lock = ::open(h.daemon_lock().c_str(), O_RDWR | O_CREAT | O_NOFOLLOW | O_CLOEXEC, 0600);
+    int locked = daemon_lock < 0 ? -1 : ::flock(daemon_lock, LOCK_SH);
+    while (locked != 0 && errno == EINTR) locked = ::flock(daemon_lock, LOCK_SH);
+    if (locked != 0) return report(std::error_code(errno, std::system_category()), "daemon lock " + h.daemon_lock() + ": " + std::strerror(errno));
     if (verbose) std::cerr << "kugetsu daemon: pid " << ::getpid() << ", home " << g.home << ", cap " << g.opt.cap << "\n";
-    int status = ex_ok;
     for (;;) {
         w.drain();
         const auto rep = d.process_queue(ec);
         if (ec) {
-            status = report(ec, d.last_error_detail());
+            // Reported; a long-running daemon goes on (the next change may fix it).
+            const int status = report(ec, d.last_error_detail());
             if (once) return status;
         } else if (verbose && (rep.started || rep.finished || rep.failed || rep.lost_race)) {
             std::cerr << "kugetsu daemon: pass: " << rep.finished << " ended, " << rep.started << " started, "
@@ -383,7 +397,7 @@ int cmd_daemon(const globals& g, bool once, bool verbose) {
         if (once) return ex_ok;
         auto plan = d.next_wake(ec);
         if (ec) report(ec, d.last_error_detail());
-        if (w.wait(plan.deadline, plan.owners, ec) == watcher::wake::signal) {
+        if (w.wait(plan.deadline, plan.owners, plan.agents, ec) == watcher::wake::signal) {
             if (verbose) std::cerr << "kugetsu daemon: " << ::strsignal(w.last_signal()) << ": exiting; agents run on\n";
             return ex_ok;
         }
@@ -433,14 +447,22 @@ int cmd_status(const globals& g, bool json) {
                     std::string(to_string(it.state)).c_str(), it.attempts, it.max_attempts,
                     it.process ? std::to_string(it.process.pid).c_str() : "-",
                     it.exit_code ? std::to_string(*it.exit_code).c_str() : "-", cmd.c_str());
-        if (!it.last_error.empty() && !is_final(it.state)) std::printf("    last error: %s\n", it.last_error.c_str());
-        else if (!it.last_error.empty() && it.state == task_state::error) std::printf("    %s\n", it.last_error.c_str());
+        if (!it.last_error.empty()) std::printf("    %s\n", it.last_error.c_str());
     }
     return ex_ok;
 }
 
 /// Runs reap passes until `done` holds: the ends of agents are recorded by this process if
 /// nobody else does, timeouts and kill graces are enforced. No polling interval.
+/// True while some daemon holds HOME/daemon.lock.
+bool daemon_running(const globals& g) {
+    const int fd = ::open(home_layout{g.home}.daemon_lock().c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+    if (fd < 0) return false;
+    const bool held = ::flock(fd, LOCK_EX | LOCK_NB) != 0 && errno == EWOULDBLOCK;
+    ::close(fd);
+    return held;
+}
+
 template <class Done>
 int until(const globals& g, cli_dispatcher& d, Done done, const std::string& also_watch = {}) {
     watcher w = home_watcher(g);
@@ -450,12 +472,16 @@ int until(const globals& g, cli_dispatcher& d, Done done, const std::string& als
     if (ec) return report(ec, "watch: " + ec.message());
     for (;;) {
         w.drain();
-        d.reap(ec);
+        // A running daemon records ends and enforces timeouts; without one, this process
+        // does (a reap takes the lock, so it is skipped when it would only contend).
+        const bool daemon = daemon_running(g);
+        if (!daemon) d.reap(ec);
         if (ec) return report(ec, d.last_error_detail());
         if (auto r = done(); r >= 0) return r;
-        auto plan = d.next_wake(ec);
+        typename cli_dispatcher::wake_plan plan;
+        if (!daemon) plan = d.next_wake(ec);
         if (ec) return report(ec, d.last_error_detail());
-        if (w.wait(plan.deadline, plan.owners, ec) == watcher::wake::signal) return 128 + w.last_signal();
+        if (w.wait(plan.deadline, plan.owners, plan.agents, ec) == watcher::wake::signal) return 128 + w.last_signal();
     }
 }
 
@@ -492,6 +518,8 @@ int cmd_wait(const globals& g, std::vector<std::string> ids) {
 int cmd_cancel(const globals& g, const std::string& id, bool no_wait) {
     auto d = open_home(g);
     std::error_code ec;
+    d.reap(ec);   // an agent that has already ended is recorded as such, not as cancelled
+    if (ec) return report(ec, d.last_error_detail());
     auto it = d.cancel(id, ec);
     if (ec) return report(ec, d.last_error_detail());
     if (it.state != task_state::running || no_wait) {
@@ -568,7 +596,7 @@ int cmd_events(const globals& g, bool follow) {
     for (;;) {
         w.drain();
         copy_new(h.events(), offset);
-        if (w.wait(std::nullopt, {}, ec) == watcher::wake::signal) return ex_ok;
+        if (w.wait(std::nullopt, {}, {}, ec) == watcher::wake::signal) return ex_ok;
     }
 }
 

@@ -186,11 +186,19 @@ public:
     }
     start_result start(const task_spec& spec) { return throwing([&](auto& ec) { return start(spec, ec); }); }
 
-    start_result start_item(std::string_view id, std::error_code& ec) {
+    start_result start_item(std::string_view id, std::error_code& ec) { return start_one(id, true, ec); }
+    start_result start_item(std::string_view id) {
+        return throwing([&](auto& ec) { return start_item(id, ec); });
+    }
+
+private:
+    /// start_item(); `recover_claims` false skips the scan for orphaned claims (the live
+    /// count needs only the sessions): process_queue() has just done it.
+    start_result start_one(std::string_view id, bool recover_claims, std::error_code& ec) {
         ec.clear();
         return locked(ec, [&]() -> start_result {
             reap_report rep;
-            reap_locked(rep, ec);
+            reap_locked(rep, ec, recover_claims);
             if (ec) return {};
             auto it = store_.get_item(id, ec);
             if (ec) return note_failure("start \"" + std::string(id) + "\"", ec, store_), start_result{};
@@ -216,9 +224,8 @@ public:
             return attempt_locked(*it, ec);
         });
     }
-    start_result start_item(std::string_view id) {
-        return throwing([&](auto& ec) { return start_item(id, ec); });
-    }
+
+public:
 
     // ---- the queue ----------------------------------------------------------------------
 
@@ -266,7 +273,7 @@ public:
             bool slot_freed = false;
             for (std::size_t i = 0; i < batch.size(); ++i) {
                 std::error_code sec;
-                const auto r = start_item(batch[i], sec);
+                const auto r = start_one(batch[i], false, sec);
                 if (sec && sec != errc::invalid_transition) {   // a state or I/O error: stop the pass
                     ec = sec;
                     const std::string why = detail_;
@@ -354,11 +361,12 @@ public:
 
     /// What a process that waits for work (a daemon) must wake for besides changes to the
     /// store: the earliest deadline of a running agent (its timeout, or the end of the grace
-    /// after SIGTERM), and the processes holding claims (a claim is recovered when its owner
-    /// dies).
+    /// after SIGTERM), and the processes whose death changes a decision: the running agents
+    /// (a slot frees) and the owners of claims (the claim is recovered).
     struct wake_plan {
         std::optional<timestamp> deadline;
-        std::vector<process_ref> owners;
+        std::vector<process_ref> owners;   ///< a claim is recovered when its owner dies
+        std::vector<process_ref> agents;   ///< a slot may free when an agent dies
     };
 
     wake_plan next_wake(std::error_code& ec) {
@@ -368,18 +376,18 @@ public:
             auto earliest = [&](timestamp t) {
                 if (!w.deadline || t < *w.deadline) w.deadline = t;
             };
-            auto running = store_.items_in_state(task_state::running, static_cast<std::size_t>(-1), ec);
+            auto items = store_.list_items(ec);   // one scan for both states
             if (ec) return note_failure("queue", ec, store_), w;
-            for (const auto& it : running) {
+            for (const auto& it : items) {
+                if (it.state != task_state::running) continue;
+                w.agents.push_back(it.process);
                 if (it.term_sent_at && !it.kill_sent) earliest(*it.term_sent_at + opt_.kill_grace);
                 else if (!it.term_sent_at && !it.stop_reason.empty()) earliest(it.updated_at);
                 else if (!it.term_sent_at && it.timeout && it.started_at) earliest(*it.started_at + *it.timeout);
             }
-            auto claimed = store_.items_in_state(task_state::notified, static_cast<std::size_t>(-1), ec);
-            if (ec) return note_failure("queue", ec, store_), w;
             const process_ref me = spawner_.self();
-            for (const auto& it : claimed)
-                if (it.owner && it.owner != me) w.owners.push_back(it.owner);
+            for (const auto& it : items)
+                if (it.state == task_state::notified && it.owner && it.owner != me) w.owners.push_back(it.owner);
             return w;
         });
     }
@@ -420,7 +428,7 @@ private:
     }
 
     /// Reaps dead sessions, adopts live ones, enforces stops, recovers orphaned claims.
-    void reap_locked(reap_report& rep, std::error_code& ec) {
+    void reap_locked(reap_report& rep, std::error_code& ec, bool recover_claims = true) {
         auto sessions = store_.list_sessions(ec);
         if (ec) return note_failure("sessions", ec, store_);
         for (auto& s : sessions) {
@@ -452,6 +460,7 @@ private:
                 ++rep.finished;
             }
         }
+        if (!recover_claims) return;
         auto claimed = store_.items_in_state(task_state::notified, static_cast<std::size_t>(-1), ec);
         if (ec) return note_failure("queue", ec, store_);
         const process_ref me = spawner_.self();

@@ -224,7 +224,9 @@ inline std::error_code validate_argv(const std::vector<std::string>& argv) noexc
 }
 
 inline std::error_code validate_timeout(const std::optional<duration>& t) noexcept {
-    if (t && (t->count() <= 0 || *t > max_timeout)) return errc::invalid_limit;
+    // Whole milliseconds, at least one: records keep timeouts in milliseconds.
+    if (t && (*t < std::chrono::milliseconds(1) || *t > max_timeout || t->count() % 1000 != 0))
+        return errc::invalid_limit;
     return {};
 }
 

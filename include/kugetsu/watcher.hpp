@@ -4,7 +4,8 @@
 //   - a change in a watched directory (inotify): a task enqueued in HOME/queue, a session
 //     removed from HOME/sessions (a slot freed by another process), a slot file released in
 //     HOME/run (an agent's end, written by its supervisor);
-//   - the death of a watched process (pidfd): the owner of a claimed task;
+//   - the death of a watched process (pidfd): a running agent (whose supervisor may be gone),
+//     or the owner of a claimed task;
 //   - a deadline (a timeout, or the end of a kill grace);
 //   - a signal the watcher was asked to catch (signalfd): SIGTERM, SIGINT, SIGHUP.
 //
@@ -14,7 +15,7 @@
 //       w.drain();                       // forget what happened so far: the pass sees it all
 //       d.process_queue(ec);             // a change during the pass is queued for wait()
 //       auto plan = d.next_wake(ec);
-//       if (w.wait(plan.deadline, plan.owners, ec) == watcher::wake::signal) break;
+//       if (w.wait(plan.deadline, plan.owners, plan.agents, ec) == watcher::wake::signal) break;
 //   }
 //
 // Names starting with '.' (the stores' temporary files) never wake a waiter. Not
@@ -84,25 +85,31 @@ public:
     /// Discards every change seen so far. Call it before a pass.
     void drain() noexcept { read_events(); }
 
-    /// Blocks until a change, the deadline, the death of one of `processes`, or a caught
-    /// signal. A process that is already gone (or whose identity no longer matches) wakes
-    /// at once. ec: poll failed (the result is then `changed`, so the caller re-checks).
-    wake wait(std::optional<timestamp> deadline, const std::vector<process_ref>& processes, std::error_code& ec) {
+    /// Blocks until a change, the deadline, the death of one of `owners` or `agents`, or a
+    /// caught signal. An owner that is already gone (or whose pid names another process
+    /// now) wakes at once: its claim is to be recovered. An agent that is already gone or a
+    /// zombie is not watched: its slot, if still held by its descendants, frees with an
+    /// inotify event, so waking for it would only spin. ec: poll failed (the result is then
+    /// `changed`, so the caller re-checks).
+    wake wait(std::optional<timestamp> deadline, const std::vector<process_ref>& owners,
+              const std::vector<process_ref>& agents, std::error_code& ec) {
         ec.clear();
         std::vector<detail::unique_fd> pidfds;
-        for (const auto& p : processes) {
-            if (!p) continue;
+        auto watch = [&](const process_ref& p, bool wake_if_gone) {
+            if (!p) return false;
             detail::unique_fd fd(static_cast<int>(::syscall(SYS_pidfd_open, p.pid, 0)));
-            if (!fd) {
-                if (errno == ESRCH) return wake::process;
-                continue;   // cannot watch it: the deadline or a change will do
-            }
+            if (!fd) return errno == ESRCH && wake_if_gone;   // cannot watch it otherwise: a change or the deadline will do
             std::error_code pec;
             auto st = detail::read_proc_stat(p.pid, pec);
-            if (!pec && (!st || st->start_time != p.start_time || p.boot_id != detail::boot_id()))
-                return wake::process;   // the pid now names another process
+            if (pec) return false;
+            const bool same = st && st->start_time == p.start_time && p.boot_id == detail::boot_id();
+            if (!same || st->state == 'Z') return wake_if_gone;
             pidfds.push_back(std::move(fd));
-        }
+            return false;
+        };
+        for (const auto& p : owners)
+            if (watch(p, true)) return wake::process;
+        for (const auto& p : agents) watch(p, false);
         for (;;) {
             std::vector<pollfd> fds;
             fds.push_back({inotify_.get(), POLLIN, 0});

@@ -1,18 +1,21 @@
 // kugetsu-probe-agent: an agent for the real-process tests, which records the peak of live
 // agents itself, independently of the dispatcher.
 //
-//   kugetsu-probe-agent COUNTER [--ready FIFO] [--hold FIFO] [--exit N]
+//   kugetsu-probe-agent COUNTER [--ready FIFO] [--hold FIFO] [--sleep MS] [--record FILE] [--exit N]
 //
 // COUNTER holds "live peak total". On start the agent takes an flock on it, increments live
 // and total, raises peak, and writes it back; with --ready it then writes one byte to that
 // FIFO (so a test knows the count includes it); with --hold it then blocks reading FIFO until
-// end-of-file (the test closes its end to release every agent at once: no sleeps); then it
-// decrements live and exits N (default 0).
+// end-of-file (the test closes its end to release every agent at once: no sleeps); with
+// --sleep it then sleeps MS milliseconds (a short task); with --record it appends
+// "$KUGETSU_TASK_ID\n" to FILE (one O_APPEND write: a log of every run); then it decrements
+// live and exits N (default 0).
 #include <cerrno>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <string>
+#include <ctime>
 
 #include <fcntl.h>
 #include <sys/file.h>
@@ -48,18 +51,23 @@ void update(const char* path, int delta) {
 
 int main(int argc, char** argv) {
     if (argc < 2) {
-        std::fprintf(stderr, "usage: kugetsu-probe-agent COUNTER [--ready FIFO] [--hold FIFO] [--exit N]\n");
+        std::fprintf(stderr, "usage: kugetsu-probe-agent COUNTER [--ready FIFO] [--hold FIFO] [--sleep MS] "
+                             "[--record FILE] [--exit N]\n");
         return 64;
     }
     const char* counter = argv[1];
     const char* hold = nullptr;
     const char* ready = nullptr;
+    const char* record = nullptr;
+    long sleep_ms = 0;
     int code = 0;
     for (int i = 2; i + 1 < argc; i += 2) {
         const std::string opt = argv[i];
         if (opt == "--hold") hold = argv[i + 1];
         else if (opt == "--ready") ready = argv[i + 1];
         else if (opt == "--exit") code = std::atoi(argv[i + 1]);
+        else if (opt == "--sleep") sleep_ms = std::atol(argv[i + 1]);
+        else if (opt == "--record") record = argv[i + 1];
     }
     update(counter, +1);
     // Open the hold FIFO before saying "ready": the test closes its end only after every
@@ -85,6 +93,17 @@ int main(int argc, char** argv) {
             if (r == 0 || (r < 0 && errno != EINTR)) break;
         }
         ::close(hold_fd);
+    }
+    if (sleep_ms > 0) {
+        timespec ts{sleep_ms / 1000, (sleep_ms % 1000) * 1000000L};
+        while (::nanosleep(&ts, &ts) != 0 && errno == EINTR) {}
+    }
+    if (record) {
+        const char* id = std::getenv("KUGETSU_TASK_ID");
+        const std::string line = std::string(id ? id : "?") + "\n";
+        const int fd = ::open(record, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600);
+        if (fd < 0 || ::write(fd, line.data(), line.size()) != static_cast<ssize_t>(line.size())) die("record");
+        ::close(fd);
     }
     update(counter, -1);
     return code;

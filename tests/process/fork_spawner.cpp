@@ -5,6 +5,7 @@
 #include <kugetsu/kugetsu.hpp>
 
 #include <csignal>
+#include <cstddef>
 #include <filesystem>
 #include <fstream>
 #include <sstream>
@@ -42,6 +43,12 @@ void await_death(int pid) {
     pollfd p{fd, POLLIN, 0};
     while (::poll(&p, 1, -1) < 0 && errno == EINTR) {}
     ::close(fd);
+}
+
+/// Waits until every child of this process (the supervisors) has exited.
+void await_supervisors() {
+    int status;
+    while (::waitpid(-1, &status, 0) > 0 || errno == EINTR) {}
 }
 
 bool pending_sigterm(int pid) {
@@ -289,4 +296,118 @@ TEST_CASE("an agent inherits only stdin, stdout and stderr, even descriptors the
     CHECK(fds[1] == "1");
     CHECK(fds[2] == "2");
     CHECK(std::count(fds.begin(), fds.end(), std::to_string(fork_spawner::slot_fd)) == 1);
+}
+
+// ---- supervision ---------------------------------------------------------------------------
+
+TEST_CASE("an agent's exit code is recorded by its supervisor and readable by any process after its starter died") {
+    temp_dir d;
+    pipe_pair out;
+    const pid_t starter = fork_child([&] {
+        fork_spawner sp(d / "logs", d / "run");
+        std::error_code ec;
+        auto p = sp.spawn({"t1", {"/bin/sh", "-c", "sleep 0.2; exit 7"}, ""}, ec);
+        if (ec) return 1;
+        sp.release(p, ec);
+        if (ec) return 2;
+        ::write(out.w, &p, offsetof(process_ref, boot_id));   // pid and start time
+        ::_exit(0);                                           // the starter is gone
+    });
+    REQUIRE(wait_child(starter) == 0);
+    process_ref p{};
+    REQUIRE(::read(out.r, &p, offsetof(process_ref, boot_id)) == static_cast<ssize_t>(offsetof(process_ref, boot_id)));
+    p.boot_id = kugetsu::detail::boot_id();
+    fork_spawner other(d / "logs", d / "run");   // a different spawner, as another process would have
+    std::error_code ec;
+    auto st = other.wait(p, ec);
+    REQUIRE_FALSE(ec);
+    CHECK(st.state == process_state::exited);
+    CHECK(st.exit_code == 7);
+    CHECK_FALSE(st.timed_out);
+    CHECK(std::filesystem::exists(other.slot_path(p)));
+    other.forget(p);
+    CHECK_FALSE(std::filesystem::exists(other.slot_path(p)));
+    CHECK(other.poll(p, ec).state == process_state::gone);
+}
+
+TEST_CASE("the supervisor enforces a timeout: SIGTERM, then SIGKILL after the grace, recorded as timed out") {
+    temp_dir d;
+    fork_spawner sp(d / "logs");
+    std::error_code ec;
+    spawn_request r{"t1", {"/bin/sh", "-c", "sleep 60"}, ""};
+    r.timeout = std::chrono::milliseconds(100);
+    r.kill_grace = std::chrono::milliseconds(100);
+    auto p = sp.spawn(r, ec);
+    sp.release(p, ec);
+    REQUIRE_FALSE(ec);
+    auto st = run_to_end(sp, p);
+    CHECK(st.exit_code == 128 + SIGTERM);
+    CHECK(st.timed_out);
+    // An agent that ignores SIGTERM is killed after the grace.
+    r.task_id = "t2";
+    r.argv = {"/bin/sh", "-c", "trap '' TERM; sleep 60 & wait; sleep 60"};
+    auto q = sp.spawn(r, ec);
+    sp.release(q, ec);
+    REQUIRE_FALSE(ec);
+    st = run_to_end(sp, q);
+    CHECK(st.exit_code == 128 + SIGKILL);
+    CHECK(st.timed_out);
+}
+
+TEST_CASE("an agent whose supervisor is killed keeps its slot while it lives, then is gone") {
+    temp_dir d;
+    REQUIRE(::mkfifo((d / "hold").c_str(), 0600) == 0);
+    REQUIRE(::mkfifo((d / "ready").c_str(), 0600) == 0);
+    const int hold = ::open((d / "hold").c_str(), O_RDWR | O_CLOEXEC);
+    const int ready = ::open((d / "ready").c_str(), O_RDWR | O_CLOEXEC);
+    fork_spawner sp(d / "logs");
+    std::error_code ec;
+    auto p = sp.spawn({"t1", {KUGETSU_PROBE_AGENT, d / "counter", "--ready", d / "ready", "--hold", d / "hold"}, ""}, ec);
+    sp.release(p, ec);
+    REQUIRE_FALSE(ec);
+    char c;
+    REQUIRE(::read(ready, &c, 1) == 1);   // the agent holds the FIFO open: closing ours ends it
+    ::close(ready);
+    auto st = kugetsu::detail::read_proc_stat(p.pid, ec);
+    REQUIRE(st);
+    // The supervisor is the agent's parent.
+    std::istringstream stat(slurp("/proc/" + std::to_string(p.pid) + "/stat"));
+    std::string skip;
+    int ppid = 0;
+    stat >> skip >> skip >> skip >> ppid;
+    REQUIRE(ppid > 0);
+    REQUIRE(ppid != ::getpid());
+    ::kill(ppid, SIGKILL);
+    await_death(ppid);
+    CHECK(sp.poll(p, ec).state == process_state::running);   // the agent holds the slot
+    ::close(hold);                                             // the agent's read ends
+    await_death(p.pid);
+    auto end = sp.wait(p, ec);
+    CHECK(end.state == process_state::gone);                   // its exit code died with the supervisor
+}
+
+TEST_CASE("the on-exit command runs after the status is written, unless its lock file is held") {
+    temp_dir d;
+    const std::string marker = d / "hook-ran";
+    const std::string lockfile = d / "daemon.lock";
+    { std::ofstream(lockfile) << ""; }
+    fork_spawner sp(d / "logs");
+    sp.set_on_exit({"/bin/sh", "-c", "cat " + (d / "logs") + "/*.slot > " + marker}, lockfile);
+    std::error_code ec;
+    auto p = sp.spawn({"t1", {"/bin/sh", "-c", "exit 3"}, ""}, ec);
+    sp.release(p, ec);
+    REQUIRE_FALSE(ec);
+    CHECK(run_to_end(sp, p).exit_code == 3);
+    await_supervisors();   // the hook is the supervisor, exec'd
+    CHECK(slurp(marker) == "kugetsu-exit 1 3 0\n");
+    // With the lock held (shared, as daemons hold it), the hook is skipped.
+    std::filesystem::remove(marker);
+    const int held = ::open(lockfile.c_str(), O_RDONLY | O_CLOEXEC);
+    REQUIRE(::flock(held, LOCK_SH) == 0);
+    auto q = sp.spawn({"t2", {"/bin/sh", "-c", "exit 4"}, ""}, ec);
+    sp.release(q, ec);
+    CHECK(run_to_end(sp, q).exit_code == 4);
+    await_supervisors();
+    CHECK_FALSE(std::filesystem::exists(marker));
+    ::close(held);
 }

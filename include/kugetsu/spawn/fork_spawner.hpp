@@ -516,7 +516,9 @@ private:
         }
         auto st = detail::read_proc_stat(p.pid, ec);
         if (ec) return {process_state::running, -1};   // cannot tell: never free a slot on doubt
-        if (!st || st->start_time != p.start_time) return {process_state::gone, -1};
+        // A zombie here is not our child (the supervisor that was its parent is gone): it
+        // has ended, and its new parent reaps it.
+        if (!st || st->start_time != p.start_time || st->state == 'Z') return {process_state::gone, -1};
         return {process_state::running, -1};
     }
 

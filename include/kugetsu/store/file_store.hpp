@@ -18,6 +18,8 @@
 #include <optional>
 #include <string>
 #include <string_view>
+#include <type_traits>
+#include <unordered_map>
 #include <vector>
 
 #include <dirent.h>
@@ -48,9 +50,18 @@ public:
     void open(std::error_code& ec) {
         ec.clear();
         if (queue_ && sessions_) return;
-        if (::mkdir(root_.c_str(), 0700) != 0 && errno != EEXIST) return fail(detail::last_error(), root_, "mkdir");
+        if (::mkdir(root_.c_str(), 0700) != 0 && errno != EEXIST) {
+            ec = detail::last_error();
+            last_ = ec;
+            detail_ = root_ + ": mkdir: " + ec.message();
+            return;
+        }
         auto root = detail::open_path(root_, O_RDONLY | O_DIRECTORY | O_NOFOLLOW, 0, ec);
-        if (ec) return fail(ec, root_, "open");
+        if (ec) {
+            last_ = ec;
+            detail_ = root_ + ": open: " + ec.message();
+            return;
+        }
         queue_ = open_sub(root.get(), "queue", ec);
         if (ec) return;
         sessions_ = open_sub(root.get(), "sessions", ec);
@@ -58,7 +69,10 @@ public:
 
     void create_item(const queue_item& it, std::error_code& ec) {
         write_record(queue_fd(ec), "queue", it.id, nlohmann::json(it).dump(2, ' ', false, nlohmann::json::error_handler_t::replace), /*no_replace=*/true, ec);
-        if (ec == std::errc::file_exists) ec = errc::duplicate_task;
+        if (ec == std::errc::file_exists) {
+            ec = errc::duplicate_task;
+            detail_ = root_ + ": queue/" + it.id + ".json: " + ec.message();
+        }
     }
     void put_item(const queue_item& it, std::error_code& ec) {
         write_record(queue_fd(ec), "queue", it.id, nlohmann::json(it).dump(2, ' ', false, nlohmann::json::error_handler_t::replace), false, ec);
@@ -156,6 +170,16 @@ private:
             fail(ec, std::string(sub) + "/" + name, "open");
             return std::nullopt;
         }
+        // Records are replaced by rename, never written in place: a file whose inode, size
+        // and times are unchanged holds what this object parsed before (queue items only:
+        // a pass reads every item, and parsing dominates its cost).
+        struct stat st{};
+        const bool cacheable = std::is_same_v<T, queue_item> && ::fstat(fd.get(), &st) == 0;
+        const file_key key{st.st_ino, st.st_size, st.st_mtim.tv_sec, st.st_mtim.tv_nsec, st.st_ctim.tv_sec, st.st_ctim.tv_nsec};
+        if constexpr (std::is_same_v<T, queue_item>) {
+            if (cacheable)
+                if (auto c = cache_.find(id); c != cache_.end() && c->second.key == key) return c->second.item;
+        }
         const std::string text = detail::read_all(fd.get(), ec, 1 << 20);
         if (ec) {
             fail(ec, std::string(sub) + "/" + name, "read");
@@ -172,8 +196,25 @@ private:
             detail_ = root_ + "/" + sub + "/" + name + ": " + why + " (" + last_.message() + ")";
             ec = errc::store_corrupt;
         }
+        if constexpr (std::is_same_v<T, queue_item>) {
+            if (r && cacheable) cache_[id] = cached{key, *r};
+        }
         return r;
     }
+
+    struct file_key {
+        ino_t ino;
+        off_t size;
+        time_t mtime;
+        long mtime_ns;
+        time_t ctime;
+        long ctime_ns;
+        friend bool operator==(const file_key&, const file_key&) = default;
+    };
+    struct cached {
+        file_key key;
+        queue_item item;
+    };
 
     static const std::string& record_id(const queue_item& it) { return it.id; }
     static const std::string& record_id(const session& s) { return s.id; }
@@ -227,6 +268,12 @@ private:
             if (ec) return {};
             if (r) out.push_back(std::move(*r));   // removed since readdir: skip
         }
+        if constexpr (std::is_same_v<T, queue_item>) {
+            if (cache_.size() > names.size())   // forget records that are gone
+                std::erase_if(cache_, [&](const auto& kv) {
+                    return !std::binary_search(names.begin(), names.end(), kv.first + ".json");
+                });
+        }
         return out;
     }
 
@@ -234,6 +281,7 @@ private:
     options opt_;
     detail::unique_fd queue_;
     detail::unique_fd sessions_;
+    std::unordered_map<std::string, cached> cache_;   // queue/<id>.json, by file identity
     std::error_code last_;
     std::string detail_;
 };

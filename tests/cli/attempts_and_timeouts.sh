@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# A task whose command cannot start is tried three times, then marked error (through start
+# and through the daemon); a task past its timeout is stopped and marked error, also when
+# no kugetsu process but its supervisor is left, and with SIGKILL when it ignores SIGTERM.
+source "$(dirname "$0")/lib.sh"
+
+# start: three attempts in the foreground, then exit 1 and the task is error.
+expect_rc 1 ku start --id nope -- /nonexistent/agent
+grep -q 'attempt 3/3' "$T/err" || fail "start did not say which attempt failed: $(cat "$T/err")"
+[ "$(state nope)" = error ] || fail "nope is $(state nope)"
+[ "$(json_get "next(t['attempts'] for t in j['tasks'] if t['id']=='nope')")" -eq 3 ] || fail "attempts != 3"
+[ "$(events_of task_error nope)" -eq 1 ] || fail "no task_error for nope"
+grep '"task_id":"nope"' "$KUGETSU_HOME/events.jsonl" | grep -q '"reason":"attempts_exhausted"' ||
+    fail "task_error of nope lacks reason attempts_exhausted"
+
+# The daemon: the same, and the failed attempts return the task to pending in between.
+printf 'not a program\n' >"$T/script"; chmod 0644 "$T/script"
+expect_rc 0 ku enqueue --id noexec -- "$T/script"
+expect_rc 0 ku daemon --once
+[ "$(state noexec)" = error ] || fail "noexec is $(state noexec)"
+[ "$(json_get "next(t['attempts'] for t in j['tasks'] if t['id']=='noexec')")" -eq 3 ] || fail "attempts != 3"
+[ "$(events_of task_dequeued noexec)" -eq 3 ] || fail "expected 3 task_dequeued for noexec"
+json_get "next(t['last_error'] for t in j['tasks'] if t['id']=='noexec')" | grep -q 'Permission denied' ||
+    fail "last_error does not say why"
+
+# Timeouts, enforced by the supervisor: `start` returns at once, no daemon runs.
+export KUGETSU_KILL_GRACE=0.2
+expect_rc 0 ku start --id slow --timeout 0.3 -- sleep 60
+expect_rc 0 ku start --id stubborn --timeout 0.3 -- sh -c 'trap "" TERM; sleep 60 & wait; sleep 60'
+within 20 state_is slow error
+within 20 state_is stubborn error
+[ "$(json_get "next(t['exit_code'] for t in j['tasks'] if t['id']=='slow')")" -eq 143 ] || fail "slow: not SIGTERM"
+[ "$(json_get "next(t['exit_code'] for t in j['tasks'] if t['id']=='stubborn')")" -eq 137 ] || fail "stubborn: not SIGKILL"
+for id in slow stubborn; do
+    grep "\"task_id\":\"$id\"" "$KUGETSU_HOME/events.jsonl" | grep task_error | grep -q '"reason":"timeout"' ||
+        fail "$id: no task_error with reason timeout"
+done
+[ "$(json_get "j['live']")" -eq 0 ] || fail "slots not freed"
+echo ok

@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# cancel (pending and running), logs, events --follow, status output, the working directory
+# and environment an agent gets.
+source "$(dirname "$0")/lib.sh"
+
+# An agent runs where enqueue/start was called, with KUGETSU_TASK_ID and its slot on fd 5.
+mkdir "$T/work"
+(cd "$T/work" && expect_rc 0 ku start --id env -- sh -c 'pwd; echo "id=$KUGETSU_TASK_ID fd=$KUGETSU_SLOT_FD"; ls /proc/self/fd')
+expect_rc 0 ku wait env
+expect_rc 0 ku logs env
+grep -qx "$T/work" "$T/out" || fail "agent ran in the wrong directory: $(cat "$T/out")"
+grep -qx 'id=env fd=5' "$T/out" || fail "environment: $(cat "$T/out")"
+
+# cancel a pending task: cancelled, never runs.
+expect_rc 0 ku enqueue --id later -- sh -c 'touch '"$T/ran"
+expect_rc 0 ku cancel later
+[ "$(state later)" = cancelled ] || fail "later is $(state later)"
+expect_rc 0 ku daemon --once
+[ ! -e "$T/ran" ] || fail "a cancelled task ran"
+expect_rc 65 ku cancel later   # already cancelled
+
+# cancel a running task: stopped, recorded as cancelled once its agent is gone.
+export KUGETSU_KILL_GRACE=0.3
+expect_rc 0 ku start --id busy -- sh -c 'trap "" TERM; echo started; sleep 60 & wait; sleep 60'
+within 10 grep -q started "$KUGETSU_HOME/logs/busy.log"
+expect_rc 0 ku cancel busy
+[ "$(cat "$T/out")" = "busy cancelled" ] || fail "cancel printed '$(cat "$T/out")'"
+[ "$(state busy)" = cancelled ] || fail "busy is $(state busy)"
+[ "$(json_get "j['live']")" -eq 0 ] || fail "the slot was not freed"
+
+# logs --follow ends with the task.
+expect_rc 0 ku start --id chatty -- sh -c 'for i in 1 2 3; do echo line$i; sleep 0.1; done'
+expect_rc 0 ku logs --follow chatty
+[ "$(grep -c '^line' "$T/out")" -eq 3 ] || fail "logs --follow printed: $(cat "$T/out")"
+
+# events --follow prints events as they happen.
+ku_bg events --follow >"$T/follow"
+follower=${BACKGROUND[-1]}
+expect_rc 0 ku enqueue --id watched -- true
+within 10 grep -q '"task_id":"watched"' "$T/follow"
+kill -TERM "$follower"; wait "$follower" || fail "events --follow did not exit 0 on SIGTERM"
+python3 -c 'import json,sys; [json.loads(l) for l in open(sys.argv[1])]' "$T/follow" || fail "not JSON lines"
+
+# status: the human table names every task; --json has the documented fields.
+expect_rc 0 ku status
+for id in env later busy chatty watched; do grep -q "^$id " "$T/out" || fail "status lacks $id"; done
+json_get "sorted(j.keys())" | grep -q "'cap', 'live', 'pm_live', 'sessions', 'tasks'" || fail "status --json keys"
+json_get "sorted(j['tasks'][0].keys())" | grep -q "'attempts'.*'id'.*'pid'.*'state'" || fail "task fields"
+echo ok

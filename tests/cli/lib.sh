@@ -1,0 +1,98 @@
+# Shared by the command-line tests: a fresh state directory, the binaries, FIFOs to hold
+# agents, checks that say what was expected. Sourced; needs KUGETSU (the kugetsu binary)
+# and PROBE (kugetsu-probe-agent) in the environment (tests/CMakeLists.txt sets them).
+set -euo pipefail
+
+: "${KUGETSU:?path of the kugetsu binary}" "${PROBE:?path of kugetsu-probe-agent}"
+T=$(mktemp -d "${TMPDIR:-/tmp}/kugetsu-cli.XXXXXX")
+export KUGETSU_HOME="$T/home"
+export MAX_CONCURRENT_AGENTS=3
+unset KUGETSU_TEST_NO_LOCK KUGETSU_TEST_BARRIER KUGETSU_MAX_ATTEMPTS KUGETSU_KILL_GRACE
+BACKGROUND=()
+
+cleanup() {
+    local rc=$?
+    set +e
+    for p in "${BACKGROUND[@]}"; do kill -TERM "$p" 2>/dev/null; done
+    exec 3>&- 4>&-   # release held agents
+    # Stop the agents still running (their process groups), then remove the directory.
+    if [ -d "$KUGETSU_HOME/queue" ]; then
+        for pid in $("$KUGETSU" status --json 2>/dev/null | python3 -c \
+                'import json,sys; [print(t["pid"]) for t in json.load(sys.stdin)["tasks"] if t["state"]=="running"]' 2>/dev/null); do
+            kill -KILL -- "-$pid" 2>/dev/null
+        done
+    fi
+    wait 2>/dev/null
+    # Agents and supervisors that were just killed may still be writing into $T.
+    for _ in 1 2 3 4 5; do rm -rf "$T" 2>/dev/null && break; sleep 0.2; done
+    exit "$rc"
+}
+trap cleanup EXIT
+
+fail() { echo "FAIL: $*" >&2; exit 1; }
+
+# kugetsu, never inheriting the test's FIFO descriptors 3 and 4 (a daemon holding the hold
+# FIFO's write end would keep every agent waiting).
+ku() { "$KUGETSU" "$@" 3>&- 4>&-; }
+# The same in the background, remembered for cleanup. Not through a function: the subshell
+# that runs a backgrounded function would keep descriptors 3 and 4.
+ku_bg() { "$KUGETSU" "$@" 3>&- 4>&- & BACKGROUND+=($!); }
+
+# expect_rc N CMD...: runs CMD (stdout to $T/out, stderr to $T/err), fails unless it exits N.
+expect_rc() {
+    local want=$1; shift
+    local rc=0
+    "$@" >"$T/out" 2>"$T/err" 3>&- 4>&- || rc=$?
+    [ "$rc" -eq "$want" ] || fail "$* exited $rc, expected $want; stderr: $(cat "$T/err")"
+}
+
+# FIFOs: agents started with --ready $T/ready --hold $T/hold write one byte to `ready` once
+# counted, then block until release_agents.
+open_fifos() {
+    mkfifo "$T/ready" "$T/hold"
+    exec 3<>"$T/ready" 4<>"$T/hold"
+}
+await_ready() { dd bs=1 count="$1" status=none <&3 >/dev/null; }   # one byte at a time: none lost
+release_agents() { exec 4>&-; }
+
+# counter FIELD: the probe agents' own count: live, peak or total.
+counter() {
+    local live peak total
+    read -r live peak total <"$T/counter"
+    case $1 in live) echo "$live" ;; peak) echo "$peak" ;; total) echo "$total" ;; esac
+}
+
+# json_get EXPR: evaluates a Python expression over `kugetsu status --json` (bound to j).
+status_json() { ku status --json; }
+json_get() { status_json | python3 -c "import json,sys; j=json.load(sys.stdin); print($1)"; }
+
+# state ID: a task's state.
+state() { json_get "next(t['state'] for t in j['tasks'] if t['id']=='$1')"; }
+
+# events_of TYPE [ID]: how many events of TYPE (for task ID) are in the event log.
+events_of() {
+    python3 - "$KUGETSU_HOME/events.jsonl" "$1" "${2:-}" <<'PY'
+import json, sys
+path, typ, tid = sys.argv[1:4]
+n = 0
+for line in open(path):
+    e = json.loads(line)
+    if e["type"] == typ and (not tid or e["task_id"] == tid):
+        n += 1
+print(n)
+PY
+}
+
+# within SECONDS CMD...: retries CMD (every 20 ms) until it succeeds; fails after SECONDS.
+# Only for conditions that another process makes true asynchronously.
+within() {
+    local limit=$1; shift
+    local end=$((SECONDS + limit))
+    until "$@" >/dev/null 2>&1; do
+        [ "$SECONDS" -lt "$end" ] || fail "still not true after ${limit}s: $*"
+        sleep 0.02
+    done
+}
+
+# state_is ID STATE: for `within`, which must re-evaluate each time.
+state_is() { [ "$(state "$1")" = "$2" ]; }

@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# 8 concurrent `kugetsu start` callers and 2 daemons over one home, 200 short tasks, cap 3:
+# the peak of live agents (recorded by the agents themselves) never exceeds the cap and every
+# task completes exactly once. The same with the lock disabled (a test hook) exceeds the cap.
+#   stress.sh [--no-lock]
+source "$(dirname "$0")/lib.sh"
+no_lock=${1:-}
+
+starters=8 per_starter=25
+if [ "$no_lock" = --no-lock ]; then
+    # All eight starters meet between counting and spawning in their first start.
+    export KUGETSU_TEST_NO_LOCK=1 KUGETSU_TEST_BARRIER="$T/barrier:$starters"
+    per_starter=2
+fi
+total=$((starters * per_starter))
+
+ku_bg daemon
+ku_bg daemon
+
+starter() {   # start, or enqueue when no slot is free
+    local k=$1 i rc
+    for i in $(seq 1 "$per_starter"); do
+        rc=0
+        "$KUGETSU" start --id "s$k-$i" -- "$PROBE" "$T/counter" --sleep 20 --record "$T/runs" >/dev/null 2>>"$T/starter.$k" || rc=$?
+        if [ "$rc" -eq 75 ]; then
+            "$KUGETSU" enqueue --id "s$k-$i" -- "$PROBE" "$T/counter" --sleep 20 --record "$T/runs" >/dev/null 2>>"$T/starter.$k" ||
+                { echo "enqueue s$k-$i failed" >>"$T/starter.$k.fail"; }
+        elif [ "$rc" -ne 0 ]; then
+            echo "start s$k-$i exited $rc" >>"$T/starter.$k.fail"
+        fi
+    done
+}
+pids=()
+for k in $(seq 1 "$starters"); do starter "$k" & pids+=($!); done
+wait "${pids[@]}"
+if ls "$T"/starter.*.fail >/dev/null 2>&1; then fail "$(cat "$T"/starter.*.fail "$T"/starter.[0-9]*)"; fi
+
+expect_rc 0 ku wait
+peak=$(counter peak)
+runs=$(wc -l <"$T/runs")
+twice=$(sort "$T/runs" | uniq -d | wc -l)
+completed=$(json_get "sum(t['state']=='completed' and t['attempts']==1 for t in j['tasks'])")
+echo "tasks $total, runs $runs, ran twice $twice, completed once $completed, peak $peak (cap $MAX_CONCURRENT_AGENTS)"
+if [ "$no_lock" = --no-lock ]; then
+    [ "$peak" -gt "$MAX_CONCURRENT_AGENTS" ] || fail "without the lock the peak should exceed the cap"
+    exit 0
+fi
+[ "$peak" -le "$MAX_CONCURRENT_AGENTS" ] || fail "peak $peak exceeds the cap"
+[ "$runs" -eq "$total" ] && [ "$twice" -eq 0 ] || fail "runs $runs, duplicates $twice"
+[ "$completed" -eq "$total" ] || fail "completed $completed of $total"
+[ "$(counter live)" -eq 0 ] || fail "live $(counter live) at the end"
+[ "$(events_of task_started)" -eq "$total" ] || fail "task_started events: $(events_of task_started)"
+[ "$(events_of task_completed)" -eq "$total" ] || fail "task_completed events: $(events_of task_completed)"
+[ "$(events_of task_error)" -eq 0 ] || fail "task_error events: $(events_of task_error)"

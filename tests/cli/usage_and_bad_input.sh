@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# Bad input gets a clear error that names what was wrong, the documented exit status, and
+# loses nothing: 64 usage, 65 bad data, 74 I/O error.
+source "$(dirname "$0")/lib.sh"
+
+names() { grep -q -- "$1" "$T/err" || fail "the error does not name '$1': $(cat "$T/err")"; }
+
+expect_rc 0 ku --help
+grep -q enqueue "$T/out" || fail "--help lists no commands"
+for c in enqueue start daemon status wait cancel logs events reap; do expect_rc 0 ku "$c" --help; done
+expect_rc 64 ku                                   # no command
+expect_rc 64 ku frobnicate
+expect_rc 64 ku start                             # no command to run
+expect_rc 64 ku start --timeout abc -- true; names --timeout
+expect_rc 64 ku start --timeout 0 -- true; names --timeout
+expect_rc 64 ku start --timeout -1 -- true
+expect_rc 64 ku start --role boss -- true; names --role
+expect_rc 64 env MAX_CONCURRENT_AGENTS=0 "$KUGETSU" status; names MAX_CONCURRENT_AGENTS
+expect_rc 64 env MAX_CONCURRENT_AGENTS=3x "$KUGETSU" status; names MAX_CONCURRENT_AGENTS
+expect_rc 64 env KUGETSU_MAX_ATTEMPTS=1000 "$KUGETSU" status; names KUGETSU_MAX_ATTEMPTS
+
+# Hostile ids: refused before anything touches the disk.
+for id in ../escape .hidden 'a/b' 'a b' '' "$(printf 'x%.0s' {1..200})" pm-agent; do
+    expect_rc 65 ku enqueue --id "$id" -- true; names -- '--id'
+done
+[ -z "$(ls -A "$KUGETSU_HOME/queue" 2>/dev/null)" ] || fail "a refused id left a file"
+[ ! -e "$T/escape.json" ] || fail "an id escaped the queue directory"
+
+expect_rc 0 ku enqueue --id twice -- true
+expect_rc 65 ku enqueue --id twice -- false; names 'already exists'
+expect_rc 65 ku start --id twice -- false
+[ "$(json_get "next(t['argv'] for t in j['tasks'] if t['id']=='twice')")" = "['true']" ] || fail "the duplicate replaced the task"
+expect_rc 65 ku cancel nosuch; names nosuch
+expect_rc 65 ku logs nosuch
+expect_rc 65 ku wait nosuch
+
+# A corrupt state file: an error naming the file; the file is not deleted.
+expect_rc 0 ku enqueue --id good -- true
+printf '{"version": 1, "kind": "queue_item", "id": "good", "argv": 5}' >"$KUGETSU_HOME/queue/good.json"
+expect_rc 65 ku status; names good.json
+expect_rc 65 ku daemon --once; names good.json
+[ -s "$KUGETSU_HOME/queue/good.json" ] || fail "the corrupt file was removed"
+rm "$KUGETSU_HOME/queue/good.json"
+
+# An unusable home is an I/O error naming the path.
+expect_rc 74 ku --home /proc/kugetsu-cannot-be-here status; names /proc/kugetsu-cannot-be-here
+touch "$T/file"
+expect_rc 74 ku --home "$T/file/home" enqueue -- true
+echo ok
