@@ -494,14 +494,18 @@ int cmd_wait(const globals& g, std::vector<std::string> ids) {
     }
     for (auto& id : ids)
         if (!valid_task_id(id)) return report(errc::invalid_task_id, "task id \"" + id.substr(0, 160) + "\": invalid");
+    std::vector<bool> final(ids.size(), false);   // a final state never changes: not re-read
+    bool all_completed = true;
     return until(g, d, [&]() -> int {
-        bool all_completed = true;
-        for (auto& id : ids) {
+        for (std::size_t i = 0; i < ids.size(); ++i) {
+            if (final[i]) continue;
+            const auto& id = ids[i];
             std::error_code e;
             auto it = d.store().get_item(id, e);
             if (e) return report(e, "task \"" + id + "\": " + std::string(d.store().last_error_detail()));
             if (!it) return report(errc::unknown_task, "no task \"" + id + "\"");
             if (!is_final(it->state)) return -1;
+            final[i] = true;
             all_completed = all_completed && it->state == task_state::completed;
         }
         if (!all_completed)

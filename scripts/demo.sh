@@ -7,8 +7,10 @@
 #    (JSON), a trace (JSON lines) and a timeline (SVG) into out/: the legacy timeline shows
 #    more than three agents alive at once; the fixed one never does.
 # 2. The fixed design's race is then checked exhaustively: every reachable state.
-# 3. examples/01_six_tasks.cpp dispatches six real processes with cap 3; the agents count
-#    themselves and print the peak (3).
+# 3. The same on real processes, through the `kugetsu` command: a PM agent, six queued tasks,
+#    cap 3, `kugetsu daemon`. Each agent (tests/helpers/probe_agent.cpp) counts itself in a
+#    file it locks, independently of kugetsu; the script prints the peak of live dev agents
+#    (3), `kugetsu status` and the event log.
 #
 # Installs the dependencies (if missing) and builds with the `release` preset. Exits 0 when
 # the legacy design was caught, the fixed design broke nothing, and the real peak was 3.
@@ -17,7 +19,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 bash scripts/setup-debian.sh
 cmake --preset release >/dev/null
-cmake --build --preset release -j2 --target kugetsu-sim kugetsu-example-01_six_tasks
+cmake --build --preset release -j2 --target kugetsu-sim kugetsu-cli kugetsu-probe-agent
 
 sim=build/release/sim/kugetsu-sim
 mkdir -p out
@@ -44,6 +46,28 @@ echo
 
 echo "timelines: out/legacy.svg out/fixed.svg; traces and summaries in out/"
 echo
-echo "== six real tasks, cap 3 =="
-build/release/examples/kugetsu-example-01_six_tasks || status=1
+echo "== a PM agent and six real tasks, cap 3, through the kugetsu command =="
+kugetsu=$PWD/build/release/cli/kugetsu
+probe=$PWD/build/release/tests/kugetsu-probe-agent
+work=$(mktemp -d "${TMPDIR:-/tmp}/kugetsu-demo.XXXXXX")
+export KUGETSU_HOME=$work/home MAX_CONCURRENT_AGENTS=3
+daemon=
+finish() { [ -z "$daemon" ] || kill -TERM "$daemon" 2>/dev/null; "$kugetsu" cancel pm >/dev/null 2>&1; rm -rf "$work"; }
+trap finish EXIT
+echo "\$ kugetsu start --role pm --id pm -- sleep 600"
+"$kugetsu" start --role pm --id pm -- sleep 600
+for i in 1 2 3 4 5 6; do
+    "$kugetsu" enqueue --id "task-$i" -- "$probe" "$work/counter" --sleep 500 >/dev/null
+done
+echo "\$ kugetsu enqueue --id task-N -- probe-agent COUNTER --sleep 500     (N = 1..6)"
+"$kugetsu" daemon & daemon=$!
+echo "\$ kugetsu daemon &; kugetsu wait task-1 ... task-6"
+"$kugetsu" wait task-1 task-2 task-3 task-4 task-5 task-6 || status=1
+read -r live peak total <"$work/counter"
+echo "peak of live dev agents, as the agents counted: $peak (cap 3); agents run: $total; live now: $live"
+[ "$peak" -eq 3 ] && [ "$total" -eq 6 ] || status=1
+echo "\$ kugetsu status"
+"$kugetsu" status
+echo "\$ kugetsu events"
+"$kugetsu" events
 exit "$status"

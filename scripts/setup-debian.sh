@@ -7,7 +7,7 @@
 set -euo pipefail
 
 packages=(
-    cmake g++ make git ca-certificates
+    cmake g++ make git ca-certificates python3
     libboost-dev librange-v3-dev nlohmann-json3-dev
     librapidcheck-dev catch2 libbenchmark-dev libcli11-dev
     clang-14

@@ -58,7 +58,8 @@ release_agents() { exec 4>&-; }
 # counter FIELD: the probe agents' own count: live, peak or total.
 counter() {
     local live peak total
-    read -r live peak total <"$T/counter"
+    # Under the agents' own lock: they rewrite the file in place.
+    read -r live peak total < <(flock -s "$T/counter" cat "$T/counter")
     case $1 in live) echo "$live" ;; peak) echo "$peak" ;; total) echo "$total" ;; esac
 }
 

@@ -33,18 +33,24 @@ starter() {   # start, or enqueue when no slot is free
 pids=()
 for k in $(seq 1 "$starters"); do starter "$k" & pids+=($!); done
 wait "${pids[@]}"
-if ls "$T"/starter.*.fail >/dev/null 2>&1; then fail "$(cat "$T"/starter.*.fail "$T"/starter.[0-9]*)"; fi
+if [ -z "$no_lock" ] && ls "$T"/starter.*.fail >/dev/null 2>&1; then fail "$(cat "$T"/starter.*.fail "$T"/starter.[0-9]*)"; fi
 
+if [ "$no_lock" = --no-lock ]; then
+    # Without the lock the state itself may be lost or overwritten (a task may never end), so
+    # do not wait for the tasks: the eight starts that met at the barrier have run.
+    agents_ran() { [ -s "$T/counter" ] && [ "$(counter total)" -ge "$starters" ]; }
+    within 60 agents_ran
+    peak=$(counter peak)
+    echo "without the lock: peak $peak (cap $MAX_CONCURRENT_AGENTS), runs $(counter total)"
+    [ "$peak" -gt "$MAX_CONCURRENT_AGENTS" ] || fail "without the lock the peak should exceed the cap"
+    exit 0
+fi
 expect_rc 0 ku wait
 peak=$(counter peak)
 runs=$(wc -l <"$T/runs")
 twice=$(sort "$T/runs" | uniq -d | wc -l)
 completed=$(json_get "sum(t['state']=='completed' and t['attempts']==1 for t in j['tasks'])")
 echo "tasks $total, runs $runs, ran twice $twice, completed once $completed, peak $peak (cap $MAX_CONCURRENT_AGENTS)"
-if [ "$no_lock" = --no-lock ]; then
-    [ "$peak" -gt "$MAX_CONCURRENT_AGENTS" ] || fail "without the lock the peak should exceed the cap"
-    exit 0
-fi
 [ "$peak" -le "$MAX_CONCURRENT_AGENTS" ] || fail "peak $peak exceeds the cap"
 [ "$runs" -eq "$total" ] && [ "$twice" -eq 0 ] || fail "runs $runs, duplicates $twice"
 [ "$completed" -eq "$total" ] || fail "completed $completed of $total"

@@ -87,13 +87,13 @@ public:
         return read_record<queue_item>(dir, "queue", std::string(id), parse_item, ec);
     }
     std::vector<queue_item> list_items(std::error_code& ec) {
-        auto v = list<queue_item>(queue_fd(ec), "queue", parse_item, ec);
+        auto v = list<queue_item>(queue_fd(ec), "queue", parse_item, ec, [](const queue_item&) { return true; });
         std::sort(v.begin(), v.end(), detail::older);
         return v;
     }
     std::vector<queue_item> items_in_state(task_state st, std::size_t limit, std::error_code& ec) {
-        auto v = list<queue_item>(queue_fd(ec), "queue", parse_item, ec);
-        std::erase_if(v, [&](const queue_item& it) { return it.state != st; });
+        auto v = list<queue_item>(queue_fd(ec), "queue", parse_item, ec,
+                                  [&](const queue_item& it) { return it.state == st; });
         const auto n = std::min(limit, v.size());
         std::partial_sort(v.begin(), v.begin() + static_cast<std::ptrdiff_t>(n), v.end(), detail::older);
         v.resize(n);
@@ -112,7 +112,7 @@ public:
             if (auto e = detail::fsync_fd(dir)) fail(e, "sessions", "fsync");
     }
     std::vector<session> list_sessions(std::error_code& ec) {
-        return list<session>(sessions_fd(ec), "sessions", parse_session, ec);
+        return list<session>(sessions_fd(ec), "sessions", parse_session, ec, [](const session&) { return true; });
     }
 
     const std::string& root() const noexcept { return root_; }
@@ -175,7 +175,7 @@ private:
         // a pass reads every item, and parsing dominates its cost).
         struct stat st{};
         const bool cacheable = std::is_same_v<T, queue_item> && ::fstat(fd.get(), &st) == 0;
-        const file_key key{st.st_ino, st.st_size, st.st_mtim.tv_sec, st.st_mtim.tv_nsec, st.st_ctim.tv_sec, st.st_ctim.tv_nsec};
+        const file_key key = key_of(st);
         if constexpr (std::is_same_v<T, queue_item>) {
             if (cacheable)
                 if (auto c = cache_.find(id); c != cache_.end() && c->second.key == key) return c->second.item;
@@ -215,14 +215,18 @@ private:
         file_key key;
         queue_item item;
     };
+    static file_key key_of(const struct stat& st) noexcept {
+        return {st.st_ino, st.st_size, st.st_mtim.tv_sec, st.st_mtim.tv_nsec, st.st_ctim.tv_sec, st.st_ctim.tv_nsec};
+    }
 
     static const std::string& record_id(const queue_item& it) { return it.id; }
     static const std::string& record_id(const session& s) { return s.id; }
 
-    template <class T>
+    /// The records of `sub` for which keep(record) holds, in name order.
+    template <class T, class Keep>
     std::vector<T> list(int dir, const char* sub,
                         std::optional<T> (*parse)(std::string_view, std::error_code&, std::string&),
-                        std::error_code& ec) {
+                        std::error_code& ec, Keep keep) {
         std::vector<T> out;
         if (ec) return out;
         // A fresh open file description: readdir on a dup would move the shared offset.
@@ -264,9 +268,19 @@ private:
                 detail_ = root_ + "/" + sub + "/" + name + ": not a record name (<task id>.json)";
                 return {};
             }
-            auto r = read_record<T>(dir, sub, name.substr(0, name.size() - 5), parse, ec);
+            const std::string id = name.substr(0, name.size() - 5);
+            if constexpr (std::is_same_v<T, queue_item>) {
+                // Unchanged since this object parsed it: one stat, no open, no parse.
+                struct stat st{};
+                if (auto c = cache_.find(id); c != cache_.end() && ::fstatat(dir, name.c_str(), &st, AT_SYMLINK_NOFOLLOW) == 0 &&
+                                              S_ISREG(st.st_mode) && c->second.key == key_of(st)) {
+                    if (keep(c->second.item)) out.push_back(c->second.item);
+                    continue;
+                }
+            }
+            auto r = read_record<T>(dir, sub, id, parse, ec);
             if (ec) return {};
-            if (r) out.push_back(std::move(*r));   // removed since readdir: skip
+            if (r && keep(*r)) out.push_back(std::move(*r));   // removed since readdir: skip
         }
         if constexpr (std::is_same_v<T, queue_item>) {
             if (cache_.size() > names.size())   // forget records that are gone
