@@ -377,10 +377,14 @@ int cmd_daemon(const globals& g, bool once, bool verbose) {
         w.catch_signals({SIGTERM, SIGINT, SIGHUP}, ec);
         if (ec) return report(ec, "signalfd: " + ec.message());
     }
-    // Held shared while the daemon lives: supervisors then leave the reaping to daemons.
+    // A read (shared) OFD lock held while the daemon lives: supervisors leave the reaping to
+    // daemons (they ask with F_OFD_GETLK, which never conflicts with another asker).
     const int daemon_lock = ::open(h.daemon_lock().c_str(), O_RDWR | O_CREAT | O_NOFOLLOW | O_CLOEXEC, 0600);
-    int locked = daemon_lock < 0 ? -1 : ::flock(daemon_lock, LOCK_SH);
-    while (locked != 0 && errno == EINTR) locked = ::flock(daemon_lock, LOCK_SH);
+    struct flock rd{};
+    rd.l_type = F_RDLCK;
+    rd.l_whence = SEEK_SET;
+    int locked = daemon_lock < 0 ? -1 : ::fcntl(daemon_lock, F_OFD_SETLKW, &rd);
+    while (locked != 0 && errno == EINTR) locked = ::fcntl(daemon_lock, F_OFD_SETLKW, &rd);
     if (locked != 0) return report(std::error_code(errno, std::system_category()), "daemon lock " + h.daemon_lock() + ": " + std::strerror(errno));
     if (verbose) std::cerr << "kugetsu daemon: pid " << ::getpid() << ", home " << g.home << ", cap " << g.opt.cap << "\n";
     for (;;) {
@@ -454,15 +458,6 @@ int cmd_status(const globals& g, bool json) {
 
 /// Runs reap passes until `done` holds: the ends of agents are recorded by this process if
 /// nobody else does, timeouts and kill graces are enforced. No polling interval.
-/// True while some daemon holds HOME/daemon.lock.
-bool daemon_running(const globals& g) {
-    const int fd = ::open(home_layout{g.home}.daemon_lock().c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
-    if (fd < 0) return false;
-    const bool held = ::flock(fd, LOCK_EX | LOCK_NB) != 0 && errno == EWOULDBLOCK;
-    ::close(fd);
-    return held;
-}
-
 template <class Done>
 int until(const globals& g, cli_dispatcher& d, Done done, const std::string& also_watch = {}) {
     watcher w = home_watcher(g);
@@ -472,14 +467,12 @@ int until(const globals& g, cli_dispatcher& d, Done done, const std::string& als
     if (ec) return report(ec, "watch: " + ec.message());
     for (;;) {
         w.drain();
-        // A running daemon records ends and enforces timeouts; without one, this process
-        // does (a reap takes the lock, so it is skipped when it would only contend).
-        const bool daemon = daemon_running(g);
-        if (!daemon) d.reap(ec);
+        // Also with a daemon running: it may exit between an agent's end and recording it,
+        // and nothing would wake this process then.
+        d.reap(ec);
         if (ec) return report(ec, d.last_error_detail());
         if (auto r = done(); r >= 0) return r;
-        typename cli_dispatcher::wake_plan plan;
-        if (!daemon) plan = d.next_wake(ec);
+        auto plan = d.next_wake(ec);
         if (ec) return report(ec, d.last_error_detail());
         if (w.wait(plan.deadline, plan.owners, plan.agents, ec) == watcher::wake::signal) return 128 + w.last_signal();
     }

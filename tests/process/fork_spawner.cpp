@@ -400,10 +400,13 @@ TEST_CASE("the on-exit command runs after the status is written, unless its lock
     CHECK(run_to_end(sp, p).exit_code == 3);
     await_supervisors();   // the hook is the supervisor, exec'd
     CHECK(slurp(marker) == "kugetsu-exit 1 3 0\n");
-    // With the lock held (shared, as daemons hold it), the hook is skipped.
+    // With a read OFD lock held on the file (as daemons hold it), the hook is skipped.
     std::filesystem::remove(marker);
     const int held = ::open(lockfile.c_str(), O_RDONLY | O_CLOEXEC);
-    REQUIRE(::flock(held, LOCK_SH) == 0);
+    struct flock rd{};
+    rd.l_type = F_RDLCK;
+    rd.l_whence = SEEK_SET;
+    REQUIRE(::fcntl(held, F_OFD_SETLK, &rd) == 0);
     auto q = sp.spawn({"t2", {"/bin/sh", "-c", "exit 4"}, ""}, ec);
     sp.release(q, ec);
     CHECK(run_to_end(sp, q).exit_code == 4);

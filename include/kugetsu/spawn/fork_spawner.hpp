@@ -32,7 +32,7 @@
 //
 // ON EXIT. After writing the status, the supervisor can exec a command (set_on_exit), such as
 // `kugetsu reap`, so that the end is recorded in the store at once even with no daemon
-// running; it skips the command while some process holds a lock on `unless_locked` (a
+// running; it skips the command while some process holds an OFD lock on `unless_locked` (a
 // daemon that will reap anyway).
 //
 // The program is looked up on PATH in the caller (before fork); supervisor and agent call
@@ -214,6 +214,15 @@ inline bool read_full(int fd, void* data, std::size_t len) noexcept {
     return true;
 }
 
+/// True if some process holds an OFD lock (fcntl F_OFD_SETLK) on any byte of the file. Only
+/// asks (F_OFD_GETLK): concurrent askers never see each other. Async-signal-safe.
+inline bool lock_held(int fd) noexcept {
+    struct flock q{};
+    q.l_type = F_WRLCK;
+    q.l_whence = SEEK_SET;
+    return ::fcntl(fd, F_OFD_GETLK, &q) == 0 && q.l_type != F_UNLCK;
+}
+
 /// The exit status line a supervisor writes into a slot: "kugetsu-exit 1 CODE TIMED_OUT\n".
 inline bool parse_exit_record(std::string_view s, int& code, bool& timed_out) noexcept {
     constexpr std::string_view head = "kugetsu-exit 1 ";
@@ -261,8 +270,9 @@ public:
     ~fork_spawner() { abandon_all(); }
 
     /// After recording an agent's exit status, its supervisor execs argv (argv[0] a path, no
-    /// PATH lookup), unless some process holds an flock on the file `unless_locked` ("" =
-    /// always). The supervisor's stdout and stderr are the task's log. Empty argv: none.
+    /// PATH lookup), unless some process holds an OFD lock (fcntl F_OFD_SETLK, any type) on
+    /// the file `unless_locked` ("" = always): a daemon that will record the end. The
+    /// supervisor's stdout and stderr are the task's log. Empty argv: none.
     void set_on_exit(std::vector<std::string> argv, std::string unless_locked = {}) {
         on_exit_ = std::move(argv);
         on_exit_unless_locked_ = std::move(unless_locked);
@@ -695,7 +705,7 @@ private:
             if (pl.hook_lock) {
                 const int lk = ::open(pl.hook_lock, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
                 if (lk >= 0) {
-                    skip = ::flock(lk, LOCK_EX | LOCK_NB) != 0 && errno == EWOULDBLOCK;
+                    skip = detail::lock_held(lk);
                     ::close(lk);
                 }
             }
