@@ -13,7 +13,7 @@ BACKGROUND=()
 cleanup() {
     local rc=$?
     set +e
-    for p in "${BACKGROUND[@]}"; do kill -TERM "$p" 2>/dev/null; done
+    for p in "${BACKGROUND[@]}"; do kill -TERM "$p" 2>/dev/null; kill -CONT "$p" 2>/dev/null; done
     exec 3>&- 4>&-   # release held agents
     # Stop the agents still running (their process groups), then remove the directory.
     if [ -d "$KUGETSU_HOME/queue" ]; then

@@ -53,4 +53,36 @@ release_agents
 expect_rc 0 ku wait d1 d2 d3 d4 d5
 [ "$(counter total)" -eq 5 ] && [ "$(sort "$T/runs" | uniq | wc -l)" -eq 5 ] || fail "runs: $(sort "$T/runs" | tr '\n' ' ')"
 [ "$(counter peak)" -le 3 ] || fail "peak $(counter peak)"
+kill -TERM "${BACKGROUND[@]}"; wait "${BACKGROUND[@]}" 2>/dev/null || true; BACKGROUND=()
+
+# 4. Many agents ending at once with no daemon: every supervisor's on-exit reap records its
+#    end (none mistakes another supervisor for a daemon). Read the records without reaping.
+export MAX_CONCURRENT_AGENTS=16
+for i in $(seq 1 16); do expect_rc 0 ku start --id "b$i" -- sh -c 'read x <&5 2>/dev/null; sleep 0.3'; done
+all_final_without_reap() {
+    python3 - "$KUGETSU_HOME/queue" <<'PY'
+import json, os, sys
+d = sys.argv[1]
+items = [json.load(open(os.path.join(d, f))) for f in os.listdir(d) if f.startswith("b")]
+sys.exit(0 if len(items) == 16 and all(i["state"] == "completed" for i in items) else 1)
+PY
+}
+within 30 all_final_without_reap
+
+# 5. A daemon that dies after an agent's supervisor left the end to it: a waiter still sees
+#    the end. The daemon is stopped while it sleeps (so it holds no lock but keeps
+#    daemon.lock), the agent ends (its supervisor skips its reap), then the daemon is killed.
+export MAX_CONCURRENT_AGENTS=3
+ku_bg daemon
+daemon=${BACKGROUND[-1]}
+asleep() { grep -q '^poll_schedule_timeout' "/proc/$daemon/wchan"; }
+within 10 asleep
+kill -STOP "$daemon"
+expect_rc 0 ku start --id late -- sleep 0.3
+timeout 30 "$KUGETSU" wait late 3>&- 4>&- & waiter=$!
+slot_free() { for f in "$KUGETSU_HOME"/run/*.slot; do [ -e "$f" ] || continue; flock -n -s "$f" true || return 1; done; }
+within 10 slot_free
+kill -KILL "$daemon"; kill -CONT "$daemon"; wait "$daemon" 2>/dev/null || true; BACKGROUND=()
+rc=0; wait "$waiter" || rc=$?
+[ "$rc" -eq 0 ] || fail "wait exited $rc (124: it never saw the end)"
 echo ok
