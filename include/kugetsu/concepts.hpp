@@ -71,7 +71,8 @@ enum class stop_signal { terminate, kill };
 /// the dispatcher writes the session, then `s.release(p, ec)` lets it exec (ec: the program
 /// could not be executed; the child is reaped) or `s.abandon(p)` discards it without running
 /// the program. If the caller dies while a child is held, the child exits without running it.
-/// `s.poll(p, ec)` never blocks; a process counts as running until it has been reaped.
+/// `s.poll(p, ec)` never blocks; an agent counts as running until it has been reaped by the
+/// spawner's side (a zombie whose reaper is gone may count as ended).
 /// `s.signal(p, sig, ec)` signals the agent's whole process group, and nothing at all if p no
 /// longer denotes the same process (PID reuse). `s.self()` names the calling process, so
 /// that work it claims can be recovered when it dies.
