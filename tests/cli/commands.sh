@@ -11,6 +11,18 @@ expect_rc 0 ku logs env
 grep -qx "$T/work" "$T/out" || fail "agent ran in the wrong directory: $(cat "$T/out")"
 grep -qx 'id=env fd=5' "$T/out" || fail "environment: $(cat "$T/out")"
 
+# --worktree: the agent runs in a new git worktree of the repository, on branch kugetsu/<id>;
+# a relative REPO is resolved where `start` was called.
+git init -q "$T/repo"
+git -C "$T/repo" -c user.email=k@example.invalid -c user.name=k commit -q --allow-empty -m init
+(cd "$T" && expect_rc 0 ku start --id wt --worktree repo -- sh -c 'pwd; git rev-parse --abbrev-ref HEAD')
+expect_rc 0 ku wait wt
+expect_rc 0 ku logs wt
+grep -qx "$KUGETSU_HOME/worktrees/wt" "$T/out" || fail "worktree agent ran in: $(cat "$T/out")"
+grep -qx 'kugetsu/wt' "$T/out" || fail "worktree agent's branch: $(cat "$T/out")"
+git -C "$T/repo" rev-parse --verify -q kugetsu/wt >/dev/null || fail "the task's branch was not kept"
+[ ! -e "$KUGETSU_HOME/worktrees/wt" ] || fail "the clean worktree was not removed"
+
 # cancel a pending task: cancelled, never runs.
 expect_rc 0 ku enqueue --id later -- sh -c 'touch '"$T/ran"
 expect_rc 0 ku cancel later
