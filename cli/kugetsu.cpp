@@ -15,7 +15,8 @@
 // Exit status (sysexits.h): 0 success; 1 the task failed (start: every attempt failed;
 // wait: a task did not complete); 64 usage; 65 bad data (an invalid id, a corrupt state
 // file, an unknown task); 74 I/O error; 75 no free slot (start: the cap is reached, or a PM
-// is already running); 70 internal error; 128+N: wait, cancel or logs -f interrupted by
+// is already running); 77 the state directory or a file in it belongs to another user or is
+// writable by others; 70 internal error; 128+N: wait, cancel or logs -f interrupted by
 // signal N (events -f exits 0 when interrupted).
 #include <cerrno>
 #include <chrono>
@@ -46,7 +47,7 @@ using namespace kugetsu;
 
 // sysexits.h
 constexpr int ex_ok = 0, ex_failed = 1, ex_usage = 64, ex_dataerr = 65, ex_software = 70, ex_ioerr = 74,
-              ex_tempfail = 75;
+              ex_tempfail = 75, ex_noperm = 77;
 
 /// The process's exit code for an error.
 int exit_code_for(const std::error_code& ec) {
@@ -68,6 +69,7 @@ int exit_code_for(const std::error_code& ec) {
         case errc::spawn_failed:
         case errc::attempts_exhausted: return ex_failed;
         case errc::not_held: return ex_software;
+        case errc::unsafe_state: return ex_noperm;
         }
         return ex_software;
     }

@@ -33,6 +33,7 @@ enum class errc : int {
     store_corrupt = 304,     ///< a state file could not be parsed (the message names it)
     lock_failed = 305,       ///< the critical-section lock could not be taken
     not_held = 306,          ///< the spawner has no held child with this pid
+    unsafe_state = 307,      ///< a state directory or file is owned by another user or writable by others
 };
 
 namespace detail {
@@ -58,6 +59,7 @@ public:
         case errc::store_corrupt: return "state file is corrupt";
         case errc::lock_failed: return "lock could not be taken";
         case errc::not_held: return "no held child with this pid";
+        case errc::unsafe_state: return "owned by another user or writable by group or others";
         }
         return "unknown kugetsu error " + std::to_string(v);
     }

@@ -42,6 +42,16 @@ expect_rc 65 ku daemon --once; names good.json
 [ -s "$KUGETSU_HOME/queue/good.json" ] || fail "the corrupt file was removed"
 rm "$KUGETSU_HOME/queue/good.json"
 
+# A home that others may write, or a lock file another user could hold: 77, naming it.
+expect_rc 0 ku status
+chmod 0777 "$KUGETSU_HOME"
+expect_rc 77 ku status; names "$KUGETSU_HOME"
+chmod 0700 "$KUGETSU_HOME"
+chmod 0666 "$KUGETSU_HOME/lock"
+expect_rc 77 ku status
+chmod 0600 "$KUGETSU_HOME/lock"
+expect_rc 0 ku status
+
 # An unusable home is an I/O error naming the path.
 expect_rc 74 ku --home /proc/kugetsu-cannot-be-here status; names /proc/kugetsu-cannot-be-here
 touch "$T/file"

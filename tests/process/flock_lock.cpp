@@ -5,6 +5,7 @@
 
 #include <csignal>
 #include <filesystem>
+#include <fstream>
 
 #include <sys/prctl.h>
 #include <sys/stat.h>
@@ -126,4 +127,25 @@ TEST_CASE("flock_lock is not held by an agent spawned while it was held") {
     CHECK(st.state == process_state::exited);
     CHECK(st.exit_code == 0);
     ::close(ready);
+}
+
+TEST_CASE("flock_lock refuses a lock file that others may write, or that another user owns") {
+    temp_dir d;
+    const std::string path = d / "lock";
+    { std::ofstream(path) << ""; }
+    ::chmod(path.c_str(), 0666);
+    flock_lock l(path);
+    std::error_code ec;
+    l.lock(ec);
+    CHECK(ec == errc::unsafe_state);
+    ::chmod(path.c_str(), 0600);
+    l.lock(ec);
+    CHECK_FALSE(ec);
+    l.unlock();
+    if (::geteuid() == 0) {   // only root can give a file away
+        REQUIRE(::chown(path.c_str(), 65534, 65534) == 0);
+        flock_lock other(path);
+        other.lock(ec);
+        CHECK(ec == errc::unsafe_state);
+    }
 }

@@ -196,6 +196,41 @@ TEST_CASE("file_store never follows a symlink planted in the state directory") {
     CHECK_FALSE(std::filesystem::exists(outside / "q/t2.json"));
 }
 
+TEST_CASE("file_store refuses a state directory or record that others may write or another user owns") {
+    namespace fs = std::filesystem;
+    std::error_code ec;
+    {   // the state directory itself
+        temp_dir d;
+        ::chmod(d.path().c_str(), 0777);
+        file_store s(d.path());
+        s.open(ec);
+        CHECK(ec == errc::unsafe_state);
+        CHECK(s.last_error_detail().find(d.path()) != std::string::npos);
+    }
+    {   // a subdirectory, then a session record
+        file_fixture f;
+        f.s.put_session({"t1", role::dev, "t1", {12, 1, "b"}, "", timestamp{}}, ec);
+        REQUIRE_FALSE(ec);
+        ::chmod((f.d / "sessions/t1.json").c_str(), 0622);
+        f.s.list_sessions(ec);
+        CHECK(ec == errc::unsafe_state);
+        CHECK(f.s.last_error_detail().find("sessions/t1.json") != std::string::npos);
+        CHECK(fs::exists(f.d / "sessions/t1.json"));   // refused, never removed
+        ::chmod((f.d / "queue").c_str(), 0770);
+        file_store again(f.d.path());
+        again.open(ec);
+        CHECK(ec == errc::unsafe_state);
+        CHECK(again.last_error_detail().find("queue") != std::string::npos);
+    }
+    if (::geteuid() == 0) {   // only root can give a directory away
+        temp_dir d;
+        REQUIRE(::chown(d.path().c_str(), 65534, 65534) == 0);
+        file_store s(d.path());
+        s.open(ec);
+        CHECK(ec == errc::unsafe_state);
+    }
+}
+
 TEST_CASE("file_store refuses ids that are not file-name safe") {
     file_fixture f;
     std::error_code ec;

@@ -20,6 +20,8 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "../error.hpp"
+
 namespace kugetsu::detail {
 
 struct syscall_table {
@@ -193,6 +195,16 @@ inline std::error_code atomic_write_at(int dirfd, const std::string& name, std::
         return ec;
     }
     if (durable) return fsync_fd(dirfd);
+    return {};
+}
+
+/// errc::unsafe_state unless the open file `fd` belongs to the effective user and nobody
+/// else may write it: another user's file, or a group- or world-writable one, could be
+/// replaced or rewritten under the dispatcher. errno if fstat fails.
+inline std::error_code check_private(int fd) noexcept {
+    struct stat st{};
+    if (::fstat(fd, &st) != 0) return last_error();
+    if (st.st_uid != ::geteuid() || (st.st_mode & (S_IWGRP | S_IWOTH))) return errc::unsafe_state;
     return {};
 }
 

@@ -33,7 +33,9 @@ public:
     flock_lock(flock_lock&&) noexcept = default;
     flock_lock& operator=(flock_lock&&) noexcept = default;
 
-    /// Blocks until the lock is held. EINTR is retried. Errors: opening the file.
+    /// Blocks until the lock is held. EINTR is retried. Errors: opening the file;
+    /// errc::unsafe_state if it belongs to another user or others may write it (whoever can
+    /// open it for writing could hold the lock forever, or replace the file).
     void lock(std::error_code& ec) noexcept { take(LOCK_EX, ec); }
 
     /// Returns true if the lock was free and is now held.
@@ -57,8 +59,10 @@ public:
 private:
     void take(int op, std::error_code& ec) noexcept {
         if (!fd_) {
-            fd_ = detail::open_path(path_, O_RDWR | O_CREAT | O_NOFOLLOW, 0600, ec);
+            auto fd = detail::open_path(path_, O_RDWR | O_CREAT | O_NOFOLLOW, 0600, ec);
+            if (!ec) ec = detail::check_private(fd.get());   // another user could hold it forever
             if (ec) return;
+            fd_ = std::move(fd);
         }
         ec = detail::flock_fd(fd_.get(), op);
     }

@@ -57,6 +57,7 @@ public:
             return;
         }
         auto root = detail::open_path(root_, O_RDONLY | O_DIRECTORY | O_NOFOLLOW, 0, ec);
+        if (!ec) ec = detail::check_private(root.get());
         if (ec) {
             last_ = ec;
             detail_ = root_ + ": open: " + ec.message();
@@ -136,7 +137,11 @@ private:
             return {};
         }
         auto fd = detail::open_at(root, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW, 0, ec);
-        if (ec) fail(ec, root_ + "/" + name, "open");
+        if (!ec) ec = detail::check_private(fd.get());
+        if (ec) {
+            fail(ec, name, "open");
+            fd.reset();
+        }
         return fd;
     }
 
@@ -174,7 +179,13 @@ private:
         // and times are unchanged holds what this object parsed before (queue items only:
         // a pass reads every item, and parsing dominates its cost).
         struct stat st{};
-        const bool cacheable = std::is_same_v<T, queue_item> && ::fstat(fd.get(), &st) == 0;
+        const bool stated = ::fstat(fd.get(), &st) == 0;
+        if (stated && (st.st_uid != ::geteuid() || (st.st_mode & (S_IWGRP | S_IWOTH)))) {
+            ec = errc::unsafe_state;
+            fail(ec, std::string(sub) + "/" + name, "open");
+            return std::nullopt;
+        }
+        const bool cacheable = std::is_same_v<T, queue_item> && stated;
         const file_key key = key_of(st);
         if constexpr (std::is_same_v<T, queue_item>) {
             if (cacheable)
