@@ -414,3 +414,27 @@ TEST_CASE("the on-exit command runs after the status is written, unless its lock
     CHECK_FALSE(std::filesystem::exists(marker));
     ::close(held);
 }
+
+TEST_CASE("fork_spawner refuses a run directory others may write, and trusts no status in a slot others may write") {
+    temp_dir d;
+    std::error_code ec;
+    {
+        std::filesystem::create_directory(d / "open-run");
+        ::chmod((d / "open-run").c_str(), 0777);
+        fork_spawner sp(d / "logs", d / "open-run");
+        sp.spawn({"t1", {"/bin/true"}, ""}, ec);
+        CHECK(ec == errc::unsafe_state);
+        CHECK(sp.last_error_detail().find("open-run") != std::string::npos);
+    }
+    fork_spawner sp(d / "logs");
+    auto p = sp.spawn({"t2", {"/bin/sh", "-c", "exit 0"}, ""}, ec);
+    sp.release(p, ec);
+    REQUIRE_FALSE(ec);
+    REQUIRE(run_to_end(sp, p).exit_code == 0);
+    ::chmod(sp.slot_path(p).c_str(), 0666);   // anyone could have written "exited 0" into it
+    auto st = sp.poll(p, ec);
+    CHECK(ec == errc::unsafe_state);
+    CHECK(st.state == process_state::running);   // doubt never frees a slot
+    ::chmod(sp.slot_path(p).c_str(), 0600);
+    CHECK(sp.poll(p, ec).state == process_state::exited);
+}

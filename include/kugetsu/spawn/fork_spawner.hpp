@@ -288,9 +288,14 @@ public:
         const std::string program = detail::resolve_program(r.argv.front(), ec);
         if (ec) return fail(ec, ec, "cannot run \"" + r.argv.front() + "\""), process_ref{};
 
-        for (const std::string* dir : {&log_dir_, &run_dir_})
+        for (const std::string* dir : {&log_dir_, &run_dir_}) {
             if (::mkdir(dir->c_str(), 0700) != 0 && errno != EEXIST)
                 return fail(ec, detail::last_error(), "mkdir " + *dir), process_ref{};
+            // Whoever can write here could forge an exit status and free a slot early.
+            auto d = detail::open_path(*dir, O_RDONLY | O_DIRECTORY | O_NOFOLLOW, 0, ec);
+            if (!ec) ec = detail::check_private(d.get());
+            if (ec) return fail(ec, ec, *dir), process_ref{};
+        }
         const std::string log_path = log_dir_ + "/" + r.task_id + ".log";
         auto log = detail::open_path(log_path, O_WRONLY | O_CREAT | O_APPEND | O_NOFOLLOW, 0600, ec);
         if (ec) return fail(ec, ec, "open " + log_path), process_ref{};
@@ -494,6 +499,11 @@ private:
             if (ec != std::errc::no_such_file_or_directory) return {process_state::running, -1};   // doubt: keep the slot
             ec.clear();
             return identity(p, block, ec);   // no slot (removed, or not ours): identity only
+        }
+        // A slot someone else could write may hold a forged status: trust it for nothing.
+        if ((ec = detail::check_private(fd.get()))) {
+            fail(ec, ec, path);
+            return {process_state::running, -1};
         }
         for (;;) {
             if (::flock(fd.get(), LOCK_SH | (block ? 0 : LOCK_NB)) == 0) break;
