@@ -38,6 +38,7 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
+#include "clock/system_clock.hpp"
 #include "detail/posix.hpp"
 #include "detail/proc.hpp"
 #include "types.hpp"
@@ -117,7 +118,7 @@ public:
             for (auto& f : pidfds) fds.push_back({f.get(), POLLIN, 0});
             int timeout = -1;
             if (deadline) {
-                const auto left = std::chrono::ceil<std::chrono::milliseconds>(*deadline - now());
+                const auto left = std::chrono::ceil<std::chrono::milliseconds>(*deadline - clock_.now());
                 if (left.count() <= 0) return wake::deadline;
                 timeout = static_cast<int>(std::min<std::int64_t>(left.count(), 1 << 30));
             }
@@ -128,7 +129,7 @@ public:
                 return wake::changed;
             }
             if (r == 0) {
-                if (deadline && now() >= *deadline) return wake::deadline;
+                if (deadline && clock_.now() >= *deadline) return wake::deadline;
                 continue;
             }
             std::size_t i = 1;
@@ -152,10 +153,6 @@ public:
     int last_signal() const noexcept { return last_signal_; }
 
 private:
-    static timestamp now() {
-        return std::chrono::time_point_cast<std::chrono::microseconds>(std::chrono::system_clock::now());
-    }
-
     /// Reads every queued event; true if one of them concerns a name not starting with '.'.
     bool read_events() noexcept {
         bool relevant = false;
@@ -176,6 +173,7 @@ private:
 
     detail::unique_fd inotify_;
     detail::unique_fd signals_;
+    system_clock clock_;   // deadlines are wall-clock timestamps, as the dispatcher's
     int last_signal_ = 0;
 };
 

@@ -198,14 +198,18 @@ inline std::error_code atomic_write_at(int dirfd, const std::string& name, std::
     return {};
 }
 
-/// errc::unsafe_state unless the open file `fd` belongs to the effective user and nobody
-/// else may write it: another user's file, or a group- or world-writable one, could be
-/// replaced or rewritten under the dispatcher. errno if fstat fails.
+/// True if the file belongs to the effective user and nobody else may write it: another
+/// user's file, or a group- or world-writable one, could be replaced or rewritten under the
+/// dispatcher.
+inline bool is_private(const struct stat& st) noexcept {
+    return st.st_uid == ::geteuid() && !(st.st_mode & (S_IWGRP | S_IWOTH));
+}
+
+/// errc::unsafe_state unless the open file `fd` is_private(); errno if fstat fails.
 inline std::error_code check_private(int fd) noexcept {
     struct stat st{};
     if (::fstat(fd, &st) != 0) return last_error();
-    if (st.st_uid != ::geteuid() || (st.st_mode & (S_IWGRP | S_IWOTH))) return errc::unsafe_state;
-    return {};
+    return is_private(st) ? std::error_code{} : make_error_code(errc::unsafe_state);
 }
 
 /// Runs a callable when the scope ends.

@@ -379,11 +379,7 @@ public:
         if (got == 0) return;   // the pipe closed on exec: the program runs
         // The program never ran: the supervisor removes the slot and exits; wait for it, so
         // that the agent is reaped (and gone) when this returns.
-        if (auto s = supervisors_.find(p.pid); s != supervisors_.end()) {
-            int status = 0;
-            detail::wait_for(s->second, &status, 0);
-            supervisors_.erase(s);
-        }
+        wait_supervisor(p.pid);
         if (got != sizeof f) return fail(ec, errc::spawn_failed, "the agent died before exec");
         if (f.step == 3) return fail(ec, errc::spawn_failed, "the supervisor died before the agent could start");
         fail(ec, detail::errno_code(f.error),
@@ -395,11 +391,7 @@ public:
         auto it = held_.find(p.pid);
         if (it == held_.end()) return;
         held_.erase(it);   // closes the control socket: the supervisor lets the agent go
-        if (auto s = supervisors_.find(p.pid); s != supervisors_.end()) {
-            int status = 0;
-            detail::wait_for(s->second, &status, 0);
-            supervisors_.erase(s);
-        }
+        wait_supervisor(p.pid);
     }
 
     /// Never blocks. See the header comment for how liveness is decided.
@@ -540,6 +532,15 @@ private:
         // has ended, and its new parent reaps it.
         if (!st || st->start_time != p.start_time || st->state == 'Z') return {process_state::gone, -1};
         return {process_state::running, -1};
+    }
+
+    /// Blocks until the supervisor of `agent` has exited (it is about to: the agent never ran).
+    void wait_supervisor(int agent) noexcept {
+        if (auto s = supervisors_.find(agent); s != supervisors_.end()) {
+            int status = 0;
+            detail::wait_for(s->second, &status, 0);
+            supervisors_.erase(s);
+        }
     }
 
     void reap_supervisors() noexcept {

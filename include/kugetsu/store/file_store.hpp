@@ -180,7 +180,7 @@ private:
         // a pass reads every item, and parsing dominates its cost).
         struct stat st{};
         const bool stated = ::fstat(fd.get(), &st) == 0;
-        if (stated && (st.st_uid != ::geteuid() || (st.st_mode & (S_IWGRP | S_IWOTH)))) {
+        if (stated && !detail::is_private(st)) {
             ec = errc::unsafe_state;
             fail(ec, std::string(sub) + "/" + name, "open");
             return std::nullopt;
