@@ -29,6 +29,10 @@
 // attempts_exhausted). A session is written before its agent may exec (see the spawner
 // concept), so an agent never runs without being counted, even if the dispatcher dies.
 //
+// A store that moves unreadable records aside (file_store's quarantine) is drained at the
+// end of each locked operation: each queue record moved becomes a task_error event with
+// reason "quarantined", and the other tasks go on.
+//
 // One dispatcher per thread: an object is not thread-safe. Any number of dispatchers, in any
 // number of processes, may share a store if they share the lock.
 #pragma once
@@ -416,10 +420,29 @@ private:
             return {};
         }
         detail::scope_exit release([&] {
+            note_quarantined();
             lock_.unlock();
             flush_events();
         });
         return f();
+    }
+
+    /// A store that moves unreadable records aside (file_store) lists them; each queue
+    /// record moved is reported as task_error, reason "quarantined".
+    void note_quarantined() noexcept try {
+        if constexpr (requires { store_.quarantined(); }) {
+            const auto& q = store_.quarantined();
+            for (; quarantine_seen_ < q.size(); ++quarantine_seen_) {
+                if (q[quarantine_seen_].task_id.empty()) continue;
+                event e;
+                e.type = event_type::task_error;
+                e.task_id = q[quarantine_seen_].task_id;
+                e.time = clock_.now();
+                e.reason = "quarantined";
+                events_.push_back(std::move(e));
+            }
+        }
+    } catch (...) {   // out of memory: the store still lists them
     }
 
     void flush_events() noexcept {
@@ -707,6 +730,7 @@ private:
     [[no_unique_address]] Workspace workspace_;
     dispatcher_options opt_;
     std::vector<event> events_;
+    std::size_t quarantine_seen_ = 0;
     std::string detail_;
 };
 

@@ -5,6 +5,7 @@
 
 #include <kugetsu/kugetsu.hpp>
 
+#include <algorithm>
 #include <filesystem>
 #include <fstream>
 #include <map>
@@ -138,38 +139,152 @@ TEST_CASE("file_store keeps the PM's session as sessions/pm-agent.json, in 0700 
     for (auto& e : fs::directory_iterator(f.d / "queue")) CHECK(e.path().filename().string()[0] != '.');
 }
 
-TEST_CASE("file_store names a corrupt record and keeps it; the listing fails rather than skip it") {
+TEST_CASE("with quarantine off, file_store names a corrupt record, keeps it, and the listing fails rather than skip it") {
+    temp_dir d;
+    file_store s(d.path(), {.durable = false, .quarantine = false});
+    std::error_code ec;
+    s.put_item(item("good", task_state::pending, 1), ec);
+    {
+        std::ofstream bad(d / "queue/bad.json");
+        bad << "{\"version\":1, \"kind\":\"queue_item\", \"id\": \"bad\"";   // truncated
+    }
+    auto v = s.list_items(ec);
+    CHECK(ec == errc::store_corrupt);
+    CHECK(s.last_error_detail().find("queue/bad.json") != std::string::npos);
+    CHECK(s.last_error_detail().find("not valid JSON") != std::string::npos);
+    CHECK(std::filesystem::exists(d / "queue/bad.json"));
+    CHECK(s.get_item("good", ec));
+    CHECK_FALSE(ec);
+    s.get_item("bad", ec);
+    CHECK(ec == errc::store_corrupt);
+    CHECK(s.quarantined().empty());
+    CHECK_FALSE(std::filesystem::exists(d / "quarantine"));
+}
+
+namespace {
+/// The files in DIR, by name.
+std::vector<std::string> names_in(const std::filesystem::path& dir) {
+    std::vector<std::string> v;
+    if (std::filesystem::exists(dir))
+        for (auto& e : std::filesystem::directory_iterator(dir)) v.push_back(e.path().filename().string());
+    std::sort(v.begin(), v.end());
+    return v;
+}
+} // namespace
+
+TEST_CASE("file_store moves every kind of unreadable record to quarantine/, names it, and lists the rest") {
+    namespace fs = std::filesystem;
     file_fixture f;
     std::error_code ec;
     f.s.put_item(item("good", task_state::pending, 1), ec);
-    {
-        std::ofstream bad(f.d / "queue/bad.json");
-        bad << "{\"version\":1, \"kind\":\"queue_item\", \"id\": \"bad\"";   // truncated
-    }
+    std::string good_text = kugetsu::test::slurp(f.d / "queue/good.json");
+    const std::string huge(2u << 20, ' ');
+    struct bad_case {
+        std::string name, text, why;
+    };
+    const std::vector<bad_case> cases = {
+        {"truncated.json", good_text.substr(0, good_text.size() / 2), "not valid JSON"},
+        {"empty.json", "", "not valid JSON"},
+        {"huge.json", "{" + huge + "}", "larger than 1 MiB"},
+        {"wrongtype.json", R"({"version":1,"kind":"queue_item","id":"wrongtype","argv":5})", "argv"},
+        {"future.json", R"({"version":99,"kind":"queue_item","id":"future"})", "version"},
+        {"notjson.json", "\x01\x02garbage\xff", "not valid JSON"},
+        {"other.json", good_text, "does not match its file name"},
+        {"notes.txt", "hello", "not a record name"},
+    };
+    for (auto& c : cases) std::ofstream(f.d / ("queue/" + c.name), std::ios::binary) << c.text;
+    fs::create_symlink("/etc/passwd", f.d / "queue/link.json");
+    REQUIRE(::mkfifo((f.d / "queue/fifo.json").c_str(), 0600) == 0);   // must not hang the open
+    fs::create_directory(f.d / "queue/dir.json");
+
     auto v = f.s.list_items(ec);
-    CHECK(ec == errc::store_corrupt);
-    CHECK(f.s.last_error_detail().find("queue/bad.json") != std::string::npos);
-    CHECK(f.s.last_error_detail().find("not valid JSON") != std::string::npos);
-    CHECK(std::filesystem::exists(f.d / "queue/bad.json"));
-    CHECK(f.s.get_item("good", ec));
+    REQUIRE_FALSE(ec);
+    REQUIRE(v.size() == 1);
+    CHECK(v[0].id == "good");
+    CHECK(names_in(f.d / "queue") == std::vector<std::string>{"good.json"});
+
+    // Every one moved, none deleted: the quarantine holds each file with its bytes.
+    const auto& q = f.s.quarantined();
+    REQUIRE(q.size() == cases.size() + 3);
+    CHECK(names_in(f.d / "quarantine").size() == cases.size() + 3);
+    CHECK(fs::status(f.d / "quarantine").permissions() == fs::perms::owner_all);
+    for (auto& c : cases) {
+        INFO(c.name);
+        auto r = std::find_if(q.begin(), q.end(), [&](auto& x) { return x.path == f.d / ("queue/" + c.name); });
+        REQUIRE(r != q.end());
+        CHECK(r->why.find(c.why) != std::string::npos);
+        CHECK(r->moved_to.rfind(f.d / "quarantine/queue.", 0) == 0);
+        CHECK(kugetsu::test::slurp(r->moved_to) == c.text);
+        CHECK(r->task_id == (c.name == "notes.txt" ? "" : c.name.substr(0, c.name.size() - 5)));
+        CHECK_FALSE(r->session);
+    }
+    for (auto& [name, why] : std::vector<std::pair<std::string, std::string>>{
+             {"link.json", "symbolic link"}, {"fifo.json", "not a regular file"}, {"dir.json", "not a regular file"}}) {
+        INFO(name);
+        auto r = std::find_if(q.begin(), q.end(), [&](auto& x) { return x.path == f.d / ("queue/" + name); });
+        REQUIRE(r != q.end());
+        CHECK(r->why.find(why) != std::string::npos);
+    }
+    CHECK(fs::is_symlink(std::find_if(q.begin(), q.end(), [](auto& x) { return x.path.ends_with("/link.json"); })->moved_to));
+    CHECK(kugetsu::test::slurp("/etc/passwd").size() > 0);   // the link was moved, not its target
+
+    // get_item on a corrupt record: moved too, and then there is no such task.
+    std::ofstream(f.d / "queue/late.json") << "{";
+    CHECK_FALSE(f.s.get_item("late", ec));
     CHECK_FALSE(ec);
-    f.s.get_item("bad", ec);
-    CHECK(ec == errc::store_corrupt);
+    CHECK(f.s.quarantined().back().task_id == "late");
+    CHECK_FALSE(fs::exists(f.d / "queue/late.json"));
+    // A fresh store sees only the good record, and quarantines nothing more.
+    file_store again(f.d.path());
+    CHECK(ids(again.list_items(ec)) == std::vector<std::string>{"good"});
+    CHECK(again.quarantined().empty());
 }
 
-TEST_CASE("file_store refuses a record whose id is not its file name, or a file that is not a record") {
+TEST_CASE("a corrupt session of a running task is quarantined and rebuilt from the task, so its agent keeps its slot") {
     file_fixture f;
     std::error_code ec;
-    f.s.put_item(item("a", task_state::pending, 1), ec);
-    std::filesystem::copy_file(f.d / "queue/a.json", f.d / "queue/b.json");
-    f.s.get_item("b", ec);
+    auto run = item("t1", task_state::running, 1);
+    run.process = {4242, 7, "boot"};
+    run.started_at = timestamp{std::chrono::seconds(5)};
+    f.s.put_item(run, ec);
+    f.s.put_session({"t1", role::dev, "t1", run.process, "/w", *run.started_at}, ec);
+    f.s.put_item(item("t2", task_state::completed, 2), ec);
+    REQUIRE_FALSE(ec);
+    std::ofstream(f.d / "sessions/t1.json") << "{\"version\":1";      // its agent is still live
+    std::ofstream(f.d / "sessions/t2.json") << "[]";                  // a finished task: nothing to rebuild
+    auto v = f.s.list_sessions(ec);
+    REQUIRE_FALSE(ec);
+    REQUIRE(v.size() == 1);
+    CHECK(v[0].id == "t1");
+    CHECK(v[0].process == run.process);
+    CHECK(v[0].started_at == *run.started_at);
+    CHECK(f.s.quarantined().size() == 2);
+    CHECK(f.s.quarantined()[0].session);
+    CHECK(f.s.quarantined()[0].task_id.empty());
+    // Rebuilt on disk: a fresh store reads it, with nothing more to quarantine.
+    file_store again(f.d.path());
+    auto w = again.list_sessions(ec);
+    REQUIRE(w.size() == 1);
+    CHECK(w[0].process == run.process);
+    CHECK(again.quarantined().empty());
+    CHECK(names_in(f.d / "quarantine").size() == 2);
+}
+
+TEST_CASE("file_store refuses a record whose id is not its file name, when quarantine is off") {
+    temp_dir d;
+    file_store s(d.path(), {.durable = false, .quarantine = false});
+    std::error_code ec;
+    s.put_item(item("a", task_state::pending, 1), ec);
+    std::filesystem::copy_file(d / "queue/a.json", d / "queue/b.json");
+    s.get_item("b", ec);
     CHECK(ec == errc::store_corrupt);
-    CHECK(f.s.last_error_detail().find("does not match") != std::string::npos);
-    std::filesystem::remove(f.d / "queue/b.json");
-    std::ofstream(f.d / "queue/notes.txt") << "hello";
-    f.s.list_items(ec);
+    CHECK(s.last_error_detail().find("does not match") != std::string::npos);
+    std::filesystem::remove(d / "queue/b.json");
+    std::ofstream(d / "queue/notes.txt") << "hello";
+    s.list_items(ec);
     CHECK(ec == errc::store_corrupt);
-    CHECK(f.s.last_error_detail().find("notes.txt") != std::string::npos);
+    CHECK(s.last_error_detail().find("notes.txt") != std::string::npos);
+    CHECK(std::filesystem::exists(d / "queue/notes.txt"));
 }
 
 TEST_CASE("file_store never follows a symlink planted in the state directory") {
@@ -180,8 +295,12 @@ TEST_CASE("file_store never follows a symlink planted in the state directory") {
     std::error_code ec;
     f.s.open(ec);
     std::filesystem::create_symlink(target, f.d / "queue/t1.json");
-    f.s.get_item("t1", ec);
-    CHECK(ec);   // ELOOP: named, not followed
+    CHECK_FALSE(f.s.get_item("t1", ec));   // moved to quarantine, not followed
+    CHECK_FALSE(ec);
+    REQUIRE(f.s.quarantined().size() == 1);
+    CHECK(std::filesystem::is_symlink(f.s.quarantined()[0].moved_to));
+    CHECK(kugetsu::test::slurp(target) == "precious");
+    std::filesystem::create_symlink(target, f.d / "queue/t1.json");
     f.s.put_item(item("t1", task_state::pending, 1), ec);
     CHECK_FALSE(ec);   // rename replaced the link itself
     CHECK(kugetsu::test::slurp(target) == "precious");

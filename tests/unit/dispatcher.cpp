@@ -4,9 +4,13 @@
 #include <kugetsu/kugetsu.hpp>
 
 #include <algorithm>
+#include <filesystem>
+#include <fstream>
 #include <map>
 #include <memory>
 #include <set>
+
+#include "support/proc.hpp"
 
 using namespace kugetsu;
 using namespace std::chrono_literals;
@@ -493,4 +497,41 @@ TEST_CASE("start reports a taken id even when no slot is free") {
     CHECK(ec == errc::duplicate_task);
     CHECK(res.status == start_status::no_slot);   // the default: nothing was done
     CHECK(r.item("q").state == task_state::pending);
+}
+
+TEST_CASE("over file_store, a corrupt queue record is quarantined with a task_error event and every other task runs") {
+    kugetsu::test::temp_dir home;
+    fake_spawner sp;
+    manual_clock clock;
+    auto events = std::make_shared<std::vector<event>>();
+    basic_dispatcher d(null_lock{}, sp, callback_notifier([events](const event& e) { events->push_back(e); }),
+                       file_store(home.path(), {.durable = false}), clock, null_workspace{}, dispatcher_options{.cap = 2});
+    for (auto id : {"a", "b", "c", "d"}) d.enqueue(task_spec{id, {"agent"}, role::dev, {}, {}, {}, {}});
+    { std::ofstream(home / "queue/b.json") << R"({"version": 1, "kind": "queue_item", "id": "b", "argv": "x"})"; }
+    // A running agent whose queue record goes bad keeps its slot: its session still counts.
+    d.process_queue();
+    CHECK(sp.requests().size() == 2);   // a and c; b was moved aside
+    { std::ofstream(home / "queue/a.json") << "{"; }
+    d.process_queue();
+    CHECK(sp.requests().size() == 2);   // a's agent is live: no third start
+    std::error_code ec;
+    CHECK(d.reap(ec).live == 2);
+    sp.exit(sp.pid_of("a"), 0);
+    sp.exit(sp.pid_of("c"), 0);
+    d.process_queue();
+    REQUIRE(sp.requests().size() == 3);
+    CHECK(sp.requests()[2].task_id == "d");
+    sp.exit(sp.pid_of("d"), 0);
+    d.reap();
+    auto& q = d.store().quarantined();
+    REQUIRE(q.size() == 2);
+    CHECK(q[0].task_id == "b");
+    CHECK(q[1].task_id == "a");
+    CHECK(std::filesystem::exists(q[0].moved_to));
+    auto quarantined = std::count_if(events->begin(), events->end(),
+                                     [](const event& e) { return e.type == event_type::task_error && e.reason == "quarantined"; });
+    CHECK(quarantined == 2);
+    CHECK(d.store().get_item("c", ec)->state == task_state::completed);
+    CHECK(d.store().get_item("d", ec)->state == task_state::completed);
+    CHECK(d.store().list_sessions(ec).empty());
 }

@@ -8,12 +8,22 @@
 // record, and the directory is fsynced: after a crash a record is the old or the new one,
 // never a mix. Files are opened relative to directory descriptors with O_NOFOLLOW, so a
 // symlink planted in the state directory cannot redirect a write. Directories are created
-// 0700 and files 0600. A record that cannot be read (bad JSON, a wrong field, a name that
-// is not a task id, a file whose id differs from its name) fails the operation with
-// errc::store_corrupt; last_error_detail() names the file and what was wrong.
+// 0700 and files 0600.
+//
+// A record that cannot be read (bad JSON, a wrong field, an unknown version, over 1 MiB, a
+// name that is not a task id, an id that differs from its name, a symlink, a FIFO or any
+// file that is not a regular file) is moved to ROOT/quarantine/, never deleted, and the
+// operation goes on without it: every other task keeps working. quarantined() lists what
+// was moved, from where, to where and why. A dev session moved there is rebuilt from its
+// task's queue record when that task is running, so a live agent always keeps its slot.
+// With options::quarantine off, such a record fails the operation instead, with
+// errc::store_corrupt, and stays where it is. Either way last_error_detail() names the file.
 #pragma once
 
 #include <algorithm>
+#include <atomic>
+#include <cstdint>
+#include <ctime>
 #include <memory>
 #include <optional>
 #include <string>
@@ -36,7 +46,17 @@ namespace kugetsu {
 class file_store {
 public:
     struct options {
-        bool durable = true;   ///< fsync files and directories (off only for throwaway state)
+        bool durable = true;      ///< fsync files and directories (off only for throwaway state)
+        bool quarantine = true;   ///< move unreadable records to ROOT/quarantine/ and go on
+    };
+
+    /// A record moved out of the way (see the header comment).
+    struct quarantined_record {
+        std::string path;       ///< where it was: ROOT/queue/NAME or ROOT/sessions/NAME
+        std::string moved_to;   ///< where it is now: ROOT/quarantine/...
+        std::string why;        ///< what was wrong with it
+        std::string task_id;    ///< the id its name gives (a queue record), else empty
+        bool session = false;   ///< it was in sessions/
     };
 
     explicit file_store(std::string root) : file_store(std::move(root), options{}) {}
@@ -117,6 +137,8 @@ public:
     }
 
     const std::string& root() const noexcept { return root_; }
+    /// Every record this object has moved to ROOT/quarantine/, oldest first.
+    const std::vector<quarantined_record>& quarantined() const noexcept { return quarantined_; }
     /// After a failed operation: which file, which step, and what was wrong.
     const std::string& last_error_detail() const noexcept { return detail_; }
 
@@ -162,13 +184,33 @@ private:
     }
 
     template <class T>
-    std::optional<T> read_record(int dir, const char* sub, const std::string& id,
-                                 std::optional<T> (*parse)(std::string_view, std::error_code&, std::string&),
-                                 std::error_code& ec) {
+    using parser = std::optional<T> (*)(std::string_view, std::error_code&, std::string&);
+
+    /// Reads SUB/<id>.json: nullopt if there is none (or it was just quarantined).
+    template <class T>
+    std::optional<T> read_record(int dir, const char* sub, const std::string& id, parser<T> parse, std::error_code& ec) {
         const std::string name = id + ".json";
-        auto fd = detail::open_at(dir, name.c_str(), O_RDONLY | O_NOFOLLOW, 0, ec);
+        // A record replaced while it was being quarantined is read again (see quarantine()).
+        for (int round = 0;; ++round) {
+            bool again = false;
+            auto r = read_once<T>(dir, sub, id, name, parse, again, ec);
+            if (!again || round == 2) return r;
+        }
+    }
+
+    template <class T>
+    std::optional<T> read_once(int dir, const char* sub, const std::string& id, const std::string& name,
+                               parser<T> parse, bool& again, std::error_code& ec) {
+        // O_NONBLOCK: a FIFO planted here must not hang the open.
+        auto fd = detail::open_at(dir, name.c_str(), O_RDONLY | O_NOFOLLOW | O_NONBLOCK, 0, ec);
         if (ec == std::errc::no_such_file_or_directory) {
             ec.clear();
+            return std::nullopt;
+        }
+        if (ec == std::errc::too_many_symbolic_link_levels || ec == std::errc::no_such_device_or_address) {
+            const char* what = ec == std::errc::too_many_symbolic_link_levels ? "a symbolic link, not a record" : "not a regular file";
+            ec.clear();
+            again = quarantine(dir, sub, name, nullptr, what, ec) == moved::restored;
             return std::nullopt;
         }
         if (ec) {
@@ -179,38 +221,142 @@ private:
         // and times are unchanged holds what this object parsed before (queue items only:
         // a pass reads every item, and parsing dominates its cost).
         struct stat st{};
-        const bool stated = ::fstat(fd.get(), &st) == 0;
-        if (stated && !detail::is_private(st)) {
+        if (::fstat(fd.get(), &st) != 0) {
+            fail(detail::last_error(), std::string(sub) + "/" + name, "fstat");
+            ec = last_;
+            return std::nullopt;
+        }
+        if (!detail::is_private(st)) {
             ec = errc::unsafe_state;
             fail(ec, std::string(sub) + "/" + name, "open");
             return std::nullopt;
         }
-        const bool cacheable = std::is_same_v<T, queue_item> && stated;
+        if (!S_ISREG(st.st_mode)) {
+            again = quarantine(dir, sub, name, &st, "not a regular file", ec) == moved::restored;
+            return std::nullopt;
+        }
         const file_key key = key_of(st);
         if constexpr (std::is_same_v<T, queue_item>) {
-            if (cacheable)
-                if (auto c = cache_.find(id); c != cache_.end() && c->second.key == key) return c->second.item;
+            if (auto c = cache_.find(id); c != cache_.end() && c->second.key == key) return c->second.item;
         }
-        const std::string text = detail::read_all(fd.get(), ec, 1 << 20);
-        if (ec) {
+        std::string text = detail::read_all(fd.get(), ec, max_record_bytes);
+        std::string why;
+        if (ec == std::errc::file_too_large) {
+            why = "larger than " + std::to_string(max_record_bytes >> 20) + " MiB";
+        } else if (ec) {
             fail(ec, std::string(sub) + "/" + name, "read");
             return std::nullopt;
         }
-        std::string why;
-        auto r = parse(text, ec, why);
+        std::optional<T> r;
+        std::error_code pec = ec;
+        if (!ec) r = parse(text, pec, why);
+        ec.clear();
         if (r && record_id(*r) != id) {
             r.reset();
+            pec = errc::invalid_record;
             why = "its id does not match its file name";
         }
         if (!r) {
-            last_ = ec ? ec : make_error_code(errc::invalid_record);
-            detail_ = root_ + "/" + sub + "/" + name + ": " + why + " (" + last_.message() + ")";
-            ec = errc::store_corrupt;
+            const auto e = pec ? pec : make_error_code(errc::invalid_record);
+            again = quarantine(dir, sub, name, &st, why + " (" + e.message() + ")", ec) == moved::restored;
+            if (ec) last_ = e;
+            return std::nullopt;
         }
-        if constexpr (std::is_same_v<T, queue_item>) {
-            if (r && cacheable) cache_[id] = cached{key, *r};
-        }
+        if constexpr (std::is_same_v<T, queue_item>) cache_[id] = cached{key, *r};
         return r;
+    }
+
+    enum class moved { away, vanished, restored, no };
+
+    /// Moves SUB/NAME to ROOT/quarantine/ and records why. `seen`: the file that was judged
+    /// (its inode), if it was opened. Returns
+    ///   away      moved, recorded in quarantined();
+    ///   vanished  already gone (another process moved or replaced it first);
+    ///   restored  the name had been replaced by a new record after it was judged: the new
+    ///             record was put back and must be read again;
+    ///   no        quarantining is off or failed: ec = store_corrupt, the file stays.
+    moved quarantine(int dir, const char* sub, const std::string& name, const struct stat* seen,
+                     const std::string& why, std::error_code& ec) {
+        const std::string from = root_ + "/" + sub + "/" + name;
+        auto refuse = [&](const std::string& also) {
+            last_ = errc::invalid_record;
+            detail_ = from + ": " + why + also;
+            ec = errc::store_corrupt;
+            return moved::no;
+        };
+        if (!opt_.quarantine) return refuse("");
+        std::error_code qec;
+        const int q = quarantine_fd(qec);
+        if (qec) return refuse("; could not open " + root_ + "/quarantine: " + qec.message());
+        const std::string to = quarantine_name(sub, name);
+        if (detail::sys().renameat(dir, name.c_str(), q, to.c_str()) != 0) {
+            if (errno == ENOENT) return moved::vanished;
+            return refuse("; could not move it to " + root_ + "/quarantine/" + to + ": " + detail::last_error().message());
+        }
+        struct stat now{};
+        if (seen && (::fstatat(q, to.c_str(), &now, AT_SYMLINK_NOFOLLOW) != 0 || now.st_ino != seen->st_ino ||
+                     now.st_dev != seen->st_dev)) {
+            // A writer renamed a new record over the name after it was read: put that one
+            // back, unless an even newer one is there already (then it stays in quarantine).
+            if (detail::sys().linkat(q, to.c_str(), dir, name.c_str(), 0) == 0) {
+                detail::sys().unlinkat(q, to.c_str(), 0);
+                return moved::restored;
+            }
+        }
+        if (opt_.durable) {
+            detail::fsync_fd(dir);
+            detail::fsync_fd(q);
+        }
+        const std::string_view n = name;
+        if (std::string_view(sub) == "queue" && n.size() > 5) cache_.erase(name.substr(0, name.size() - 5));
+        const bool is_record_name = n.size() > 5 && n.substr(n.size() - 5) == ".json" && valid_task_id(n.substr(0, n.size() - 5));
+        const bool session = std::string_view(sub) == "sessions";
+        quarantined_.push_back({from, root_ + "/quarantine/" + to, why,
+                                is_record_name && !session ? name.substr(0, name.size() - 5) : std::string(), session});
+        return moved::away;
+    }
+
+    /// SUB.NAME.<UTC time>.<pid>.<n>, with NAME reduced to safe characters.
+    static std::string quarantine_name(const char* sub, const std::string& name) {
+        static std::atomic<std::uint64_t> counter{0};
+        std::string safe;
+        for (char c : name.substr(0, 120)) {
+            const bool ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '.' ||
+                            c == '_' || c == '-';
+            safe += ok ? c : '_';
+        }
+        const std::time_t t = std::time(nullptr);
+        std::tm tm{};
+        ::gmtime_r(&t, &tm);
+        char stamp[32];
+        std::strftime(stamp, sizeof stamp, "%Y%m%dT%H%M%SZ", &tm);
+        return std::string(sub) + "." + safe + "." + stamp + "." + std::to_string(::getpid()) + "." +
+               std::to_string(++counter);
+    }
+
+    int quarantine_fd(std::error_code& ec) {
+        if (quarantine_) return quarantine_.get();
+        auto root = detail::open_path(root_, O_RDONLY | O_DIRECTORY | O_NOFOLLOW, 0, ec);
+        if (ec) return -1;
+        quarantine_ = open_sub(root.get(), "quarantine", ec);
+        return quarantine_.get();
+    }
+
+    /// A dev session was unreadable: its task's record says which agent it was. Write the
+    /// session again, so that agent still counts toward the cap.
+    std::optional<session> rebuild_session(const std::string& id, std::error_code& ec) {
+        std::optional<queue_item> it;
+        if (id == pm_session_id) {
+            for (auto& x : list_items(ec))
+                if (x.role == role::pm && x.state == task_state::running && x.process) it = x;
+        } else {
+            it = get_item(id, ec);
+        }
+        if (ec || !it || it->state != task_state::running || !it->process || session_id_for(*it) != id) return std::nullopt;
+        session s{id, it->role, it->id, it->process, it->workdir, it->started_at.value_or(it->updated_at)};
+        put_session(s, ec);
+        if (ec) return std::nullopt;
+        return s;
     }
 
     struct file_key {
@@ -235,9 +381,7 @@ private:
 
     /// The records of `sub` for which keep(record) holds, in name order.
     template <class T, class Keep>
-    std::vector<T> list(int dir, const char* sub,
-                        std::optional<T> (*parse)(std::string_view, std::error_code&, std::string&),
-                        std::error_code& ec, Keep keep) {
+    std::vector<T> list(int dir, const char* sub, parser<T> parse, std::error_code& ec, Keep keep) {
         std::vector<T> out;
         if (ec) return out;
         // A fresh open file description: readdir on a dup would move the shared offset.
@@ -274,10 +418,13 @@ private:
         for (const auto& name : names) {
             const std::string_view n = name;
             if (n.size() <= 5 || n.substr(n.size() - 5) != ".json" || !valid_task_id(n.substr(0, n.size() - 5))) {
-                ec = errc::store_corrupt;
-                last_ = errc::invalid_task_id;
-                detail_ = root_ + "/" + sub + "/" + name + ": not a record name (<task id>.json)";
-                return {};
+                struct stat st{};
+                const bool seen = ::fstatat(dir, name.c_str(), &st, AT_SYMLINK_NOFOLLOW) == 0;
+                if (quarantine(dir, sub, name, seen ? &st : nullptr, "not a record name (<task id>.json)", ec) == moved::no) {
+                    last_ = errc::invalid_task_id;
+                    return {};
+                }
+                continue;
             }
             const std::string id = name.substr(0, name.size() - 5);
             if constexpr (std::is_same_v<T, queue_item>) {
@@ -289,8 +436,13 @@ private:
                     continue;
                 }
             }
+            const std::size_t moved_before = quarantined_.size();
             auto r = read_record<T>(dir, sub, id, parse, ec);
             if (ec) return {};
+            if constexpr (std::is_same_v<T, session>) {
+                if (!r && quarantined_.size() > moved_before) r = rebuild_session(id, ec);
+                if (ec) return {};
+            }
             if (r && keep(*r)) out.push_back(std::move(*r));   // removed since readdir: skip
         }
         if constexpr (std::is_same_v<T, queue_item>) {
@@ -302,10 +454,14 @@ private:
         return out;
     }
 
+    static constexpr std::size_t max_record_bytes = 1 << 20;
+
     std::string root_;
     options opt_;
     detail::unique_fd queue_;
     detail::unique_fd sessions_;
+    detail::unique_fd quarantine_;
+    std::vector<quarantined_record> quarantined_;
     std::unordered_map<std::string, cached> cache_;   // queue/<id>.json, by file identity
     std::error_code last_;
     std::string detail_;
