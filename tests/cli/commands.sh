@@ -10,6 +10,15 @@ expect_rc 0 ku wait env
 expect_rc 0 ku logs env
 grep -qx "$T/work" "$T/out" || fail "agent ran in the wrong directory: $(cat "$T/out")"
 grep -qx 'id=env fd=5' "$T/out" || fail "environment: $(cat "$T/out")"
+# Exactly descriptors 0, 1, 2 and the slot (plus the one ls opened to list them).
+[ "$(sed -n '/^[0-9]*$/p' "$T/out" | sort -n | tr '\n' ' ')" = "0 1 2 3 5 " ] || fail "descriptors: $(cat "$T/out")"
+
+# The command is exec'd with its argv: no shell sees it, so nothing in it is expanded or run.
+(cd "$T/work" && expect_rc 0 ku start --id noshell -- echo '$(touch pwned1)' '`touch pwned2`' '; touch pwned3' '*')
+expect_rc 0 ku wait noshell
+expect_rc 0 ku logs noshell
+[ "$(cat "$T/out")" = '$(touch pwned1) `touch pwned2` ; touch pwned3 *' ] || fail "argv was changed: $(cat "$T/out")"
+[ -z "$(ls "$T/work")" ] || fail "a shell ran the command: $(ls "$T/work")"
 
 # --worktree: the agent runs in a new git worktree of the repository, on branch kugetsu/<id>;
 # a relative REPO is resolved where `start` was called.

@@ -36,6 +36,8 @@ TEST_CASE("task ids allow letters, digits, dot, underscore and dash, 1 to 128 ch
     CHECK(valid_task_id(std::string(128, 'x')));
     CHECK_FALSE(valid_task_id(""));
     CHECK_FALSE(valid_task_id(std::string(129, 'x')));
+    CHECK_FALSE(valid_task_id(std::string(4u << 20, 'x')));   // megabytes long
+    CHECK_FALSE(valid_task_id("\x1b[31mred"));
     CHECK_FALSE(valid_task_id(".hidden"));
     CHECK_FALSE(valid_task_id(".."));
     CHECK_FALSE(valid_task_id("a/b"));
