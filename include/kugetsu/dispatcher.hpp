@@ -179,11 +179,13 @@ public:
             store_.create_item(it, ec);
             if (ec) {
                 note_failure("start \"" + spec.id + "\"", ec, store_);
+                dropped_.push_back(spec.id);   // the record may exist (a failed directory fsync)
                 return {};
             }
             start_result r;
             do r = attempt_locked(it, ec);
             while (!ec && r.status == start_status::failed && !is_final(r.item.state));
+            if (ec) dropped_.push_back(spec.id);   // still claimed, maybe: released by the next reap
             if (!ec && r.status == start_status::failed) ec = errc::attempts_exhausted;
             return r;
         });
@@ -266,7 +268,11 @@ public:
                     it.owner = spawner_.self();
                     it.updated_at = clock_.now();
                     store_.put_item(it, ec);
-                    if (ec) return note_failure("task \"" + it.id + "\"", ec, store_), ids;
+                    if (ec) {   // this claim may be written (a failed directory fsync); those before are
+                        dropped_.insert(dropped_.end(), ids.begin(), ids.end());
+                        dropped_.push_back(it.id);
+                        return note_failure("task \"" + it.id + "\"", ec, store_), ids;
+                    }
                     ids.push_back(it.id);
                     events_.push_back(make_event(event_type::task_dequeued, it));
                 }
@@ -281,7 +287,7 @@ public:
                 if (sec && sec != errc::invalid_transition) {   // a state or I/O error: stop the pass
                     ec = sec;
                     const std::string why = detail_;
-                    unclaim(batch, i + 1);
+                    unclaim(batch, i);
                     detail_ = why;
                     return report;
                 }
@@ -298,20 +304,15 @@ public:
     pass_report process_queue() { return throwing([&](auto& ec) { return process_queue(ec); }); }
 
 private:
-    /// Returns the claimed tasks batch[from...] to pending (best effort), so that they do not
-    /// wait, notified, for this process to die.
+    /// Gives up the claims on batch[from...]: they are recovered at once (and, if that fails,
+    /// by the next reap) like the claims of a dead process, so that they do not wait,
+    /// notified, for this process to die.
     void unclaim(const std::vector<std::string>& batch, std::size_t from) {
+        dropped_.insert(dropped_.end(), batch.begin() + static_cast<std::ptrdiff_t>(from), batch.end());
         std::error_code ec;
         locked(ec, [&] {
-            for (std::size_t i = from; i < batch.size(); ++i) {
-                std::error_code e;
-                auto it = store_.get_item(batch[i], e);
-                if (e || !it || it->state != task_state::notified || it->owner != spawner_.self()) continue;
-                it->state = task_state::pending;
-                it->owner = {};
-                it->updated_at = clock_.now();
-                store_.put_item(*it, e);
-            }
+            reap_report rep;
+            reap_locked(rep, ec);
             return 0;
         });
     }
@@ -416,7 +417,7 @@ private:
     auto locked(std::error_code& ec, F&& f) -> decltype(f()) {
         lock_.lock(ec);
         if (ec) {
-            detail_ = "lock: " + ec.message();
+            detail_ = describe("lock", ec, lock_);   // names the lock file when the lock can
             return {};
         }
         detail::scope_exit release([&] {
@@ -487,10 +488,16 @@ private:
         auto claimed = store_.items_in_state(task_state::notified, static_cast<std::size_t>(-1), ec);
         if (ec) return note_failure("queue", ec, store_);
         const process_ref me = spawner_.self();
+        // Claims this object gave up after an error are recovered like those of a dead owner;
+        // forget the ones that are no longer its claims.
+        std::erase_if(dropped_, [&](const std::string& id) {
+            return std::none_of(claimed.begin(), claimed.end(), [&](auto& c) { return c.id == id && c.owner == me; });
+        });
         for (auto& it : claimed) {
-            if (it.owner == me) continue;
+            const bool dropped = std::find(dropped_.begin(), dropped_.end(), it.id) != dropped_.end();
+            if (it.owner == me && !dropped) continue;
             std::error_code pec;
-            if (it.owner && spawner_.poll(it.owner, pec).state == process_state::running) continue;
+            if (!dropped && it.owner && spawner_.poll(it.owner, pec).state == process_state::running) continue;
             it.owner = {};
             it.updated_at = clock_.now();
             if (it.attempts >= it.max_attempts || it.role == role::pm) {
@@ -498,7 +505,8 @@ private:
                 // queued: a PM start whose caller died is not retried by a daemon.
                 it.state = task_state::error;
                 it.finished_at = it.updated_at;
-                it.last_error = "attempt " + std::to_string(it.attempts) + " was interrupted: its starter died";
+                it.last_error = "attempt " + std::to_string(it.attempts) + " was interrupted: " +
+                                (dropped ? "its start failed" : "its starter died");
                 auto e = make_event(event_type::task_error, it);
                 e.reason = it.role == role::pm ? "start_interrupted" : "attempts_exhausted";
                 events_.push_back(std::move(e));
@@ -506,7 +514,8 @@ private:
                 it.state = task_state::pending;
             }
             store_.put_item(it, ec);
-            if (ec) return note_failure("task \"" + it.id + "\"", ec, store_);
+            if (ec) return note_failure("task \"" + it.id + "\"", ec, store_);   // a dropped claim: tried again next time
+            std::erase(dropped_, it.id);
             ++rep.recovered;
         }
     }
@@ -730,6 +739,7 @@ private:
     [[no_unique_address]] Workspace workspace_;
     dispatcher_options opt_;
     std::vector<event> events_;
+    std::vector<std::string> dropped_;   // claims this object gave up after an error
     std::size_t quarantine_seen_ = 0;
     std::string detail_;
 };

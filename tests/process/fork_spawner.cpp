@@ -160,19 +160,27 @@ TEST_CASE("a held child whose spawning process dies exits without running the pr
         std::error_code ec;
         auto p = sp.spawn({"t1", {"/bin/sh", "-c", "echo ran > " + marker}, ""}, ec);
         if (ec) return 1;
-        ::write(out.w, &p.pid, sizeof p.pid);
+        // The held agent's parent is its supervisor: waited for below by pid, not as "any
+        // child", which could be a supervisor left by another test.
+        std::ifstream stat("/proc/" + std::to_string(p.pid) + "/stat");
+        std::string line;
+        std::getline(stat, line);
+        int ids[2] = {p.pid, std::atoi(line.substr(line.rfind(')') + 4).c_str())};
+        ::write(out.w, ids, sizeof ids);
         ::_exit(0);   // dies with the child held (no destructor runs)
     });
     out.close_write();
-    int held = 0;
-    REQUIRE(::read(out.r, &held, sizeof held) == sizeof held);
+    int ids[2] = {};
+    REQUIRE(::read(out.r, ids, sizeof ids) == sizeof ids);
+    const int held = ids[0];
+    REQUIRE(ids[1] > 1);
     CHECK(wait_child(spawner_proc) == 0);
     await_death(held);
     // The supervisor (reparented to us, the subreaper) exits 0 once it has let the agent go.
     int status = 0;
     pid_t sup;
-    while ((sup = ::waitpid(-1, &status, 0)) < 0 && errno == EINTR) {}
-    REQUIRE(sup > 0);
+    while ((sup = ::waitpid(ids[1], &status, 0)) < 0 && errno == EINTR) {}
+    REQUIRE(sup == ids[1]);
     CHECK(WIFEXITED(status));
     CHECK(WEXITSTATUS(status) == 0);
     CHECK_FALSE(std::filesystem::exists(marker));

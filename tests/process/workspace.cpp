@@ -644,3 +644,34 @@ TEST_CASE("git_worktree_workspace ignores a GIT_DIR inherited from the environme
     CHECK(listed(a, path));
     CHECK_FALSE(listed(b, path));
 }
+
+TEST_CASE("git_worktree_workspace refuses a symbolic link planted at ROOT or at ROOT/<id>") {
+    temp_dir tmp;
+    const std::string repo = make_repo(tmp);
+    // A clean worktree of the user's own, with an ignored file in it.
+    const std::string mine = tmp / "mine";
+    require_git(repo, {"worktree", "add", "-q", mine});
+    write_file(mine + "/.env", "secret\n");
+    fs::create_directories(tmp / "worktrees");
+    fs::create_directory_symlink(mine, tmp / "worktrees/t1");
+    kugetsu::git_worktree_workspace ws(tmp / "worktrees", repo);
+    std::error_code ec;
+    ws.remove(task("t1"), ec);
+    CHECK(ec == kugetsu::errc::workspace_failed);
+    CHECK(ws.last_error_detail().find(tmp / "worktrees/t1") != std::string::npos);
+    CHECK(ws.last_error_detail().find("symbolic link") != std::string::npos);
+    ws.prepare(task("t1"), ec);
+    CHECK(ec == kugetsu::errc::workspace_failed);
+    CHECK(read_file(mine + "/.env") == "secret\n");
+    CHECK(listed(repo, mine));
+
+    // ROOT itself a link to a directory elsewhere: nothing is checked out there.
+    const std::string victim = tmp / "victim";
+    fs::create_directories(victim);
+    fs::create_directory_symlink(victim, tmp / "linked-root");
+    kugetsu::git_worktree_workspace ws2(tmp / "linked-root", repo);
+    ws2.prepare(task("t2"), ec);
+    CHECK(ec == kugetsu::errc::workspace_failed);
+    CHECK(ws2.last_error_detail().find("symbolic link") != std::string::npos);
+    CHECK(is_empty_dir(victim));
+}

@@ -35,6 +35,8 @@ struct syscall_table {
     int (*mkdirat)(int dirfd, const char* path, mode_t mode);
     int (*flock)(int fd, int op);
     int (*linkat)(int olddirfd, const char* oldpath, int newdirfd, const char* newpath, int flags);
+    int (*ftruncate)(int fd, off_t length);
+    ssize_t (*pread)(int fd, void* buf, std::size_t n, off_t offset);
 };
 
 inline syscall_table default_syscalls() noexcept {
@@ -49,6 +51,8 @@ inline syscall_table default_syscalls() noexcept {
         [](int d, const char* p, mode_t m) { return ::mkdirat(d, p, m); },
         [](int fd, int op) { return ::flock(fd, op); },
         [](int od, const char* o, int nd, const char* n, int f) { return ::linkat(od, o, nd, n, f); },
+        [](int fd, off_t len) { return ::ftruncate(fd, len); },
+        [](int fd, void* b, std::size_t n, off_t off) { return ::pread(fd, b, n, off); },
     };
 }
 
@@ -109,18 +113,27 @@ inline unique_fd open_path(const std::string& path, int flags, mode_t mode, std:
     return open_at(AT_FDCWD, path.c_str(), flags, mode, ec);
 }
 
-/// Writes all of `data`, retrying EINTR and continuing after short writes.
-inline std::error_code write_all(int fd, std::string_view data) noexcept {
-    while (!data.empty()) {
-        const ssize_t n = sys().write(fd, data.data(), data.size());
+/// Writes all of `data`, retrying EINTR and continuing after short writes. `written`, if
+/// given, receives how many bytes did reach the file (also on failure: a disk that fills up
+/// takes part of a buffer, then fails with ENOSPC).
+inline std::error_code write_all(int fd, std::string_view data, std::size_t* written = nullptr) noexcept {
+    std::size_t done = 0;
+    std::error_code ec;
+    while (done < data.size()) {
+        const ssize_t n = sys().write(fd, data.data() + done, data.size() - done);
         if (n < 0) {
             if (errno == EINTR) continue;
-            return last_error();
+            ec = last_error();
+            break;
         }
-        if (n == 0) return std::make_error_code(std::errc::io_error);
-        data.remove_prefix(static_cast<std::size_t>(n));
+        if (n == 0) {
+            ec = std::make_error_code(std::errc::io_error);
+            break;
+        }
+        done += static_cast<std::size_t>(n);
     }
-    return {};
+    if (written) *written = done;
+    return ec;
 }
 
 /// Reads to end of file, refusing more than `limit` bytes (EFBIG).
@@ -160,41 +173,70 @@ inline std::error_code flock_fd(int fd, int op) noexcept {
     }
 }
 
-/// Replaces dirfd/name with `content` atomically and durably: write a temp file in the
-/// same directory, fsync it, rename it over the name, fsync the directory. On any failure
-/// the old file is untouched and the temp file is removed.
+/// Numbers the temp files of this process (tests read it to plant a colliding name).
+inline std::atomic<std::uint64_t>& temp_counter() noexcept {
+    static std::atomic<std::uint64_t> counter{0};
+    return counter;
+}
+
+/// Replaces dirfd/name with `content` atomically and durably: write a temp file
+/// (".NAME.tmp.PID.N") in the same directory, fsync it, rename it over the name, fsync the
+/// directory. On any failure before the rename the old file is untouched and the temp file
+/// is removed (if even that unlink fails, the dot-named temp file stays: harmless, readers of
+/// the directory skip dot names). `failed_step`, if given, receives which step failed:
+/// "create temp file", "write temp file", "fsync temp file", "close temp file",
+/// "link temp file", "rename temp file" (the old file is untouched), or "fsync directory":
+/// then the NEW content is in place and only its durability is in doubt.
 ///
 /// With `no_replace`, an existing file is left alone and the result is EEXIST (the temp
 /// file is linked to the name, which fails if it exists, then unlinked).
+///
+/// A temp name that exists already (left by a crashed process whose pid has been reused) is
+/// skipped for the next number, never reported: for a new record, EEXIST means "the record
+/// exists".
 inline std::error_code atomic_write_at(int dirfd, const std::string& name, std::string_view content,
-                                       bool durable = true, bool no_replace = false) noexcept {
-    static std::atomic<std::uint64_t> counter{0};
+                                       bool durable = true, bool no_replace = false,
+                                       const char** failed_step = nullptr) noexcept {
+    const char* unused = nullptr;
+    const char*& step = failed_step ? *failed_step : unused;
+    step = nullptr;
     std::string tmp;
-    try {
-        tmp = "." + name + ".tmp." + std::to_string(::getpid()) + "." + std::to_string(++counter);
-    } catch (...) {
-        return std::make_error_code(std::errc::not_enough_memory);
-    }
+    unique_fd fd;
     std::error_code ec;
-    unique_fd fd = open_at(dirfd, tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW, 0600, ec);
-    if (ec) return ec;
-    ec = write_all(fd.get(), content);
-    if (!ec && durable) ec = fsync_fd(fd.get());
-    if (!ec) ec = fd.close();
-    if (!ec && no_replace) {
-        if (sys().linkat(dirfd, tmp.c_str(), dirfd, name.c_str(), 0) != 0) ec = last_error();
-        fd.reset();
-        sys().unlinkat(dirfd, tmp.c_str(), 0);
-        if (ec) return ec;
-    } else if (!ec && sys().renameat(dirfd, tmp.c_str(), dirfd, name.c_str()) != 0) {
-        ec = last_error();
+    for (int tries = 0;; ++tries) {
+        try {
+            tmp = "." + name + ".tmp." + std::to_string(::getpid()) + "." + std::to_string(++temp_counter());
+        } catch (...) {
+            step = "create temp file";
+            return std::make_error_code(std::errc::not_enough_memory);
+        }
+        fd = open_at(dirfd, tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW, 0600, ec);
+        if (ec != std::errc::file_exists || tries == 99) break;
     }
     if (ec) {
-        fd.reset();
-        sys().unlinkat(dirfd, tmp.c_str(), 0);
+        step = "create temp file";
         return ec;
     }
-    if (durable) return fsync_fd(dirfd);
+    // `e` is taken before the unlink, which may change errno.
+    auto discard = [&](const char* s, std::error_code e) noexcept {
+        step = s;
+        fd.reset();
+        sys().unlinkat(dirfd, tmp.c_str(), 0);
+        return e;
+    };
+    if ((ec = write_all(fd.get(), content))) return discard("write temp file", ec);
+    if (durable && (ec = fsync_fd(fd.get()))) return discard("fsync temp file", ec);
+    if ((ec = fd.close())) return discard("close temp file", ec);
+    if (no_replace) {
+        if (sys().linkat(dirfd, tmp.c_str(), dirfd, name.c_str(), 0) != 0) return discard("link temp file", last_error());
+        sys().unlinkat(dirfd, tmp.c_str(), 0);   // on failure: a second, dot-named link stays
+    } else if (sys().renameat(dirfd, tmp.c_str(), dirfd, name.c_str()) != 0) {
+        return discard("rename temp file", last_error());
+    }
+    if (durable && (ec = fsync_fd(dirfd))) {
+        step = "fsync directory";
+        return ec;
+    }
     return {};
 }
 

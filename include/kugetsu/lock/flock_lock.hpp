@@ -19,6 +19,7 @@
 
 #include <fcntl.h>
 #include <sys/file.h>
+#include <sys/stat.h>
 
 #include "../concepts.hpp"
 #include "../detail/posix.hpp"
@@ -33,9 +34,12 @@ public:
     flock_lock(flock_lock&&) noexcept = default;
     flock_lock& operator=(flock_lock&&) noexcept = default;
 
-    /// Blocks until the lock is held. EINTR is retried. Errors: opening the file;
-    /// errc::unsafe_state if it belongs to another user or others may write it (whoever can
-    /// open it for writing could hold the lock forever, or replace the file).
+    /// Blocks until the lock is held. EINTR is retried. Errors: opening the file (ELOOP if
+    /// the path is a symbolic link: it is never followed); errc::unsafe_state if it is not a
+    /// regular file (a FIFO planted there never blocks the open), has another hard link (the
+    /// lock would be taken on some other file), belongs to another user or others may write
+    /// it (whoever can open it for writing could hold the lock forever, or replace the
+    /// file). last_error_detail() names the file and the step.
     void lock(std::error_code& ec) noexcept { take(LOCK_EX, ec); }
 
     /// Returns true if the lock was free and is now held.
@@ -53,22 +57,47 @@ public:
     }
 
     const std::string& path() const noexcept { return path_; }
+    /// After a failed lock() or try_lock(): the file, the step and the error.
+    const std::string& last_error_detail() const noexcept { return detail_; }
     /// The descriptor, or -1 before first use (for tests that check O_CLOEXEC).
     int native_handle() const noexcept { return fd_.get(); }
 
 private:
     void take(int op, std::error_code& ec) noexcept {
+        ec.clear();
+        const char* step = "open";
+        const char* why = nullptr;   // a refusal: what is wrong with the file
         if (!fd_) {
-            auto fd = detail::open_path(path_, O_RDWR | O_CREAT | O_NOFOLLOW, 0600, ec);
-            if (!ec) ec = detail::check_private(fd.get());   // another user could hold it forever
-            if (ec) return;
-            fd_ = std::move(fd);
+            // O_NONBLOCK: a FIFO planted at the path must not block the open.
+            auto fd = detail::open_path(path_, O_RDWR | O_CREAT | O_NOFOLLOW | O_NONBLOCK, 0600, ec);
+            if (ec == std::errc::too_many_symbolic_link_levels) why = "a symbolic link, not followed";
+            struct stat st{};
+            if (!ec && ::fstat(fd.get(), &st) != 0) {
+                ec = detail::last_error();
+                step = "fstat";
+            } else if (!ec) {
+                // Another user could hold it forever; a hard link would lock some other file.
+                why = !S_ISREG(st.st_mode)     ? "not a regular file: refused"
+                      : st.st_nlink != 1       ? "it has another hard link: refused"
+                      : !detail::is_private(st) ? "another user's, or writable by others: refused"
+                                                : nullptr;
+                if (why) ec = make_error_code(errc::unsafe_state);
+            }
+            if (!ec) fd_ = std::move(fd);
         }
-        ec = detail::flock_fd(fd_.get(), op);
+        if (!ec) {
+            step = "flock";
+            ec = detail::flock_fd(fd_.get(), op);
+        }
+        if (ec && ec != std::errc::resource_unavailable_try_again) try {
+                detail_ = path_ + ": " + step + ": " + (why ? std::string(why) : ec.message());
+            } catch (...) {
+            }
     }
 
     std::string path_;
     detail::unique_fd fd_;
+    std::string detail_;
 };
 
 static_assert(kugetsu::try_lock<flock_lock>);

@@ -70,7 +70,7 @@ public:
     void open(std::error_code& ec) {
         ec.clear();
         if (queue_ && sessions_) return;
-        if (::mkdir(root_.c_str(), 0700) != 0 && errno != EEXIST) {
+        if (detail::sys().mkdirat(AT_FDCWD, root_.c_str(), 0700) != 0 && errno != EEXIST) {
             ec = detail::last_error();
             last_ = ec;
             detail_ = root_ + ": mkdir: " + ec.message();
@@ -127,10 +127,16 @@ public:
         const int dir = sessions_fd(ec);
         if (ec) return;
         const std::string name = std::string(id) + ".json";
-        if (detail::sys().unlinkat(dir, name.c_str(), 0) != 0 && errno != ENOENT)
-            return fail(detail::last_error(), "sessions/" + name, "unlink");
+        if (detail::sys().unlinkat(dir, name.c_str(), 0) != 0 && errno != ENOENT) {
+            fail(detail::last_error(), "sessions/" + name, "unlink");
+            ec = last_;
+            return;
+        }
         if (opt_.durable)
-            if (auto e = detail::fsync_fd(dir)) fail(e, "sessions", "fsync");
+            if (auto e = detail::fsync_fd(dir)) {
+                fail(e, "sessions", "fsync");
+                ec = e;
+            }
     }
     std::vector<session> list_sessions(std::error_code& ec) {
         return list<session>(sessions_fd(ec), "sessions", parse_session, ec, [](const session&) { return true; });
@@ -179,8 +185,9 @@ private:
             ec = errc::invalid_task_id;
             return;
         }
-        ec = detail::atomic_write_at(dir, id + ".json", text, opt_.durable, no_replace);
-        if (ec) fail(ec, std::string(sub) + "/" + id + ".json", "write");
+        const char* step = nullptr;
+        ec = detail::atomic_write_at(dir, id + ".json", text, opt_.durable, no_replace, &step);
+        if (ec) fail(ec, std::string(sub) + "/" + id + ".json", step ? step : "write");
     }
 
     template <class T>

@@ -49,6 +49,7 @@
 #include <unistd.h>
 
 #include "../concepts.hpp"
+#include "../detail/posix.hpp"
 #include "../detail/run.hpp"
 #include "../error.hpp"
 #include "../types.hpp"
@@ -112,6 +113,7 @@ public:
             fail("cannot create " + root_ + ": " + e.message(), ec);
             return {};
         }
+        if (!no_links(path, ec)) return {};
         bool registered = false;
         if (!git(repo, {"worktree", "prune"}, ec)) return {};
         if (!is_registered(repo, path, registered, ec)) return {};
@@ -137,6 +139,7 @@ public:
         if (repo.empty()) return;
         if (!check_id(it, ec)) return;
         const std::string path = path_for(it);
+        if (!no_links(path, ec)) return;
         bool registered = false;
         if (!git(repo, {"worktree", "prune"}, ec)) return;
         if (!is_registered(repo, path, registered, ec)) return;
@@ -165,6 +168,22 @@ private:
         detail_ = "invalid task id: " + it.id;
         ec = errc::invalid_task_id;
         return false;
+    }
+
+    // A symbolic link at ROOT or ROOT/<id> would make git check out into, or remove, a
+    // directory elsewhere: refused, as is a ROOT that others may write.
+    bool no_links(const std::string& path, std::error_code& ec) {
+        struct stat st {};
+        if (::lstat(root_.c_str(), &st) == 0 && (S_ISLNK(st.st_mode) || !S_ISDIR(st.st_mode) || !detail::is_private(st))) {
+            fail(root_ + ": refused: " + (S_ISLNK(st.st_mode) ? "a symbolic link" : !S_ISDIR(st.st_mode) ? "not a directory"
+                                                               : "owned by another user or writable by others"), ec);
+            return false;
+        }
+        if (::lstat(path.c_str(), &st) == 0 && S_ISLNK(st.st_mode)) {
+            fail(path + ": refused: a symbolic link", ec);
+            return false;
+        }
+        return true;
     }
 
     void fail(std::string detail, std::error_code& ec) {

@@ -1,0 +1,241 @@
+// A link planted in the state directory cannot redirect a write: for each file kugetsu
+// opens, creates, renames or unlinks there, a symbolic link to a victim file outside the
+// state directory, one to a directory, a dangling one, a FIFO and a hard link. The victim is
+// untouched (content, size, mode, times; not created if it did not exist) and the error names
+// the path.
+#include <catch2/catch.hpp>
+
+#include <kugetsu/kugetsu.hpp>
+
+#include <csignal>
+#include <filesystem>
+#include <fstream>
+
+#include <sys/file.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "support/proc.hpp"
+
+using namespace kugetsu;
+using kugetsu::test::fork_child;
+using kugetsu::test::slurp;
+using kugetsu::test::temp_dir;
+using kugetsu::test::wait_child;
+namespace fs = std::filesystem;
+
+namespace {
+
+/// What "untouched" means for a file or a directory.
+struct fingerprint {
+    bool exists = false;
+    std::string content;   // a file: its bytes; a directory: its entries
+    mode_t mode = 0;
+    off_t size = 0;
+    std::int64_t mtime_ns = 0;
+    friend bool operator==(const fingerprint&, const fingerprint&) = default;
+};
+
+fingerprint fingerprint_of(const std::string& path) {
+    fingerprint f;
+    struct stat st{};
+    if (::lstat(path.c_str(), &st) != 0) return f;
+    f.exists = true;
+    f.mode = st.st_mode;
+    f.size = st.st_size;
+    f.mtime_ns = static_cast<std::int64_t>(st.st_mtim.tv_sec) * 1'000'000'000 + st.st_mtim.tv_nsec;
+    if (S_ISDIR(st.st_mode)) {
+        std::vector<std::string> names;
+        for (auto& e : fs::directory_iterator(path)) names.push_back(e.path().filename().string());
+        std::sort(names.begin(), names.end());
+        for (auto& n : names) f.content += n + "\n";
+    } else {
+        f.content = slurp(path);
+    }
+    return f;
+}
+
+/// ROOT/home is the state directory; ROOT/victim a file and ROOT/victim-dir a directory
+/// that kugetsu must never touch through a link.
+struct planted {
+    temp_dir root;
+    std::string home = root / "home";
+    std::string victim = root / "victim";
+    std::string victim_dir = root / "victim-dir";
+    std::string missing = root / "never-created";
+    planted() {
+        fs::create_directory(home);
+        fs::permissions(home, fs::perms::owner_all, fs::perm_options::replace);
+        std::ofstream(victim) << "precious\n";
+        ::chmod(victim.c_str(), 0644);
+        fs::create_directory(victim_dir);
+        std::ofstream(victim_dir + "/keep") << "keep\n";
+    }
+    std::string at(const std::string& name) const { return home + "/" + name; }
+    struct before {
+        fingerprint victim, dir, missing;
+    };
+    before snap() const { return {fingerprint_of(victim), fingerprint_of(victim_dir), fingerprint_of(missing)}; }
+    void check_untouched(const before& b) const {
+        CHECK(fingerprint_of(victim) == b.victim);
+        CHECK(fingerprint_of(victim_dir) == b.dir);
+        CHECK_FALSE(fingerprint_of(missing).exists);
+        CHECK(slurp(victim) == "precious\n");
+    }
+};
+
+enum class plant { link_to_file, link_to_dir, dangling_link, fifo, hard_link };
+
+const char* name_of(plant p) {
+    switch (p) {
+    case plant::link_to_file: return "a symbolic link to a file";
+    case plant::link_to_dir: return "a symbolic link to a directory";
+    case plant::dangling_link: return "a dangling symbolic link";
+    case plant::fifo: return "a FIFO";
+    case plant::hard_link: return "a hard link to a file";
+    }
+    return "?";
+}
+
+void plant_at(const planted& p, const std::string& path, plant what) {
+    switch (what) {
+    case plant::link_to_file: fs::create_symlink(p.victim, path); break;
+    case plant::link_to_dir: fs::create_directory_symlink(p.victim_dir, path); break;
+    case plant::dangling_link: fs::create_symlink(p.missing, path); break;
+    case plant::fifo: REQUIRE(::mkfifo(path.c_str(), 0600) == 0); break;
+    case plant::hard_link: fs::create_hard_link(p.victim, path); break;
+    }
+}
+
+/// Runs f in a child that is killed by SIGALRM if it blocks (a FIFO opened for writing with
+/// no reader blocks forever): a hang guard, not a timing assertion. Returns f's result.
+template <class F>
+int without_hanging(F f) {
+    return wait_child(fork_child([&] {
+        ::alarm(20);
+        return f();
+    }));
+}
+
+constexpr plant all_plants[] = {plant::link_to_file, plant::link_to_dir, plant::dangling_link, plant::fifo,
+                                plant::hard_link};
+
+} // namespace
+
+TEST_CASE("flock_lock never locks through a link, a hard link or a FIFO planted at its path, and says which path it refused",
+          "[symlinks]") {
+    for (plant what : all_plants) {
+        planted p;
+        const std::string path = p.at("lock");
+        plant_at(p, path, what);
+        INFO("HOME/lock is " << name_of(what));
+        const auto before = p.snap();
+        const int r = without_hanging([&] {
+            flock_lock l(path);
+            std::error_code ec;
+            l.lock(ec);
+            if (!ec) {
+                l.unlock();
+                return 1;
+            }
+            if (l.last_error_detail().find(path) == std::string::npos) return 2;
+            const bool is_link = what == plant::link_to_file || what == plant::link_to_dir || what == plant::dangling_link;
+            if (is_link && l.last_error_detail().find("symbolic link") == std::string::npos) return 3;
+            if (what == plant::hard_link && l.last_error_detail().find("hard link") == std::string::npos) return 4;
+            return 0;
+        });
+        CHECK(r == 0);
+        p.check_untouched(before);
+        // The victim's own flock is free: nothing holds it.
+        const int fd = ::open(p.victim.c_str(), O_RDONLY | O_CLOEXEC);
+        REQUIRE(fd >= 0);
+        CHECK(::flock(fd, LOCK_EX | LOCK_NB) == 0);
+        ::close(fd);
+    }
+}
+
+TEST_CASE("jsonl_notifier never appends through a link, a hard link or a FIFO planted at its path, and says so",
+          "[symlinks]") {
+    for (plant what : all_plants) {
+        planted p;
+        const std::string path = p.at("events.jsonl");
+        plant_at(p, path, what);
+        INFO("HOME/events.jsonl is " << name_of(what));
+        const auto before = p.snap();
+        const int r = without_hanging([&] {
+            std::error_code seen;
+            jsonl_notifier n(path, [&](const std::error_code& ec, const event&) { seen = ec; });
+            n.notify(event{event_type::task_queued, "t1", timestamp{}, {}, {}, {}, {}});
+            if (n.failures() != 1 || !seen) return 1;
+            if (n.last_error_detail().find(path) == std::string::npos) return 2;
+            const bool is_link = what == plant::link_to_file || what == plant::link_to_dir || what == plant::dangling_link;
+            if (is_link && n.last_error_detail().find("symbolic link") == std::string::npos) return 3;
+            if (what == plant::hard_link && n.last_error_detail().find("hard link") == std::string::npos) return 4;
+            return 0;
+        });
+        CHECK(r == 0);
+        p.check_untouched(before);
+    }
+}
+
+TEST_CASE("jsonl_notifier refuses an events file that another process made writable by others", "[symlinks]") {
+    planted p;
+    const std::string path = p.at("events.jsonl");
+    std::ofstream(path) << "";
+    ::chmod(path.c_str(), 0666);
+    jsonl_notifier n(path);
+    n.notify(event{event_type::task_queued, "t1", timestamp{}, {}, {}, {}, {}});
+    CHECK(n.failures() == 1);
+    CHECK(n.last_error_detail().find(path) != std::string::npos);
+    CHECK(slurp(path).empty());
+}
+
+TEST_CASE("atomic_write_at steps over a link planted at its next temp name and never follows it", "[symlinks]") {
+    planted p;
+    file_store s(p.home, {false, true});
+    std::error_code ec;
+    s.open(ec);
+    REQUIRE_FALSE(ec);
+    // The names the next writes would use: ".t1.json.tmp.PID.N", N = the counter + 1, 2, ...
+    const auto next = detail::temp_counter().load();
+    for (std::uint64_t i = 1; i <= 3; ++i)
+        fs::create_symlink(p.victim, p.at("queue/.t1.json.tmp." + std::to_string(::getpid()) + "." + std::to_string(next + i)));
+    const auto before = p.snap();
+    queue_item it;
+    it.id = "t1";
+    it.argv = {"agent"};
+    s.create_item(it, ec);
+    INFO(s.last_error_detail());
+    CHECK_FALSE(ec);   // not duplicate_task: a leftover temp name is not the record
+    p.check_untouched(before);
+    auto got = s.get_item("t1", ec);
+    CHECK_FALSE(ec);
+    REQUIRE(got);
+    CHECK(got->argv == it.argv);
+    for (std::uint64_t i = 1; i <= 3; ++i)   // the planted links are left as they were
+        CHECK(fs::is_symlink(p.at("queue/.t1.json.tmp." + std::to_string(::getpid()) + "." + std::to_string(next + i))));
+}
+
+TEST_CASE("file_store replaces or removes a planted link itself, never its target", "[symlinks]") {
+    planted p;
+    file_store s(p.home, {false, true});
+    std::error_code ec;
+    s.open(ec);
+    REQUIRE_FALSE(ec);
+    fs::create_symlink(p.victim, p.at("queue/t1.json"));
+    fs::create_symlink(p.victim, p.at("sessions/t2.json"));
+    fs::create_directory_symlink(p.victim_dir, p.at("sessions/t3.json"));
+    const auto before = p.snap();
+    queue_item it;
+    it.id = "t1";
+    it.argv = {"agent"};
+    s.put_item(it, ec);   // renamed over the link
+    CHECK_FALSE(ec);
+    CHECK_FALSE(fs::is_symlink(p.at("queue/t1.json")));
+    s.remove_session("t2", ec);   // unlinks the link
+    CHECK_FALSE(ec);
+    CHECK_FALSE(fs::exists(fs::symlink_status(p.at("sessions/t2.json"))));
+    s.remove_session("t3", ec);
+    CHECK_FALSE(ec);
+    p.check_untouched(before);
+}
