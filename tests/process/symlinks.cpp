@@ -239,3 +239,42 @@ TEST_CASE("file_store replaces or removes a planted link itself, never its targe
     CHECK_FALSE(ec);
     p.check_untouched(before);
 }
+
+TEST_CASE("fork_spawner never writes through a FIFO, link or hard link planted as a log or a slot's temp name",
+          "[symlinks]") {
+    temp_dir d, outside;
+    const std::string victim = outside / "victim";
+    std::ofstream(victim) << "precious";
+    fork_spawner sp(d / "logs", d / "run");
+    std::error_code ec;
+    fs::create_directories(d / "logs");
+    fs::permissions(d / "logs", fs::perms::owner_all);
+    // A FIFO as the log: refused at once (the open does not block), naming the file.
+    REQUIRE(::mkfifo((d / "logs/t1.log").c_str(), 0600) == 0);
+    sp.spawn({"t1", {"/bin/true"}, ""}, ec);
+    CHECK(ec);   // ENXIO: no reader (unsafe_state if something had it open for reading)
+    CHECK(sp.last_error_detail().find("t1.log") != std::string::npos);
+    // A hard link to a file elsewhere, and a symbolic link.
+    fs::create_hard_link(victim, d / "logs/t2.log");
+    sp.spawn({"t2", {"/bin/echo", "leak"}, ""}, ec);
+    CHECK(ec == errc::unsafe_state);
+    fs::create_symlink(victim, d / "logs/t3.log");
+    sp.spawn({"t3", {"/bin/echo", "leak"}, ""}, ec);
+    CHECK(ec);
+    CHECK(slurp(victim) == "precious");
+    // A hard link planted at the temp name the next slot will take: the supervisor's
+    // exclusive create fails, the victim is untouched, and the next spawn takes a new name.
+    fork_spawner sp2(d / "logs2", d / "run2");
+    fs::create_directories(d / "run2");
+    fs::permissions(d / "run2", fs::perms::owner_all);
+    fs::create_hard_link(victim, d / ("run2/.slot." + std::to_string(::getpid()) + ".1"));
+    sp2.spawn({"t4", {"/bin/true"}, ""}, ec);
+    CHECK(ec == std::errc::file_exists);
+    CHECK(slurp(victim) == "precious");
+    auto p = sp2.spawn({"t4", {"/bin/true"}, ""}, ec);
+    REQUIRE_FALSE(ec);
+    sp2.release(p, ec);
+    CHECK_FALSE(ec);
+    CHECK(sp2.wait(p, ec).exit_code == 0);
+    CHECK(slurp(victim) == "precious");
+}

@@ -297,8 +297,18 @@ public:
             if (ec) return fail(ec, ec, *dir), process_ref{};
         }
         const std::string log_path = log_dir_ + "/" + r.task_id + ".log";
-        auto log = detail::open_path(log_path, O_WRONLY | O_CREAT | O_APPEND | O_NOFOLLOW, 0600, ec);
+        // O_NONBLOCK: a FIFO planted as the log must not hang the spawn (the dispatcher holds
+        // its lock); a hard link would send the agent's output into another file.
+        auto log = detail::open_path(log_path, O_WRONLY | O_CREAT | O_APPEND | O_NOFOLLOW | O_NONBLOCK, 0600, ec);
         if (ec) return fail(ec, ec, "open " + log_path), process_ref{};
+        {
+            struct stat st{};
+            if (::fstat(log.get(), &st) != 0) return fail(ec, detail::last_error(), "fstat " + log_path), process_ref{};
+            if (!S_ISREG(st.st_mode) || st.st_nlink != 1 || !detail::is_private(st))
+                return fail(ec, errc::unsafe_state, log_path + ": not a private regular file with one link"), process_ref{};
+            if (::fcntl(log.get(), F_SETFL, O_WRONLY | O_APPEND) != 0)
+                return fail(ec, detail::last_error(), "fcntl " + log_path), process_ref{};
+        }
         auto null = detail::open_path("/dev/null", O_RDONLY, 0, ec);
         if (ec) return fail(ec, ec, "open /dev/null"), process_ref{};
 
@@ -486,7 +496,7 @@ private:
 
     process_status status_of(const process_ref& p, bool block, std::error_code& ec) {
         const std::string path = slot_path(p);
-        detail::unique_fd fd = detail::open_path(path, O_RDONLY | O_NOFOLLOW, 0, ec);
+        detail::unique_fd fd = detail::open_path(path, O_RDONLY | O_NOFOLLOW | O_NONBLOCK, 0, ec);
         if (ec) {
             if (ec != std::errc::no_such_file_or_directory) return {process_state::running, -1};   // doubt: keep the slot
             ec.clear();
@@ -589,7 +599,9 @@ private:
             ::_exit(127);
         };
         // The slot: created and locked before the agent exists, so the agent inherits the lock.
-        int slot = ::open(pl.slot_tmp, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0600);
+        // O_EXCL: a file or link planted under this name is never written (the spawn fails
+        // and the next attempt takes the next name).
+        int slot = ::open(pl.slot_tmp, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0600);
         if (slot < 0) setup_failed(errno);
         if (slot != fork_spawner::slot_fd) {
             if (::dup3(slot, fork_spawner::slot_fd, O_CLOEXEC) < 0) setup_failed(errno);
@@ -714,7 +726,7 @@ private:
         if (pl.hook.size() > 1) {
             bool skip = false;
             if (pl.hook_lock) {
-                const int lk = ::open(pl.hook_lock, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+                const int lk = ::open(pl.hook_lock, O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK);
                 if (lk >= 0) {
                     skip = detail::lock_held(lk);
                     ::close(lk);
