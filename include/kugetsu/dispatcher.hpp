@@ -577,9 +577,12 @@ private:
             if (ec) return note_failure("task \"" + item.id + "\"", ec, store_);
             events_.push_back(std::move(e));
         }
+        // The spawner's record goes first: a process that dies between the two leaves a
+        // session whose agent is plainly gone (the next reap removes it), never a record
+        // that nothing refers to.
+        forget(s.process);
         store_.remove_session(s.id, ec);
         if (ec) return note_failure("session \"" + s.id + "\"", ec, store_);
-        forget(s.process);
         if (it) remove_workspace(*it, ec);
     }
 

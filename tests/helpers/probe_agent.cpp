@@ -1,7 +1,8 @@
 // kugetsu-probe-agent: an agent for the real-process tests, which records the peak of live
 // agents itself, independently of the dispatcher.
 //
-//   kugetsu-probe-agent COUNTER [--ready FIFO] [--hold FIFO] [--sleep MS] [--record FILE] [--exit N]
+//   kugetsu-probe-agent COUNTER [--ready FIFO] [--hold FIFO] [--sleep MS] [--record FILE]
+//                       [--record-start FILE] [--exit N]
 //
 // COUNTER holds "live peak total". On start the agent takes an flock on it, increments live
 // and total, raises peak, and writes it back; with --ready it then writes one byte to that
@@ -9,7 +10,9 @@
 // end-of-file (the test closes its end to release every agent at once: no sleeps); with
 // --sleep it then sleeps MS milliseconds (a short task); with --record it appends
 // "$KUGETSU_TASK_ID\n" to FILE (one O_APPEND write: a log of every run); then it decrements
-// live and exits N (default 0).
+// live and exits N (default 0). With --record-start it appends "$KUGETSU_TASK_ID\n" to FILE
+// as soon as it has counted itself in (before --ready): a run is logged even if it never
+// ends, so a log of starts shows an agent that ran twice whatever happened after.
 #include <cerrno>
 #include <cstdio>
 #include <cstdlib>
@@ -47,18 +50,29 @@ void update(const char* path, int delta) {
     ::close(fd);   // releases the flock
 }
 
+/// Appends "$KUGETSU_TASK_ID\n" to path in one O_APPEND write: lines of concurrent agents
+/// never mix.
+void append_task_id(const char* path) {
+    const char* id = std::getenv("KUGETSU_TASK_ID");
+    const std::string line = std::string(id ? id : "?") + "\n";
+    const int fd = ::open(path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600);
+    if (fd < 0 || ::write(fd, line.data(), line.size()) != static_cast<ssize_t>(line.size())) die("record");
+    ::close(fd);
+}
+
 } // namespace
 
 int main(int argc, char** argv) {
     if (argc < 2) {
         std::fprintf(stderr, "usage: kugetsu-probe-agent COUNTER [--ready FIFO] [--hold FIFO] [--sleep MS] "
-                             "[--record FILE] [--exit N]\n");
+                             "[--record FILE] [--record-start FILE] [--exit N]\n");
         return 64;
     }
     const char* counter = argv[1];
     const char* hold = nullptr;
     const char* ready = nullptr;
     const char* record = nullptr;
+    const char* record_start = nullptr;
     long sleep_ms = 0;
     int code = 0;
     for (int i = 2; i + 1 < argc; i += 2) {
@@ -68,8 +82,10 @@ int main(int argc, char** argv) {
         else if (opt == "--exit") code = std::atoi(argv[i + 1]);
         else if (opt == "--sleep") sleep_ms = std::atol(argv[i + 1]);
         else if (opt == "--record") record = argv[i + 1];
+        else if (opt == "--record-start") record_start = argv[i + 1];
     }
     update(counter, +1);
+    if (record_start) append_task_id(record_start);
     // Open the hold FIFO before saying "ready": the test closes its end only after every
     // agent is ready, so no agent can miss the release. O_NONBLOCK: opening for reading
     // does not wait for a writer; reads then block while the test's end is open.
@@ -98,13 +114,7 @@ int main(int argc, char** argv) {
         timespec ts{sleep_ms / 1000, (sleep_ms % 1000) * 1000000L};
         while (::nanosleep(&ts, &ts) != 0 && errno == EINTR) {}
     }
-    if (record) {
-        const char* id = std::getenv("KUGETSU_TASK_ID");
-        const std::string line = std::string(id ? id : "?") + "\n";
-        const int fd = ::open(record, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600);
-        if (fd < 0 || ::write(fd, line.data(), line.size()) != static_cast<ssize_t>(line.size())) die("record");
-        ::close(fd);
-    }
+    if (record) append_task_id(record);
     update(counter, -1);
     return code;
 }
