@@ -20,20 +20,18 @@
 // signal N (events -f exits 0 when interrupted).
 #include <cerrno>
 #include <chrono>
-#include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <iostream>
 #include <optional>
-#include <random>
 #include <string>
 #include <string_view>
 #include <vector>
 
+#include <dirent.h>
 #include <fcntl.h>
 #include <sys/file.h>
-#include <sys/random.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -41,9 +39,13 @@
 #include <kugetsu/kugetsu.hpp>
 #include <kugetsu/watcher.hpp>
 
+#include "options.hpp"
+
 namespace {
 
 using namespace kugetsu;
+using cli::globals;
+using cli::task_flags;
 
 // sysexits.h
 constexpr int ex_ok = 0, ex_failed = 1, ex_usage = 64, ex_dataerr = 65, ex_software = 70, ex_ioerr = 74,
@@ -76,14 +78,53 @@ int exit_code_for(const std::error_code& ec) {
     return ex_ioerr;   // errno from the system: the filesystem, fork, inotify
 }
 
+// ---- the quarantine --------------------------------------------------------------------------
+// The store moves an unreadable record to HOME/quarantine/ and goes on; this process says so
+// on stderr, once per record, as soon as it can.
+
+const file_store* quarantine_store = nullptr;
+std::size_t quarantine_seen = 0;
+
+void warn_quarantined() {
+    if (!quarantine_store) return;
+    const auto& q = quarantine_store->quarantined();
+    for (; quarantine_seen < q.size(); ++quarantine_seen)
+        std::cerr << "kugetsu: " << q[quarantine_seen].path << ": " << q[quarantine_seen].why << "; moved to "
+                  << q[quarantine_seen].moved_to << "\n";
+}
+
+/// Watches one dispatcher's store while it lives (declare it right after the dispatcher).
+struct quarantine_guard {
+    explicit quarantine_guard(const file_store& s) {
+        quarantine_store = &s;
+        quarantine_seen = s.quarantined().size();
+    }
+    quarantine_guard(const quarantine_guard&) = delete;
+    quarantine_guard& operator=(const quarantine_guard&) = delete;
+    ~quarantine_guard() {
+        warn_quarantined();
+        quarantine_store = nullptr;
+    }
+};
+
 int report(const std::error_code& ec, const std::string& detail) {
+    warn_quarantined();
     std::cerr << "kugetsu: " << (detail.empty() ? ec.message() : detail) << "\n";
     return exit_code_for(ec);
 }
 
-struct usage_error : std::runtime_error {
-    using std::runtime_error::runtime_error;
-};
+/// "no task ID", and where its record went if it was quarantined.
+std::string no_task(const std::string& home, const std::string& id) {
+    std::string msg = "no task \"" + id + "\"";
+    const std::string prefix = "queue." + id + ".json.";
+    if (DIR* d = ::opendir((home + "/quarantine").c_str())) {
+        while (const dirent* e = ::readdir(d))
+            if (std::string_view(e->d_name).starts_with(prefix))
+                msg += "; its record was unreadable and was moved to " + home + "/quarantine/" + e->d_name;
+        ::closedir(d);
+    }
+    return msg;
+}
 
 // ---- test hooks ---------------------------------------------------------------------------
 // KUGETSU_TEST_NO_LOCK=1 disables the critical-section lock; KUGETSU_TEST_BARRIER=PATH:N makes
@@ -124,7 +165,7 @@ private:
         const auto colon = barrier_.rfind(':');
         const std::string path = barrier_.substr(0, colon);
         const long n = colon == std::string::npos ? 1 : std::atol(barrier_.c_str() + colon + 1);
-        const int fd = ::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+        const int fd = ::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600);
         if (fd < 0) return;
         auto bump = [&](long add) {
             ::flock(fd, LOCK_EX);
@@ -151,25 +192,6 @@ using cli_dispatcher = basic_dispatcher<cli_lock, fork_spawner, jsonl_notifier, 
 
 // ---- configuration --------------------------------------------------------------------------
 
-std::string current_dir() {
-    std::string cwd(4096, '\0');
-    if (!::getcwd(cwd.data(), cwd.size())) throw std::system_error(errno, std::system_category(), "getcwd");
-    cwd.resize(std::strlen(cwd.c_str()));
-    return cwd;
-}
-
-std::string absolute(const std::string& p) {
-    if (p.empty() || p.front() == '/') return p;
-    return current_dir() + "/" + p;
-}
-
-std::string default_home() {
-    if (const char* x = std::getenv("XDG_STATE_HOME"); x && *x == '/') return std::string(x) + "/kugetsu";
-    const char* h = std::getenv("HOME");
-    if (!h || *h != '/') throw usage_error("no state directory: set --home, KUGETSU_HOME or HOME");
-    return std::string(h) + "/.local/state/kugetsu";
-}
-
 /// mkdir -p of HOME's parents (0755, as mkdir -p); HOME itself is created 0700 by the store.
 void make_parents(const std::string& home) {
     for (std::size_t i = 1; i < home.size(); ++i) {
@@ -180,58 +202,12 @@ void make_parents(const std::string& home) {
     }
 }
 
-int env_int(const char* name, int def, int lo, int hi) {
-    const char* v = std::getenv(name);
-    if (!v || !*v) return def;
-    char* end = nullptr;
-    errno = 0;
-    const long n = std::strtol(v, &end, 10);
-    if (errno || *end || n < lo || n > hi)
-        throw usage_error(std::string(name) + "=\"" + v + "\" is not a whole number in " + std::to_string(lo) +
-                          ".." + std::to_string(hi));
-    return static_cast<int>(n);
-}
-
-/// A number of seconds (decimals allowed), rounded up to whole milliseconds.
-duration parse_seconds(const std::string& what, const std::string& v, bool allow_zero = false) {
-    char* end = nullptr;
-    errno = 0;
-    const double s = std::strtod(v.c_str(), &end);
-    const double max_s = std::chrono::duration<double>(max_timeout).count();
-    if (v.empty() || errno || *end || !std::isfinite(s) || s < 0 || (s == 0 && !allow_zero) || s > max_s)
-        throw usage_error(what + " \"" + v + "\" is not a number of seconds in " + (allow_zero ? "[0, " : "(0, ") +
-                          std::to_string(static_cast<long long>(max_s)) + "]");
-    return std::chrono::ceil<std::chrono::milliseconds>(std::chrono::duration<double>(s));
-}
-
-struct globals {
-    std::string home;
-    dispatcher_options opt;
-    bool lock_enabled = true;
-    std::string barrier;
-};
-
+/// load_globals (options.hpp) over the process environment; warns about the test hooks and
+/// does not pass them on: agents and the supervisors' on-exit reaper run without them.
 globals load_globals(const std::string& home_flag) {
-    globals g;
-    std::string home = home_flag;
-    if (home.empty())
-        if (const char* h = std::getenv("KUGETSU_HOME"); h && *h) home = h;
-    if (home.empty()) home = default_home();
-    g.home = absolute(home);
-    while (g.home.size() > 1 && g.home.back() == '/') g.home.pop_back();
-    g.opt.cap = env_int("MAX_CONCURRENT_AGENTS", 3, 1, max_cap);
-    g.opt.max_attempts = env_int("KUGETSU_MAX_ATTEMPTS", 3, 1, max_attempts_limit);
-    if (const char* k = std::getenv("KUGETSU_KILL_GRACE"); k && *k)
-        g.opt.kill_grace = parse_seconds("KUGETSU_KILL_GRACE", k, /*allow_zero=*/true);
-    if (const char* t = std::getenv("KUGETSU_TEST_NO_LOCK"); t && std::string_view(t) == "1") {
-        g.lock_enabled = false;
-        std::cerr << "kugetsu: warning: KUGETSU_TEST_NO_LOCK=1: the cap is NOT enforced (test hook)\n";
-    }
-    if (const char* b = std::getenv("KUGETSU_TEST_BARRIER"); b && *b) {
-        g.barrier = b;
-        std::cerr << "kugetsu: warning: KUGETSU_TEST_BARRIER is set (test hook)\n";
-    }
-    // Not passed on: agents and the supervisors' on-exit reaper run without them.
+    globals g = cli::load_globals(home_flag, [](const char* name) -> const char* { return std::getenv(name); });
+    if (!g.lock_enabled) std::cerr << "kugetsu: warning: KUGETSU_TEST_NO_LOCK=1: the cap is NOT enforced (test hook)\n";
+    if (!g.barrier.empty()) std::cerr << "kugetsu: warning: KUGETSU_TEST_BARRIER is set (test hook)\n";
     ::unsetenv("KUGETSU_TEST_NO_LOCK");
     ::unsetenv("KUGETSU_TEST_BARRIER");
     return g;
@@ -250,56 +226,6 @@ cli_dispatcher open_home(const globals& g) {
     spawner.set_on_exit({"/proc/self/exe", "--home", g.home, "reap", "--quiet"}, h.daemon_lock());
     return cli_dispatcher(cli_lock(h.lock(), g.lock_enabled), std::move(spawner), jsonl_notifier(h.events()),
                           std::move(store), system_clock{}, cli_workspace(h.worktrees(), g.barrier), g.opt);
-}
-
-/// A task id nobody else will pick: t-<UTC time>-<random>.
-std::string new_task_id() {
-    const auto now = std::chrono::system_clock::now();
-    const std::time_t t = std::chrono::system_clock::to_time_t(now);
-    std::tm tm{};
-    ::gmtime_r(&t, &tm);
-    char stamp[32];
-    std::strftime(stamp, sizeof stamp, "%Y%m%dT%H%M%S", &tm);
-    unsigned char r[4] = {};
-    if (::getrandom(r, sizeof r, 0) != static_cast<ssize_t>(sizeof r)) {
-        std::random_device rd;
-        for (auto& b : r) b = static_cast<unsigned char>(rd());
-    }
-    char hex[9];
-    std::snprintf(hex, sizeof hex, "%02x%02x%02x%02x", r[0], r[1], r[2], r[3]);
-    return std::string("t-") + stamp + "-" + hex;
-}
-
-struct task_flags {
-    std::string id;
-    std::string timeout;
-    std::string worktree;
-    std::string role = "dev";
-    std::vector<std::string> argv;
-    const CLI::Option* id_option = nullptr;
-
-    task_spec spec() const {
-        task_spec s;
-        s.id = id_option && id_option->count() ? id : new_task_id();   // an explicit "" is refused
-        s.argv = argv;
-        s.role = role == "pm" ? role::pm : role::dev;
-        if (!timeout.empty()) s.timeout = parse_seconds("--timeout", timeout);
-        if (!worktree.empty()) s.repo = absolute(worktree);
-        s.workdir = current_dir();
-        if (auto ec = validate(s); ec == errc::invalid_task_id || ec == errc::reserved_task_id)
-            throw error(ec, "--id \"" + s.id.substr(0, 160) + "\"");
-        return s;
-    }
-};
-
-void add_task_flags(CLI::App* c, task_flags& f, bool with_role) {
-    f.id_option = c->add_option("--id", f.id, "Task id: 1-128 of [A-Za-z0-9._-], not starting with '.' (default: generated)");
-    c->add_option("--timeout", f.timeout, "Stop the agent after this many seconds (SIGTERM, then SIGKILL)");
-    c->add_option("--worktree", f.worktree, "Run the agent in a new git worktree of REPO (branch kugetsu/<id>)");
-    if (with_role)
-        c->add_option("--role", f.role, "dev (counts toward the cap) or pm (the one project-manager agent)")
-            ->check(CLI::IsMember({"dev", "pm"}));
-    c->add_option("command", f.argv, "The agent's command and arguments, after --")->required();
 }
 
 // ---- output ---------------------------------------------------------------------------------
@@ -332,6 +258,7 @@ nlohmann::json session_json(const session& s) {
 
 int cmd_enqueue(const globals& g, const task_flags& f) {
     auto d = open_home(g);
+    quarantine_guard watch_quarantine(d.store());
     std::error_code ec;
     const auto it = d.enqueue(f.spec(), ec);
     if (ec) return report(ec, d.last_error_detail());
@@ -341,6 +268,7 @@ int cmd_enqueue(const globals& g, const task_flags& f) {
 
 int cmd_start(const globals& g, const task_flags& f) {
     auto d = open_home(g);
+    quarantine_guard watch_quarantine(d.store());
     std::error_code ec;
     const auto spec = f.spec();
     const auto r = d.start(spec, ec);
@@ -372,6 +300,7 @@ watcher home_watcher(const globals& g) {
 
 int cmd_daemon(const globals& g, bool once, bool verbose) {
     auto d = open_home(g);
+    quarantine_guard watch_quarantine(d.store());
     const home_layout h{g.home};
     watcher w = home_watcher(g);
     std::error_code ec;
@@ -381,7 +310,14 @@ int cmd_daemon(const globals& g, bool once, bool verbose) {
     }
     // A read (shared) OFD lock held while the daemon lives: supervisors leave the reaping to
     // daemons (they ask with F_OFD_GETLK, which never conflicts with another asker).
-    const int daemon_lock = ::open(h.daemon_lock().c_str(), O_RDWR | O_CREAT | O_NOFOLLOW | O_CLOEXEC, 0600);
+    // O_NONBLOCK: a FIFO planted there must not hang the daemon; only a private regular file
+    // with one link will do.
+    int daemon_lock = ::open(h.daemon_lock().c_str(), O_RDWR | O_CREAT | O_NOFOLLOW | O_CLOEXEC | O_NONBLOCK, 0600);
+    if (daemon_lock >= 0) {
+        struct stat st{};
+        if (::fstat(daemon_lock, &st) != 0 || !S_ISREG(st.st_mode) || st.st_nlink != 1 || !detail::is_private(st))
+            return report(errc::unsafe_state, "daemon lock " + h.daemon_lock() + ": not a private regular file with one link");
+    }
     struct flock rd{};
     rd.l_type = F_RDLCK;
     rd.l_whence = SEEK_SET;
@@ -392,6 +328,7 @@ int cmd_daemon(const globals& g, bool once, bool verbose) {
     for (;;) {
         w.drain();
         const auto rep = d.process_queue(ec);
+        warn_quarantined();
         if (ec) {
             // Reported; a long-running daemon goes on (the next change may fix it).
             const int status = report(ec, d.last_error_detail());
@@ -412,6 +349,7 @@ int cmd_daemon(const globals& g, bool once, bool verbose) {
 
 int cmd_reap(const globals& g, bool quiet) {
     auto d = open_home(g);
+    quarantine_guard watch_quarantine(d.store());
     std::error_code ec;
     const auto rep = d.reap(ec);
     if (ec) return report(ec, d.last_error_detail());
@@ -423,6 +361,7 @@ int cmd_reap(const globals& g, bool quiet) {
 
 int cmd_status(const globals& g, bool json) {
     auto d = open_home(g);
+    quarantine_guard watch_quarantine(d.store());
     std::error_code ec;
     const auto rep = d.reap(ec);
     if (ec) return report(ec, d.last_error_detail());
@@ -473,6 +412,7 @@ int until(const globals& g, cli_dispatcher& d, Done done, const std::string& als
         // and nothing would wake this process then.
         d.reap(ec);
         if (ec) return report(ec, d.last_error_detail());
+        warn_quarantined();
         if (auto r = done(); r >= 0) return r;
         auto plan = d.next_wake(ec);
         if (ec) return report(ec, d.last_error_detail());
@@ -482,6 +422,7 @@ int until(const globals& g, cli_dispatcher& d, Done done, const std::string& als
 
 int cmd_wait(const globals& g, std::vector<std::string> ids) {
     auto d = open_home(g);
+    quarantine_guard watch_quarantine(d.store());
     std::error_code ec;
     if (ids.empty()) {
         for (auto& it : d.store().list_items(ec)) ids.push_back(it.id);
@@ -498,7 +439,7 @@ int cmd_wait(const globals& g, std::vector<std::string> ids) {
             std::error_code e;
             auto it = d.store().get_item(id, e);
             if (e) return report(e, "task \"" + id + "\": " + std::string(d.store().last_error_detail()));
-            if (!it) return report(errc::unknown_task, "no task \"" + id + "\"");
+            if (!it) return report(errc::unknown_task, no_task(g.home, id));
             if (!is_final(it->state)) return -1;
             final[i] = true;
             all_completed = all_completed && it->state == task_state::completed;
@@ -516,10 +457,12 @@ int cmd_wait(const globals& g, std::vector<std::string> ids) {
 
 int cmd_cancel(const globals& g, const std::string& id, bool no_wait) {
     auto d = open_home(g);
+    quarantine_guard watch_quarantine(d.store());
     std::error_code ec;
     d.reap(ec);   // an agent that has already ended is recorded as such, not as cancelled
     if (ec) return report(ec, d.last_error_detail());
     auto it = d.cancel(id, ec);
+    if (ec == errc::unknown_task && valid_task_id(id)) return report(ec, no_task(g.home, id));
     if (ec) return report(ec, d.last_error_detail());
     if (it.state != task_state::running || no_wait) {
         std::cout << id << " " << (it.state == task_state::running ? "stopping" : to_string(it.state)) << "\n";
@@ -538,8 +481,13 @@ int cmd_cancel(const globals& g, const std::string& id, bool no_wait) {
 
 /// Copies what was appended to `path` since `offset` to stdout.
 void copy_new(const std::string& path, off_t& offset) {
-    const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+    const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK);
     if (fd < 0) return;
+    struct stat st{};
+    if (::fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {   // a FIFO or device planted there: never read
+        ::close(fd);
+        return;
+    }
     char buf[65536];
     for (;;) {
         const ssize_t n = ::pread(fd, buf, sizeof buf, offset);
@@ -554,11 +502,12 @@ void copy_new(const std::string& path, off_t& offset) {
 
 int cmd_logs(const globals& g, const std::string& id, bool follow) {
     auto d = open_home(g);
+    quarantine_guard watch_quarantine(d.store());
     std::error_code ec;
     if (!valid_task_id(id)) return report(errc::invalid_task_id, "task id \"" + id.substr(0, 160) + "\": invalid");
     auto it = d.store().get_item(id, ec);
     if (ec) return report(ec, d.store().last_error_detail());
-    if (!it) return report(errc::unknown_task, "no task \"" + id + "\"");
+    if (!it) return report(errc::unknown_task, no_task(g.home, id));
     const home_layout h{g.home};
     const std::string path = h.logs() + "/" + id + ".log";
     off_t offset = 0;
@@ -602,54 +551,8 @@ int cmd_events(const globals& g, bool follow) {
 } // namespace
 
 int main(int argc, char** argv) {
-    CLI::App app{"kugetsu: runs agents for queued tasks, never more at once than the cap.\n"
-                 "Environment: KUGETSU_HOME (state directory), MAX_CONCURRENT_AGENTS (cap, default 3),\n"
-                 "KUGETSU_MAX_ATTEMPTS (default 3), KUGETSU_KILL_GRACE (seconds, default 10).",
-                 "kugetsu"};
-    app.require_subcommand(1);
-    std::string home;
-    app.add_option("--home", home, "State directory (default: $KUGETSU_HOME, else ${XDG_STATE_HOME:-~/.local/state}/kugetsu)");
-
-    task_flags enq_f, start_f;
-    auto* enq = app.add_subcommand("enqueue", "Add a pending task; the daemon starts it when a slot is free");
-    add_task_flags(enq, enq_f, false);
-    auto* start = app.add_subcommand("start", "Start an agent now if a slot is free (else exit 75, nothing recorded)");
-    add_task_flags(start, start_f, true);
-
-    bool once = false, verbose = false;
-    auto* daemon = app.add_subcommand("daemon", "Run the queue: start tasks whenever a slot frees or a task arrives");
-    daemon->add_flag("--once", once, "One pass, then exit");
-    daemon->add_flag("-v,--verbose", verbose, "Say what each pass did, on stderr");
-
-    bool json = false;
-    auto* status = app.add_subcommand("status", "Live agents and every task, with state, attempts and PID");
-    status->add_flag("--json", json, "As one JSON object");
-
-    std::vector<std::string> wait_ids;
-    auto* wait = app.add_subcommand("wait", "Block until the tasks (default: all) are completed, error or cancelled; "
-                                            "exit 0 if all completed, else 1");
-    wait->add_option("id", wait_ids, "Task ids");
-
-    std::string cancel_id;
-    bool no_wait = false;
-    auto* cancel = app.add_subcommand("cancel", "Cancel a task; a running agent is stopped (SIGTERM, SIGKILL after the grace)");
-    cancel->add_option("id", cancel_id, "Task id")->required();
-    cancel->add_flag("--no-wait", no_wait, "Return once SIGTERM is sent");
-
-    std::string logs_id;
-    bool follow_logs = false;
-    auto* logs = app.add_subcommand("logs", "Print a task's output (its agent's stdout and stderr)");
-    logs->add_option("id", logs_id, "Task id")->required();
-    logs->add_flag("-f,--follow", follow_logs, "Keep printing until the task ends");
-
-    bool follow_events = false;
-    auto* events = app.add_subcommand("events", "Print the event log (JSON lines)");
-    events->add_flag("-f,--follow", follow_events, "Keep printing new events until interrupted");
-
-    bool quiet = false;
-    auto* reap = app.add_subcommand("reap", "Record the ends of agents that have exited (supervisors run this)");
-    reap->add_flag("-q,--quiet", quiet, "Print nothing");
-
+    cli::command_line cl;
+    CLI::App& app = cl.app;
     try {
         app.parse(argc, argv);
     } catch (const CLI::CallForHelp& e) {
@@ -662,17 +565,17 @@ int main(int argc, char** argv) {
     }
 
     try {
-        const globals g = load_globals(home);
-        if (*enq) return cmd_enqueue(g, enq_f);
-        if (*start) return cmd_start(g, start_f);
-        if (*daemon) return cmd_daemon(g, once, verbose);
-        if (*status) return cmd_status(g, json);
-        if (*wait) return cmd_wait(g, wait_ids);
-        if (*cancel) return cmd_cancel(g, cancel_id, no_wait);
-        if (*logs) return cmd_logs(g, logs_id, follow_logs);
-        if (*events) return cmd_events(g, follow_events);
-        if (*reap) return cmd_reap(g, quiet);
-    } catch (const usage_error& e) {
+        const globals g = load_globals(cl.home);
+        if (*cl.enqueue) return cmd_enqueue(g, cl.enqueue_flags);
+        if (*cl.start) return cmd_start(g, cl.start_flags);
+        if (*cl.daemon) return cmd_daemon(g, cl.once, cl.verbose);
+        if (*cl.status) return cmd_status(g, cl.json);
+        if (*cl.wait) return cmd_wait(g, cl.wait_ids);
+        if (*cl.cancel) return cmd_cancel(g, cl.cancel_id, cl.no_wait);
+        if (*cl.logs) return cmd_logs(g, cl.logs_id, cl.follow_logs);
+        if (*cl.events) return cmd_events(g, cl.follow_events);
+        if (*cl.reap) return cmd_reap(g, cl.quiet);
+    } catch (const cli::usage_error& e) {
         std::cerr << "kugetsu: " << e.what() << "\n";
         return ex_usage;
     } catch (const kugetsu::error& e) {

@@ -224,10 +224,15 @@ private:
                 it->owner = {};
                 it->updated_at = clock_.now();
                 store_.put_item(*it, ec);
-                if (ec) note_failure("task \"" + it->id + "\"", ec, store_);
+                if (ec) {
+                    note_failure("task \"" + it->id + "\"", ec, store_);
+                    dropped_.push_back(it->id);   // perhaps still claimed: the next reap gives it up
+                }
                 return {start_status::no_slot, *it, {}};
             }
-            return attempt_locked(*it, ec);
+            auto r = attempt_locked(*it, ec);
+            if (ec) dropped_.push_back(it->id);   // as in start(): never stranded while this process lives
+            return r;
         });
     }
 
@@ -335,6 +340,11 @@ public:
     queue_item cancel(std::string_view id, std::error_code& ec) {
         ec.clear();
         return locked(ec, [&]() -> queue_item {
+            // Reap first: a task whose running mark failed to be written has a live agent
+            // (adopted here) that must be stopped, not forgotten.
+            reap_report rep;
+            reap_locked(rep, ec);
+            if (ec) return {};
             auto it = store_.get_item(id, ec);
             if (ec) return note_failure("cancel \"" + std::string(id) + "\"", ec, store_), queue_item{};
             if (!it) {
@@ -353,7 +363,6 @@ public:
                 events_.push_back(std::move(e));
             } else if (it->state == task_state::running) {
                 if (it->stop_reason.empty()) it->stop_reason = "cancelled";
-                reap_report rep;
                 enforce_stop(*it, rep, ec);
             } else {
                 ec = errc::invalid_transition;
@@ -507,14 +516,16 @@ private:
                 it.finished_at = it.updated_at;
                 it.last_error = "attempt " + std::to_string(it.attempts) + " was interrupted: " +
                                 (dropped ? "its start failed" : "its starter died");
-                auto e = make_event(event_type::task_error, it);
-                e.reason = it.role == role::pm ? "start_interrupted" : "attempts_exhausted";
-                events_.push_back(std::move(e));
             } else {
                 it.state = task_state::pending;
             }
             store_.put_item(it, ec);
             if (ec) return note_failure("task \"" + it.id + "\"", ec, store_);   // a dropped claim: tried again next time
+            if (it.state == task_state::error) {   // an event only for what was recorded
+                auto e = make_event(event_type::task_error, it);
+                e.reason = it.role == role::pm ? "start_interrupted" : "attempts_exhausted";
+                events_.push_back(std::move(e));
+            }
             std::erase(dropped_, it.id);
             ++rep.recovered;
         }
@@ -647,9 +658,9 @@ private:
         it.stop_reason.clear();
         it.exit_code.reset();
         it.updated_at = clock_.now();
-        store_.put_item(it, ec);   // if this fails, the next reap adopts the session
+        store_.put_item(it, ec);   // if this fails, the next reap adopts the session (and says so)
         if (ec) note_failure("task \"" + it.id + "\"", ec, store_);
-        events_.push_back(make_event(event_type::task_started, it));
+        else events_.push_back(make_event(event_type::task_started, it));
         return {start_status::started, it, {}};
     }
 
@@ -662,9 +673,6 @@ private:
         if (it.attempts >= it.max_attempts) {
             it.state = task_state::error;
             it.finished_at = it.updated_at;
-            auto e = make_event(event_type::task_error, it);
-            e.reason = "attempts_exhausted";
-            events_.push_back(std::move(e));
         } else if (it.role == role::pm) {
             // A PM is never queued: it stays claimed by the start() that retries it, so that
             // if this process dies the claim is seen as interrupted (reap_locked).
@@ -674,7 +682,13 @@ private:
             it.state = task_state::pending;
         }
         store_.put_item(it, ec);
-        if (ec) note_failure("task \"" + it.id + "\"", ec, store_);
+        if (ec) {
+            note_failure("task \"" + it.id + "\"", ec, store_);
+        } else if (it.state == task_state::error) {   // an event only for what was recorded
+            auto e = make_event(event_type::task_error, it);
+            e.reason = "attempts_exhausted";
+            events_.push_back(std::move(e));
+        }
         detail_ = "task \"" + it.id + "\" attempt " + std::to_string(it.attempts) + "/" +
                   std::to_string(it.max_attempts) + ": " + it.last_error;
         return {start_status::failed, it, detail_};

@@ -40,7 +40,9 @@ inline std::string format_rfc3339(timestamp t) {
 }
 
 /// Parses what format_rfc3339 writes, and also a fraction of 0 to 9 digits and "Z" or
-/// "+00:00". Anything else: nullopt.
+/// "+00:00". Anything else: nullopt. A leap second (:60) is the first second of the next
+/// minute; a time that would fall after year 9999 (9999-12-31T23:59:60Z) is refused, since
+/// format_rfc3339 could not write it back in four digits.
 inline std::optional<timestamp> parse_rfc3339(std::string_view s) noexcept {
     auto digits = [&](std::size_t pos, std::size_t n, int& out) {
         if (pos + n > s.size()) return false;
@@ -78,8 +80,9 @@ inline std::optional<timestamp> parse_rfc3339(std::string_view s) noexcept {
     using namespace std::chrono;
     const year_month_day ymd{year{Y}, month{static_cast<unsigned>(M)}, day{static_cast<unsigned>(D)}};
     if (!ymd.ok()) return std::nullopt;
-    return timestamp{sys_days{ymd}.time_since_epoch() + hours{h} + minutes{m} + seconds{sec} +
-                     microseconds{us}};
+    const timestamp t{sys_days{ymd}.time_since_epoch() + hours{h} + minutes{m} + seconds{sec} + microseconds{us}};
+    if (t >= timestamp{sys_days{year{10000} / January / 1}}) return std::nullopt;
+    return t;
 }
 
 // ---------------------------------------------------------------------------------------
@@ -148,6 +151,13 @@ inline void to_json(nlohmann::json& j, const event& e) {
 // strict reading
 
 namespace detail {
+
+/// The first `max` bytes of UTF-8 text s, cut before a character, not inside one.
+inline std::string utf8_prefix(const std::string& s, std::size_t max) {
+    if (s.size() <= max) return s;
+    while (max > 0 && (static_cast<unsigned char>(s[max]) & 0xC0) == 0x80) --max;
+    return s.substr(0, max);
+}
 
 /// Reads the fields of one JSON object, remembering which it used, so that unknown
 /// fields can be refused. The first failure sticks: later reads are no-ops.
@@ -244,7 +254,7 @@ public:
         if (!ok()) return;
         for (auto it = j_.begin(); it != j_.end(); ++it)
             if (!used_.count(it.key()))
-                return fail(errc::invalid_record, "unknown field \"" + it.key().substr(0, 64) + "\"");
+                return fail(errc::invalid_record, "unknown field \"" + utf8_prefix(it.key(), 64) + "\"");
     }
     void wrong(const char* name, const char* expected) {
         fail(errc::invalid_record, std::string("field \"") + name + "\" is not " + expected);
@@ -302,6 +312,9 @@ inline std::optional<queue_item> parse_item(const nlohmann::json& j, std::error_
     }
     if (auto r = parse_role(o.string("role", 16))) it.role = *r;
     else if (o.ok()) o.wrong("role", "\"dev\" or \"pm\"");
+    // As validate(): a dev task called pm-agent would share its session key with the PM.
+    if (o.ok() && it.role == role::dev && it.id == pm_session_id)
+        o.fail(errc::reserved_task_id, "field \"id\": a dev task may not be called \"pm-agent\"");
     if (auto* t = o.nullable("timeout_ms")) {
         const auto ms = o.integer<std::int64_t>(t, "timeout_ms", 1,
             std::chrono::duration_cast<std::chrono::milliseconds>(max_timeout).count());
@@ -350,6 +363,8 @@ inline std::optional<session> parse_session(const nlohmann::json& j, std::error_
     else if (o.ok()) o.wrong("role", "\"dev\" or \"pm\"");
     s.task_id = o.string("task_id", 4096);
     if (o.ok() && !valid_task_id(s.task_id)) o.fail(errc::invalid_task_id, "field \"task_id\" is not a valid task id");
+    if (o.ok() && s.role == role::dev && s.task_id == pm_session_id)
+        o.fail(errc::reserved_task_id, "field \"task_id\": a dev task may not be called \"pm-agent\"");
     if (o.ok() && s.id != (s.role == role::pm ? std::string(pm_session_id) : s.task_id))
         o.wrong("id", "the task id (dev) or \"pm-agent\" (pm)");
     const int pid = o.integer<int>("pid", 1, 4194304);

@@ -18,9 +18,21 @@ expect_rc 64 ku start --role boss -- true; names --role
 expect_rc 64 env MAX_CONCURRENT_AGENTS=0 "$KUGETSU" status; names MAX_CONCURRENT_AGENTS
 expect_rc 64 env MAX_CONCURRENT_AGENTS=3x "$KUGETSU" status; names MAX_CONCURRENT_AGENTS
 expect_rc 64 env KUGETSU_MAX_ATTEMPTS=1000 "$KUGETSU" status; names KUGETSU_MAX_ATTEMPTS
+for v in 0 -1 abc 1e20 '' ' 3' 99999999999999999999 0x3; do
+    [ -z "$v" ] && continue   # empty means unset: the default
+    expect_rc 64 env MAX_CONCURRENT_AGENTS="$v" "$KUGETSU" status; names MAX_CONCURRENT_AGENTS
+    expect_rc 64 env KUGETSU_MAX_ATTEMPTS="$v" "$KUGETSU" status; names KUGETSU_MAX_ATTEMPTS
+done
+for v in -1 abc 1e20 nan inf; do
+    expect_rc 64 env KUGETSU_KILL_GRACE="$v" "$KUGETSU" status; names KUGETSU_KILL_GRACE
+    expect_rc 64 ku enqueue --timeout "$v" -- true; names --timeout
+done
 
 # Hostile ids: refused before anything touches the disk.
-for id in ../escape .hidden 'a/b' 'a b' '' "$(printf 'x%.0s' {1..200})" pm-agent; do
+# (A NUL cannot reach a program through argv; ids with one are refused by the library, see
+# tests/unit. One argument is at most 128 KiB on Linux, so "megabytes long" is tested there too.)
+for id in ../escape .. .hidden 'a/b' 'a b' '' "$(printf 'x%.0s' {1..200})" "$(head -c 100000 /dev/zero | tr '\0' x)" \
+          $'a\tb' $'a\nb' $'a\x1bb' $'\xff\xfe' 'é' pm-agent; do
     expect_rc 65 ku enqueue --id "$id" -- true; names -- '--id'
 done
 [ -z "$(ls -A "$KUGETSU_HOME/queue" 2>/dev/null)" ] || fail "a refused id left a file"
@@ -34,13 +46,25 @@ expect_rc 65 ku cancel nosuch; names nosuch
 expect_rc 65 ku logs nosuch
 expect_rc 65 ku wait nosuch
 
-# A corrupt state file: an error naming the file; the file is not deleted.
+# Corrupt state files: each is named, moved to quarantine/ (never deleted), and every other
+# task keeps working.
 expect_rc 0 ku enqueue --id good -- true
-printf '{"version": 1, "kind": "queue_item", "id": "good", "argv": 5}' >"$KUGETSU_HOME/queue/good.json"
-expect_rc 65 ku status; names good.json
-expect_rc 65 ku daemon --once; names good.json
-[ -s "$KUGETSU_HOME/queue/good.json" ] || fail "the corrupt file was removed"
-rm "$KUGETSU_HOME/queue/good.json"
+expect_rc 0 ku enqueue --id other -- true
+expect_rc 0 ku enqueue --id empty -- true
+body='{"version": 1, "kind": "queue_item", "id": "good", "argv": 5}'
+printf '%s' "$body" >"$KUGETSU_HOME/queue/good.json"
+: >"$KUGETSU_HOME/queue/empty.json"
+printf '{"version": 1' >"$KUGETSU_HOME/sessions/stray.json"
+expect_rc 0 ku status; names queue/good.json; names quarantine/queue.good.json; names sessions/stray.json
+names queue/empty.json
+[ ! -e "$KUGETSU_HOME/queue/good.json" ] || fail "the corrupt record was left in queue/"
+[ "$(cat "$KUGETSU_HOME"/quarantine/queue.good.json.*)" = "$body" ] || fail "the quarantined file lost its bytes"
+ls "$KUGETSU_HOME"/quarantine/sessions.stray.json.* >/dev/null || fail "the corrupt session was not quarantined"
+expect_rc 0 ku daemon --once
+expect_rc 0 ku wait other
+expect_rc 65 ku wait good; names good
+expect_rc 0 ku status
+[ ! -s "$T/err" ] || fail "a second status reported the quarantine again: $(cat "$T/err")"
 
 # A home that others may write, or a lock file another user could hold: 77, naming it.
 expect_rc 0 ku status

@@ -1,0 +1,240 @@
+// cli/options.hpp: what the kugetsu command accepts from its user, and nothing it does with
+// it: the command line (CLI11), the environment's limits, numbers of seconds and task ids.
+//
+// kugetsu.cpp parses with these and then runs a command; fuzz/cli.cpp parses arbitrary
+// command lines and environments with the same code and checks what comes out. Nothing here
+// touches the state directory, and nothing reads the process environment directly: it is
+// passed in as a function (name -> value or nullptr).
+//
+// Throws: CLI::ParseError (bad command line), usage_error (a bad value: exit 64),
+// kugetsu::error (an invalid --id: exit 65), std::system_error (getcwd failed).
+#pragma once
+
+#include <cerrno>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <ctime>
+#include <functional>
+#include <random>
+#include <stdexcept>
+#include <string>
+#include <system_error>
+#include <vector>
+
+#include <sys/random.h>
+#include <unistd.h>
+
+#include <CLI/CLI.hpp>
+#include <kugetsu/dispatcher.hpp>
+#include <kugetsu/types.hpp>
+
+namespace kugetsu::cli {
+
+/// A bad value on the command line or in the environment: exit 64, with this message.
+struct usage_error : std::runtime_error {
+    using std::runtime_error::runtime_error;
+};
+
+/// The environment: a variable's value, or nullptr if unset.
+using environment = std::function<const char*(const char*)>;
+
+inline std::string current_dir() {
+    std::string cwd(4096, '\0');
+    if (!::getcwd(cwd.data(), cwd.size())) throw std::system_error(errno, std::system_category(), "getcwd");
+    cwd.resize(std::strlen(cwd.c_str()));
+    return cwd;
+}
+
+inline std::string absolute(const std::string& p) {
+    if (p.empty() || p.front() == '/') return p;
+    return current_dir() + "/" + p;
+}
+
+inline std::string default_home(const environment& env) {
+    if (const char* x = env("XDG_STATE_HOME"); x && *x == '/') return std::string(x) + "/kugetsu";
+    const char* h = env("HOME");
+    if (!h || *h != '/') throw usage_error("no state directory: set --home, KUGETSU_HOME or HOME");
+    return std::string(h) + "/.local/state/kugetsu";
+}
+
+/// The whole number in variable `name`, in lo..hi; `def` if unset or empty.
+inline int env_int(const environment& env, const char* name, int def, int lo, int hi) {
+    const char* v = env(name);
+    if (!v || !*v) return def;
+    char* end = nullptr;
+    errno = 0;
+    const long n = std::strtol(v, &end, 10);
+    // strtol would skip leading blanks and take a '+': only plain digits, or '-' and digits.
+    const bool plain = (*v >= '0' && *v <= '9') || (*v == '-' && v[1] >= '0' && v[1] <= '9');
+    if (!plain || errno || *end || n < lo || n > hi)
+        throw usage_error(std::string(name) + "=\"" + v + "\" is not a whole number in " + std::to_string(lo) +
+                          ".." + std::to_string(hi));
+    return static_cast<int>(n);
+}
+
+/// A number of seconds (decimals allowed), rounded up to whole milliseconds.
+inline duration parse_seconds(const std::string& what, const std::string& v, bool allow_zero = false) {
+    char* end = nullptr;
+    errno = 0;
+    const double s = std::strtod(v.c_str(), &end);
+    const double max_s = std::chrono::duration<double>(max_timeout).count();
+    // strtod would also take leading blanks, a sign and hexadecimal: decimal digits only.
+    const bool plain = !v.empty() && ((v[0] >= '0' && v[0] <= '9') || v[0] == '.') &&
+                       v.find_first_of("xX") == std::string::npos;
+    if (!plain || errno || *end || !std::isfinite(s) || s < 0 || (s == 0 && !allow_zero) || s > max_s)
+        throw usage_error(what + " \"" + v + "\" is not a number of seconds in " + (allow_zero ? "[0, " : "(0, ") +
+                          std::to_string(static_cast<long long>(max_s)) + "]");
+    return std::chrono::ceil<std::chrono::milliseconds>(std::chrono::duration<double>(s));
+}
+
+struct globals {
+    std::string home;
+    dispatcher_options opt;
+    bool lock_enabled = true;
+    std::string barrier;
+};
+
+/// The state directory (absolute, no trailing '/') and the limits, from --home and the
+/// environment. Says nothing and changes nothing: the caller warns about test hooks.
+inline globals load_globals(const std::string& home_flag, const environment& env) {
+    globals g;
+    std::string home = home_flag;
+    if (home.empty())
+        if (const char* h = env("KUGETSU_HOME"); h && *h) home = h;
+    if (home.empty()) home = default_home(env);
+    g.home = absolute(home);
+    while (g.home.size() > 1 && g.home.back() == '/') g.home.pop_back();
+    g.opt.cap = env_int(env, "MAX_CONCURRENT_AGENTS", 3, 1, max_cap);
+    g.opt.max_attempts = env_int(env, "KUGETSU_MAX_ATTEMPTS", 3, 1, max_attempts_limit);
+    if (const char* k = env("KUGETSU_KILL_GRACE"); k && *k)
+        g.opt.kill_grace = parse_seconds("KUGETSU_KILL_GRACE", k, /*allow_zero=*/true);
+    if (const char* t = env("KUGETSU_TEST_NO_LOCK"); t && std::string_view(t) == "1") g.lock_enabled = false;
+    if (const char* b = env("KUGETSU_TEST_BARRIER"); b && *b) g.barrier = b;
+    return g;
+}
+
+/// A task id nobody else will pick: t-<UTC time>-<random>.
+inline std::string new_task_id() {
+    const auto now = std::chrono::system_clock::now();
+    const std::time_t t = std::chrono::system_clock::to_time_t(now);
+    std::tm tm{};
+    ::gmtime_r(&t, &tm);
+    char stamp[32];
+    std::strftime(stamp, sizeof stamp, "%Y%m%dT%H%M%S", &tm);
+    unsigned char r[4] = {};
+    if (::getrandom(r, sizeof r, 0) != static_cast<ssize_t>(sizeof r)) {
+        std::random_device rd;
+        for (auto& b : r) b = static_cast<unsigned char>(rd());
+    }
+    char hex[9];
+    std::snprintf(hex, sizeof hex, "%02x%02x%02x%02x", r[0], r[1], r[2], r[3]);
+    return std::string("t-") + stamp + "-" + hex;
+}
+
+/// The flags of enqueue and start.
+struct task_flags {
+    std::string id;
+    std::string timeout;
+    std::string worktree;
+    std::string role = "dev";
+    std::vector<std::string> argv;
+    const CLI::Option* id_option = nullptr;
+
+    /// The spec they ask for. Throws kugetsu::error (invalid or reserved --id) or usage_error
+    /// (--timeout); other invalid fields (argv) are left to the dispatcher to refuse.
+    task_spec spec() const {
+        task_spec s;
+        s.id = id_option && id_option->count() ? id : new_task_id();   // an explicit "" is refused
+        s.argv = argv;
+        s.role = role == "pm" ? role::pm : role::dev;
+        if (!timeout.empty()) s.timeout = parse_seconds("--timeout", timeout);
+        if (!worktree.empty()) s.repo = absolute(worktree);
+        s.workdir = current_dir();
+        if (auto ec = validate(s); ec == errc::invalid_task_id || ec == errc::reserved_task_id)
+            throw error(ec, "--id \"" + s.id.substr(0, 160) + "\"");
+        return s;
+    }
+};
+
+inline void add_task_flags(CLI::App* c, task_flags& f, bool with_role) {
+    f.id_option = c->add_option("--id", f.id, "Task id: 1-128 of [A-Za-z0-9._-], not starting with '.' (default: generated)");
+    c->add_option("--timeout", f.timeout, "Stop the agent after this many seconds (SIGTERM, then SIGKILL)");
+    c->add_option("--worktree", f.worktree, "Run the agent in a new git worktree of REPO (branch kugetsu/<id>)");
+    if (with_role)
+        c->add_option("--role", f.role, "dev (counts toward the cap) or pm (the one project-manager agent)")
+            ->check(CLI::IsMember({"dev", "pm"}));
+    c->add_option("command", f.argv, "The agent's command and arguments, after --")->required();
+}
+
+/// The command line: the CLI11 app and the values its options fill. After app.parse()
+/// succeeds, exactly one subcommand was given (`*enqueue` etc. is true for it). Not movable:
+/// the app points into it.
+struct command_line {
+    CLI::App app{"kugetsu: runs agents for queued tasks, never more at once than the cap.\n"
+                 "Environment: KUGETSU_HOME (state directory), MAX_CONCURRENT_AGENTS (cap, default 3),\n"
+                 "KUGETSU_MAX_ATTEMPTS (default 3), KUGETSU_KILL_GRACE (seconds, default 10).",
+                 "kugetsu"};
+    std::string home;
+    task_flags enqueue_flags, start_flags;
+    bool once = false, verbose = false;
+    bool json = false;
+    std::vector<std::string> wait_ids;
+    std::string cancel_id;
+    bool no_wait = false;
+    std::string logs_id;
+    bool follow_logs = false;
+    bool follow_events = false;
+    bool quiet = false;
+
+    CLI::App* enqueue = nullptr;
+    CLI::App* start = nullptr;
+    CLI::App* daemon = nullptr;
+    CLI::App* status = nullptr;
+    CLI::App* wait = nullptr;
+    CLI::App* cancel = nullptr;
+    CLI::App* logs = nullptr;
+    CLI::App* events = nullptr;
+    CLI::App* reap = nullptr;
+
+    command_line() {
+        app.require_subcommand(1);
+        app.add_option("--home", home, "State directory (default: $KUGETSU_HOME, else ${XDG_STATE_HOME:-~/.local/state}/kugetsu)");
+
+        enqueue = app.add_subcommand("enqueue", "Add a pending task; the daemon starts it when a slot is free");
+        add_task_flags(enqueue, enqueue_flags, false);
+        start = app.add_subcommand("start", "Start an agent now if a slot is free (else exit 75, nothing recorded)");
+        add_task_flags(start, start_flags, true);
+
+        daemon = app.add_subcommand("daemon", "Run the queue: start tasks whenever a slot frees or a task arrives");
+        daemon->add_flag("--once", once, "One pass, then exit");
+        daemon->add_flag("-v,--verbose", verbose, "Say what each pass did, on stderr");
+
+        status = app.add_subcommand("status", "Live agents and every task, with state, attempts and PID");
+        status->add_flag("--json", json, "As one JSON object");
+
+        wait = app.add_subcommand("wait", "Block until the tasks (default: all) are completed, error or cancelled; "
+                                          "exit 0 if all completed, else 1");
+        wait->add_option("id", wait_ids, "Task ids");
+
+        cancel = app.add_subcommand("cancel", "Cancel a task; a running agent is stopped (SIGTERM, SIGKILL after the grace)");
+        cancel->add_option("id", cancel_id, "Task id")->required();
+        cancel->add_flag("--no-wait", no_wait, "Return once SIGTERM is sent");
+
+        logs = app.add_subcommand("logs", "Print a task's output (its agent's stdout and stderr)");
+        logs->add_option("id", logs_id, "Task id")->required();
+        logs->add_flag("-f,--follow", follow_logs, "Keep printing until the task ends");
+
+        events = app.add_subcommand("events", "Print the event log (JSON lines)");
+        events->add_flag("-f,--follow", follow_events, "Keep printing new events until interrupted");
+
+        reap = app.add_subcommand("reap", "Record the ends of agents that have exited (supervisors run this)");
+        reap->add_flag("-q,--quiet", quiet, "Print nothing");
+    }
+    command_line(const command_line&) = delete;
+    command_line& operator=(const command_line&) = delete;
+};
+
+} // namespace kugetsu::cli
