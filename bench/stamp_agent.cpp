@@ -1,6 +1,6 @@
 // kugetsu-stamp-agent: a tiny agent for the handoff benchmark (bench/handoff.sh).
 //
-//   kugetsu-stamp-agent FILE [LABEL] [--work-us N]
+//   kugetsu-stamp-agent FILE [LABEL] [--work-us N] [--sleep-us N]
 //
 // Appends one line "<start_ns> <end_ns> <label>\n" to FILE with a single O_APPEND write, then
 // _exit(0)s. start_ns is CLOCK_MONOTONIC read as the first thing in main; end_ns is read just
@@ -10,6 +10,8 @@
 //
 // LABEL defaults to $KUGETSU_TASK_ID (set by kugetsu for each agent), else "-".
 // --work-us N: spin for N microseconds between start and end (default 0).
+// --sleep-us N: sleep (nanosleep, no CPU) for N microseconds between start and end (default
+//   0): agents that take some time without competing with the runner for the CPU.
 //
 // Exit status: 0; 64 on a usage error; 74 if FILE cannot be opened or written.
 #include <cerrno>
@@ -31,7 +33,7 @@ std::int64_t now_ns() noexcept {
 }
 
 [[noreturn]] void usage() {
-    std::fputs("usage: kugetsu-stamp-agent FILE [LABEL] [--work-us N]\n", stderr);
+    std::fputs("usage: kugetsu-stamp-agent FILE [LABEL] [--work-us N] [--sleep-us N]\n", stderr);
     ::_exit(64);
 }
 
@@ -42,14 +44,20 @@ int main(int argc, char** argv) {
 
     const char* file = nullptr;
     const char* label = nullptr;
-    long long work_us = 0;
+    long long work_us = 0, sleep_us = 0;
+    auto number = [&](int& i) {
+        if (i + 1 >= argc) usage();
+        char* end = nullptr;
+        errno = 0;
+        const long long v = std::strtoll(argv[++i], &end, 10);
+        if (errno || *end || v < 0) usage();
+        return v;
+    };
     for (int i = 1; i < argc; ++i) {
         if (std::strcmp(argv[i], "--work-us") == 0) {
-            if (i + 1 >= argc) usage();
-            char* end = nullptr;
-            errno = 0;
-            work_us = std::strtoll(argv[++i], &end, 10);
-            if (errno || *end || work_us < 0) usage();
+            work_us = number(i);
+        } else if (std::strcmp(argv[i], "--sleep-us") == 0) {
+            sleep_us = number(i);
         } else if (!file) {
             file = argv[i];
         } else if (!label) {
@@ -65,6 +73,11 @@ int main(int argc, char** argv) {
     if (work_us > 0) {
         const std::int64_t until = start_ns + work_us * 1000;
         while (now_ns() < until) {
+        }
+    }
+    if (sleep_us > 0) {
+        timespec ts{static_cast<time_t>(sleep_us / 1'000'000), static_cast<long>(sleep_us % 1'000'000) * 1000};
+        while (::nanosleep(&ts, &ts) != 0 && errno == EINTR) {
         }
     }
 
