@@ -66,7 +66,7 @@ public:
             ec = detail::last_error();
             return;
         }
-        if (::inotify_add_watch(inotify_.get(), dir.c_str(), mask | IN_ONLYDIR) < 0) ec = detail::last_error();
+        if (::inotify_add_watch(inotify_.get(), dir.c_str(), mask | IN_ONLYDIR | IN_DONT_FOLLOW) < 0) ec = detail::last_error();
     }
 
     /// Blocks `signals` in the calling thread and delivers them to wait() instead.
