@@ -116,7 +116,7 @@ int report(const std::error_code& ec, const std::string& detail) {
 /// "no task ID", and where its record went if it was quarantined.
 std::string no_task(const std::string& home, const std::string& id) {
     std::string msg = "no task \"" + id + "\"";
-    const std::string prefix = "queue." + id + ".json.";
+    const std::string prefix = file_store::quarantine_prefix("queue", id + ".json");
     if (DIR* d = ::opendir((home + "/quarantine").c_str())) {
         while (const dirent* e = ::readdir(d))
             if (std::string_view(e->d_name).starts_with(prefix))
@@ -459,9 +459,7 @@ int cmd_cancel(const globals& g, const std::string& id, bool no_wait) {
     auto d = open_home(g);
     quarantine_guard watch_quarantine(d.store());
     std::error_code ec;
-    d.reap(ec);   // an agent that has already ended is recorded as such, not as cancelled
-    if (ec) return report(ec, d.last_error_detail());
-    auto it = d.cancel(id, ec);
+    auto it = d.cancel(id, ec);   // reaps first: an agent that has already ended is recorded as such
     if (ec == errc::unknown_task && valid_task_id(id)) return report(ec, no_task(g.home, id));
     if (ec) return report(ec, d.last_error_detail());
     if (it.state != task_state::running || no_wait) {

@@ -21,7 +21,7 @@
 //                      adopt live agents whose start was interrupted, enforce timeouts (SIGTERM
 //                      to the process group, SIGKILL after kill_grace), return tasks left
 //                      notified by a dead process to pending.
-//   cancel(id)         pending/notified -> cancelled; running -> stopped like a timeout, then
+//   cancel(id)         after a reap: pending/notified -> cancelled; running -> stopped like a timeout, then
 //                      cancelled once reaped.
 //
 // A failed attempt (workspace or spawn failure) removes its workspace and session and

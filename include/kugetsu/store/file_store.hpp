@@ -145,6 +145,17 @@ public:
     const std::string& root() const noexcept { return root_; }
     /// Every record this object has moved to ROOT/quarantine/, oldest first.
     const std::vector<quarantined_record>& quarantined() const noexcept { return quarantined_; }
+    /// How the names in ROOT/quarantine/ of files moved from SUB/NAME begin ("queue.t1.json."):
+    /// SUB, then NAME with characters outside [A-Za-z0-9._-] replaced by '_' (at most 120).
+    static std::string quarantine_prefix(std::string_view sub, std::string_view name) {
+        std::string safe;
+        for (char c : name.substr(0, 120)) {
+            const bool ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '.' ||
+                            c == '_' || c == '-';
+            safe += ok ? c : '_';
+        }
+        return std::string(sub) + "." + safe + ".";
+    }
     /// After a failed operation: which file, which step, and what was wrong.
     const std::string& last_error_detail() const noexcept { return detail_; }
 
@@ -314,31 +325,28 @@ private:
             detail::fsync_fd(dir);
             detail::fsync_fd(q);
         }
-        const std::string_view n = name;
-        if (std::string_view(sub) == "queue" && n.size() > 5) cache_.erase(name.substr(0, name.size() - 5));
-        const bool is_record_name = n.size() > 5 && n.substr(n.size() - 5) == ".json" && valid_task_id(n.substr(0, n.size() - 5));
+        const std::string id(id_of_record_name(name));
         const bool session = std::string_view(sub) == "sessions";
-        quarantined_.push_back({from, root_ + "/quarantine/" + to, why,
-                                is_record_name && !session ? name.substr(0, name.size() - 5) : std::string(), session});
+        if (!session && !id.empty()) cache_.erase(id);
+        quarantined_.push_back({from, root_ + "/quarantine/" + to, why, session ? std::string() : id, session});
         return moved::away;
     }
 
-    /// SUB.NAME.<UTC time>.<pid>.<n>, with NAME reduced to safe characters.
+    /// The task id in a record's file name "<id>.json"; empty if the name is not one.
+    static std::string_view id_of_record_name(std::string_view n) noexcept {
+        if (n.size() <= 5 || n.substr(n.size() - 5) != ".json" || !valid_task_id(n.substr(0, n.size() - 5))) return {};
+        return n.substr(0, n.size() - 5);
+    }
+
+    /// SUB.NAME.<UTC time>.<pid>.<n>: quarantine_prefix() then a unique suffix.
     static std::string quarantine_name(const char* sub, const std::string& name) {
         static std::atomic<std::uint64_t> counter{0};
-        std::string safe;
-        for (char c : name.substr(0, 120)) {
-            const bool ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '.' ||
-                            c == '_' || c == '-';
-            safe += ok ? c : '_';
-        }
         const std::time_t t = std::time(nullptr);
         std::tm tm{};
         ::gmtime_r(&t, &tm);
         char stamp[32];
         std::strftime(stamp, sizeof stamp, "%Y%m%dT%H%M%SZ", &tm);
-        return std::string(sub) + "." + safe + "." + stamp + "." + std::to_string(::getpid()) + "." +
-               std::to_string(++counter);
+        return quarantine_prefix(sub, name) + stamp + "." + std::to_string(::getpid()) + "." + std::to_string(++counter);
     }
 
     int quarantine_fd(std::error_code& ec) {
@@ -424,7 +432,7 @@ private:
         std::sort(names.begin(), names.end());
         for (const auto& name : names) {
             const std::string_view n = name;
-            if (n.size() <= 5 || n.substr(n.size() - 5) != ".json" || !valid_task_id(n.substr(0, n.size() - 5))) {
+            if (id_of_record_name(n).empty()) {
                 struct stat st{};
                 const bool seen = ::fstatat(dir, name.c_str(), &st, AT_SYMLINK_NOFOLLOW) == 0;
                 if (quarantine(dir, sub, name, seen ? &st : nullptr, "not a record name (<task id>.json)", ec) == moved::no) {
