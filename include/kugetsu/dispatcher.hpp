@@ -390,18 +390,20 @@ public:
             auto earliest = [&](timestamp t) {
                 if (!w.deadline || t < *w.deadline) w.deadline = t;
             };
-            auto items = store_.list_items(ec);   // one scan for both states
+            constexpr auto all = static_cast<std::size_t>(-1);
+            const auto running = store_.items_in_state(task_state::running, all, ec);
             if (ec) return note_failure("queue", ec, store_), w;
-            for (const auto& it : items) {
-                if (it.state != task_state::running) continue;
+            const auto claimed = store_.items_in_state(task_state::notified, all, ec);
+            if (ec) return note_failure("queue", ec, store_), w;
+            for (const auto& it : running) {
                 w.agents.push_back(it.process);
                 if (it.term_sent_at && !it.kill_sent) earliest(*it.term_sent_at + opt_.kill_grace);
                 else if (!it.term_sent_at && !it.stop_reason.empty()) earliest(it.updated_at);
                 else if (!it.term_sent_at && it.timeout && it.started_at) earliest(*it.started_at + *it.timeout);
             }
             const process_ref me = spawner_.self();
-            for (const auto& it : items)
-                if (it.state == task_state::notified && it.owner && it.owner != me) w.owners.push_back(it.owner);
+            for (const auto& it : claimed)
+                if (it.owner && it.owner != me) w.owners.push_back(it.owner);
             return w;
         });
     }

@@ -143,6 +143,25 @@ long check_no_temp_files(const state_dir& d, const std::optional<fault_hit>& hit
     return allowed;
 }
 
+/// The index never misses a task, whatever call failed: a fresh store finds every pending,
+/// notified and running record through its markers alone (items_in_state), before a full
+/// listing (which re-creates missing markers) has run.
+void check_index(const std::string& home) {
+    file_store idx(home, {false, false});
+    std::error_code ec;
+    std::set<std::string> indexed;
+    for (auto st : {task_state::pending, task_state::notified, task_state::running})
+        for (auto& it : idx.items_in_state(st, static_cast<std::size_t>(-1), ec)) indexed.insert(it.id);
+    INFO("indexed read: " << idx.last_error_detail());
+    REQUIRE_FALSE(ec);
+    file_store all(home, {false, false});
+    for (auto& it : all.list_items(ec)) {
+        INFO("task " << it.id << " is " << to_string(it.state));
+        if (!is_final(it.state)) CHECK(indexed.count(it.id) == 1);
+    }
+    REQUIRE_FALSE(ec);
+}
+
 // ---- the store ------------------------------------------------------------------------------
 
 queue_item make_item(std::string id, task_state st, int pid = 0) {
@@ -307,6 +326,7 @@ bool run_store_op(const store_op& op, const mode& m, long k, tally& t) {
     if (!ec) CHECK(op.result_ok());
     CHECK(s.quarantined().empty());
 
+    check_index(d.path());
     // With the faults gone, a fresh store sees every record whole.
     file_store fresh(d.path(), {false, false});   // quarantine off: anything unreadable fails here
     std::error_code lec;
@@ -571,6 +591,7 @@ snapshot take_snapshot(const rig& r) {
 /// With the faults gone: passes with agents exiting bring every task to a final state, the
 /// cap held, no task ran twice, and nothing is lost or left behind.
 void drive_and_check(rig& r, const dispatcher_op& op, const std::error_code& op_ec) {
+    check_index(r.d.path());
     std::error_code pec;
     bool all_final = false;
     std::vector<queue_item> items;

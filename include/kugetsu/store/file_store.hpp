@@ -1,8 +1,24 @@
 // kugetsu/store/file_store.hpp: the durable store: a state directory of JSON files.
 //
-//   ROOT/queue/<task id>.json       one queue item per file
+//   ROOT/queue/<task id>.json       one queue item per file: the record, the only truth
 //   ROOT/sessions/<task id>.json    one dev session per live agent
 //   ROOT/sessions/pm-agent.json     the PM's session (never counted toward the cap)
+//   ROOT/pending/<key>.<task id>    an empty marker per pending task; <key> is its enqueue
+//                                   time (20 digits), so names sort oldest first
+//   ROOT/active/<task id>           an empty marker per claimed (notified) or running task
+//
+// The markers are an index, so that a pass never lists the whole queue: taking the oldest
+// k pending tasks reads k records (and the names in pending/), reaping and recovering
+// claims read only the active records, and finished records are never read again. A marker
+// is only a hint: every record found through one is read and checked. The index keeps one
+// invariant, whatever moment a process dies at: a task in a state has that state's marker.
+// A write creates (and fsyncs) the marker of the new state before it writes the record, and
+// removes the old state's marker after. So a marker can be stale (its record is in another
+// state, or gone) but never missing. A stale marker is removed when an indexed read meets
+// it (those run under the dispatcher's lock), and a pending marker whose record does not
+// exist yet (an enqueue between its two steps) is left alone until it is 10 minutes old.
+// A state directory from before the index is indexed once, by the first open(); every
+// list_items() also re-creates any missing marker.
 //
 // Every write goes to a temp file in the same directory, is fsynced, renamed over the
 // record, and the directory is fsynced: after a crash a record is the old or the new one,
@@ -23,6 +39,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cstdint>
+#include <cstdio>
 #include <ctime>
 #include <memory>
 #include <optional>
@@ -69,7 +86,7 @@ public:
     /// every operation; call it first to learn early that the directory is unusable.
     void open(std::error_code& ec) {
         ec.clear();
-        if (queue_ && sessions_) return;
+        if (queue_ && sessions_ && pending_ && active_) return;
         if (detail::sys().mkdirat(AT_FDCWD, root_.c_str(), 0700) != 0 && errno != EEXIST) {
             ec = detail::last_error();
             last_ = ec;
@@ -84,19 +101,47 @@ public:
             return;
         }
         queue_ = open_sub(root.get(), "queue", ec);
-        if (ec) return;
-        sessions_ = open_sub(root.get(), "sessions", ec);
+        if (!ec) sessions_ = open_sub(root.get(), "sessions", ec);
+        if (!ec) pending_ = open_sub(root.get(), "pending", ec);
+        if (!ec) active_ = open_sub(root.get(), "active", ec);
+        if (ec) {
+            queue_.reset();   // open() again next time
+            return;
+        }
+        // A state directory from before the index, or whose first indexing was cut short:
+        // index it now. ".indexed" (a dot name: never listed) is written once that is done.
+        if (::faccessat(pending_.get(), indexed_name, F_OK, AT_SYMLINK_NOFOLLOW) != 0) {
+            list_items(ec);
+            if (!ec) {
+                auto done = detail::open_at(pending_.get(), indexed_name, O_WRONLY | O_CREAT | O_NOFOLLOW | O_NONBLOCK, 0600, ec);
+                if (!ec && opt_.durable) ec = detail::fsync_fd(pending_.get());
+                if (ec) fail(ec, std::string("pending/") + indexed_name, "create");
+            }
+            if (ec) queue_.reset();
+        }
     }
 
     void create_item(const queue_item& it, std::error_code& ec) {
-        write_record(queue_fd(ec), "queue", it.id, nlohmann::json(it).dump(2, ' ', false, nlohmann::json::error_handler_t::replace), /*no_replace=*/true, ec);
+        const int q = queue_fd(ec);
+        if (ec || !check_id(it.id, ec)) return;
+        const bool made = index_before(it, ec);
+        if (ec) return;
+        write_record(q, "queue", it.id, nlohmann::json(it).dump(2, ' ', false, nlohmann::json::error_handler_t::replace), /*no_replace=*/true, ec);
         if (ec == std::errc::file_exists) {
             ec = errc::duplicate_task;
             detail_ = root_ + ": queue/" + it.id + ".json: " + ec.message();
+            if (made) drop_marker(it);   // the marker this call made, for a record that is not its own
+            return;
         }
+        if (!ec) index_after(it);
     }
     void put_item(const queue_item& it, std::error_code& ec) {
-        write_record(queue_fd(ec), "queue", it.id, nlohmann::json(it).dump(2, ' ', false, nlohmann::json::error_handler_t::replace), false, ec);
+        const int q = queue_fd(ec);
+        if (ec || !check_id(it.id, ec)) return;
+        index_before(it, ec);
+        if (ec) return;
+        write_record(q, "queue", it.id, nlohmann::json(it).dump(2, ' ', false, nlohmann::json::error_handler_t::replace), false, ec);
+        if (!ec) index_after(it);
     }
     std::optional<queue_item> get_item(std::string_view id, std::error_code& ec) {
         const int dir = queue_fd(ec);
@@ -107,12 +152,21 @@ public:
         }
         return read_record<queue_item>(dir, "queue", std::string(id), parse_item, ec);
     }
+    /// Every record, oldest first; re-creates any marker that is missing (see the header).
     std::vector<queue_item> list_items(std::error_code& ec) {
         auto v = list<queue_item>(queue_fd(ec), "queue", parse_item, ec, [](const queue_item&) { return true; });
+        if (ec) return {};
         std::sort(v.begin(), v.end(), detail::older);
+        repair_index(v, ec);
+        if (ec) return {};
         return v;
     }
+    /// Pending, notified and running items are found through the index (never a listing of
+    /// the queue); the final states, rarely asked for, by reading every record. Call it with
+    /// the dispatcher's lock held: it removes stale markers.
     std::vector<queue_item> items_in_state(task_state st, std::size_t limit, std::error_code& ec) {
+        if (st == task_state::pending) return pending_items(limit, ec, 0);
+        if (is_active(st)) return active_items(st, limit, ec);
         auto v = list<queue_item>(queue_fd(ec), "queue", parse_item, ec,
                                   [&](const queue_item& it) { return it.state == st; });
         const auto n = std::min(limit, v.size());
@@ -362,8 +416,8 @@ private:
     std::optional<session> rebuild_session(const std::string& id, std::error_code& ec) {
         std::optional<queue_item> it;
         if (id == pm_session_id) {
-            for (auto& x : list_items(ec))
-                if (x.role == role::pm && x.state == task_state::running && x.process) it = x;
+            for (auto& x : active_items(task_state::running, static_cast<std::size_t>(-1), ec))
+                if (x.role == role::pm && x.process) it = x;
         } else {
             it = get_item(id, ec);
         }
@@ -399,36 +453,8 @@ private:
     std::vector<T> list(int dir, const char* sub, parser<T> parse, std::error_code& ec, Keep keep) {
         std::vector<T> out;
         if (ec) return out;
-        // A fresh open file description: readdir on a dup would move the shared offset.
-        auto fd = detail::open_at(dir, ".", O_RDONLY | O_DIRECTORY, 0, ec);
-        if (ec) {
-            fail(ec, sub, "open");
-            return out;
-        }
-        DIR* d = ::fdopendir(fd.get());
-        if (!d) {
-            ec = detail::last_error();
-            fail(ec, sub, "fdopendir");
-            return out;
-        }
-        fd.release();
-        std::unique_ptr<DIR, int (*)(DIR*)> guard(d, ::closedir);
-        std::vector<std::string> names;
-        for (;;) {
-            errno = 0;
-            const dirent* e = ::readdir(d);
-            if (!e) {
-                if (errno) {
-                    ec = detail::last_error();
-                    fail(ec, sub, "readdir");
-                    return out;
-                }
-                break;
-            }
-            const std::string_view name = e->d_name;
-            if (name.empty() || name.front() == '.') continue;   // ".", "..", temp files
-            names.emplace_back(name);
-        }
+        std::vector<std::string> names = names_in(dir, sub, ec);
+        if (ec) return out;
         std::sort(names.begin(), names.end());
         for (const auto& name : names) {
             const std::string_view n = name;
@@ -469,12 +495,211 @@ private:
         return out;
     }
 
+
+    // ---- the index (see the header comment) -------------------------------------------------
+
+    static constexpr const char* indexed_name = ".indexed";
+    static constexpr long orphan_age_seconds = 600;
+
+    static constexpr bool is_active(task_state s) noexcept {
+        return s == task_state::notified || s == task_state::running;
+    }
+
+    bool check_id(const std::string& id, std::error_code& ec) {
+        if (valid_task_id(id)) return true;
+        ec = errc::invalid_task_id;
+        return false;
+    }
+
+    /// "<key>.<id>": the enqueue time in microseconds, shifted to be unsigned (times before
+    /// 1970 sort first), 20 digits, so that name order is (enqueued_at, id) order.
+    static std::string pending_marker(const queue_item& it) {
+        const auto us = static_cast<std::uint64_t>(it.enqueued_at.time_since_epoch().count()) + (std::uint64_t(1) << 63);
+        char key[24];
+        std::snprintf(key, sizeof key, "%020llu", static_cast<unsigned long long>(us));
+        return std::string(key) + "." + it.id;
+    }
+    /// The task id in a pending marker's name; empty if the name is not one.
+    static std::string_view id_of_pending_marker(std::string_view n) noexcept {
+        if (n.size() < 22 || n[20] != '.') return {};
+        for (char c : n.substr(0, 20))
+            if (c < '0' || c > '9') return {};
+        const auto id = n.substr(21);
+        return valid_task_id(id) ? id : std::string_view{};
+    }
+
+    /// Creates DIR/NAME if missing, fsyncing DIR when it was made. True if this call made it.
+    bool ensure_marker(int dir, const char* sub, const std::string& name, std::error_code& ec) {
+        // O_NONBLOCK: whatever is planted under the name (a FIFO) must not hang the open; a
+        // name that exists, whatever it is, is a marker.
+        auto fd = detail::open_at(dir, name.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_NONBLOCK, 0600, ec);
+        if (ec == std::errc::file_exists) {
+            ec.clear();
+            return false;
+        }
+        if (ec) {
+            fail(ec, std::string(sub) + "/" + name, "create marker");
+            ec = last_;
+            return false;
+        }
+        if (auto e = fd.close()) {
+            fail(e, std::string(sub) + "/" + name, "close marker");
+            ec = e;
+            return true;
+        }
+        if (opt_.durable)
+            if (auto e = detail::fsync_fd(dir)) {
+                fail(e, sub, "fsync");
+                ec = e;
+            }
+        return true;
+    }
+    /// Removes a marker. A failure leaves a stale marker: harmless (see the header).
+    void unlink_marker(int dir, const std::string& name) noexcept { detail::sys().unlinkat(dir, name.c_str(), 0); }
+
+    /// Before a record is written in state it.state: that state's marker exists.
+    bool index_before(const queue_item& it, std::error_code& ec) {
+        if (it.state == task_state::pending) return ensure_marker(pending_.get(), "pending", pending_marker(it), ec);
+        if (is_active(it.state)) return ensure_marker(active_.get(), "active", it.id, ec);
+        return false;
+    }
+    /// After it was written: the other states' markers go.
+    void index_after(const queue_item& it) noexcept try {
+        if (it.state != task_state::pending) unlink_marker(pending_.get(), pending_marker(it));
+        if (!is_active(it.state)) unlink_marker(active_.get(), it.id);
+    } catch (...) {   // out of memory for a name: a stale marker, harmless
+    }
+    void drop_marker(const queue_item& it) noexcept try {
+        if (it.state == task_state::pending) unlink_marker(pending_.get(), pending_marker(it));
+        else if (is_active(it.state)) unlink_marker(active_.get(), it.id);
+    } catch (...) {
+    }
+
+    /// The names in a directory, dot names (temp files, ".indexed") left out, unsorted.
+    std::vector<std::string> names_in(int dir, const char* sub, std::error_code& ec) {
+        std::vector<std::string> names;
+        // A fresh open file description: readdir on a dup would move the shared offset.
+        auto fd = detail::open_at(dir, ".", O_RDONLY | O_DIRECTORY, 0, ec);
+        if (ec) {
+            fail(ec, sub, "open");
+            return names;
+        }
+        DIR* d = ::fdopendir(fd.get());
+        if (!d) {
+            ec = detail::last_error();
+            fail(ec, sub, "fdopendir");
+            return names;
+        }
+        fd.release();
+        std::unique_ptr<DIR, int (*)(DIR*)> guard(d, ::closedir);
+        for (;;) {
+            errno = 0;
+            const dirent* e = ::readdir(d);
+            if (!e) {
+                if (errno) {
+                    ec = detail::last_error();
+                    fail(ec, sub, "readdir");
+                    names.clear();
+                }
+                return names;
+            }
+            const std::string_view name = e->d_name;
+            if (name.empty() || name.front() == '.') continue;   // ".", "..", temp files
+            names.emplace_back(name);
+        }
+    }
+
+    /// The oldest `limit` pending items: marker names in order, each record read and checked.
+    std::vector<queue_item> pending_items(std::size_t limit, std::error_code& ec, int round) {
+        std::vector<queue_item> out;
+        const int q = queue_fd(ec);
+        if (ec || limit == 0) return out;
+        std::vector<std::string> names = names_in(pending_.get(), "pending", ec);
+        if (ec) return out;
+        std::sort(names.begin(), names.end());
+        bool misplaced = false;
+        for (const auto& name : names) {
+            if (out.size() >= limit) break;
+            const std::string id(id_of_pending_marker(name));
+            if (id.empty()) continue;   // not a marker: not ours, left alone
+            auto it = read_record<queue_item>(q, "queue", id, parse_item, ec);
+            if (ec) return {};
+            if (!it) {   // an enqueue between its two steps, or a record gone (quarantined)
+                struct stat st{};
+                if (::fstatat(pending_.get(), name.c_str(), &st, AT_SYMLINK_NOFOLLOW) == 0 &&
+                    st.st_mtim.tv_sec + orphan_age_seconds < std::time(nullptr))
+                    unlink_marker(pending_.get(), name);
+                continue;
+            }
+            if (it->state == task_state::pending && pending_marker(*it) == name) {
+                out.push_back(std::move(*it));
+                continue;
+            }
+            unlink_marker(pending_.get(), name);   // stale
+            if (it->state == task_state::pending) {   // its enqueue time was changed by hand
+                ensure_marker(pending_.get(), "pending", pending_marker(*it), ec);
+                if (ec) return {};
+                misplaced = true;
+            }
+        }
+        if (misplaced && round == 0) return pending_items(limit, ec, 1);   // in its place now
+        return out;
+    }
+
+    /// The items in state st (notified or running), oldest first, at most `limit`.
+    std::vector<queue_item> active_items(task_state st, std::size_t limit, std::error_code& ec) {
+        std::vector<queue_item> out;
+        const int q = queue_fd(ec);
+        if (ec) return out;
+        std::vector<std::string> names = names_in(active_.get(), "active", ec);
+        if (ec) return out;
+        for (const auto& name : names) {
+            if (!valid_task_id(name)) continue;   // not a marker: left alone
+            auto it = read_record<queue_item>(q, "queue", name, parse_item, ec);
+            if (ec) return {};
+            if (!it || !is_active(it->state)) {   // stale: only a lock holder makes a task active
+                unlink_marker(active_.get(), name);
+                continue;
+            }
+            if (it->state == st) out.push_back(std::move(*it));
+        }
+        const auto n = std::min(limit, out.size());
+        std::partial_sort(out.begin(), out.begin() + static_cast<std::ptrdiff_t>(n), out.end(), detail::older);
+        out.resize(n);
+        return out;
+    }
+
+    /// Re-creates the marker of every pending or active item in `items` that has none.
+    void repair_index(const std::vector<queue_item>& items, std::error_code& ec) {
+        std::vector<std::string> pending, active;
+        bool listed = false;
+        for (const auto& it : items) {
+            if (it.state != task_state::pending && !is_active(it.state)) continue;
+            if (!listed) {
+                pending = names_in(pending_.get(), "pending", ec);
+                if (!ec) active = names_in(active_.get(), "active", ec);
+                if (ec) return;
+                std::sort(pending.begin(), pending.end());
+                std::sort(active.begin(), active.end());
+                listed = true;
+            }
+            const bool p = it.state == task_state::pending;
+            const std::string name = p ? pending_marker(it) : it.id;
+            const auto& have = p ? pending : active;
+            if (std::binary_search(have.begin(), have.end(), name)) continue;
+            ensure_marker(p ? pending_.get() : active_.get(), p ? "pending" : "active", name, ec);
+            if (ec) return;
+        }
+    }
+
     static constexpr std::size_t max_record_bytes = 1 << 20;
 
     std::string root_;
     options opt_;
     detail::unique_fd queue_;
     detail::unique_fd sessions_;
+    detail::unique_fd pending_;
+    detail::unique_fd active_;
     detail::unique_fd quarantine_;
     std::vector<quarantined_record> quarantined_;
     std::unordered_map<std::string, cached> cache_;   // queue/<id>.json, by file identity

@@ -1,15 +1,20 @@
 // kugetsu/store/memory_store.hpp: the store kept in memory, for tests and the simulator.
 //
+// Items are also indexed by state, oldest first, so that items_in_state(st, k) costs
+// O(k log n) whatever the size of the queue.
+//
 // Copies share one state (a handle), so several dispatchers in one process, or a test and
 // its dispatcher, see the same queue. Each operation is atomic under an internal mutex; the
 // critical section across operations is still the dispatcher's lock.
 #pragma once
 
 #include <algorithm>
+#include <array>
 #include <map>
 #include <memory>
 #include <mutex>
 #include <optional>
+#include <set>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -33,11 +38,17 @@ public:
         std::lock_guard g(s_->m);
         ec.clear();
         if (!s_->items.emplace(it.id, it).second) ec = errc::duplicate_task;
+        else s_->by_state[index(it.state)].insert(order_key(it));
     }
     void put_item(const queue_item& it, std::error_code& ec) {
         std::lock_guard g(s_->m);
         ec.clear();
-        s_->items.insert_or_assign(it.id, it);
+        auto [i, fresh] = s_->items.try_emplace(it.id, it);
+        if (!fresh) {
+            s_->by_state[index(i->second.state)].erase(order_key(i->second));
+            i->second = it;
+        }
+        s_->by_state[index(it.state)].insert(order_key(it));
     }
     std::optional<queue_item> get_item(std::string_view id, std::error_code& ec) const {
         std::lock_guard g(s_->m);
@@ -59,11 +70,10 @@ public:
         std::lock_guard g(s_->m);
         ec.clear();
         std::vector<queue_item> v;
-        for (auto& [k, it] : s_->items)
-            if (it.state == st) v.push_back(it);
-        const auto n = std::min(limit, v.size());
-        std::partial_sort(v.begin(), v.begin() + static_cast<std::ptrdiff_t>(n), v.end(), detail::older);
-        v.resize(n);
+        for (const auto& [t, id] : s_->by_state[index(st)]) {   // oldest first
+            if (v.size() >= limit) break;
+            v.push_back(s_->items.find(id)->second);
+        }
         return v;
     }
     void put_session(const session& se, std::error_code& ec) {
@@ -85,10 +95,18 @@ public:
     }
 
 private:
+    /// (enqueued_at, id): the order of detail::older.
+    using key = std::pair<timestamp, std::string>;
+    static key order_key(const queue_item& it) { return {it.enqueued_at, it.id}; }
+    static constexpr std::size_t state_count = static_cast<std::size_t>(task_state::cancelled) + 1;
+    static std::size_t index(task_state s) noexcept { return static_cast<std::size_t>(s); }
+
     struct state {
         mutable std::mutex m;
         std::map<std::string, queue_item, std::less<>> items;
         std::map<std::string, session, std::less<>> sessions;
+        /// The ids in each state, oldest first: a pass reads only the few it takes.
+        std::array<std::set<key>, state_count> by_state;
     };
     std::shared_ptr<state> s_;
 };
