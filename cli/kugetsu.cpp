@@ -333,9 +333,9 @@ int cmd_daemon(const globals& g, bool once, bool verbose) {
             // Reported; a long-running daemon goes on (the next change may fix it).
             const int status = report(ec, d.last_error_detail());
             if (once) return status;
-        } else if (verbose && (rep.started || rep.finished || rep.failed || rep.lost_race)) {
+        } else if (verbose && (rep.started || rep.finished || rep.failed)) {
             std::cerr << "kugetsu daemon: pass: " << rep.finished << " ended, " << rep.started << " started, "
-                      << rep.failed << " failed attempts, " << rep.lost_race << " lost races\n";
+                      << rep.failed << " failed attempts\n";
         }
         if (once) return ex_ok;
         auto plan = d.next_wake(ec);

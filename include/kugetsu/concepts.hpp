@@ -96,6 +96,22 @@ concept notifier = requires(N& n, const event& e) {
     { n.notify(e) } noexcept;
 };
 
+/// How much a store write must survive. Every write is atomic and seen at once by every
+/// process, so the death of any process loses nothing; `durable` also survives a power loss
+/// or a kernel crash once the call returns. The dispatcher asks for `visible` only where a
+/// power loss cannot matter, because every agent dies with the machine and the first reap
+/// after it re-derives the state: the mark that an agent is running (its session, durable
+/// before exec, says the attempt ran), a signal sent, a claim given back, a session removed.
+/// The attempt count, every session and every final state are durable.
+enum class durability { durable, visible };
+
+/// A store that can make a write merely `visible` (cheaper: no fsync of its directory).
+template <class S>
+concept store_with_durability = requires(S& s, const queue_item& it, std::string_view id, std::error_code& ec) {
+    { s.put_item(it, ec, durability::visible) } -> std::same_as<void>;
+    { s.remove_session(id, ec, durability::visible) } -> std::same_as<void>;
+};
+
 /// Store: the durable state: queue items and sessions.
 ///
 /// Checked: the operations below. Not checked: every operation is atomic (a reader sees the

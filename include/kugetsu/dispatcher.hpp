@@ -90,10 +90,9 @@ struct reap_report {
 
 struct pass_report {
     int live_before = 0;
-    int taken = 0;       ///< tasks marked notified
+    int taken = 0;       ///< pending tasks taken (attempts made)
     int started = 0;
     int failed = 0;      ///< failed attempts
-    int lost_race = 0;   ///< no slot at start time: back to pending
     int finished = 0;    ///< agent ends recorded by this pass
 };
 
@@ -192,19 +191,11 @@ public:
     }
     start_result start(const task_spec& spec) { return throwing([&](auto& ec) { return start(spec, ec); }); }
 
-    start_result start_item(std::string_view id, std::error_code& ec) { return start_one(id, true, ec); }
-    start_result start_item(std::string_view id) {
-        return throwing([&](auto& ec) { return start_item(id, ec); });
-    }
-
-private:
-    /// start_item(); `recover_claims` false skips the scan for orphaned claims (the live
-    /// count needs only the sessions): process_queue() has just done it.
-    start_result start_one(std::string_view id, bool recover_claims, std::error_code& ec) {
+    start_result start_item(std::string_view id, std::error_code& ec) {
         ec.clear();
         return locked(ec, [&]() -> start_result {
             reap_report rep;
-            reap_locked(rep, ec, recover_claims);
+            reap_locked(rep, ec);
             if (ec) return {};
             auto it = store_.get_item(id, ec);
             if (ec) return note_failure("start \"" + std::string(id) + "\"", ec, store_), start_result{};
@@ -213,114 +204,79 @@ private:
                 detail_ = "no task \"" + std::string(id) + "\"";
                 return {};
             }
-            if (it->state != task_state::pending && it->state != task_state::notified) {
+            // Claims are made and settled under the lock, and the reap above has returned those
+            // of dead processes: a task not pending is another caller's, or done.
+            if (it->state != task_state::pending) {
                 ec = errc::invalid_transition;
                 detail_ = "task \"" + it->id + "\" is " + std::string(to_string(it->state)) + ", not pending";
                 return {start_status::failed, *it, detail_};
             }
             const bool full = it->role == role::pm ? rep.pm_live > 0 : rep.live >= opt_.cap;
-            if (full) {   // lost the race for the slot: back to pending, no attempt used
-                it->state = task_state::pending;
-                it->owner = {};
-                it->updated_at = clock_.now();
-                store_.put_item(*it, ec);
-                if (ec) {
-                    note_failure("task \"" + it->id + "\"", ec, store_);
-                    dropped_.push_back(it->id);   // perhaps still claimed: the next reap gives it up
-                }
-                return {start_status::no_slot, *it, {}};
-            }
+            if (full) return {start_status::no_slot, *it, {}};   // not an attempt; it stays pending
             auto r = attempt_locked(*it, ec);
             if (ec) dropped_.push_back(it->id);   // as in start(): never stranded while this process lives
             return r;
         });
     }
-
-public:
+    start_result start_item(std::string_view id) {
+        return throwing([&](auto& ec) { return start_item(id, ec); });
+    }
 
     // ---- the queue ----------------------------------------------------------------------
 
+    /// One pass, in one critical section: reap, then take as many pending tasks as there are
+    /// free slots, oldest first, and start each in the foreground, one after another. A failed
+    /// attempt frees its slot for the next task (or for the same task, while it has attempts
+    /// left). Nothing is claimed ahead of its attempt, so no claim waits for a later start.
     pass_report process_queue(std::error_code& ec) {
         ec.clear();
         pass_report report;
-        bool first = true;
-        for (;;) {
-            std::vector<std::string> batch = locked(ec, [&] {
-                std::vector<std::string> ids;
-                reap_report rep;
-                reap_locked(rep, ec);
-                if (ec) return ids;
-                report.finished += rep.finished;
-                if (first) report.live_before = rep.live;
-                first = false;
-                const int free = opt_.cap - rep.live;
-                if (free <= 0) return ids;
+        locked(ec, [&] {
+            reap_report rep;
+            reap_locked(rep, ec);
+            if (ec) return 0;
+            report.finished = rep.finished;
+            report.live_before = rep.live;
+            int live = rep.live;
+            while (live < opt_.cap) {
+                const int free = opt_.cap - live;
                 // Only dev tasks take slots; a PM task is never pending (see reap_locked), but
                 // if one were, it must not use up the `free` tasks fetched.
                 std::size_t want = static_cast<std::size_t>(free);
                 std::vector<queue_item> items;
                 for (;;) {
                     items = store_.items_in_state(task_state::pending, want, ec);
-                    if (ec) return note_failure("queue", ec, store_), ids;
+                    if (ec) return note_failure("queue", ec, store_), 0;
                     const auto dev = static_cast<std::size_t>(
                         std::count_if(items.begin(), items.end(), [](auto& i) { return i.role == role::dev; }));
                     if (dev >= static_cast<std::size_t>(free) || items.size() < want) break;
                     want += static_cast<std::size_t>(free) - dev;
                 }
+                bool tried = false;
                 for (auto& it : items) {
                     if (it.role != role::dev) continue;   // never queued (see reap_locked)
-                    it.state = task_state::notified;
-                    it.owner = spawner_.self();
-                    it.updated_at = clock_.now();
-                    store_.put_item(it, ec);
-                    if (ec) {   // this claim may be written (a failed directory fsync); those before are
-                        dropped_.insert(dropped_.end(), ids.begin(), ids.end());
-                        dropped_.push_back(it.id);
-                        return note_failure("task \"" + it.id + "\"", ec, store_), ids;
+                    if (live >= opt_.cap) break;
+                    tried = true;
+                    ++report.taken;
+                    const auto r = attempt_locked(it, ec, /*dequeued=*/true);
+                    if (ec) {   // a state or I/O error: stop the pass
+                        dropped_.push_back(it.id);   // perhaps claimed: the next reap gives it up
+                        return 0;
                     }
-                    ids.push_back(it.id);
-                    events_.push_back(make_event(event_type::task_dequeued, it));
+                    if (r.status == start_status::started) {
+                        ++report.started;
+                        ++live;
+                    } else {
+                        ++report.failed;
+                    }
                 }
-                return ids;
-            });
-            if (ec || batch.empty()) break;
-            report.taken += static_cast<int>(batch.size());
-            bool slot_freed = false;
-            for (std::size_t i = 0; i < batch.size(); ++i) {
-                std::error_code sec;
-                const auto r = start_one(batch[i], false, sec);
-                if (sec && sec != errc::invalid_transition) {   // a state or I/O error: stop the pass
-                    ec = sec;
-                    const std::string why = detail_;
-                    unclaim(batch, i);
-                    detail_ = why;
-                    return report;
-                }
-                switch (r.status) {
-                case start_status::started: ++report.started; break;
-                case start_status::no_slot: ++report.lost_race; break;
-                case start_status::failed: ++report.failed; slot_freed = !sec; break;
-                }
+                if (!tried) break;   // nothing pending
             }
-            if (!slot_freed) break;
-        }
+            return 0;
+        });
         return report;
     }
     pass_report process_queue() { return throwing([&](auto& ec) { return process_queue(ec); }); }
-
-private:
-    /// Gives up the claims on batch[from...]: they are recovered at once (and, if that fails,
-    /// by the next reap) like the claims of a dead process, so that they do not wait,
-    /// notified, for this process to die.
-    void unclaim(const std::vector<std::string>& batch, std::size_t from) {
-        dropped_.insert(dropped_.end(), batch.begin() + static_cast<std::ptrdiff_t>(from), batch.end());
-        std::error_code ec;
-        locked(ec, [&] {
-            reap_report rep;
-            reap_locked(rep, ec);
-            return 0;
-        });
-    }
 
 public:
     reap_report reap(std::error_code& ec) {
@@ -463,7 +419,7 @@ private:
     }
 
     /// Reaps dead sessions, adopts live ones, enforces stops, recovers orphaned claims.
-    void reap_locked(reap_report& rep, std::error_code& ec, bool recover_claims = true) {
+    void reap_locked(reap_report& rep, std::error_code& ec) {
         auto sessions = store_.list_sessions(ec);
         if (ec) return note_failure("sessions", ec, store_);
         for (auto& s : sessions) {
@@ -480,7 +436,7 @@ private:
                     it->started_at = s.started_at;
                     it->owner = {};
                     it->updated_at = clock_.now();
-                    store_.put_item(*it, ec);
+                    put_item(*it, durability::visible, ec);   // its session is durable
                     if (ec) return note_failure("task \"" + it->id + "\"", ec, store_);
                     ++rep.adopted;
                     events_.push_back(make_event(event_type::task_started, *it));
@@ -495,7 +451,6 @@ private:
                 ++rep.finished;
             }
         }
-        if (!recover_claims) return;
         auto claimed = store_.items_in_state(task_state::notified, static_cast<std::size_t>(-1), ec);
         if (ec) return note_failure("queue", ec, store_);
         const process_ref me = spawner_.self();
@@ -521,7 +476,7 @@ private:
             } else {
                 it.state = task_state::pending;
             }
-            store_.put_item(it, ec);
+            put_item(it, settled(it), ec);
             if (ec) return note_failure("task \"" + it.id + "\"", ec, store_);   // a dropped claim: tried again next time
             if (it.state == task_state::error) {   // an event only for what was recorded
                 auto e = make_event(event_type::task_error, it);
@@ -553,7 +508,7 @@ private:
         ++rep.signalled;
         if (sec) it.last_error = "signal: " + sec.message();
         it.updated_at = now;
-        store_.put_item(it, ec);
+        put_item(it, durability::visible, ec);
         if (ec) note_failure("task \"" + it.id + "\"", ec, store_);
     }
 
@@ -594,9 +549,24 @@ private:
         // session whose agent is plainly gone (the next reap removes it), never a record
         // that nothing refers to.
         forget(s.process);
-        store_.remove_session(s.id, ec);
+        remove_session(s.id, durability::visible, ec);
         if (ec) return note_failure("session \"" + s.id + "\"", ec, store_);
         if (it) remove_workspace(*it, ec);
+    }
+
+    /// A final state is durable; a task given back to the queue needs only be visible: if a
+    /// power loss undoes that, its claim (durable, with the attempt count) is given back again.
+    static durability settled(const queue_item& it) noexcept {
+        return is_final(it.state) ? durability::durable : durability::visible;
+    }
+    /// Writes through the store's durability levels when it has them (store_with_durability).
+    void put_item(const queue_item& it, durability d, std::error_code& ec) {
+        if constexpr (store_with_durability<Store>) store_.put_item(it, ec, d);
+        else store_.put_item(it, ec);
+    }
+    void remove_session(std::string_view id, durability d, std::error_code& ec) {
+        if constexpr (store_with_durability<Store>) store_.remove_session(id, ec, d);
+        else store_.remove_session(id, ec);
     }
 
     /// Spawners that keep a record per agent (fork_spawner's slot files) drop it once the
@@ -618,7 +588,9 @@ private:
     }
 
     /// One attempt, with a slot known to be free and the lock held.
-    start_result attempt_locked(queue_item& it, std::error_code& ec) {
+    /// `dequeued`: a pending task taken by process_queue(); its task_dequeued event goes out
+    /// once this first write, which claims it, is recorded.
+    start_result attempt_locked(queue_item& it, std::error_code& ec, bool dequeued = false) {
         // Count the attempt durably before any side effect, so a crash loop still ends.
         ++it.attempts;
         it.state = task_state::notified;
@@ -626,6 +598,7 @@ private:
         it.updated_at = clock_.now();
         store_.put_item(it, ec);
         if (ec) return note_failure("task \"" + it.id + "\"", ec, store_), start_result{start_status::failed, it, detail_};
+        if (dequeued) events_.push_back(make_event(event_type::task_dequeued, it));
 
         std::error_code wec;
         std::string dir = workspace_.prepare(it, wec);
@@ -660,7 +633,9 @@ private:
         it.stop_reason.clear();
         it.exit_code.reset();
         it.updated_at = clock_.now();
-        store_.put_item(it, ec);   // if this fails, the next reap adopts the session (and says so)
+        // Visible is enough: after a power loss the session (durable) says that this attempt
+        // ran, and the first reap records its end. If this fails, the next reap adopts it.
+        put_item(it, durability::visible, ec);
         if (ec) note_failure("task \"" + it.id + "\"", ec, store_);
         else events_.push_back(make_event(event_type::task_started, it));
         return {start_status::started, it, {}};
@@ -683,7 +658,7 @@ private:
         } else {
             it.state = task_state::pending;
         }
-        store_.put_item(it, ec);
+        put_item(it, settled(it), ec);
         if (ec) {
             note_failure("task \"" + it.id + "\"", ec, store_);
         } else if (it.state == task_state::error) {   // an event only for what was recorded

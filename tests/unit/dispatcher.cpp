@@ -304,19 +304,32 @@ TEST_CASE("direct start retries in the foreground and reports exhaustion") {
     CHECK(r.item("x").state == task_state::error);
 }
 
-TEST_CASE("a lost race returns the task to pending without using an attempt") {
+TEST_CASE("start_item with no free slot answers no_slot: the task stays pending, no attempt used, nothing written") {
     rig r(dispatcher_options{1, 3, 1s});
     r.d.enqueue(r.spec("q"));
-    auto q = r.item("q");
-    q.state = task_state::notified;
-    q.owner = r.spawner.self();
-    std::error_code ec;
-    r.store.put_item(q, ec);
     r.d.start(r.spec("other"));   // takes the only slot
+    const auto before = r.item("q");
     auto res = r.d.start_item("q");
     CHECK(res.status == start_status::no_slot);
     CHECK(r.item("q").state == task_state::pending);
     CHECK(r.item("q").attempts == 0);
+    CHECK(r.item("q").updated_at == before.updated_at);
+}
+
+TEST_CASE("a pass leaves no claim behind: each task it took is running, pending again or final") {
+    rig r(dispatcher_options{2, 2, 1s});
+    for (auto id : {"a", "b", "c", "d"}) r.d.enqueue(r.spec(id));
+    // a, b, then a again: a's attempts are used up; each failure freed its slot for the next
+    r.spawner.fail_next_releases(3);
+    const auto rep = r.d.process_queue();
+    CHECK(rep.started == 2);
+    CHECK(rep.failed == 3);
+    CHECK(rep.taken == 5);
+    for (auto id : {"a", "b", "c", "d"}) CHECK(r.item(id).state != task_state::notified);
+    CHECK(r.item("a").state == task_state::error);
+    CHECK(r.item("b").state == task_state::running);
+    CHECK(r.item("c").state == task_state::running);
+    CHECK(r.item("d").state == task_state::pending);
 }
 
 TEST_CASE("a task is never started twice") {

@@ -191,12 +191,16 @@ inline std::atomic<std::uint64_t>& temp_counter() noexcept {
 /// With `no_replace`, an existing file is left alone and the result is EEXIST (the temp
 /// file is linked to the name, which fails if it exists, then unlinked).
 ///
+/// Without `sync_directory` (and with `durable`) the content is fsynced but the rename is
+/// not: every process sees the new file at once, and after a power loss the name holds the
+/// old file or the whole new one.
+///
 /// A temp name that exists already (left by a crashed process whose pid has been reused) is
 /// skipped for the next number, never reported: for a new record, EEXIST means "the record
 /// exists".
 inline std::error_code atomic_write_at(int dirfd, const std::string& name, std::string_view content,
                                        bool durable = true, bool no_replace = false,
-                                       const char** failed_step = nullptr) noexcept {
+                                       const char** failed_step = nullptr, bool sync_directory = true) noexcept {
     const char* unused = nullptr;
     const char*& step = failed_step ? *failed_step : unused;
     step = nullptr;
@@ -233,7 +237,7 @@ inline std::error_code atomic_write_at(int dirfd, const std::string& name, std::
     } else if (sys().renameat(dirfd, tmp.c_str(), dirfd, name.c_str()) != 0) {
         return discard("rename temp file", last_error());
     }
-    if (durable && (ec = fsync_fd(dirfd))) {
+    if (durable && sync_directory && (ec = fsync_fd(dirfd))) {
         step = "fsync directory";
         return ec;
     }

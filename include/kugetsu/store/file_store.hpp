@@ -135,12 +135,15 @@ public:
         }
         if (!ec) index_after(it);
     }
-    void put_item(const queue_item& it, std::error_code& ec) {
+    /// `visible`: the record is fsynced, the rename is not (see kugetsu::durability). A marker
+    /// the write needs is always made durable first.
+    void put_item(const queue_item& it, std::error_code& ec, durability d = durability::durable) {
         const int q = queue_fd(ec);
         if (ec || !check_id(it.id, ec)) return;
         index_before(it, ec);
         if (ec) return;
-        write_record(q, "queue", it.id, nlohmann::json(it).dump(2, ' ', false, nlohmann::json::error_handler_t::replace), false, ec);
+        write_record(q, "queue", it.id, nlohmann::json(it).dump(2, ' ', false, nlohmann::json::error_handler_t::replace), false, ec,
+                     d == durability::durable);
         if (!ec) index_after(it);
     }
     std::optional<queue_item> get_item(std::string_view id, std::error_code& ec) {
@@ -177,7 +180,9 @@ public:
     void put_session(const session& se, std::error_code& ec) {
         write_record(sessions_fd(ec), "sessions", se.id, nlohmann::json(se).dump(2, ' ', false, nlohmann::json::error_handler_t::replace), false, ec);
     }
-    void remove_session(std::string_view id, std::error_code& ec) {
+    /// `visible`: the unlink is not fsynced (a session back after a power loss names a dead
+    /// agent, and the first reap removes it).
+    void remove_session(std::string_view id, std::error_code& ec, durability d = durability::durable) {
         const int dir = sessions_fd(ec);
         if (ec) return;
         const std::string name = std::string(id) + ".json";
@@ -186,7 +191,7 @@ public:
             ec = last_;
             return;
         }
-        if (opt_.durable)
+        if (opt_.durable && d == durability::durable)
             if (auto e = detail::fsync_fd(dir)) {
                 fail(e, "sessions", "fsync");
                 ec = e;
@@ -244,14 +249,14 @@ private:
     }
 
     void write_record(int dir, const char* sub, const std::string& id, const std::string& text,
-                      bool no_replace, std::error_code& ec) {
+                      bool no_replace, std::error_code& ec, bool sync_directory = true) {
         if (ec) return;
         if (!valid_task_id(id)) {
             ec = errc::invalid_task_id;
             return;
         }
         const char* step = nullptr;
-        ec = detail::atomic_write_at(dir, id + ".json", text, opt_.durable, no_replace, &step);
+        ec = detail::atomic_write_at(dir, id + ".json", text, opt_.durable, no_replace, &step, sync_directory);
         if (ec) fail(ec, std::string(sub) + "/" + id + ".json", step ? step : "write");
     }
 
@@ -708,5 +713,6 @@ private:
 };
 
 static_assert(kugetsu::store<file_store>);
+static_assert(kugetsu::store_with_durability<file_store>);
 
 } // namespace kugetsu
