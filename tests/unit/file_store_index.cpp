@@ -219,3 +219,37 @@ TEST_CASE("file_store: a record whose enqueue time was changed by hand is listed
     CHECK_FALSE(ec);
     CHECK(names(d / "pending").size() == 2);
 }
+
+TEST_CASE("file_store: a long-lived store sees pending markers made and removed by others, and lists again after an inotify overflow") {
+    temp_dir d;
+    file_store daemon(d.path(), {.durable = false, .quarantine = true});
+    file_store other(d.path(), {.durable = false, .quarantine = true});
+    std::error_code ec;
+    other.create_item(item("a", task_state::pending, 1), ec);
+    other.create_item(item("b", task_state::pending, 2), ec);
+    REQUIRE_FALSE(ec);
+    CHECK(ids(daemon.items_in_state(task_state::pending, all, ec)) == std::vector<std::string>{"a", "b"});
+    // Another process enqueues one and takes one.
+    other.create_item(item("c", task_state::pending, 3), ec);
+    other.put_item(item("a", task_state::notified, 1), ec);
+    REQUIRE_FALSE(ec);
+    CHECK(ids(daemon.items_in_state(task_state::pending, all, ec)) == std::vector<std::string>{"b", "c"});
+
+    // More changes than the kernel queues (fs.inotify.max_queued_events, 16384 by default):
+    // the events of "late" are lost, so only a new listing can find it.
+    long max_events = 16384;
+    if (std::ifstream f("/proc/sys/fs/inotify/max_queued_events"); f) f >> max_events;
+    REQUIRE(max_events < 100000);
+    long made = 0;
+    for (long i = 0; i <= max_events; ++i) {
+        const std::string junk = d / ("pending/99999999999999999999.junk" + std::to_string(i));
+        const int fd = ::open(junk.c_str(), O_WRONLY | O_CREAT | O_CLOEXEC, 0600);
+        made += fd >= 0;
+        if (fd >= 0) ::close(fd);
+    }
+    REQUIRE(made == max_events + 1);
+    other.create_item(item("late", task_state::pending, 4), ec);
+    REQUIRE_FALSE(ec);
+    CHECK(ids(daemon.items_in_state(task_state::pending, 3, ec)) == std::vector<std::string>{"b", "c", "late"});
+    CHECK_FALSE(ec);
+}

@@ -18,7 +18,9 @@
 // it (those run under the dispatcher's lock), and a pending marker whose record does not
 // exist yet (an enqueue between its two steps) is left alone until it is 10 minutes old.
 // A state directory from before the index is indexed once, by the first open(); every
-// list_items() also re-creates any missing marker.
+// list_items() also re-creates any missing marker. The names in pending/ are listed once per
+// object and then kept up to date from inotify (IN_Q_OVERFLOW: listed again), so that a
+// long-lived process (a daemon) takes the oldest pending tasks without listing pending/.
 //
 // Every write goes to a temp file in the same directory, is fsynced, renamed over the
 // record, and the directory is fsynced: after a crash a record is the old or the new one,
@@ -43,6 +45,7 @@
 #include <ctime>
 #include <memory>
 #include <optional>
+#include <set>
 #include <string>
 #include <string_view>
 #include <type_traits>
@@ -51,7 +54,9 @@
 
 #include <dirent.h>
 #include <fcntl.h>
+#include <sys/inotify.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include "../concepts.hpp"
 #include "../detail/posix.hpp"
@@ -102,6 +107,7 @@ public:
         }
         queue_ = open_sub(root.get(), "queue", ec);
         if (!ec) sessions_ = open_sub(root.get(), "sessions", ec);
+        pending_index_ = {};   // a new pending/ descriptor: watch it afresh
         if (!ec) pending_ = open_sub(root.get(), "pending", ec);
         if (!ec) active_ = open_sub(root.get(), "active", ec);
         if (ec) {
@@ -560,7 +566,10 @@ private:
         return true;
     }
     /// Removes a marker. A failure leaves a stale marker: harmless (see the header).
-    void unlink_marker(int dir, const std::string& name) noexcept { detail::sys().unlinkat(dir, name.c_str(), 0); }
+    void unlink_marker(int dir, const std::string& name) noexcept {
+        detail::sys().unlinkat(dir, name.c_str(), 0);
+        if (dir == pending_.get()) pending_index_.names.erase(name);   // inotify says so too, later
+    }
 
     /// Before a record is written in state it.state: that state's marker exists.
     bool index_before(const queue_item& it, std::error_code& ec) {
@@ -619,12 +628,12 @@ private:
         std::vector<queue_item> out;
         const int q = queue_fd(ec);
         if (ec || limit == 0) return out;
-        std::vector<std::string> names = names_in(pending_.get(), "pending", ec);
+        const auto& names = pending_names(ec);
         if (ec) return out;
-        std::sort(names.begin(), names.end());
         bool misplaced = false;
-        for (const auto& name : names) {
-            if (out.size() >= limit) break;
+        std::string name;   // the marker at hand; the next one is the first name after it
+        for (auto next = names.begin(); out.size() < limit && next != names.end(); next = names.upper_bound(name)) {
+            name = *next;   // a copy: the checks below may remove it from `names`
             const std::string id(id_of_pending_marker(name));
             if (id.empty()) continue;   // not a marker: not ours, left alone
             auto it = read_record<queue_item>(q, "queue", id, parse_item, ec);
@@ -649,6 +658,70 @@ private:
         }
         if (misplaced && round == 0) return pending_items(limit, ec, 1);   // in its place now
         return out;
+    }
+
+    /// The names in pending/, in order: listed the first time, then kept up to date from an
+    /// inotify watch on the directory (listed again if the watch is lost or overflows, and
+    /// every time if inotify is not available).
+    const std::set<std::string, std::less<>>& pending_names(std::error_code& ec) {
+        auto& p = pending_index_;
+        if (!p.tried) {
+            p.tried = true;
+            const int fd = ::inotify_init1(IN_NONBLOCK | IN_CLOEXEC);
+            if (fd >= 0) {
+                p.watch = detail::unique_fd(fd);
+                // The watch is on the directory this object opened (O_NOFOLLOW), through its
+                // descriptor, never on a path someone could swap.
+                const std::string self = "/proc/self/fd/" + std::to_string(pending_.get());
+                if (::inotify_add_watch(fd, self.c_str(), IN_CREATE | IN_DELETE | IN_MOVED_FROM | IN_MOVED_TO | IN_ONLYDIR) < 0)
+                    p.watch.reset();
+            }
+        }
+        if (p.watch) read_pending_events();
+        if (!p.valid) {
+            auto v = names_in(pending_.get(), "pending", ec);
+            if (ec) {
+                p.names.clear();
+                return p.names;
+            }
+            p.names = std::set<std::string, std::less<>>(std::make_move_iterator(v.begin()), std::make_move_iterator(v.end()));
+            p.valid = bool(p.watch);   // without a watch: listed again next time
+        }
+        return p.names;
+    }
+
+    void read_pending_events() noexcept {
+        auto& p = pending_index_;
+        alignas(inotify_event) char buf[16384];
+        for (;;) {
+            const ssize_t n = ::read(p.watch.get(), buf, sizeof buf);
+            if (n < 0 && errno == EINTR) continue;
+            if (n <= 0) {
+                if (n < 0 && errno != EAGAIN) p.valid = false;
+                return;
+            }
+            for (const char* at = buf; at < buf + n;) {
+                const auto* e = reinterpret_cast<const inotify_event*>(at);
+                at += sizeof(inotify_event) + e->len;
+                if (e->mask & (IN_Q_OVERFLOW | IN_IGNORED)) {   // events lost, or the watch is gone
+                    p.valid = false;
+                    if (e->mask & IN_IGNORED) {
+                        p.watch.reset();
+                        return;
+                    }
+                    continue;
+                }
+                if (!p.valid || e->len == 0) continue;
+                const std::string_view name(e->name);   // NUL-padded
+                if (name.empty() || name.front() == '.') continue;
+                try {
+                    if (e->mask & (IN_CREATE | IN_MOVED_TO)) p.names.emplace(name);
+                    else if (auto i = p.names.find(name); i != p.names.end()) p.names.erase(i);
+                } catch (...) {   // out of memory: list again next time
+                    p.valid = false;
+                }
+            }
+        }
     }
 
     /// The items in state st (notified or running), oldest first, at most `limit`.
@@ -706,6 +779,13 @@ private:
     detail::unique_fd pending_;
     detail::unique_fd active_;
     detail::unique_fd quarantine_;
+    struct pending_index {
+        detail::unique_fd watch;   ///< inotify on pending/
+        bool tried = false;
+        bool valid = false;        ///< names is what pending/ holds
+        std::set<std::string, std::less<>> names;
+    };
+    pending_index pending_index_;
     std::vector<quarantined_record> quarantined_;
     std::unordered_map<std::string, cached> cache_;   // queue/<id>.json, by file identity
     std::error_code last_;
