@@ -12,11 +12,12 @@
 //   start(spec)        a new task now: no free slot -> start_status::no_slot, nothing written;
 //                      otherwise up to max_attempts attempts in the foreground; if all fail,
 //                      the task is error and ec is errc::attempts_exhausted.
-//   start_item(id)     one attempt at a pending or notified task; no slot -> back to pending
-//                      without using an attempt ("lost race").
-//   process_queue()    free = cap - live; take up to `free` pending tasks, oldest first, mark
-//                      each notified (task_dequeued) and start_item() it, one after another;
-//                      repeat while failed attempts freed slots. No batch-size setting.
+//   start_item(id)     one attempt at a pending task; no slot -> start_status::no_slot, the
+//                      task stays pending, no attempt used, nothing written.
+//   process_queue()    in one critical section: free = cap - live; take up to `free` pending
+//                      tasks, oldest first, and make an attempt for each (task_dequeued once
+//                      it is counted), one after another; repeat while failed attempts freed
+//                      slots. No batch-size setting.
 //   reap()             record ended agents (task_completed / task_error with the exit code),
 //                      adopt live agents whose start was interrupted, enforce timeouts (SIGTERM
 //                      to the process group, SIGKILL after kill_grace), return tasks left
@@ -171,19 +172,20 @@ public:
                 return {start_status::no_slot, make_item(spec), {}};
             }
             queue_item it = make_item(spec);
-            // Claimed from birth: if this process dies before the first attempt is recorded,
-            // reap_locked() sees a claim of a dead owner (a PM start is then not retried).
+            // Claimed from birth, with its first attempt counted (one durable write, not two):
+            // if this process dies before the attempt ends, reap_locked() sees a claim of a
+            // dead owner (a PM start is then not retried).
             it.state = task_state::notified;
             it.owner = spawner_.self();
+            it.attempts = 1;
             store_.create_item(it, ec);
             if (ec) {
                 note_failure("start \"" + spec.id + "\"", ec, store_);
                 dropped_.push_back(spec.id);   // the record may exist (a failed directory fsync)
                 return {};
             }
-            start_result r;
-            do r = attempt_locked(it, ec);
-            while (!ec && r.status == start_status::failed && !is_final(r.item.state));
+            start_result r = attempt_locked(it, ec, attempt::counted);
+            while (!ec && r.status == start_status::failed && !is_final(r.item.state)) r = attempt_locked(it, ec);
             if (ec) dropped_.push_back(spec.id);   // still claimed, maybe: released by the next reap
             if (!ec && r.status == start_status::failed) ec = errc::attempts_exhausted;
             return r;
@@ -258,7 +260,7 @@ public:
                     if (live >= opt_.cap) break;
                     tried = true;
                     ++report.taken;
-                    const auto r = attempt_locked(it, ec, /*dequeued=*/true);
+                    const auto r = attempt_locked(it, ec, attempt::dequeued);
                     if (ec) {   // a state or I/O error: stop the pass
                         dropped_.push_back(it.id);   // perhaps claimed: the next reap gives it up
                         return 0;
@@ -587,18 +589,24 @@ private:
         if (ec) note_failure("task \"" + it.id + "\"", ec, store_);
     }
 
+    enum class attempt {
+        next,       ///< count the attempt (a durable write), then make it
+        dequeued,   ///< the same, for a pending task a pass takes: task_dequeued once counted
+        counted,    ///< the record as created already claims the task and counts this attempt
+    };
+
     /// One attempt, with a slot known to be free and the lock held.
-    /// `dequeued`: a pending task taken by process_queue(); its task_dequeued event goes out
-    /// once this first write, which claims it, is recorded.
-    start_result attempt_locked(queue_item& it, std::error_code& ec, bool dequeued = false) {
-        // Count the attempt durably before any side effect, so a crash loop still ends.
-        ++it.attempts;
-        it.state = task_state::notified;
-        it.owner = spawner_.self();
-        it.updated_at = clock_.now();
-        store_.put_item(it, ec);
-        if (ec) return note_failure("task \"" + it.id + "\"", ec, store_), start_result{start_status::failed, it, detail_};
-        if (dequeued) events_.push_back(make_event(event_type::task_dequeued, it));
+    start_result attempt_locked(queue_item& it, std::error_code& ec, attempt how = attempt::next) {
+        if (how != attempt::counted) {
+            // Count the attempt durably before any side effect, so a crash loop still ends.
+            ++it.attempts;
+            it.state = task_state::notified;
+            it.owner = spawner_.self();
+            it.updated_at = clock_.now();
+            store_.put_item(it, ec);
+            if (ec) return note_failure("task \"" + it.id + "\"", ec, store_), start_result{start_status::failed, it, detail_};
+            if (how == attempt::dequeued) events_.push_back(make_event(event_type::task_dequeued, it));
+        }
 
         std::error_code wec;
         std::string dir = workspace_.prepare(it, wec);

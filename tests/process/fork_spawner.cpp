@@ -400,6 +400,48 @@ TEST_CASE("an agent whose supervisor is killed keeps its slot while it lives, th
     CHECK(end.state == process_state::gone);                   // its exit code died with the supervisor
 }
 
+TEST_CASE("a held agent whose supervisor dies never runs the program, and release() says so") {
+    temp_dir d;
+    const std::string marker = d / "ran";
+    fork_spawner sp(d / "logs");
+    std::error_code ec;
+    auto p = sp.spawn({"t1", {"/bin/sh", "-c", "echo ran > " + marker}, ""}, ec);
+    REQUIRE_FALSE(ec);
+    std::istringstream stat(slurp("/proc/" + std::to_string(p.pid) + "/stat"));
+    std::string skip;
+    int sup = 0;
+    stat >> skip >> skip >> skip >> sup;   // the supervisor is the held agent's parent
+    REQUIRE(sup > 1);
+    REQUIRE(sup != ::getpid());
+    ::kill(sup, SIGKILL);
+    await_death(sup);
+    sp.release(p, ec);   // the go-ahead reaches the agent, which sees its supervisor gone
+    CHECK(ec == errc::spawn_failed);
+    await_death(p.pid);
+    CHECK_FALSE(std::filesystem::exists(marker));
+    await_supervisors();
+}
+
+TEST_CASE("a held agent killed by a signal never ran: no exit record, no on-exit command, abandon() returns") {
+    temp_dir d;
+    const std::string marker = d / "hook-ran";
+    fork_spawner sp(d / "logs");
+    sp.set_on_exit({"/bin/sh", "-c", "echo hook > " + marker});
+    std::error_code ec;
+    auto p = sp.spawn({"t1", {"/bin/true"}, ""}, ec);
+    REQUIRE_FALSE(ec);
+    const std::string slot = sp.slot_path(p);
+    REQUIRE(std::filesystem::exists(slot));
+    ::kill(p.pid, SIGKILL);
+    await_death(p.pid);
+    // The supervisor neither records an end nor runs the hook (which, as `kugetsu reap`,
+    // would wait for the lock that a dispatcher in abandon() holds): abandon() returns.
+    sp.abandon(p);
+    CHECK(sp.poll(p, ec).state == process_state::gone);
+    CHECK_FALSE(std::filesystem::exists(slot));
+    CHECK_FALSE(std::filesystem::exists(marker));
+}
+
 TEST_CASE("the on-exit command runs after the status is written, unless its lock file is held") {
     temp_dir d;
     const std::string marker = d / "hook-ran";

@@ -195,12 +195,18 @@ inline std::atomic<std::uint64_t>& temp_counter() noexcept {
 /// not: every process sees the new file at once, and after a power loss the name holds the
 /// old file or the whole new one.
 ///
+/// `sync_before_rename`: another directory to fsync after the temp file and before the
+/// rename (step "fsync index"): a change made there first is then durable before the new
+/// file can be. On a journalling file system the temp file's fsync has usually committed it
+/// already, which makes this fsync cheap.
+///
 /// A temp name that exists already (left by a crashed process whose pid has been reused) is
 /// skipped for the next number, never reported: for a new record, EEXIST means "the record
 /// exists".
 inline std::error_code atomic_write_at(int dirfd, const std::string& name, std::string_view content,
                                        bool durable = true, bool no_replace = false,
-                                       const char** failed_step = nullptr, bool sync_directory = true) noexcept {
+                                       const char** failed_step = nullptr, bool sync_directory = true,
+                                       int sync_before_rename = -1) noexcept {
     const char* unused = nullptr;
     const char*& step = failed_step ? *failed_step : unused;
     step = nullptr;
@@ -231,6 +237,7 @@ inline std::error_code atomic_write_at(int dirfd, const std::string& name, std::
     if ((ec = write_all(fd.get(), content))) return discard("write temp file", ec);
     if (durable && (ec = fsync_fd(fd.get()))) return discard("fsync temp file", ec);
     if ((ec = fd.close())) return discard("close temp file", ec);
+    if (durable && sync_before_rename >= 0 && (ec = fsync_fd(sync_before_rename))) return discard("fsync index", ec);
     if (no_replace) {
         if (sys().linkat(dirfd, tmp.c_str(), dirfd, name.c_str(), 0) != 0) return discard("link temp file", last_error());
         sys().unlinkat(dirfd, tmp.c_str(), 0);   // on failure: a second, dot-named link stays

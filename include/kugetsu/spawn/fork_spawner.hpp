@@ -12,7 +12,17 @@
 // failed chdir) comes back as errno through an O_CLOEXEC pipe, so release() reports "no such
 // program" as an error instead of an agent that exits 127. If the caller dies or calls
 // abandon() while the agent is held, the agent exits without running the program: no agent
-// ever runs without the session the dispatcher writes in between.
+// ever runs without the session the dispatcher writes in between; nor does one whose
+// supervisor died while it was held.
+//
+// THE HANDSHAKE. spawn() waits for one message: the supervisor's hello (the agent's pid and
+// start time, sent once the slot is in place). release() sends the go-ahead byte through the
+// same control socket, which the held agent reads itself (the supervisor closes its copy
+// after the hello), and returns when the error pipe closes on exec: two process wake-ups in
+// all, and no polling interval. The supervisor learns the agent's fate from its own pipe:
+// "about to exec" then end-of-file (exec'd), or a report of why the program never ran, or
+// end-of-file alone (killed while held): it records an end and runs the on-exit command only
+// for an agent that exec'd.
 //
 // THE SLOT FILE. The supervisor creates RUN_DIR/<agent pid>-<agent start time>.slot and takes
 // an exclusive flock on it before the agent is forked; the agent inherits that open file (as
@@ -104,9 +114,10 @@ inline std::string resolve_program(const std::string& argv0, std::error_code& ec
     return {};
 }
 
-/// What a child that could not exec writes back: which step failed, and errno.
+/// What a child that could not exec writes back: which step failed, and errno. To its
+/// supervisor, the agent first writes step 0 (about to exec) once it has the go-ahead.
 struct child_failure {
-    int step;   // 1 = chdir, 2 = exec, 3 = no go-ahead (the supervisor died)
+    int step;   // 0 = about to exec, 1 = chdir, 2 = exec, 3 = no go-ahead (abandoned, or the caller or the supervisor died)
     int error;
 };
 
@@ -212,6 +223,33 @@ inline bool read_full(int fd, void* data, std::size_t len) noexcept {
         len -= static_cast<std::size_t>(n);
     }
     return true;
+}
+
+/// A held agent waits here for the caller's go-ahead: one byte on the control socket `ctl`.
+/// False if the caller closed its end (abandoned the agent, or died) or if the supervisor died:
+/// `supervisor` is the write end of a pipe only the supervisor reads, which polls POLLERR once
+/// no reader is left. Checked again after the byte, so that an agent whose supervisor is
+/// already gone does not start. Async-signal-safe.
+inline bool await_go_ahead(int ctl, int supervisor) noexcept {
+    constexpr short gone = POLLERR | POLLHUP | POLLNVAL;
+    for (;;) {
+        pollfd pf[2] = {{ctl, POLLIN, 0}, {supervisor, 0, 0}};
+        const int r = ::poll(pf, 2, -1);
+        if (r < 0) {
+            if (errno == EINTR) continue;
+            return false;
+        }
+        if (pf[1].revents & gone) return false;
+        if (pf[0].revents) break;
+    }
+    char c;
+    ssize_t n;
+    while ((n = ::read(ctl, &c, 1)) < 0 && errno == EINTR) {}
+    if (n != 1) return false;
+    pollfd pf{supervisor, 0, 0};
+    int r;
+    while ((r = ::poll(&pf, 1, 0)) < 0 && errno == EINTR) {}
+    return r == 0 || (r > 0 && !(pf.revents & gone));
 }
 
 /// True if some process holds an OFD lock (fcntl F_OFD_SETLK) on any byte of the file. Only
@@ -587,7 +625,8 @@ private:
         act.sa_handler = SIG_DFL;
         for (int s = 1; s < NSIG; ++s) ::sigaction(s, &act, nullptr);
         act.sa_handler = SIG_IGN;
-        for (int s : {SIGPIPE, SIGHUP, SIGINT, SIGQUIT, SIGTSTP, SIGTTIN, SIGTTOU}) ::sigaction(s, &act, nullptr);
+        static constexpr int ignored[] = {SIGPIPE, SIGHUP, SIGINT, SIGQUIT, SIGTSTP, SIGTTIN, SIGTTOU};
+        for (int s : ignored) ::sigaction(s, &act, nullptr);
         sigset_t none;
         ::sigemptyset(&none);
         ::sigprocmask(SIG_SETMASK, &none, nullptr);
@@ -610,8 +649,10 @@ private:
         }
         while (::flock(slot, LOCK_EX) != 0)
             if (errno != EINTR) setup_failed(errno);
-        int go[2], sync[2];   // go: supervisor -> agent; sync: the agent's exec failure, to the supervisor
-        if (::pipe2(go, O_CLOEXEC) != 0 || ::pipe2(sync, O_CLOEXEC) != 0) setup_failed(errno);
+        // sync: the agent's exec failure, to the supervisor. It is also how a held agent learns
+        // that its supervisor died: its write end polls POLLERR once no reader is left.
+        int sync[2];
+        if (::pipe2(sync, O_CLOEXEC) != 0) setup_failed(errno);
 
         const pid_t agent = ::fork();
         if (agent < 0) {
@@ -619,30 +660,39 @@ private:
             setup_failed(errno);
         }
         if (agent == 0) {
-            ::close(ctl);
-            ::close(go[1]);
+            // The agent keeps the control socket (3, close-on-exec) while it is held: the
+            // caller's go-ahead byte comes to it directly (no relay through the supervisor),
+            // and end-of-file on it means the caller abandoned the agent or died.
             ::close(sync[0]);
             ::setpgid(0, 0);
-            act.sa_handler = SIG_DFL;
-            for (int s = 1; s < NSIG; ++s) ::sigaction(s, &act, nullptr);
+            // Its dispositions are the supervisor's: SIG_DFL for every signal but the ignored
+            // ones, so no handler can run here. Those stay ignored while it is held (SIGPIPE
+            // among them: a report to a reader that died must not kill it) and are reset to
+            // SIG_DFL just before exec.
             ::fcntl(slot, F_SETFD, 0);   // the agent holds its slot across exec
             auto report = [&](int step) {
                 const detail::child_failure f{step, errno};
-                detail::write_full(err, &f, sizeof f);
+                act.sa_handler = SIG_IGN;
+                ::sigaction(SIGPIPE, &act, nullptr);
                 detail::write_full(sync[1], &f, sizeof f);
+                detail::write_full(err, &f, sizeof f);
                 ::_exit(127);
             };
             if (pl.cwd && ::chdir(pl.cwd) != 0) report(1);
-            char c;
-            if (!detail::read_full(go[0], &c, 1)) {   // abandoned, or the supervisor died
+            // Abandoned, or the caller or the supervisor died: the program never runs. Else the
+            // supervisor is told that the exec comes: end-of-file without that means the agent
+            // died while held.
+            const detail::child_failure go_ahead{0, 0};
+            if (!detail::await_go_ahead(ctl, sync[1]) || !detail::write_full(sync[1], &go_ahead, sizeof go_ahead)) {
                 errno = ECONNABORTED;
                 report(3);
             }
+            act.sa_handler = SIG_DFL;
+            for (int s : ignored) ::sigaction(s, &act, nullptr);
             ::execve(pl.program, pl.argv.data(), pl.envp.data());
             report(2);
         }
         ::setpgid(agent, agent);   // also here, so the group exists before anyone signals it
-        ::close(go[0]);
         ::close(sync[1]);
         ::close(err);              // the caller's read end sees EOF once the agent has exec'd
         hello.pid = agent;
@@ -655,7 +705,9 @@ private:
         e = detail::put_str(e, ".slot");
         *e = '\0';
         auto drop_agent = [&] {
-            ::close(go[1]);   // the agent reads end-of-file and exits without running the program
+            // Held, so it has not exec'd (the caller sends the go-ahead only after a hello):
+            // the program never runs.
+            ::kill(agent, SIGKILL);
             int status;
             detail::wait_for(agent, &status, 0);
         };
@@ -666,18 +718,28 @@ private:
             setup_failed(saved);
         }
         hello.ok = 1;
-        char go_byte = 0;
-        if (!detail::write_full(ctl, &hello, sizeof hello) || !detail::read_full(ctl, &go_byte, 1)) {
-            drop_agent();   // the caller abandoned the agent, or died
+        if (!detail::write_full(ctl, &hello, sizeof hello)) {
+            drop_agent();   // the caller died
             ::unlink(pl.slot_path);
             ::_exit(0);
         }
-        detail::write_full(go[1], "g", 1);
-        ::close(go[1]);
-        detail::child_failure failed{};
-        if (detail::read_full(sync[0], &failed, sizeof failed)) {
-            // The program never ran: the caller learns why through its own pipe and records
-            // nothing; there is no end to record and no hook to run.
+        ::close(ctl);   // from here on the agent alone listens to the caller
+        // The agent says "about to exec" once it has the go-ahead, then its exec succeeds
+        // (end-of-file: sync closes on exec) or it reports why it did not run: chdir or exec
+        // failed, or it was abandoned (the caller closed its end of the control socket, or
+        // died). End-of-file without "about to exec": it died while held (a signal).
+        bool exec_comes = false;
+        for (detail::child_failure m{}; detail::read_full(sync[0], &m, sizeof m);) {
+            if (m.step == 0) {
+                exec_comes = true;
+                continue;
+            }
+            exec_comes = false;   // the program never ran
+            break;
+        }
+        if (!exec_comes) {
+            // The caller learns why through its own pipe and records nothing; there is no end
+            // to record and no hook to run (a caller in abandon() waits for this process).
             int status;
             detail::wait_for(agent, &status, 0);
             ::unlink(pl.slot_path);
@@ -722,7 +784,6 @@ private:
         q = detail::put_str(q, timed_out ? " 1\n" : " 0\n");
         ssize_t w;
         while ((w = ::pwrite(slot, rec, static_cast<std::size_t>(q - rec), 0)) < 0 && errno == EINTR) {}
-        ::close(ctl);
         if (pl.hook.size() > 1) {
             bool skip = false;
             if (pl.hook_lock) {

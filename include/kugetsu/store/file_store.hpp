@@ -130,13 +130,14 @@ public:
     void create_item(const queue_item& it, std::error_code& ec) {
         const int q = queue_fd(ec);
         if (ec || !check_id(it.id, ec)) return;
-        const bool made = index_before(it, ec);
+        const int made = index_before(it, ec);
         if (ec) return;
-        write_record(q, "queue", it.id, nlohmann::json(it).dump(2, ' ', false, nlohmann::json::error_handler_t::replace), /*no_replace=*/true, ec);
+        write_record(q, "queue", it.id, nlohmann::json(it).dump(2, ' ', false, nlohmann::json::error_handler_t::replace), /*no_replace=*/true, ec,
+                     true, made);
         if (ec == std::errc::file_exists) {
             ec = errc::duplicate_task;
             detail_ = root_ + ": queue/" + it.id + ".json: " + ec.message();
-            if (made) drop_marker(it);   // the marker this call made, for a record that is not its own
+            if (made >= 0) drop_marker(it);   // the marker this call made, for a record that is not its own
             return;
         }
         if (!ec) index_after(it);
@@ -146,10 +147,10 @@ public:
     void put_item(const queue_item& it, std::error_code& ec, durability d = durability::durable) {
         const int q = queue_fd(ec);
         if (ec || !check_id(it.id, ec)) return;
-        index_before(it, ec);
+        const int made = index_before(it, ec);
         if (ec) return;
         write_record(q, "queue", it.id, nlohmann::json(it).dump(2, ' ', false, nlohmann::json::error_handler_t::replace), false, ec,
-                     d == durability::durable);
+                     d == durability::durable, made);
         if (!ec) index_after(it);
     }
     std::optional<queue_item> get_item(std::string_view id, std::error_code& ec) {
@@ -255,15 +256,18 @@ private:
     }
 
     void write_record(int dir, const char* sub, const std::string& id, const std::string& text,
-                      bool no_replace, std::error_code& ec, bool sync_directory = true) {
+                      bool no_replace, std::error_code& ec, bool sync_directory = true, int sync_before_rename = -1) {
         if (ec) return;
         if (!valid_task_id(id)) {
             ec = errc::invalid_task_id;
             return;
         }
         const char* step = nullptr;
-        ec = detail::atomic_write_at(dir, id + ".json", text, opt_.durable, no_replace, &step, sync_directory);
-        if (ec) fail(ec, std::string(sub) + "/" + id + ".json", step ? step : "write");
+        ec = detail::atomic_write_at(dir, id + ".json", text, opt_.durable, no_replace, &step, sync_directory, sync_before_rename);
+        if (ec && step && std::string_view(step) == "fsync index")   // the marker's directory failed
+            fail(ec, sync_before_rename == active_.get() ? "active" : "pending", std::string("fsync (index of ") + sub + "/" + id + ".json)");
+        else if (ec)
+            fail(ec, std::string(sub) + "/" + id + ".json", step ? step : "write");
     }
 
     template <class T>
@@ -539,8 +543,9 @@ private:
         return valid_task_id(id) ? id : std::string_view{};
     }
 
-    /// Creates DIR/NAME if missing, fsyncing DIR when it was made. True if this call made it.
-    bool ensure_marker(int dir, const char* sub, const std::string& name, std::error_code& ec) {
+    /// Creates DIR/NAME if missing, and fsyncs DIR when it was made (unless `sync` is false: the
+    /// caller's record write fsyncs it before its rename). True if this call made it.
+    bool ensure_marker(int dir, const char* sub, const std::string& name, std::error_code& ec, bool sync = true) {
         // O_NONBLOCK: whatever is planted under the name (a FIFO) must not hang the open; a
         // name that exists, whatever it is, is a marker.
         auto fd = detail::open_at(dir, name.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_NONBLOCK, 0600, ec);
@@ -558,7 +563,7 @@ private:
             ec = e;
             return true;
         }
-        if (opt_.durable)
+        if (opt_.durable && sync)
             if (auto e = detail::fsync_fd(dir)) {
                 fail(e, sub, "fsync");
                 ec = e;
@@ -571,11 +576,13 @@ private:
         if (dir == pending_.get()) pending_index_.names.erase(name);   // inotify says so too, later
     }
 
-    /// Before a record is written in state it.state: that state's marker exists.
-    bool index_before(const queue_item& it, std::error_code& ec) {
-        if (it.state == task_state::pending) return ensure_marker(pending_.get(), "pending", pending_marker(it), ec);
-        if (is_active(it.state)) return ensure_marker(active_.get(), "active", it.id, ec);
-        return false;
+    /// Before a record is written in state it.state: that state's marker exists. Returns the
+    /// directory of a marker this call made (the write fsyncs it before its rename), or -1.
+    int index_before(const queue_item& it, std::error_code& ec) {
+        if (it.state == task_state::pending)
+            return ensure_marker(pending_.get(), "pending", pending_marker(it), ec, false) ? pending_.get() : -1;
+        if (is_active(it.state)) return ensure_marker(active_.get(), "active", it.id, ec, false) ? active_.get() : -1;
+        return -1;
     }
     /// After it was written: the other states' markers go.
     void index_after(const queue_item& it) noexcept try {
