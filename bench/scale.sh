@@ -357,7 +357,7 @@ for n in sizes:
               f"{cpu_s} | {mib(row['daemon_vmhwm_kib'])} |")
 md.append("")
 notes = ["warm = one dispatcher across passes, records parsed once (kugetsu-micro-bench, no process cost); "
-         "the `kugetsu` columns are whole processes, which parse every record (median of the repetitions)"]
+         "the `kugetsu` columns are whole processes, which read only the records their pass needs (median of the repetitions)"]
 if v.get((big, "once_maxrss_kib")):
     notes.append(f"`kugetsu daemon --once` at {big:,} pending: maximum RSS {mib(v[(big, 'once_maxrss_kib')][0])} (GNU time)")
 mem = [(n, res["per_size"][n]["memory_pass_ms"]) for n in sizes if res["per_size"][n]["memory_pass_ms"] is not None]
