@@ -397,25 +397,46 @@ int cmd_status(const globals& g, bool json) {
     return ex_ok;
 }
 
-/// Runs reap passes until `done` holds: the ends of agents are recorded by this process if
-/// nobody else does, timeouts and kill graces are enforced. No polling interval.
+/// True while a `kugetsu daemon` holds its read lock on HOME/daemon.lock (asked with
+/// F_OFD_GETLK, which never conflicts with the daemon or another asker).
+bool daemon_running(const home_layout& h) {
+    const int fd = ::open(h.daemon_lock().c_str(), O_RDONLY | O_NOFOLLOW | O_CLOEXEC | O_NONBLOCK);
+    if (fd < 0) return false;
+    struct stat st{};
+    const bool held = ::fstat(fd, &st) == 0 && S_ISREG(st.st_mode) && detail::lock_held(fd);
+    ::close(fd);
+    return held;
+}
+
+/// Waits until `done` holds, recording the ends of agents if nobody else does: with no daemon
+/// running, this process runs the reap passes (ends, timeouts, kill graces) itself. With a
+/// daemon running it leaves them to the daemon, which wakes for every end, and reads records
+/// without the cap lock, so that it never makes the daemon wait for it. A daemon that dies,
+/// however it dies, closes its daemon.lock: the IN_CLOSE_WRITE wakes this process, which
+/// reaps from then on (nothing recorded in between is missed). No polling interval.
 template <class Done>
 int until(const globals& g, cli_dispatcher& d, Done done, const std::string& also_watch = {}) {
+    const home_layout h{g.home};
     watcher w = home_watcher(g);
     std::error_code ec;
-    if (!also_watch.empty()) w.add(also_watch, IN_MODIFY | IN_CREATE, ec);
+    w.add(g.home, IN_CLOSE_WRITE, ec);   // daemon.lock closed: a daemon ended
+    if (!ec && !also_watch.empty()) w.add(also_watch, IN_MODIFY | IN_CREATE, ec);
     if (!ec) w.catch_signals({SIGTERM, SIGINT, SIGHUP}, ec);
     if (ec) return report(ec, "watch: " + ec.message());
     for (;;) {
         w.drain();
-        // Also with a daemon running: it may exit between an agent's end and recording it,
-        // and nothing would wake this process then.
-        d.reap(ec);
-        if (ec) return report(ec, d.last_error_detail());
-        warn_quarantined();
+        const bool daemon = daemon_running(h);
+        if (!daemon) {
+            d.reap(ec);
+            if (ec) return report(ec, d.last_error_detail());
+            warn_quarantined();
+        }
         if (auto r = done(); r >= 0) return r;
-        auto plan = d.next_wake(ec);
-        if (ec) return report(ec, d.last_error_detail());
+        cli_dispatcher::wake_plan plan;
+        if (!daemon) {
+            plan = d.next_wake(ec);
+            if (ec) return report(ec, d.last_error_detail());
+        }
         if (w.wait(plan.deadline, plan.owners, plan.agents, ec) == watcher::wake::signal) return 128 + w.last_signal();
     }
 }

@@ -71,7 +71,8 @@ within 30 all_final_without_reap
 
 # 5. A daemon that dies after an agent's supervisor left the end to it: a waiter still sees
 #    the end. The daemon is stopped while it sleeps (so it holds no lock but keeps
-#    daemon.lock), the agent ends (its supervisor skips its reap), then the daemon is killed.
+#    daemon.lock), the agent ends (its supervisor skips its reap, and so does the waiter),
+#    then the daemon is killed: its daemon.lock closes, which wakes the waiter.
 export MAX_CONCURRENT_AGENTS=3
 ku_bg daemon
 daemon=${BACKGROUND[-1]}
@@ -82,6 +83,11 @@ expect_rc 0 ku start --id late -- sleep 0.3
 timeout 30 "$KUGETSU" wait late 3>&- 4>&- & waiter=$!
 slot_free() { for f in "$KUGETSU_HOME"/run/*.slot; do [ -e "$f" ] || continue; flock -n -s "$f" true || return 1; done; }
 within 10 slot_free
+# With a daemon alive the waiter leaves the reaping to it (it never takes the cap lock then):
+# the end stays unrecorded while the daemon is stopped.
+sleep 0.5
+kill -0 "$waiter" 2>/dev/null || fail "wait returned while the daemon, alive, had not recorded the end"
+grep -q '"state": "running"' "$KUGETSU_HOME/queue/late.json" || fail "late was recorded by someone else than the daemon"
 kill -KILL "$daemon"; kill -CONT "$daemon"; wait "$daemon" 2>/dev/null || true; BACKGROUND=()
 rc=0; wait "$waiter" || rc=$?
 [ "$rc" -eq 0 ] || fail "wait exited $rc (124: it never saw the end)"
