@@ -138,9 +138,9 @@ public:
             ec = errc::duplicate_task;
             detail_ = root_ + ": queue/" + it.id + ".json: " + ec.message();
             if (made >= 0) drop_marker(it);   // the marker this call made, for a record that is not its own
-            return;
         }
-        if (!ec) index_after(it);
+        // A new record has no other state's marker to remove (a stale one left by an earlier
+        // record of that id is harmless, and removed by the indexed read that meets it).
     }
     /// `visible`: the record is fsynced, the rename is not (see kugetsu::durability). A marker
     /// the write needs is always made durable first.
