@@ -9,11 +9,14 @@
 //   kugetsu [--home DIR] wait [ID...]
 //   kugetsu [--home DIR] cancel ID [--no-wait]
 //   kugetsu [--home DIR] logs ID [--follow]
-//   kugetsu [--home DIR] events [--follow]
+//   kugetsu [--home DIR] events [--follow] [--since SEQ]
 //   kugetsu [--home DIR] reap [--quiet]
+//   kugetsu [--home DIR] config [cap N | max-attempts N | kill-grace S]
+//   kugetsu [--home DIR] check
 //
 // Exit status (sysexits.h): 0 success; 1 the task failed (start: every attempt failed;
-// wait: a task did not complete); 64 usage; 65 bad data (an invalid id, a corrupt state
+// wait: a task did not complete); 64 usage (also: a limit in the environment that differs
+// from HOME's); 65 bad data (an invalid id, a corrupt state
 // file, an unknown task); 74 I/O error; 75 no free slot (start: the cap is reached, or a PM
 // is already running); 77 the state directory or a file in it belongs to another user or is
 // writable by others; 70 internal error; 128+N: wait, cancel or logs -f interrupted by
@@ -32,10 +35,12 @@
 #include <dirent.h>
 #include <fcntl.h>
 #include <sys/file.h>
+#include <sys/prctl.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
 #include <CLI/CLI.hpp>
+#include <kugetsu/home.hpp>
 #include <kugetsu/kugetsu.hpp>
 #include <kugetsu/watcher.hpp>
 
@@ -55,7 +60,8 @@ constexpr int ex_ok = 0, ex_failed = 1, ex_usage = 64, ex_dataerr = 65, ex_softw
 int exit_code_for(const std::error_code& ec) {
     if (ec.category() == kugetsu::category()) {
         switch (static_cast<errc>(ec.value())) {
-        case errc::invalid_limit: return ex_usage;
+        case errc::invalid_limit:
+        case errc::limits_mismatch: return ex_usage;
         case errc::invalid_task_id:
         case errc::invalid_argv:
         case errc::invalid_record:
@@ -72,6 +78,7 @@ int exit_code_for(const std::error_code& ec) {
         case errc::attempts_exhausted: return ex_failed;
         case errc::not_held: return ex_software;
         case errc::unsafe_state: return ex_noperm;
+        case errc::store_busy: return ex_tempfail;
         }
         return ex_software;
     }
@@ -79,23 +86,23 @@ int exit_code_for(const std::error_code& ec) {
 }
 
 // ---- the quarantine --------------------------------------------------------------------------
-// The store moves an unreadable record to HOME/quarantine/ and goes on; this process says so
-// on stderr, once per record, as soon as it can.
+// The store moves a row that fails validation to its quarantine table and goes on; this
+// process says so on stderr, once per row, as soon as it can.
 
-const file_store* quarantine_store = nullptr;
+const sqlite_store* quarantine_store = nullptr;
 std::size_t quarantine_seen = 0;
 
 void warn_quarantined() {
     if (!quarantine_store) return;
     const auto& q = quarantine_store->quarantined();
     for (; quarantine_seen < q.size(); ++quarantine_seen)
-        std::cerr << "kugetsu: " << q[quarantine_seen].path << ": " << q[quarantine_seen].why << "; moved to "
+        std::cerr << "kugetsu: " << q[quarantine_seen].source << ": " << q[quarantine_seen].why << "; kept in "
                   << q[quarantine_seen].moved_to << "\n";
 }
 
 /// Watches one dispatcher's store while it lives (declare it right after the dispatcher).
 struct quarantine_guard {
-    explicit quarantine_guard(const file_store& s) {
+    explicit quarantine_guard(const sqlite_store& s) {
         quarantine_store = &s;
         quarantine_seen = s.quarantined().size();
     }
@@ -109,20 +116,21 @@ struct quarantine_guard {
 
 int report(const std::error_code& ec, const std::string& detail) {
     warn_quarantined();
-    std::cerr << "kugetsu: " << (detail.empty() ? ec.message() : detail) << "\n";
+    std::cerr << "kugetsu: " << (detail.empty() ? ec.message() : detail);
+    if (ec == errc::limits_mismatch)
+        std::cerr << " (HOME keeps its limits: unset the variable, or change HOME's with `kugetsu config`)";
+    std::cerr << "\n";
     return exit_code_for(ec);
 }
 
 /// "no task ID", and where its record went if it was quarantined.
-std::string no_task(const std::string& home, const std::string& id) {
+std::string no_task(sqlite_store& store, const std::string& id) {
     std::string msg = "no task \"" + id + "\"";
-    const std::string prefix = file_store::quarantine_prefix("queue", id + ".json");
-    if (DIR* d = ::opendir((home + "/quarantine").c_str())) {
-        while (const dirent* e = ::readdir(d))
-            if (std::string_view(e->d_name).starts_with(prefix))
-                msg += "; its record was unreadable and was moved to " + home + "/quarantine/" + e->d_name;
-        ::closedir(d);
-    }
+    std::error_code ec;
+    for (const auto& q : store.quarantine_rows(ec))
+        if (q.task_id == id)
+            msg += "; its record failed validation (" + q.why + ") and is kept in " + store.path() +
+                   ", table quarantine, row " + std::to_string(q.n);
     return msg;
 }
 
@@ -158,6 +166,7 @@ public:
         return git_.prepare(it, ec);
     }
     void remove(const queue_item& it, std::error_code& ec) { git_.remove(it, ec); }
+    bool has_effects(const queue_item& it) const noexcept { return git_.has_effects(it); }
     std::string_view last_error_detail() const noexcept { return git_.last_error_detail(); }
 
 private:
@@ -188,44 +197,68 @@ private:
     std::string barrier_;
 };
 
-using cli_dispatcher = basic_dispatcher<cli_lock, fork_spawner, jsonl_notifier, file_store, system_clock, cli_workspace>;
+using cli_dispatcher = basic_dispatcher<cli_lock, fork_spawner, jsonl_notifier, sqlite_store, system_clock, cli_workspace>;
 
 // ---- configuration --------------------------------------------------------------------------
 
-/// mkdir -p of HOME's parents (0755, as mkdir -p); HOME itself is created 0700 by the store.
-void make_parents(const std::string& home) {
-    for (std::size_t i = 1; i < home.size(); ++i) {
-        if (home[i] != '/') continue;
-        const std::string dir = home.substr(0, i);
-        if (::mkdir(dir.c_str(), 0755) != 0 && errno != EEXIST)
-            throw std::system_error(errno, std::system_category(), "mkdir " + dir);
-    }
-}
-
 /// load_globals (options.hpp) over the process environment; warns about the test hooks and
-/// does not pass them on: agents and the supervisors' on-exit reaper run without them.
+/// does not pass them on, nor the limits: agents and the supervisors' on-exit reaper run
+/// without them (HOME has its own limits, and a reaper must not refuse to record an end
+/// because HOME's cap changed since).
 globals load_globals(const std::string& home_flag) {
     globals g = cli::load_globals(home_flag, [](const char* name) -> const char* { return std::getenv(name); });
     if (!g.lock_enabled) std::cerr << "kugetsu: warning: KUGETSU_TEST_NO_LOCK=1: the cap is NOT enforced (test hook)\n";
     if (!g.barrier.empty()) std::cerr << "kugetsu: warning: KUGETSU_TEST_BARRIER is set (test hook)\n";
-    ::unsetenv("KUGETSU_TEST_NO_LOCK");
-    ::unsetenv("KUGETSU_TEST_BARRIER");
+    for (const char* v : {"KUGETSU_TEST_NO_LOCK", "KUGETSU_TEST_BARRIER", "MAX_CONCURRENT_AGENTS", "KUGETSU_MAX_ATTEMPTS",
+                          "KUGETSU_KILL_GRACE"})
+        ::unsetenv(v);
     return g;
 }
 
-cli_dispatcher open_home(const globals& g) {
-    make_parents(g.home);
+/// The dispatcher over HOME (created, or imported from kugetsu 0.1, on first use). With
+/// `expect`, every operation refuses (exit 64) while HOME's limits differ from those the
+/// environment names.
+cli_dispatcher open_home(const globals& g, bool expect = true) {
     const home_layout h{g.home};
-    file_store store(g.home);
     std::error_code ec;
-    store.open(ec);
-    if (ec) throw error(ec, store.last_error_detail());
+    std::string why;
+    import_report imported;
+    sqlite_store store = open_home_store(g.home, ec, why, {}, &imported);
+    if (ec) throw error(ec, why);
+    if (imported.imported) {
+        std::cerr << "kugetsu: imported " << g.home << " (kugetsu 0.1 files): " << imported.tasks << " tasks, "
+                  << imported.sessions << " sessions, " << imported.events << " events";
+        if (!imported.quarantined.empty()) std::cerr << ", " << imported.quarantined.size() << " unreadable records kept in the quarantine table";
+        std::cerr << "; the old files are kept as *.imported\n";
+        for (auto& q : imported.quarantined) std::cerr << "kugetsu: import: " << q << "\n";
+    }
     fork_spawner spawner(h.logs(), h.run());
     // The supervisor of each agent records its end at once through `kugetsu reap`, unless a
     // daemon (which holds daemon.lock) is there to do it.
     spawner.set_on_exit({"/proc/self/exe", "--home", g.home, "reap", "--quiet"}, h.daemon_lock());
-    return cli_dispatcher(cli_lock(h.lock(), g.lock_enabled), std::move(spawner), jsonl_notifier(h.events()),
-                          std::move(store), system_clock{}, cli_workspace(h.worktrees(), g.barrier), g.opt);
+    cli_dispatcher d(cli_lock(h.lock(), g.lock_enabled), std::move(spawner), jsonl_notifier(h.events()), std::move(store),
+                     system_clock{}, cli_workspace(h.worktrees(), g.barrier), g.opt);
+    if (expect) d.expect_limits(g.expect);
+    return d;
+}
+
+/// Says so on stderr when the events file could not be written (the events stay in the
+/// store: `kugetsu events` shows them, and the next relay appends them).
+void warn_notifier(const cli_dispatcher& d) {
+    if (!d.last_notifier_error().empty())
+        std::cerr << "kugetsu: warning: " << d.last_notifier_error()
+                  << " (the events are kept in the database and appended later; `kugetsu events` shows them)\n";
+}
+
+std::string seconds_text(duration d) {
+    const auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(d).count();
+    std::string s = std::to_string(ms / 1000);
+    if (ms % 1000) {
+        std::string frac = std::to_string(1000 + ms % 1000).substr(1);
+        while (!frac.empty() && frac.back() == '0') frac.pop_back();
+        s += "." + frac;
+    }
+    return s;
 }
 
 // ---- output ---------------------------------------------------------------------------------
@@ -262,6 +295,7 @@ int cmd_enqueue(const globals& g, const task_flags& f) {
     std::error_code ec;
     const auto it = d.enqueue(f.spec(), ec);
     if (ec) return report(ec, d.last_error_detail());
+    warn_notifier(d);
     std::cout << it.id << "\n";
     return ex_ok;
 }
@@ -278,22 +312,26 @@ int cmd_start(const globals& g, const task_flags& f) {
     }
     if (ec) return report(ec, d.last_error_detail());
     if (r.status == start_status::no_slot) {
-        std::cerr << "kugetsu: no free slot: the cap (" << g.opt.cap
+        std::cerr << "kugetsu: no free slot: the cap (" << d.current_limits().cap
                   << " dev agents) is reached; nothing was started or recorded\n";
         return ex_tempfail;
     }
+    warn_notifier(d);
     std::cout << r.item.id << " " << r.item.process.pid << "\n";
     return ex_ok;
 }
 
-/// A watcher of everything in HOME that can change what a pass would do.
-watcher home_watcher(const globals& g) {
+/// A watcher of everything in HOME that can change what a pass would do: a commit of another
+/// process (the database's WAL is written: watch 0) and the last close of a slot file (an
+/// agent's end: watch 1). `with_daemon_lock`: also a daemon's end (daemon.lock closed).
+watcher home_watcher(const globals& g, bool with_daemon_lock = false) {
     const home_layout h{g.home};
     watcher w;
     std::error_code ec;
-    w.add(h.queue(), IN_CREATE | IN_MOVED_TO, ec);
-    if (!ec) w.add(h.sessions(), IN_DELETE | IN_MOVED_FROM, ec);
-    if (!ec) w.add(h.run(), IN_CLOSE_WRITE, ec);
+    std::vector<std::string> names{"state.db-wal"};
+    if (with_daemon_lock) names.push_back("daemon.lock");
+    w.add(g.home, IN_MODIFY | IN_CLOSE_WRITE | IN_CREATE | IN_MOVED_TO, ec, names);
+    if (!ec) w.add(h.run(), IN_CLOSE_WRITE, ec, {"*"});
     if (ec) throw std::system_error(ec, "inotify on " + g.home);
     return w;
 }
@@ -305,7 +343,10 @@ int cmd_daemon(const globals& g, bool once, bool verbose) {
     watcher w = home_watcher(g);
     std::error_code ec;
     if (!once) {
-        w.catch_signals({SIGTERM, SIGINT, SIGHUP}, ec);
+        // The child subreaper of the agents it starts: an agent whose supervisor is killed
+        // becomes this daemon's child, which records its exit code itself.
+        if (::prctl(PR_SET_CHILD_SUBREAPER, 1) == 0) d.spawner().adopt_orphans(true);
+        w.catch_signals({SIGTERM, SIGINT, SIGHUP, SIGCHLD}, ec);
         if (ec) return report(ec, "signalfd: " + ec.message());
     }
     // A read (shared) OFD lock held while the daemon lives: supervisors leave the reaping to
@@ -324,25 +365,44 @@ int cmd_daemon(const globals& g, bool once, bool verbose) {
     int locked = daemon_lock < 0 ? -1 : ::fcntl(daemon_lock, F_OFD_SETLKW, &rd);
     while (locked != 0 && errno == EINTR) locked = ::fcntl(daemon_lock, F_OFD_SETLKW, &rd);
     if (locked != 0) return report(std::error_code(errno, std::system_category()), "daemon lock " + h.daemon_lock() + ": " + std::strerror(errno));
-    if (verbose) std::cerr << "kugetsu daemon: pid " << ::getpid() << ", home " << g.home << ", cap " << g.opt.cap << "\n";
+    if (verbose) std::cerr << "kugetsu daemon: pid " << ::getpid() << ", home " << g.home << "\n";
+    std::int64_t seen_version = -1;   // the database as of the last pass (PRAGMA data_version)
+    bool pass = true;
     for (;;) {
         w.drain();
-        const auto rep = d.process_queue(ec);
-        warn_quarantined();
-        if (ec) {
-            // Reported; a long-running daemon goes on (the next change may fix it).
-            const int status = report(ec, d.last_error_detail());
-            if (once) return status;
-        } else if (verbose && (rep.started || rep.finished || rep.failed)) {
-            std::cerr << "kugetsu daemon: pass: " << rep.finished << " ended, " << rep.started << " started, "
-                      << rep.failed << " failed attempts\n";
+        if (pass) {
+            // Read before the pass: a commit of another process after this read is seen as a
+            // change at the next wake-up, even if the pass saw it too (one pass too many,
+            // never one too few).
+            std::error_code vec;
+            seen_version = d.store().data_version(vec);
+            const auto rep = d.process_queue(ec);
+            warn_quarantined();
+            if (ec) {
+                // Reported; a long-running daemon goes on (the next change may fix it).
+                const int status = report(ec, d.last_error_detail());
+                if (once || ec == errc::limits_mismatch) return status;
+            } else if (verbose && (rep.started || rep.finished || rep.failed)) {
+                std::cerr << "kugetsu daemon: pass: " << rep.finished << " ended, " << rep.started << " started, "
+                          << rep.failed << " failed attempts, " << rep.commits << " commits\n";
+            }
+            warn_notifier(d);
+            if (once) return ex_ok;
         }
-        if (once) return ex_ok;
         auto plan = d.next_wake(ec);
         if (ec) report(ec, d.last_error_detail());
-        if (w.wait(plan.deadline, plan.owners, plan.agents, ec) == watcher::wake::signal) {
+        const auto why = w.wait(plan.deadline, plan.owners, plan.agents, ec);
+        if (why == watcher::wake::signal) {
             if (verbose) std::cerr << "kugetsu daemon: " << ::strsignal(w.last_signal()) << ": exiting; agents run on\n";
             return ex_ok;
+        }
+        // Woken only by a commit, and no other process has committed since the last pass
+        // read the database: that was this daemon's own commit.
+        pass = true;
+        if (why == watcher::wake::changed && w.changes() == 1u) {
+            std::error_code vec;
+            const auto v = d.store().data_version(vec);
+            pass = vec || v != seen_version;
         }
     }
 }
@@ -365,20 +425,33 @@ int cmd_status(const globals& g, bool json) {
     std::error_code ec;
     const auto rep = d.reap(ec);
     if (ec) return report(ec, d.last_error_detail());
+    const auto lim = d.current_limits();
     const auto sessions = d.store().list_sessions(ec);
     if (ec) return report(ec, "sessions: " + std::string(d.store().last_error_detail()));
     const auto items = d.store().list_items(ec);
     if (ec) return report(ec, "queue: " + std::string(d.store().last_error_detail()));
+    const auto quarantined = d.store().quarantine_rows(ec);
+    if (ec) return report(ec, "quarantine: " + std::string(d.store().last_error_detail()));
     if (json) {
-        nlohmann::json j = {{"cap", g.opt.cap}, {"live", rep.live}, {"pm_live", rep.pm_live},
-                            {"sessions", nlohmann::json::array()}, {"tasks", nlohmann::json::array()}};
+        nlohmann::json j = {{"cap", lim.cap},
+                            {"max_attempts", lim.max_attempts},
+                            {"kill_grace_ms", std::chrono::duration_cast<std::chrono::milliseconds>(lim.kill_grace).count()},
+                            {"live", rep.live},
+                            {"pm_live", rep.pm_live},
+                            {"quarantined", quarantined.size()},
+                            {"sessions", nlohmann::json::array()},
+                            {"tasks", nlohmann::json::array()}};
         for (auto& s : sessions) j["sessions"].push_back(session_json(s));
         for (auto& it : items) j["tasks"].push_back(task_json(it));
         std::cout << j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) << "\n";
         return ex_ok;
     }
-    std::printf("home %s\ncap %d: %d dev agent%s live, PM %s\n", g.home.c_str(), g.opt.cap, rep.live,
-                rep.live == 1 ? "" : "s", rep.pm_live ? "live" : "not running");
+    std::printf("home %s\ncap %d (max attempts %d, kill grace %s s): %d dev agent%s live, PM %s\n", g.home.c_str(),
+                lim.cap, lim.max_attempts, seconds_text(lim.kill_grace).c_str(), rep.live, rep.live == 1 ? "" : "s",
+                rep.pm_live ? "live" : "not running");
+    if (!quarantined.empty())
+        std::printf("%zu record%s kept in the quarantine table (kugetsu check lists them)\n", quarantined.size(),
+                    quarantined.size() == 1 ? "" : "s");
     if (items.empty()) {
         std::printf("no tasks\n");
         return ex_ok;
@@ -417,10 +490,9 @@ bool daemon_running(const home_layout& h) {
 template <class Done>
 int until(const globals& g, cli_dispatcher& d, Done done, const std::string& also_watch = {}) {
     const home_layout h{g.home};
-    watcher w = home_watcher(g);
+    watcher w = home_watcher(g, /*with_daemon_lock=*/true);   // daemon.lock closed: a daemon ended
     std::error_code ec;
-    w.add(g.home, IN_CLOSE_WRITE, ec);   // daemon.lock closed: a daemon ended
-    if (!ec && !also_watch.empty()) w.add(also_watch, IN_MODIFY | IN_CREATE, ec);
+    if (!also_watch.empty()) w.add(also_watch, IN_MODIFY | IN_CREATE, ec);
     if (!ec) w.catch_signals({SIGTERM, SIGINT, SIGHUP}, ec);
     if (ec) return report(ec, "watch: " + ec.message());
     for (;;) {
@@ -460,7 +532,7 @@ int cmd_wait(const globals& g, std::vector<std::string> ids) {
             std::error_code e;
             auto it = d.store().get_item(id, e);
             if (e) return report(e, "task \"" + id + "\": " + std::string(d.store().last_error_detail()));
-            if (!it) return report(errc::unknown_task, no_task(g.home, id));
+            if (!it) return report(errc::unknown_task, no_task(d.store(), id));
             if (!is_final(it->state)) return -1;
             final[i] = true;
             all_completed = all_completed && it->state == task_state::completed;
@@ -481,7 +553,7 @@ int cmd_cancel(const globals& g, const std::string& id, bool no_wait) {
     quarantine_guard watch_quarantine(d.store());
     std::error_code ec;
     auto it = d.cancel(id, ec);   // reaps first: an agent that has already ended is recorded as such
-    if (ec == errc::unknown_task && valid_task_id(id)) return report(ec, no_task(g.home, id));
+    if (ec == errc::unknown_task && valid_task_id(id)) return report(ec, no_task(d.store(), id));
     if (ec) return report(ec, d.last_error_detail());
     if (it.state != task_state::running || no_wait) {
         std::cout << id << " " << (it.state == task_state::running ? "stopping" : to_string(it.state)) << "\n";
@@ -526,7 +598,7 @@ int cmd_logs(const globals& g, const std::string& id, bool follow) {
     if (!valid_task_id(id)) return report(errc::invalid_task_id, "task id \"" + id.substr(0, 160) + "\": invalid");
     auto it = d.store().get_item(id, ec);
     if (ec) return report(ec, d.store().last_error_detail());
-    if (!it) return report(errc::unknown_task, no_task(g.home, id));
+    if (!it) return report(errc::unknown_task, no_task(d.store(), id));
     const home_layout h{g.home};
     const std::string path = h.logs() + "/" + id + ".log";
     off_t offset = 0;
@@ -547,24 +619,84 @@ int cmd_logs(const globals& g, const std::string& id, bool follow) {
     }, h.logs());
 }
 
-int cmd_events(const globals& g, bool follow) {
-    const home_layout h{g.home};
-    off_t offset = 0;
-    if (!follow) {
-        copy_new(h.events(), offset);
-        return ex_ok;
+int cmd_events(const globals& g, bool follow, const std::string& since_text) {
+    std::uint64_t since = 0;
+    if (!since_text.empty()) {
+        char* end = nullptr;
+        errno = 0;
+        const unsigned long long v = std::strtoull(since_text.c_str(), &end, 10);
+        if (since_text[0] < '0' || since_text[0] > '9' || errno || *end || v > max_event_seq)
+            throw cli::usage_error("--since \"" + since_text + "\" is not an event number");
+        since = v;
     }
-    make_parents(g.home);
-    watcher w;
+    auto d = open_home(g, /*expect=*/false);
+    quarantine_guard watch_quarantine(d.store());
     std::error_code ec;
-    w.add(g.home, IN_MODIFY | IN_CREATE, ec);
-    if (!ec) w.catch_signals({SIGTERM, SIGINT, SIGHUP}, ec);
-    if (ec) return report(ec, "inotify on " + g.home + ": " + ec.message());
-    for (;;) {
-        w.drain();
-        copy_new(h.events(), offset);
-        if (w.wait(std::nullopt, {}, {}, ec) == watcher::wake::signal) return ex_ok;
+    std::optional<watcher> w;
+    if (follow) {
+        w.emplace();
+        w->add(g.home, IN_MODIFY | IN_CREATE, ec, {"state.db-wal"});
+        if (!ec) w->catch_signals({SIGTERM, SIGINT, SIGHUP}, ec);
+        if (ec) return report(ec, "inotify on " + g.home + ": " + ec.message());
     }
+    for (;;) {
+        if (w) w->drain();
+        for (;;) {
+            const auto batch = d.store().events_after(since, 1024, ec);
+            if (ec) return report(ec, "events: " + std::string(d.store().last_error_detail()));
+            if (batch.empty()) break;
+            for (const auto& e : batch)
+                std::cout << nlohmann::json(e).dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) << "\n";
+            since = batch.back().seq;
+        }
+        std::cout.flush();
+        if (!std::cout) return ex_ioerr;
+        if (!w) return ex_ok;
+        if (w->wait(std::nullopt, {}, {}, ec) == watcher::wake::signal) return ex_ok;
+    }
+}
+
+int cmd_config(const globals& g, const std::vector<std::string>& args) {
+    auto d = open_home(g, /*expect=*/false);
+    quarantine_guard watch_quarantine(d.store());
+    std::error_code ec;
+    auto lim = d.limits(ec);
+    if (ec) return report(ec, d.last_error_detail());
+    if (!args.empty()) {
+        if (args.size() != 2) throw cli::usage_error("config: give a setting and a value: cap N | max-attempts N | kill-grace S");
+        const auto env = [&](const char* name) -> const char* { return name == std::string_view("V") ? args[1].c_str() : nullptr; };
+        if (args[0] == "cap") lim.cap = cli::env_int(env, "V", 0, 1, max_cap);
+        else if (args[0] == "max-attempts") lim.max_attempts = cli::env_int(env, "V", 0, 1, max_attempts_limit);
+        else if (args[0] == "kill-grace") lim.kill_grace = cli::parse_seconds("kill-grace", args[1], /*allow_zero=*/true);
+        else throw cli::usage_error("config: unknown setting \"" + args[0] + "\" (cap, max-attempts, kill-grace)");
+        d.set_limits(lim, ec);
+        if (ec) return report(ec, d.last_error_detail());
+    }
+    std::printf("cap %d\nmax-attempts %d\nkill-grace %s\n", lim.cap, lim.max_attempts, seconds_text(lim.kill_grace).c_str());
+    return ex_ok;
+}
+
+int cmd_check(const globals& g) {
+    std::error_code ec;
+    std::string why;
+    // Opened without the dispatcher: a check reads, repairs nothing, and needs no limits.
+    sqlite_store store = open_home_store(g.home, ec, why);
+    if (ec) return report(ec, why);
+    const auto r = store.check(ec);
+    if (ec) return report(ec, store.last_error_detail());
+    std::printf("%s: %d tasks, %d sessions, %d events, %d quarantined\n", store.path().c_str(), r.tasks, r.sessions,
+                r.events, r.quarantined);
+    for (auto& l : r.integrity) std::printf("integrity: %s\n", l.c_str());
+    for (auto& l : r.bad_rows) std::printf("invalid row: %s\n", l.c_str());
+    for (auto& q : store.quarantine_rows(ec))
+        std::printf("quarantined %lld: %s: %s\n", static_cast<long long>(q.n), q.source.c_str(), q.why.c_str());
+    if (!r.ok()) {
+        std::fprintf(stderr, "kugetsu: %s: %s\n", store.path().c_str(),
+                     r.integrity.empty() ? "rows fail validation" : "SQLite's integrity check failed");
+        return ex_dataerr;
+    }
+    std::printf("ok\n");
+    return ex_ok;
 }
 
 } // namespace
@@ -592,8 +724,10 @@ int main(int argc, char** argv) {
         if (*cl.wait) return cmd_wait(g, cl.wait_ids);
         if (*cl.cancel) return cmd_cancel(g, cl.cancel_id, cl.no_wait);
         if (*cl.logs) return cmd_logs(g, cl.logs_id, cl.follow_logs);
-        if (*cl.events) return cmd_events(g, cl.follow_events);
+        if (*cl.events) return cmd_events(g, cl.follow_events, cl.events_since);
         if (*cl.reap) return cmd_reap(g, cl.quiet);
+        if (*cl.config) return cmd_config(g, cl.config_args);
+        if (*cl.check) return cmd_check(g);
     } catch (const cli::usage_error& e) {
         std::cerr << "kugetsu: " << e.what() << "\n";
         return ex_usage;

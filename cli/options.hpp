@@ -92,7 +92,8 @@ inline duration parse_seconds(const std::string& what, const std::string& v, boo
 
 struct globals {
     std::string home;
-    dispatcher_options opt;
+    dispatcher_options opt;          ///< the limits of a new HOME (environment, else defaults)
+    limit_expectations expect;       ///< the limits the environment names: HOME's must agree
     bool lock_enabled = true;
     std::string barrier;
 };
@@ -111,6 +112,16 @@ inline globals load_globals(const std::string& home_flag, const environment& env
     g.opt.max_attempts = env_int(env, "KUGETSU_MAX_ATTEMPTS", 3, 1, max_attempts_limit);
     if (const char* k = env("KUGETSU_KILL_GRACE"); k && *k)
         g.opt.kill_grace = parse_seconds("KUGETSU_KILL_GRACE", k, /*allow_zero=*/true);
+    auto set = [&](const char* name) {
+        const char* v = env(name);
+        return v && *v;
+    };
+    g.expect.cap_name = "MAX_CONCURRENT_AGENTS";
+    g.expect.max_attempts_name = "KUGETSU_MAX_ATTEMPTS";
+    g.expect.kill_grace_name = "KUGETSU_KILL_GRACE";
+    if (set("MAX_CONCURRENT_AGENTS")) g.expect.cap = g.opt.cap;
+    if (set("KUGETSU_MAX_ATTEMPTS")) g.expect.max_attempts = g.opt.max_attempts;
+    if (set("KUGETSU_KILL_GRACE")) g.expect.kill_grace = g.opt.kill_grace;
     if (const char* t = env("KUGETSU_TEST_NO_LOCK"); t && std::string_view(t) == "1") g.lock_enabled = false;
     if (const char* b = env("KUGETSU_TEST_BARRIER"); b && *b) g.barrier = b;
     return g;
@@ -187,7 +198,9 @@ struct command_line {
     std::string logs_id;
     bool follow_logs = false;
     bool follow_events = false;
+    std::string events_since;
     bool quiet = false;
+    std::vector<std::string> config_args;
 
     CLI::App* enqueue = nullptr;
     CLI::App* start = nullptr;
@@ -198,6 +211,8 @@ struct command_line {
     CLI::App* logs = nullptr;
     CLI::App* events = nullptr;
     CLI::App* reap = nullptr;
+    CLI::App* config = nullptr;
+    CLI::App* check = nullptr;
 
     command_line() {
         app.require_subcommand(1);
@@ -227,11 +242,17 @@ struct command_line {
         logs->add_option("id", logs_id, "Task id")->required();
         logs->add_flag("-f,--follow", follow_logs, "Keep printing until the task ends");
 
-        events = app.add_subcommand("events", "Print the event log (JSON lines)");
+        events = app.add_subcommand("events", "Print the events, one JSON line each, numbered (\"seq\")");
         events->add_flag("-f,--follow", follow_events, "Keep printing new events until interrupted");
+        events->add_option("--since", events_since, "Only the events after this number");
 
         reap = app.add_subcommand("reap", "Record the ends of agents that have exited (supervisors run this)");
         reap->add_flag("-q,--quiet", quiet, "Print nothing");
+
+        config = app.add_subcommand("config", "Show HOME's limits, or change one: cap N, max-attempts N, kill-grace S");
+        config->add_option("setting", config_args, "cap N | max-attempts N | kill-grace SECONDS")->expected(0, 2);
+
+        check = app.add_subcommand("check", "Check HOME's database: SQLite's integrity check and every row");
     }
     command_line(const command_line&) = delete;
     command_line& operator=(const command_line&) = delete;

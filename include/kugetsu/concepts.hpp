@@ -11,6 +11,8 @@
 #pragma once
 
 #include <concepts>
+#include <cstdint>
+#include <functional>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -51,15 +53,18 @@ struct spawn_request {
 };
 
 enum class process_state {
-    running,  ///< alive, or dead but not yet reaped: it still holds its slot
-    exited,   ///< ended; exit_code is known
-    gone,     ///< ended (or never was this process); exit code unknown
+    running,    ///< alive, or dead but not yet reaped: it still holds its slot
+    exited,     ///< ended after running the program; exit_code is known
+    gone,       ///< ended (or never was this process); whether and how it ran is unknown
+    never_ran,  ///< ended without running the program: held, and never released (its
+                ///< starter died or abandoned it, or its supervisor died), or its exec failed
 };
 
 struct process_status {
     process_state state = process_state::gone;
     int exit_code = -1;               ///< exited: 0-255, or 128+signal if killed by a signal
     bool timed_out = false;           ///< exited: the spawner stopped it at its timeout
+    std::optional<timestamp> ended_at{};  ///< exited: when it ended, if the spawner knows
 };
 
 enum class stop_signal { terminate, kill };
@@ -72,12 +77,18 @@ enum class stop_signal { terminate, kill };
 /// could not be executed; the child is reaped) or `s.abandon(p)` discards it without running
 /// the program. If the caller dies while a child is held, the child exits without running it.
 /// `s.poll(p, ec)` never blocks; an agent counts as running until it has been reaped by the
-/// spawner's side (a zombie whose reaper is gone may count as ended).
+/// spawner's side (a zombie whose reaper is gone may count as ended). `never_ran` is only
+/// answered when the spawner knows the program never ran (it was never released, or its
+/// exec failed): a doubt is `gone`, never `never_ran`, since the dispatcher runs a task again
+/// after `never_ran`.
 /// `s.signal(p, sig, ec)` signals the agent's whole process group, and nothing at all if p no
 /// longer denotes the same process (PID reuse). `s.self()` names the calling process, so
 /// that work it claims can be recovered when it dies.
 /// Optional: `s.forget(p)` (noexcept), called once an agent's end is recorded or its start
-/// failed, drops whatever the spawner keeps per agent.
+/// failed (after the unit of work that records it has committed), drops whatever the
+/// spawner keeps per agent; `s.sweep(refs)` (noexcept), called by every reap with the lock
+/// held and the processes of every session `refs`, removes what the spawner keeps for agents
+/// no session names that are known to be over (a starter or a supervisor killed during setup).
 template <class S>
 concept spawner = requires(S& s, const spawn_request& r, const process_ref& p, std::error_code& ec) {
     { s.spawn(r, ec) } -> std::same_as<process_ref>;
@@ -88,42 +99,79 @@ concept spawner = requires(S& s, const spawn_request& r, const process_ref& p, s
     { s.self() } -> std::same_as<process_ref>;
 };
 
-/// Notifier: receives every event. Checked: `n.notify(e)` is noexcept.
+/// Notifier: receives events. Checked: `n.notify(e)` is noexcept.
 /// Not checked: it returns promptly and never stops dispatching; failures are counted or
-/// reported by the model, never thrown. Events are sent after the lock is released.
+/// reported by the model, never thrown. The dispatcher gives it the events its own units of
+/// work committed, after the commit and after the lock is released, each with its `seq`.
 template <class N>
 concept notifier = requires(N& n, const event& e) {
     { n.notify(e) } noexcept;
 };
 
-/// How much a store write must survive. Every write is atomic and seen at once by every
-/// process, so the death of any process loses nothing; `durable` also survives a power loss
-/// or a kernel crash once the call returns. The dispatcher asks for `visible` only where a
-/// power loss cannot matter, because every agent dies with the machine and the first reap
-/// after it re-derives the state: the mark that an agent is running (its session, durable
-/// before exec, says the attempt ran), a signal sent, a claim given back, a session removed.
-/// The attempt count, every session and every final state are durable.
-enum class durability { durable, visible };
+/// Where a durable notifier takes events from: the committed events after sequence number
+/// `after`, oldest first, at most a batch (empty: none left). A store's events_after().
+using event_source = std::function<std::vector<event>(std::uint64_t after, std::error_code& ec)>;
 
-/// A store that can make a write merely `visible` (cheaper: no fsync of its directory).
-template <class S>
-concept store_with_durability = requires(S& s, const queue_item& it, std::string_view id, std::error_code& ec) {
-    { s.put_item(it, ec, durability::visible) } -> std::same_as<void>;
-    { s.remove_session(id, ec, durability::visible) } -> std::same_as<void>;
+/// A notifier that keeps what it was given (jsonl_notifier: the events file), and so can be
+/// given every event a store commits, from every process, at least once.
+///
+/// Checked: `n.relay(source, ec)` returns the highest sequence number it holds. Not checked:
+/// under an exclusion of its own (so concurrent relays never deliver an event twice), it finds
+/// the highest sequence number it holds, takes `source(that)` until it is empty, and keeps
+/// each event in order. An event it was given but lost to a crash before keeping it is given
+/// again by the next relay of any process; one kept is never given again. On failure (the
+/// events file cannot be written) ec says why and the events stay in the store's outbox for
+/// the next relay: nothing is dropped. `n.notify(e)` of an event with a sequence number may
+/// do nothing: such events come through relay().
+template <class N>
+concept durable_notifier = notifier<N> && requires(N& n, const event_source& src, std::error_code& ec) {
+    { n.relay(src, ec) } -> std::same_as<std::uint64_t>;
 };
 
-/// Store: the durable state: queue items and sessions.
+/// How much a unit of work must survive. Every commit is atomic and seen at once by every
+/// process, so the death of any process loses nothing committed; `durable` also survives a
+/// power loss or a kernel crash once commit() returns (SQLite: synchronous=FULL, one
+/// fdatasync of the WAL). The dispatcher asks for `visible` only where a power loss cannot
+/// matter, because every agent dies with the machine and the first reap after it re-derives
+/// the state: that an agent is running (its session, committed durably before exec, says the
+/// attempt ran), a signal sent, a claim given back, the cursor of a relay. Attempts counted,
+/// sessions written and final states are always in a durable commit.
+enum class durability { durable, visible };
+
+/// Store: the durable state: queue items, sessions, the events outbox and the queue's limits.
 ///
-/// Checked: the operations below. Not checked: every operation is atomic (a reader sees the
-/// old or the new record, never a mix) and durable when it returns; create_item fails with
-/// errc::duplicate_task if the id exists; items_in_state returns at most `limit` items of
-/// that state, oldest first (enqueued_at, then id); a record that cannot be read is an error
-/// (errc::store_corrupt) that names it, never silently skipped. The dispatcher calls every
-/// operation but create_item with its lock held; create_item is atomic on its own (enqueue
-/// takes no lock).
+/// A UNIT OF WORK. `s.begin(ec)` opens one; every write until `s.commit(d, ec)` is invisible
+/// to every other store object and process, and becomes visible, all of it at once, when the
+/// commit returns without error. On a commit error, `s.rollback()`, the destruction of the
+/// object, or the death of the process, none of it happens. Reads through the object see its
+/// own writes. One unit is open at a time in a store (all objects and processes sharing it):
+/// begin() waits for another to end (SQLite: BEGIN IMMEDIATE with a busy timeout; a timeout
+/// is an error naming the database), so the reads of a unit are not changed by others while
+/// it is open. Not nested. An operation called outside a unit is a unit of its own, committed
+/// durably (readers do not wait). The dispatcher opens units only with its lock held, except
+/// enqueue(), whose unit creates one task and its event.
+///
+/// Checked: the operations below. Not checked:
+/// - create_item fails with errc::duplicate_task if the id exists (in the store or the unit);
+/// - items_in_state returns at most `limit` items of that state, oldest first (enqueued_at,
+///   then id), and costs O(limit) whatever the number of tasks in other states: a pass
+///   never reads finished tasks;
+/// - append_event adds the event to the outbox in the unit and returns its sequence number
+///   (the event's own seq is ignored): committed events have distinct numbers, growing in
+///   commit order, never reused; events_after(seq, limit) returns up to `limit` committed
+///   events with greater numbers, in order;
+/// - get_limits is empty until put_limits has been committed once;
+/// - a record that cannot be read (fails validation) is never skipped silently: it is moved
+///   aside (quarantined: kept, named, and reported with a task_error event, reason
+///   "quarantined", in the unit that moved it) or is an error (errc::store_corrupt) naming it.
 template <class S>
-concept store = requires(S& s, const queue_item& it, const session& se, std::string_view id,
-                         task_state st, std::size_t limit, std::error_code& ec) {
+concept store = requires(S& s, const S& cs, const queue_item& it, const session& se, const event& e,
+                         const limits& lim, std::string_view id, task_state st, std::size_t limit,
+                         std::uint64_t seq, durability d, std::error_code& ec) {
+    { s.begin(ec) } -> std::same_as<void>;
+    { s.commit(d, ec) } -> std::same_as<void>;
+    { s.rollback() } noexcept;
+    { cs.in_unit() } noexcept -> std::same_as<bool>;
     { s.create_item(it, ec) } -> std::same_as<void>;
     { s.put_item(it, ec) } -> std::same_as<void>;
     { s.get_item(id, ec) } -> std::same_as<std::optional<queue_item>>;
@@ -132,6 +180,26 @@ concept store = requires(S& s, const queue_item& it, const session& se, std::str
     { s.put_session(se, ec) } -> std::same_as<void>;
     { s.remove_session(id, ec) } -> std::same_as<void>;
     { s.list_sessions(ec) } -> std::same_as<std::vector<session>>;
+    { s.append_event(e, ec) } -> std::same_as<std::uint64_t>;
+    { s.events_after(seq, limit, ec) } -> std::same_as<std::vector<event>>;
+    { s.get_limits(ec) } -> std::same_as<std::optional<limits>>;
+    { s.put_limits(lim, ec) } -> std::same_as<void>;
+};
+
+/// A record a store moved aside because it failed validation (see the store concept).
+struct quarantined_record {
+    std::string task_id;      ///< the task it was about, if its key says ("" if not)
+    std::string source;       ///< where it was (a table and key, a file)
+    std::string moved_to;     ///< where it is kept now
+    std::string why;          ///< what was wrong with it
+    std::uint64_t event_seq = 0;  ///< the task_error event written for it (0: none)
+};
+
+/// A store that moves unreadable records aside lists them: each record moved by a unit that
+/// committed, since the object was created, in order.
+template <class S>
+concept store_with_quarantine = store<S> && requires(const S& s) {
+    { s.quarantined() } -> std::same_as<const std::vector<quarantined_record>&>;
 };
 
 /// Clock: an object, never a static: two simulations in one process never share time.
@@ -148,6 +216,17 @@ template <class W>
 concept workspace = requires(W& w, const queue_item& it, std::error_code& ec) {
     { w.prepare(it, ec) } -> std::same_as<std::string>;
     { w.remove(it, ec) } -> std::same_as<void>;
+};
+
+/// A workspace that says whether prepare(it) leaves something behind that outlives the
+/// process (a git worktree, a directory). The dispatcher commits a task's claim and attempt
+/// count durably before such a prepare, so that an attempt whose prepare kills the process
+/// every time is still counted; for the others (null_workspace) the claim is committed with
+/// the session, in the pass's one commit. A workspace without has_effects() is assumed to
+/// have them.
+template <class W>
+concept workspace_with_effects = workspace<W> && requires(const W& w, const queue_item& it) {
+    { w.has_effects(it) } noexcept -> std::same_as<bool>;
 };
 
 } // namespace kugetsu

@@ -3,36 +3,54 @@
 // basic_dispatcher<Lock, Spawner, Notifier, Store, Clock, Workspace> enqueues tasks, starts
 // agents without ever running more than `cap` dev agents at once, runs the queue, and
 // records each agent's end. Every decision that depends on the number of live agents is
-// taken with the Lock held, in this order: reap the dead, count the live dev sessions (the
-// PM never counts), write state, spawn. Nothing inside the lock waits on an agent. Events go
-// to the Notifier after the lock is released.
+// taken with the Lock held, in one unit of work of the Store, in this order: reap the dead,
+// count the live dev sessions (the PM never counts), write state, spawn. Nothing inside the
+// lock waits on an agent.
+//
+// ONE COMMIT PER PASS. Everything a critical section writes (ends recorded, attempts
+// counted, claims, sessions, final states and the events that describe them) goes into the
+// store's unit of work and is committed together, with one durable sync, before any held
+// agent is released: a pass that starts k agents spawns the k children held before exec,
+// writes their sessions, commits once, then releases all k. What the releases teach (the
+// agents run: `running`, task_started; an exec failed: the attempt failed) is committed next,
+// as `visible` unless it holds a final state. So no agent runs unrecorded, the attempt that
+// runs is counted durably before its program can run, and a process that dies at any moment
+// leaves a state the next reap repairs. A claim is committed before a workspace that has
+// lasting effects is prepared (see workspace_with_effects).
+//
+// THE LIMITS are the store's (its HOME's): cap, default attempts, kill grace. A dispatcher's
+// options only initialise a store that has none; every critical section reads the stored
+// ones, so set_limits() from any process applies to every dispatcher at its next pass.
+// Lowering the cap kills nothing: no agent starts until fewer than the new cap are live.
+//
+// EVENTS are written in the unit of the change they report (a transactional outbox), each
+// numbered by the store. After the commit and the lock: the Notifier gets the events of this
+// object's own units (notify), and a durable_notifier is also relayed the store's outbox from
+// where it stands, so it receives every event of every process, again after any crash (at
+// least once; the number lets a reader drop copies). A notifier that cannot keep events is
+// reported by last_notifier_error(), and the events stay in the store.
 //
 // Operations (each in two forms: `ec&`, and throwing kugetsu::error):
-//   enqueue(spec)      pending; task_queued. Takes no lock: creating a record is atomic.
-//   start(spec)        a new task now: no free slot -> start_status::no_slot, nothing written;
-//                      otherwise up to max_attempts attempts in the foreground; if all fail,
-//                      the task is error and ec is errc::attempts_exhausted.
-//   start_item(id)     one attempt at a pending task; no slot -> start_status::no_slot, the
-//                      task stays pending, no attempt used, nothing written.
+//   enqueue(spec)      pending; task_queued, in one unit. Takes no lock.
+//   start(spec)        a new task now: no free slot -> start_status::no_slot, nothing of it
+//                      written; otherwise up to max_attempts attempts in the foreground; if all
+//                      fail, the task is error and ec is errc::attempts_exhausted.
+//   start_item(id)     one attempt at a pending task; no slot -> start_status::no_slot.
 //   process_queue()    in one critical section: free = cap - live; take up to `free` pending
-//                      tasks, oldest first, and make an attempt for each (task_dequeued once
-//                      it is counted), one after another; repeat while failed attempts freed
-//                      slots. No batch-size setting.
-//   reap()             record ended agents (task_completed / task_error with the exit code),
-//                      adopt live agents whose start was interrupted, enforce timeouts (SIGTERM
-//                      to the process group, SIGKILL after kill_grace), return tasks left
-//                      notified by a dead process to pending.
-//   cancel(id)         after a reap: pending/notified -> cancelled; running -> stopped like a timeout, then
-//                      cancelled once reaped.
+//                      tasks, oldest first (task_dequeued), start them, commit once, release;
+//                      repeat while failed attempts freed slots. No batch-size setting.
+//   reap()             record ended agents (task_completed / task_error with the exit code and
+//                      the time the agent ended), adopt live agents whose start was
+//                      interrupted, return to pending the tasks whose agent never ran (reason
+//                      start_interrupted), enforce timeouts (SIGTERM to the process group,
+//                      SIGKILL after kill_grace), return claims of dead processes to pending.
+//   cancel(id)         after a reap: pending/notified -> cancelled; running -> stopped like a
+//                      timeout, then cancelled once reaped.
+//   limits()/set_limits()  the store's limits.
 //
-// A failed attempt (workspace or spawn failure) removes its workspace and session and
-// returns the task to pending; after max_attempts it is error (task_error, reason
-// attempts_exhausted). A session is written before its agent may exec (see the spawner
-// concept), so an agent never runs without being counted, even if the dispatcher dies.
-//
-// A store that moves unreadable records aside (file_store's quarantine) is drained at the
-// end of each locked operation: each queue record moved becomes a task_error event with
-// reason "quarantined", and the other tasks go on.
+// A failed attempt (workspace, spawn or exec failure, or a start interrupted before exec)
+// removes its workspace and session and returns the task to pending; after max_attempts it
+// is error (task_error, reason attempts_exhausted or start_interrupted).
 //
 // One dispatcher per thread: an object is not thread-safe. Any number of dispatchers, in any
 // number of processes, may share a store if they share the lock.
@@ -40,6 +58,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <exception>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -54,18 +73,17 @@
 
 namespace kugetsu {
 
-struct dispatcher_options {
-    int cap = 3;                                        ///< live dev agents at most (1..4096)
-    int max_attempts = 3;                               ///< default for tasks that name none
-    duration kill_grace = std::chrono::seconds(10);     ///< SIGTERM -> SIGKILL delay
+/// The limits a dispatcher gives a store that has none yet (see kugetsu::limits).
+using dispatcher_options = limits;
 
-    /// errc::invalid_limit if a value is out of range.
-    std::error_code validate() const noexcept {
-        if (auto ec = validate_cap(cap)) return ec;
-        if (auto ec = validate_attempts(max_attempts)) return ec;
-        if (kill_grace.count() < 0 || kill_grace > max_timeout) return errc::invalid_limit;
-        return {};
-    }
+/// Limits a caller insists on (each one set must equal the store's), with the names to give
+/// them in the error: a process told MAX_CONCURRENT_AGENTS=2 on a HOME whose cap is 3 must
+/// not silently run under 3 (errc::limits_mismatch, see basic_dispatcher::expect_limits).
+struct limit_expectations {
+    std::optional<int> cap;
+    std::optional<int> max_attempts;
+    std::optional<duration> kill_grace;
+    std::string cap_name = "cap", max_attempts_name = "max_attempts", kill_grace_name = "kill_grace";
 };
 
 enum class start_status {
@@ -85,6 +103,7 @@ struct reap_report {
     int pm_live = 0;     ///< live PM agents (0 or 1)
     int finished = 0;    ///< agents whose end was recorded
     int adopted = 0;     ///< live agents whose interrupted start was completed
+    int interrupted = 0; ///< agents that never ran (their start was cut short): tasks given back
     int recovered = 0;   ///< notified tasks of dead processes returned to pending
     int signalled = 0;   ///< SIGTERM or SIGKILL sent (timeout, cancel)
 };
@@ -95,6 +114,7 @@ struct pass_report {
     int started = 0;
     int failed = 0;      ///< failed attempts
     int finished = 0;    ///< agent ends recorded by this pass
+    int commits = 0;     ///< units of work committed
 };
 
 template <lock Lock, spawner Spawner, notifier Notifier, store Store, clock Clock, workspace Workspace>
@@ -107,17 +127,14 @@ public:
     using clock_type = Clock;
     using workspace_type = Workspace;
 
-    /// Throws kugetsu::error(errc::invalid_limit) if the options are out of range.
+    /// `options`: the limits of a store that has none yet. Throws
+    /// kugetsu::error(errc::invalid_limit) if they are out of range.
     basic_dispatcher(Lock lock, Spawner spawner, Notifier notifier, Store store, Clock clock,
                      Workspace workspace, dispatcher_options options = {})
         : lock_(std::move(lock)), spawner_(std::move(spawner)), notifier_(std::move(notifier)),
           store_(std::move(store)), clock_(std::move(clock)), workspace_(std::move(workspace)),
-          opt_(options) {
-        if (auto ec = opt_.validate())
-            throw error(ec, "dispatcher options: cap must be 1.." + std::to_string(max_cap) + " (got " +
-                                std::to_string(opt_.cap) + "), max_attempts 1.." +
-                                std::to_string(max_attempts_limit) + " (got " +
-                                std::to_string(opt_.max_attempts) + ")");
+          opt_(options), lim_(options) {
+        if (auto ec = opt_.validate()) throw error(ec, "dispatcher options: " + describe_limits_error(opt_));
     }
 
     basic_dispatcher(basic_dispatcher&&) = default;
@@ -133,14 +150,20 @@ public:
             detail_ = "task \"" + spec.id + "\": a PM agent is started with start(), not queued";
             return {};
         }
-        queue_item it = make_item(spec);
-        store_.create_item(it, ec);
-        if (ec) {
-            note_failure("enqueue \"" + spec.id + "\"", ec, store_);
-            return {};
+        queue_item it;
+        {
+            unit_scope u(*this);
+            open_unit(ec);
+            if (!ec) {
+                it = make_item(spec);
+                store_.create_item(it, ec);
+                if (ec) note_failure("enqueue \"" + spec.id + "\"", ec, store_);
+                else add_event(make_event(event_type::task_queued, it), durability::durable, ec);
+            }
+            close_unit(ec);
         }
-        notifier_.notify(make_event(event_type::task_queued, it));
-        return it;
+        deliver();
+        return ec ? queue_item{} : it;
     }
     queue_item enqueue(const task_spec& spec) { return throwing([&](auto& ec) { return enqueue(spec, ec); }); }
 
@@ -153,8 +176,7 @@ public:
             reap_report rep;
             reap_locked(rep, ec);
             if (ec) return {};
-            // A taken id is an error whether or not a slot is free. With a slot, create_item
-            // below says so; without one, look it up (off the path that starts an agent).
+            // A taken id is an error whether or not a slot is free.
             auto taken = [&] {
                 if (auto existing = store_.get_item(spec.id, ec); !ec && existing) ec = errc::duplicate_task;
                 if (ec) note_failure("start \"" + spec.id + "\"", ec, store_);
@@ -167,28 +189,35 @@ public:
                     detail_ = "a PM agent is already running";
                     return {};
                 }
-            } else if (rep.live >= opt_.cap) {
+            } else if (rep.live >= lim_.cap) {
                 if (taken()) return {};
                 return {start_status::no_slot, make_item(spec), {}};
             }
             queue_item it = make_item(spec);
-            // Claimed from birth, with its first attempt counted (one durable write, not two):
-            // if this process dies before the attempt ends, reap_locked() sees a claim of a
-            // dead owner (a PM start is then not retried).
+            // Claimed from birth, with its first attempt counted: committed with its session,
+            // before the agent may exec. If this process dies before that commit, nothing of
+            // the task exists; after it, the reap finds a claim, or a session, of a dead process.
             it.state = task_state::notified;
             it.owner = spawner_.self();
             it.attempts = 1;
             store_.create_item(it, ec);
-            if (ec) {
-                note_failure("start \"" + spec.id + "\"", ec, store_);
-                dropped_.push_back(spec.id);   // the record may exist (a failed directory fsync)
-                return {};
+            if (ec) return note_failure("start \"" + spec.id + "\"", ec, store_), start_result{};
+            need(durability::durable);
+            bool counted = true;
+            for (;;) {
+                start_result r = attempt(it, counted ? attempt_kind::counted : attempt_kind::next, ec);
+                counted = false;
+                if (ec) {
+                    dropped_.push_back(spec.id);   // maybe committed as claimed: the next reap gives it back
+                    return r;
+                }
+                if (r.status == start_status::started) return r;
+                it = r.item;
+                if (is_final(it.state)) {
+                    ec = errc::attempts_exhausted;
+                    return r;
+                }
             }
-            start_result r = attempt_locked(it, ec, attempt::counted);
-            while (!ec && r.status == start_status::failed && !is_final(r.item.state)) r = attempt_locked(it, ec);
-            if (ec) dropped_.push_back(spec.id);   // still claimed, maybe: released by the next reap
-            if (!ec && r.status == start_status::failed) ec = errc::attempts_exhausted;
-            return r;
         });
     }
     start_result start(const task_spec& spec) { return throwing([&](auto& ec) { return start(spec, ec); }); }
@@ -206,17 +235,15 @@ public:
                 detail_ = "no task \"" + std::string(id) + "\"";
                 return {};
             }
-            // Claims are made and settled under the lock, and the reap above has returned those
-            // of dead processes: a task not pending is another caller's, or done.
             if (it->state != task_state::pending) {
                 ec = errc::invalid_transition;
                 detail_ = "task \"" + it->id + "\" is " + std::string(to_string(it->state)) + ", not pending";
                 return {start_status::failed, *it, detail_};
             }
-            const bool full = it->role == role::pm ? rep.pm_live > 0 : rep.live >= opt_.cap;
+            const bool full = it->role == role::pm ? rep.pm_live > 0 : rep.live >= lim_.cap;
             if (full) return {start_status::no_slot, *it, {}};   // not an attempt; it stays pending
-            auto r = attempt_locked(*it, ec);
-            if (ec) dropped_.push_back(it->id);   // as in start(): never stranded while this process lives
+            auto r = attempt(*it, attempt_kind::dequeued, ec);
+            if (ec) dropped_.push_back(it->id);
             return r;
         });
     }
@@ -227,12 +254,13 @@ public:
     // ---- the queue ----------------------------------------------------------------------
 
     /// One pass, in one critical section: reap, then take as many pending tasks as there are
-    /// free slots, oldest first, and start each in the foreground, one after another. A failed
-    /// attempt frees its slot for the next task (or for the same task, while it has attempts
-    /// left). Nothing is claimed ahead of its attempt, so no claim waits for a later start.
+    /// free slots, oldest first; claim them, spawn each held, write their sessions, commit
+    /// once, release them all. A failed attempt frees its slot for the next task (or for the
+    /// same task, while it has attempts left): the pass takes again.
     pass_report process_queue(std::error_code& ec) {
         ec.clear();
         pass_report report;
+        const int commits_before = commits_;
         locked(ec, [&] {
             reap_report rep;
             reap_locked(rep, ec);
@@ -240,31 +268,21 @@ public:
             report.finished = rep.finished;
             report.live_before = rep.live;
             int live = rep.live;
-            while (live < opt_.cap) {
-                const int free = opt_.cap - live;
-                // Only dev tasks take slots; a PM task is never pending (see reap_locked), but
-                // if one were, it must not use up the `free` tasks fetched.
-                std::size_t want = static_cast<std::size_t>(free);
-                std::vector<queue_item> items;
-                for (;;) {
-                    items = store_.items_in_state(task_state::pending, want, ec);
-                    if (ec) return note_failure("queue", ec, store_), 0;
-                    const auto dev = static_cast<std::size_t>(
-                        std::count_if(items.begin(), items.end(), [](auto& i) { return i.role == role::dev; }));
-                    if (dev >= static_cast<std::size_t>(free) || items.size() < want) break;
-                    want += static_cast<std::size_t>(free) - dev;
+            while (live < lim_.cap) {
+                const int free = lim_.cap - live;
+                auto items = pending_dev(static_cast<std::size_t>(free), ec);
+                if (ec) return 0;
+                if (items.empty()) break;
+                report.taken += static_cast<int>(items.size());
+                // Claim them all (the attempts counted), then start them together.
+                for (auto& it : items) claim(it, attempt_kind::dequeued, ec);
+                if (ec) return 0;
+                auto results = attempt_all(items, ec);
+                if (ec) {
+                    for (auto& it : items) dropped_.push_back(it.id);   // perhaps claimed: the next reap gives them up
+                    return 0;
                 }
-                bool tried = false;
-                for (auto& it : items) {
-                    if (it.role != role::dev) continue;   // never queued (see reap_locked)
-                    if (live >= opt_.cap) break;
-                    tried = true;
-                    ++report.taken;
-                    const auto r = attempt_locked(it, ec, attempt::dequeued);
-                    if (ec) {   // a state or I/O error: stop the pass
-                        dropped_.push_back(it.id);   // perhaps claimed: the next reap gives it up
-                        return 0;
-                    }
+                for (auto& r : results) {
                     if (r.status == start_status::started) {
                         ++report.started;
                         ++live;
@@ -272,15 +290,14 @@ public:
                         ++report.failed;
                     }
                 }
-                if (!tried) break;   // nothing pending
             }
             return 0;
         });
+        report.commits = commits_ - commits_before;
         return report;
     }
     pass_report process_queue() { return throwing([&](auto& ec) { return process_queue(ec); }); }
 
-public:
     reap_report reap(std::error_code& ec) {
         ec.clear();
         return locked(ec, [&] {
@@ -314,11 +331,10 @@ public:
                 it->state = task_state::cancelled;
                 it->owner = {};
                 it->finished_at = it->updated_at = clock_.now();
-                store_.put_item(*it, ec);
-                if (ec) return note_failure("task \"" + it->id + "\"", ec, store_), *it;
+                if (!put_item(*it, durability::durable, ec)) return *it;
                 auto e = make_event(event_type::task_error, *it);
                 e.reason = "cancelled";
-                events_.push_back(std::move(e));
+                add_event(std::move(e), durability::durable, ec);
             } else if (it->state == task_state::running) {
                 if (it->stop_reason.empty()) it->stop_reason = "cancelled";
                 enforce_stop(*it, rep, ec);
@@ -331,6 +347,44 @@ public:
     }
     queue_item cancel(std::string_view id) { return throwing([&](auto& ec) { return cancel(id, ec); }); }
 
+    // ---- limits -------------------------------------------------------------------------
+
+    /// From now on every operation fails with errc::limits_mismatch, changing nothing, while
+    /// the store's limits differ from an expectation set here (a store without limits gets
+    /// the options, which should then agree). set_limits() is not checked.
+    void expect_limits(limit_expectations e) { expect_ = std::move(e); }
+
+    /// The store's limits (written from the options first if it has none).
+    kugetsu::limits limits(std::error_code& ec) {
+        ec.clear();
+        return locked(ec, [&] { return lim_; });
+    }
+    kugetsu::limits limits() { return throwing([&](auto& ec) { return limits(ec); }); }
+
+    /// Changes the store's limits, under the lock. Lowering the cap stops nothing: no agent
+    /// starts until fewer than the new cap are live. errc::invalid_limit if out of range.
+    void set_limits(const kugetsu::limits& l, std::error_code& ec) {
+        ec.clear();
+        if ((ec = l.validate())) {
+            detail_ = "limits: " + describe_limits_error(l);
+            return;
+        }
+        setting_limits_ = true;
+        detail::scope_exit done([&] { setting_limits_ = false; });
+        locked(ec, [&] {
+            store_.put_limits(l, ec);
+            if (ec) return note_failure("limits", ec, store_), 0;
+            need(durability::durable);
+            lim_ = l;
+            return 0;
+        });
+    }
+    void set_limits(const kugetsu::limits& l) {
+        throwing([&](auto& ec) { return set_limits(l, ec), 0; });
+    }
+
+    // ---- waiting ------------------------------------------------------------------------
+
     /// What a process that waits for work (a daemon) must wake for besides changes to the
     /// store: the earliest deadline of a running agent (its timeout, or the end of the grace
     /// after SIGTERM), and the processes whose death changes a decision: the running agents
@@ -341,35 +395,44 @@ public:
         std::vector<process_ref> agents;   ///< a slot may free when an agent dies
     };
 
+    /// Reads the committed state, without the lock (a plan is a hint: a change after it wakes
+    /// the waiter anyway).
     wake_plan next_wake(std::error_code& ec) {
         ec.clear();
-        return locked(ec, [&] {
-            wake_plan w;
-            auto earliest = [&](timestamp t) {
-                if (!w.deadline || t < *w.deadline) w.deadline = t;
-            };
-            constexpr auto all = static_cast<std::size_t>(-1);
-            const auto running = store_.items_in_state(task_state::running, all, ec);
-            if (ec) return note_failure("queue", ec, store_), w;
-            const auto claimed = store_.items_in_state(task_state::notified, all, ec);
-            if (ec) return note_failure("queue", ec, store_), w;
-            for (const auto& it : running) {
-                w.agents.push_back(it.process);
-                if (it.term_sent_at && !it.kill_sent) earliest(*it.term_sent_at + opt_.kill_grace);
-                else if (!it.term_sent_at && !it.stop_reason.empty()) earliest(it.updated_at);
-                else if (!it.term_sent_at && it.timeout && it.started_at) earliest(*it.started_at + *it.timeout);
-            }
-            const process_ref me = spawner_.self();
-            for (const auto& it : claimed)
-                if (it.owner && it.owner != me) w.owners.push_back(it.owner);
-            return w;
-        });
+        wake_plan w;
+        auto earliest = [&](timestamp t) {
+            if (!w.deadline || t < *w.deadline) w.deadline = t;
+        };
+        constexpr auto all = static_cast<std::size_t>(-1);
+        auto l = store_.get_limits(ec);
+        if (ec) return note_failure("limits", ec, store_), w;
+        const duration grace = l ? l->kill_grace : opt_.kill_grace;
+        const auto running = store_.items_in_state(task_state::running, all, ec);
+        if (ec) return note_failure("queue", ec, store_), w;
+        const auto claimed = store_.items_in_state(task_state::notified, all, ec);
+        if (ec) return note_failure("queue", ec, store_), w;
+        for (const auto& it : running) {
+            w.agents.push_back(it.process);
+            if (it.term_sent_at && !it.kill_sent) earliest(*it.term_sent_at + grace);
+            else if (!it.term_sent_at && !it.stop_reason.empty()) earliest(it.updated_at);
+            else if (!it.term_sent_at && it.timeout && it.started_at) earliest(*it.started_at + *it.timeout);
+        }
+        const process_ref me = spawner_.self();
+        for (const auto& it : claimed) {
+            if (it.owner && it.owner != me) w.owners.push_back(it.owner);
+            // A claim with a session (its agent adopted or interrupted): its agent decides.
+            if (it.process) w.agents.push_back(it.process);
+        }
+        return w;
     }
     wake_plan next_wake() { return throwing([&](auto& ec) { return next_wake(ec); }); }
 
     // ---- access -------------------------------------------------------------------------
 
+    /// The limits this dispatcher gives a store that has none.
     const dispatcher_options& options() const noexcept { return opt_; }
+    /// The limits in force at the last critical section.
+    const kugetsu::limits& current_limits() const noexcept { return lim_; }
     Lock& lock_policy() noexcept { return lock_; }
     Spawner& spawner() noexcept { return spawner_; }
     Notifier& notifier() noexcept { return notifier_; }
@@ -378,9 +441,24 @@ public:
     Workspace& workspace() noexcept { return workspace_; }
     /// After a failed operation: what failed, on which task or file, and why.
     const std::string& last_error_detail() const noexcept { return detail_; }
+    /// The last failure of the durable notifier's relay ("" after a relay that worked). The
+    /// events it could not keep stay in the store; the next relay gives them again.
+    const std::string& last_notifier_error() const noexcept { return notifier_detail_; }
+    /// Units of work this object committed (for benchmarks and tests).
+    int commits() const noexcept { return commits_; }
 
 private:
-    // ---- the critical section -----------------------------------------------------------
+    // ---- units of work ------------------------------------------------------------------
+
+    /// Rolls back, and abandons held agents, if an exception leaves a unit open (the
+    /// simulator's SIGKILL unwinds this way; so does std::bad_alloc).
+    struct unit_scope {
+        basic_dispatcher& d;
+        explicit unit_scope(basic_dispatcher& d_) : d(d_) {}
+        unit_scope(const unit_scope&) = delete;
+        unit_scope& operator=(const unit_scope&) = delete;
+        ~unit_scope() { d.abort_unit(); }
+    };
 
     template <class F>
     auto locked(std::error_code& ec, F&& f) -> decltype(f()) {
@@ -389,41 +467,178 @@ private:
             detail_ = describe("lock", ec, lock_);   // names the lock file when the lock can
             return {};
         }
-        detail::scope_exit release([&] {
-            note_quarantined();
-            lock_.unlock();
-            flush_events();
-        });
-        return f();
-    }
-
-    /// A store that moves unreadable records aside (file_store) lists them; each queue
-    /// record moved is reported as task_error, reason "quarantined".
-    void note_quarantined() noexcept try {
-        if constexpr (requires { store_.quarantined(); }) {
-            const auto& q = store_.quarantined();
-            for (; quarantine_seen_ < q.size(); ++quarantine_seen_) {
-                if (q[quarantine_seen_].task_id.empty()) continue;
-                event e;
-                e.type = event_type::task_error;
-                e.task_id = q[quarantine_seen_].task_id;
-                e.time = clock_.now();
-                e.reason = "quarantined";
-                events_.push_back(std::move(e));
+        decltype(f()) r{};
+        {
+            detail::scope_exit release([&] {
+                abort_unit();   // only if an exception left one open
+                lock_.unlock();
+            });
+            open_unit(ec);
+            if (!ec) {
+                r = f();
+                close_unit(ec);
             }
         }
-    } catch (...) {   // out of memory: the store still lists them
+        deliver();
+        return r;
     }
 
-    void flush_events() noexcept {
-        for (const auto& e : events_) notifier_.notify(e);
-        events_.clear();
+    /// Opens a unit and reads the limits in force (writing the options if the store has none).
+    void open_unit(std::error_code& ec) {
+        store_.begin(ec);
+        if (ec) return note_failure("begin", ec, store_);
+        unit_durability_ = durability::visible;
+        unit_writes_ = false;
+        auto l = store_.get_limits(ec);
+        if (ec) return note_failure("limits", ec, store_);
+        if (!l) {
+            store_.put_limits(opt_, ec);
+            if (ec) return note_failure("limits", ec, store_);
+            need(durability::durable);
+            lim_ = opt_;
+        } else if (l->validate()) {
+            ec = errc::store_corrupt;
+            detail_ = "the store's limits are out of range: " + describe_limits_error(*l);
+        } else {
+            lim_ = *l;
+        }
+        if (!ec && !setting_limits_) check_expectations(ec);
     }
 
-    /// Reaps dead sessions, adopts live ones, enforces stops, recovers orphaned claims.
+    void check_expectations(std::error_code& ec) {
+        auto seconds = [](duration d) {
+            const auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(d).count();
+            return std::to_string(ms / 1000) + (ms % 1000 ? "." + std::to_string(1000 + ms % 1000).substr(1) : "") + " s";
+        };
+        std::string why;
+        if (expect_.cap && *expect_.cap != lim_.cap)
+            why = expect_.cap_name + "=" + std::to_string(*expect_.cap) + ", but the store's cap is " + std::to_string(lim_.cap);
+        else if (expect_.max_attempts && *expect_.max_attempts != lim_.max_attempts)
+            why = expect_.max_attempts_name + "=" + std::to_string(*expect_.max_attempts) +
+                  ", but the store's default attempts are " + std::to_string(lim_.max_attempts);
+        else if (expect_.kill_grace && *expect_.kill_grace != lim_.kill_grace)
+            why = expect_.kill_grace_name + "=" + seconds(*expect_.kill_grace) + ", but the store's kill grace is " +
+                  seconds(lim_.kill_grace);
+        if (why.empty()) return;
+        ec = errc::limits_mismatch;
+        detail_ = why;
+    }
+
+    /// Commits the open unit (durably if any write asked for it): on success its events are
+    /// queued for the notifier and the spawner forgets the agents whose ends it recorded;
+    /// on failure (or with ec already set) it is rolled back and held agents are abandoned.
+    void close_unit(std::error_code& ec) {
+        if (!store_.in_unit()) return;
+        if (ec) return abort_unit();
+        if (!unit_writes_) {
+            store_.commit(durability::visible, ec);   // nothing written: nothing to sync
+        } else {
+            store_.commit(unit_durability_, ec);
+            if (!ec) ++commits_;
+        }
+        if (ec) {
+            note_failure("commit", ec, store_);
+            return abort_unit();
+        }
+        for (auto& e : unit_events_) committed_.push_back(std::move(e));
+        unit_events_.clear();
+        note_quarantined();
+        for (auto& p : forget_after_) forget(p);
+        forget_after_.clear();
+    }
+
+    void abort_unit() noexcept {
+        for (auto& h : held_) spawner_.abandon(h.proc);
+        held_.clear();
+        unit_events_.clear();
+        forget_after_.clear();
+        if (store_.in_unit()) store_.rollback();
+    }
+
+    /// Marks the open unit as written, and as durable if `d` asks for it.
+    void need(durability d) noexcept {
+        unit_writes_ = true;
+        if (d == durability::durable) unit_durability_ = durability::durable;
+    }
+
+    bool put_item(const queue_item& it, durability d, std::error_code& ec) {
+        store_.put_item(it, ec);
+        if (ec) return note_failure("task \"" + it.id + "\"", ec, store_), false;
+        need(d);
+        return true;
+    }
+
+    void add_event(event e, durability d, std::error_code& ec) {
+        const auto seq = store_.append_event(e, ec);
+        if (ec) return note_failure("event for \"" + e.task_id + "\"", ec, store_);
+        need(d);
+        e.seq = seq;
+        unit_events_.push_back(std::move(e));
+    }
+
+    /// After the lock: the notifier gets this object's committed events; a durable notifier
+    /// is relayed the store's outbox. Not while an exception unwinds (a simulated SIGKILL:
+    /// a dead process sends nothing).
+    void deliver() noexcept {
+        if (std::uncaught_exceptions() > 0) {
+            committed_.clear();
+            return;
+        }
+        for (const auto& e : committed_) notifier_.notify(e);
+        committed_.clear();
+        if constexpr (durable_notifier<Notifier>) {
+            try {
+                std::error_code ec;
+                notifier_.relay(
+                    [this](std::uint64_t after, std::error_code& rec) { return store_.events_after(after, 512, rec); },
+                    ec);
+                if (ec) {
+                    notifier_detail_ = describe("events", ec, notifier_);
+                    ++notifier_failures_;
+                } else {
+                    notifier_detail_.clear();
+                }
+            } catch (...) {
+                notifier_detail_ = "events: out of memory";
+            }
+        }
+    }
+
+    /// A store that moves unreadable records aside wrote a task_error event for each, in the
+    /// unit that moved it: a plain notifier gets it too.
+    void note_quarantined() noexcept {
+        if constexpr (store_with_quarantine<Store>) {
+            try {
+                const auto& q = store_.quarantined();
+                for (; quarantine_seen_ < q.size(); ++quarantine_seen_) {
+                    const auto& r = q[quarantine_seen_];
+                    if (r.task_id.empty() || !r.event_seq) continue;
+                    event e;
+                    e.seq = r.event_seq;
+                    e.type = event_type::task_error;
+                    e.task_id = r.task_id;
+                    e.time = clock_.now();
+                    e.reason = "quarantined";
+                    committed_.push_back(std::move(e));
+                }
+            } catch (...) {   // out of memory: the store still lists them
+            }
+        }
+    }
+
+    // ---- reaping ------------------------------------------------------------------------
+
+    /// Reaps dead sessions, adopts live ones, gives back the tasks of agents that never ran,
+    /// enforces stops, recovers orphaned claims.
     void reap_locked(reap_report& rep, std::error_code& ec) {
         auto sessions = store_.list_sessions(ec);
         if (ec) return note_failure("sessions", ec, store_);
+        if constexpr (requires(std::vector<process_ref> refs) { spawner_.sweep(refs); }) {
+            std::vector<process_ref> refs;
+            refs.reserve(sessions.size());
+            for (auto& s : sessions) refs.push_back(s.process);
+            spawner_.sweep(refs);
+        }
         for (auto& s : sessions) {
             std::error_code pec;
             const process_status st = spawner_.poll(s.process, pec);
@@ -432,21 +647,25 @@ private:
             if (st.state == process_state::running) {
                 ++(s.role == role::dev ? rep.live : rep.pm_live);
                 if (it && !is_final(it->state) && it->state != task_state::running) {
-                    // Its starter died between writing the session and marking the item.
+                    // Its starter died between committing the session and marking the item.
                     it->state = task_state::running;
                     it->process = s.process;
                     it->started_at = s.started_at;
                     it->owner = {};
                     it->updated_at = clock_.now();
-                    put_item(*it, durability::visible, ec);   // its session is durable
-                    if (ec) return note_failure("task \"" + it->id + "\"", ec, store_);
+                    if (!put_item(*it, durability::visible, ec)) return;   // its session is durable
                     ++rep.adopted;
-                    events_.push_back(make_event(event_type::task_started, *it));
+                    add_event(make_event(event_type::task_started, *it), durability::visible, ec);
+                    if (ec) return;
                 }
                 if (it && it->state == task_state::running) {
                     enforce_stop(*it, rep, ec);
                     if (ec) return;
                 }
+            } else if (st.state == process_state::never_ran) {
+                interrupted(s, it, ec);
+                if (ec) return;
+                ++rep.interrupted;
             } else {
                 finish(s, it, st, ec);
                 if (ec) return;
@@ -456,12 +675,12 @@ private:
         auto claimed = store_.items_in_state(task_state::notified, static_cast<std::size_t>(-1), ec);
         if (ec) return note_failure("queue", ec, store_);
         const process_ref me = spawner_.self();
-        // Claims this object gave up after an error are recovered like those of a dead owner;
-        // forget the ones that are no longer its claims.
         std::erase_if(dropped_, [&](const std::string& id) {
             return std::none_of(claimed.begin(), claimed.end(), [&](auto& c) { return c.id == id && c.owner == me; });
         });
         for (auto& it : claimed) {
+            if (std::any_of(sessions.begin(), sessions.end(), [&](auto& s) { return s.task_id == it.id; }))
+                continue;   // its session's agent decides (above)
             const bool dropped = std::find(dropped_.begin(), dropped_.end(), it.id) != dropped_.end();
             if (it.owner == me && !dropped) continue;
             std::error_code pec;
@@ -478,12 +697,12 @@ private:
             } else {
                 it.state = task_state::pending;
             }
-            put_item(it, settled(it), ec);
-            if (ec) return note_failure("task \"" + it.id + "\"", ec, store_);   // a dropped claim: tried again next time
-            if (it.state == task_state::error) {   // an event only for what was recorded
+            if (!put_item(it, settled(it), ec)) return;
+            if (it.state == task_state::error) {
                 auto e = make_event(event_type::task_error, it);
                 e.reason = it.role == role::pm ? "start_interrupted" : "attempts_exhausted";
-                events_.push_back(std::move(e));
+                add_event(std::move(e), durability::durable, ec);
+                if (ec) return;
             }
             std::erase(dropped_, it.id);
             ++rep.recovered;
@@ -501,7 +720,7 @@ private:
         if (!it.term_sent_at) {
             spawner_.signal(it.process, stop_signal::terminate, sec);
             it.term_sent_at = now;
-        } else if (!it.kill_sent && now - *it.term_sent_at >= opt_.kill_grace) {
+        } else if (!it.kill_sent && now - *it.term_sent_at >= lim_.kill_grace) {
             spawner_.signal(it.process, stop_signal::kill, sec);
             it.kill_sent = true;
         } else {
@@ -511,15 +730,16 @@ private:
         if (sec) it.last_error = "signal: " + sec.message();
         it.updated_at = now;
         put_item(it, durability::visible, ec);
-        if (ec) note_failure("task \"" + it.id + "\"", ec, store_);
     }
 
-    /// Records the end of a session's agent: item final, session removed, workspace removed.
+    /// Records the end of a session's agent: item final (with the time the agent ended),
+    /// session removed, workspace removed; the spawner forgets the agent after the commit.
     void finish(const session& s, std::optional<queue_item>& it, const process_status& st, std::error_code& ec) {
         if (it && !is_final(it->state)) {
             auto& item = *it;
             const timestamp now = clock_.now();
-            item.finished_at = item.updated_at = now;
+            item.updated_at = now;
+            item.finished_at = st.state == process_state::exited && st.ended_at ? *st.ended_at : now;
             item.owner = {};
             if (st.state == process_state::exited) item.exit_code = st.exit_code;
             event e = make_event(event_type::task_error, item);
@@ -541,34 +761,62 @@ private:
             } else {
                 item.state = task_state::error;
                 e.reason = "exit_unknown";
-                item.last_error = "the agent ended and its exit code is unknown";
+                item.last_error = "the agent ended and its exit code is unknown (its supervisor died, "
+                                  "or it ran before a reboot); finished_at is when the end was noticed";
             }
-            store_.put_item(item, ec);
-            if (ec) return note_failure("task \"" + item.id + "\"", ec, store_);
-            events_.push_back(std::move(e));
+            remove_workspace(item);
+            if (!put_item(item, durability::durable, ec)) return;
+            add_event(std::move(e), durability::durable, ec);
+            if (ec) return;
         }
-        // The spawner's record goes first: a process that dies between the two leaves a
-        // session whose agent is plainly gone (the next reap removes it), never a record
-        // that nothing refers to.
-        forget(s.process);
-        remove_session(s.id, durability::visible, ec);
+        drop_session(s, ec);
+    }
+
+    /// A session whose agent never ran (its starter died or abandoned it while it was held,
+    /// or its supervisor died then): the attempt failed, and the task goes back to pending
+    /// while it has attempts left, with reason start_interrupted; it never ends exit_unknown.
+    void interrupted(const session& s, std::optional<queue_item>& it, std::error_code& ec) {
+        if (it && !is_final(it->state) && (it->process == s.process || it->state == task_state::notified)) {
+            auto& item = *it;
+            remove_workspace(item);
+            item.owner = {};
+            item.updated_at = clock_.now();
+            item.last_error = "start_interrupted: attempt " + std::to_string(item.attempts) +
+                              " never ran (its starter or supervisor died while the agent was held)";
+            if (item.attempts >= item.max_attempts || item.role == role::pm) {
+                item.state = task_state::error;
+                item.finished_at = item.updated_at;
+            } else {
+                item.state = task_state::pending;
+            }
+            // Durable: a session left behind by a power loss would name a process of the old
+            // boot, whose end is unknown, and the task would end exit_unknown.
+            if (!put_item(item, durability::durable, ec)) return;
+            if (item.state == task_state::error) {
+                auto e = make_event(event_type::task_error, item);
+                e.reason = "start_interrupted";
+                add_event(std::move(e), durability::durable, ec);
+                if (ec) return;
+            }
+        }
+        drop_session(s, ec);
+        need(durability::durable);
+    }
+
+    void drop_session(const session& s, std::error_code& ec) {
+        store_.remove_session(s.id, ec);
         if (ec) return note_failure("session \"" + s.id + "\"", ec, store_);
-        if (it) remove_workspace(*it, ec);
+        need(durability::visible);
+        // After the commit: a process that dies between the two leaves a session whose agent
+        // is plainly over (the next reap removes it), and a spawner record no session names
+        // (the next sweep removes it), never a session without its exit record.
+        forget_after_.push_back(s.process);
     }
 
     /// A final state is durable; a task given back to the queue needs only be visible: if a
     /// power loss undoes that, its claim (durable, with the attempt count) is given back again.
     static durability settled(const queue_item& it) noexcept {
         return is_final(it.state) ? durability::durable : durability::visible;
-    }
-    /// Writes through the store's durability levels when it has them (store_with_durability).
-    void put_item(const queue_item& it, durability d, std::error_code& ec) {
-        if constexpr (store_with_durability<Store>) store_.put_item(it, ec, d);
-        else store_.put_item(it, ec);
-    }
-    void remove_session(std::string_view id, durability d, std::error_code& ec) {
-        if constexpr (store_with_durability<Store>) store_.remove_session(id, ec, d);
-        else store_.remove_session(id, ec);
     }
 
     /// Spawners that keep a record per agent (fork_spawner's slot files) drop it once the
@@ -577,7 +825,7 @@ private:
         if constexpr (requires { spawner_.forget(p); }) spawner_.forget(p);
     }
 
-    void remove_workspace(queue_item& it, std::error_code& ec) {
+    void remove_workspace(queue_item& it) {
         std::error_code wec;
         workspace_.remove(it, wec);
         if (!wec) return;
@@ -585,74 +833,141 @@ private:
         std::string why = "workspace kept: " + wec.message();
         if constexpr (requires { workspace_.last_error_detail(); }) why += ": " + std::string(workspace_.last_error_detail());
         it.last_error = it.last_error.empty() ? why : it.last_error + "; " + why;
-        store_.put_item(it, ec);
-        if (ec) note_failure("task \"" + it.id + "\"", ec, store_);
     }
 
-    enum class attempt {
-        next,       ///< count the attempt (a durable write), then make it
-        dequeued,   ///< the same, for a pending task a pass takes: task_dequeued once counted
+    // ---- attempts -----------------------------------------------------------------------
+
+    enum class attempt_kind {
+        next,       ///< count the attempt and claim the task, then make it
+        dequeued,   ///< the same, for a pending task a pass takes: task_dequeued
         counted,    ///< the record as created already claims the task and counts this attempt
     };
 
-    /// One attempt, with a slot known to be free and the lock held.
-    start_result attempt_locked(queue_item& it, std::error_code& ec, attempt how = attempt::next) {
-        if (how != attempt::counted) {
-            // Count the attempt durably before any side effect, so a crash loop still ends.
-            ++it.attempts;
-            it.state = task_state::notified;
-            it.owner = spawner_.self();
-            it.updated_at = clock_.now();
-            store_.put_item(it, ec);
-            if (ec) return note_failure("task \"" + it.id + "\"", ec, store_), start_result{start_status::failed, it, detail_};
-            if (how == attempt::dequeued) events_.push_back(make_event(event_type::task_dequeued, it));
-        }
+    /// An agent spawned held, with its session written in the open unit.
+    struct held_agent {
+        std::size_t index;   ///< into the caller's items
+        process_ref proc;
+        session s;
+    };
 
-        std::error_code wec;
-        std::string dir = workspace_.prepare(it, wec);
-        if (wec) return attempt_failed(it, describe("workspace", wec, workspace_), ec);
-        if (dir.empty()) dir = it.workdir;
-
-        std::error_code sec;
-        const process_ref proc = spawner_.spawn({it.id, it.argv, dir, it.timeout, opt_.kill_grace}, sec);
-        if (sec) return attempt_failed(it, describe("spawn", sec, spawner_), ec);
-
-        const session s{session_id_for(it), it.role, it.id, proc, dir, clock_.now()};
-        store_.put_session(s, ec);
-        if (ec) {
-            spawner_.abandon(proc);
-            note_failure("session \"" + s.id + "\"", ec, store_);
-            std::error_code ignored;
-            return attempt_failed(it, detail_, ignored);
-        }
-        spawner_.release(proc, sec);
-        if (sec) {
-            std::error_code rec;
-            store_.remove_session(s.id, rec);
-            forget(proc);
-            return attempt_failed(it, describe("exec", sec, spawner_), ec);
-        }
-        it.state = task_state::running;
-        it.process = proc;
-        it.owner = {};
-        it.started_at = s.started_at;
-        it.term_sent_at.reset();
-        it.kill_sent = false;
-        it.stop_reason.clear();
-        it.exit_code.reset();
+    /// Counts the attempt and claims the task (notified, owned by this process).
+    void claim(queue_item& it, attempt_kind how, std::error_code& ec) {
+        if (how == attempt_kind::counted) return;
+        ++it.attempts;
+        it.state = task_state::notified;
+        it.owner = spawner_.self();
         it.updated_at = clock_.now();
-        // Visible is enough: after a power loss the session (durable) says that this attempt
-        // ran, and the first reap records its end. If this fails, the next reap adopts it.
-        put_item(it, durability::visible, ec);
-        if (ec) note_failure("task \"" + it.id + "\"", ec, store_);
-        else events_.push_back(make_event(event_type::task_started, it));
-        return {start_status::started, it, {}};
+        if (!put_item(it, durability::durable, ec)) return;
+        if (how == attempt_kind::dequeued) add_event(make_event(event_type::task_dequeued, it), durability::durable, ec);
+    }
+
+    /// One attempt, with a slot known to be free and the lock held.
+    start_result attempt(queue_item& it, attempt_kind how, std::error_code& ec) {
+        claim(it, how, ec);
+        if (ec) return {start_status::failed, it, detail_};
+        std::vector<queue_item> one{it};
+        auto r = attempt_all(one, ec);
+        it = one.front();
+        return r.empty() ? start_result{start_status::failed, it, detail_} : r.front();
+    }
+
+    /// Attempts for claimed tasks, with a free slot for each and the lock held: prepare each
+    /// workspace (after a commit of the claims if one has lasting effects), spawn each agent
+    /// held, write the sessions, commit once, release them all, and record what the releases
+    /// taught in the next unit. ec: a store error (the pass stops).
+    std::vector<start_result> attempt_all(std::vector<queue_item>& items, std::error_code& ec) {
+        std::vector<start_result> results(items.size());
+        if (std::any_of(items.begin(), items.end(), [&](auto& it) { return has_effects(it); })) {
+            // The claims are durable before anything outlives this process.
+            checkpoint(ec);
+            if (ec) return {};
+        }
+        for (std::size_t i = 0; i < items.size(); ++i) {
+            auto& it = items[i];
+            std::error_code wec;
+            std::string dir = workspace_.prepare(it, wec);
+            if (wec) {
+                results[i] = attempt_failed(it, describe("workspace", wec, workspace_), ec);
+                if (ec) return {};
+                continue;
+            }
+            if (dir.empty()) dir = it.workdir;
+            std::error_code sec;
+            const process_ref proc = spawner_.spawn({it.id, it.argv, dir, it.timeout, lim_.kill_grace}, sec);
+            if (sec) {
+                results[i] = attempt_failed(it, describe("spawn", sec, spawner_), ec);
+                if (ec) return {};
+                continue;
+            }
+            const session s{session_id_for(it), it.role, it.id, proc, dir, clock_.now()};
+            held_.push_back({i, proc, s});
+            store_.put_session(s, ec);
+            if (ec) return note_failure("session \"" + s.id + "\"", ec, store_), std::vector<start_result>{};
+            need(durability::durable);
+        }
+        if (held_.empty()) return results;
+        // The one sync: claims, attempt counts, sessions and the events that describe them.
+        // (If it fails, close_unit abandons the held agents: none of them ever runs.)
+        close_unit(ec);
+        if (ec) return {};
+        auto held = std::move(held_);
+        held_.clear();
+        // Released after the commit. Whatever they teach goes into the next unit.
+        std::vector<std::error_code> released(held.size());
+        for (std::size_t k = 0; k < held.size(); ++k) spawner_.release(held[k].proc, released[k]);
+        std::vector<std::string> why(held.size());
+        for (std::size_t k = 0; k < held.size(); ++k)
+            if (released[k]) why[k] = describe("exec", released[k], spawner_);
+        open_unit(ec);
+        if (ec) return {};   // the sessions say what ran: the next reap adopts or gives back
+        for (std::size_t k = 0; k < held.size(); ++k) {
+            auto& h = held[k];
+            auto& it = items[h.index];
+            if (released[k]) {
+                store_.remove_session(h.s.id, ec);
+                if (ec) return note_failure("session \"" + h.s.id + "\"", ec, store_), std::vector<start_result>{};
+                need(durability::visible);
+                forget_after_.push_back(h.proc);
+                results[h.index] = attempt_failed(it, why[k], ec);
+                if (ec) return {};
+                continue;
+            }
+            it.state = task_state::running;
+            it.process = h.proc;
+            it.owner = {};
+            it.started_at = h.s.started_at;
+            it.term_sent_at.reset();
+            it.kill_sent = false;
+            it.stop_reason.clear();
+            it.exit_code.reset();
+            it.updated_at = clock_.now();
+            // Visible is enough: after a power loss the session (durable) says that this
+            // attempt ran, and the first reap records its end. If this is lost to a crash,
+            // the next reap adopts the agent.
+            if (!put_item(it, durability::visible, ec)) return {};
+            add_event(make_event(event_type::task_started, it), durability::visible, ec);
+            if (ec) return {};
+            results[h.index] = {start_status::started, it, {}};
+        }
+        return results;
+    }
+
+    /// Commits the open unit and opens the next one.
+    void checkpoint(std::error_code& ec) {
+        close_unit(ec);
+        if (!ec) open_unit(ec);
+    }
+
+    bool has_effects(const queue_item& it) const noexcept {
+        if constexpr (workspace_with_effects<Workspace>) return workspace_.has_effects(it);
+        else return true;
     }
 
     start_result attempt_failed(queue_item& it, std::string why, std::error_code& ec) {
-        std::error_code wec;
-        remove_workspace(it, wec);
-        it.last_error = std::move(why);
+        remove_workspace(it);
+        it.last_error = it.last_error.empty() || it.last_error.rfind("workspace kept", 0) != 0
+                            ? std::move(why)
+                            : std::move(why) + "; " + it.last_error;
         it.owner = {};
         it.updated_at = clock_.now();
         if (it.attempts >= it.max_attempts) {
@@ -666,17 +981,33 @@ private:
         } else {
             it.state = task_state::pending;
         }
-        put_item(it, settled(it), ec);
-        if (ec) {
-            note_failure("task \"" + it.id + "\"", ec, store_);
-        } else if (it.state == task_state::error) {   // an event only for what was recorded
+        if (!put_item(it, settled(it), ec)) return {start_status::failed, it, detail_};
+        if (it.state == task_state::error) {
             auto e = make_event(event_type::task_error, it);
             e.reason = "attempts_exhausted";
-            events_.push_back(std::move(e));
+            add_event(std::move(e), durability::durable, ec);
+            if (ec) return {start_status::failed, it, detail_};
         }
         detail_ = "task \"" + it.id + "\" attempt " + std::to_string(it.attempts) + "/" +
                   std::to_string(it.max_attempts) + ": " + it.last_error;
         return {start_status::failed, it, detail_};
+    }
+
+    /// Up to `free` pending dev tasks, oldest first. (A PM task is never pending, but if one
+    /// were, it must not use up the tasks fetched.)
+    std::vector<queue_item> pending_dev(std::size_t free, std::error_code& ec) {
+        std::size_t want = free;
+        for (;;) {
+            auto items = store_.items_in_state(task_state::pending, want, ec);
+            if (ec) return note_failure("queue", ec, store_), std::vector<queue_item>{};
+            const std::size_t got = items.size();
+            std::erase_if(items, [](auto& i) { return i.role != role::dev; });
+            if (items.size() >= free || got < want) {
+                if (items.size() > free) items.resize(free);
+                return items;
+            }
+            want += free - items.size();
+        }
     }
 
     // ---- helpers ------------------------------------------------------------------------
@@ -687,13 +1018,19 @@ private:
         return bool(ec);
     }
 
+    static std::string describe_limits_error(const kugetsu::limits& l) {
+        return "cap must be 1.." + std::to_string(max_cap) + " (got " + std::to_string(l.cap) + "), max_attempts 1.." +
+               std::to_string(max_attempts_limit) + " (got " + std::to_string(l.max_attempts) +
+               "), kill_grace whole milliseconds up to a year (got " + std::to_string(l.kill_grace.count()) + " us)";
+    }
+
     queue_item make_item(const task_spec& spec) {
         queue_item it;
         it.id = spec.id;
         it.argv = spec.argv;
         it.role = spec.role;
         it.timeout = spec.timeout;
-        it.max_attempts = spec.max_attempts.value_or(opt_.max_attempts);
+        it.max_attempts = spec.max_attempts.value_or(lim_.max_attempts);
         it.repo = spec.repo;
         it.workdir = spec.workdir;
         it.enqueued_at = it.updated_at = clock_.now();
@@ -740,10 +1077,21 @@ private:
     [[no_unique_address]] Clock clock_;
     [[no_unique_address]] Workspace workspace_;
     dispatcher_options opt_;
-    std::vector<event> events_;
-    std::vector<std::string> dropped_;   // claims this object gave up after an error
+    kugetsu::limits lim_;
+    limit_expectations expect_;
+    bool setting_limits_ = false;
+    durability unit_durability_ = durability::visible;
+    bool unit_writes_ = false;
+    std::vector<event> unit_events_;       // appended in the open unit
+    std::vector<event> committed_;         // committed, for notify() after the lock
+    std::vector<held_agent> held_;         // spawned held in the open unit: abandoned unless committed
+    std::vector<process_ref> forget_after_;  // spawner records to drop once the unit commits
+    std::vector<std::string> dropped_;     // claims this object gave up after an error
     std::size_t quarantine_seen_ = 0;
+    int commits_ = 0;
+    int notifier_failures_ = 0;
     std::string detail_;
+    std::string notifier_detail_;
 };
 
 } // namespace kugetsu

@@ -34,6 +34,8 @@ enum class errc : int {
     lock_failed = 305,       ///< the critical-section lock could not be taken
     not_held = 306,          ///< the spawner has no held child with this pid
     unsafe_state = 307,      ///< a state directory or file is owned by another user or writable by others
+    store_busy = 308,        ///< the store stayed locked by another process longer than its busy timeout
+    limits_mismatch = 309,   ///< limits asked for (an environment variable) differ from the store's
 };
 
 namespace detail {
@@ -60,6 +62,8 @@ public:
         case errc::lock_failed: return "lock could not be taken";
         case errc::not_held: return "no held child with this pid";
         case errc::unsafe_state: return "owned by another user or writable by group or others";
+        case errc::store_busy: return "the store is busy (locked by another process past the busy timeout)";
+        case errc::limits_mismatch: return "the limits asked for differ from the store's";
         }
         return "unknown kugetsu error " + std::to_string(v);
     }

@@ -1,6 +1,6 @@
 // kugetsu/fwd.hpp: declarations of the dispatcher and of every policy model, for headers
-// that only name them. The ready-made aliases (kugetsu::dispatcher, kugetsu::test_dispatcher)
-// are in kugetsu.hpp, which defines everything they name.
+// that only name them. The ready-made aliases are where everything they name is defined:
+// kugetsu::test_dispatcher in kugetsu.hpp, kugetsu::dispatcher in home.hpp.
 #pragma once
 
 #include "concepts.hpp"
@@ -21,7 +21,7 @@ class callback_notifier;
 class jsonl_notifier;
 template <notifier... Ns>
 class multi_notifier;
-class file_store;
+class sqlite_store;
 class memory_store;
 class system_clock;
 class manual_clock;

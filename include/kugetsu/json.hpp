@@ -141,6 +141,7 @@ inline void to_json(nlohmann::json& j, const session& s) {
 
 inline void to_json(nlohmann::json& j, const event& e) {
     j = {{"type", to_string(e.type)}, {"task_id", e.task_id}, {"timestamp", format_rfc3339(e.time)}};
+    if (e.seq) j["seq"] = e.seq;
     if (e.attempt) j["attempt"] = *e.attempt;
     if (e.pid) j["pid"] = *e.pid;
     if (e.exit_code) j["exit_code"] = *e.exit_code;
@@ -377,6 +378,9 @@ inline std::optional<session> parse_session(const nlohmann::json& j, std::error_
     return s;
 }
 
+/// The largest sequence number an event may carry: exact in a double (JSON readers).
+inline constexpr std::uint64_t max_event_seq = (std::uint64_t{1} << 53) - 1;
+
 inline std::optional<event> parse_event(const nlohmann::json& j, std::error_code& ec, std::string& why) {
     ec.clear();
     why.clear();
@@ -388,6 +392,7 @@ inline std::optional<event> parse_event(const nlohmann::json& j, std::error_code
     if (o.ok() && !valid_task_id(e.task_id)) o.fail(errc::invalid_task_id, "field \"task_id\" is not a valid task id");
     e.time = o.time("timestamp");
     if (o.ok() && j.is_object()) {
+        if (j.contains("seq")) e.seq = o.integer<std::uint64_t>("seq", 1, max_event_seq);
         if (j.contains("attempt")) e.attempt = o.integer<int>("attempt", 0, max_attempts_limit);
         if (j.contains("pid")) e.pid = o.integer<int>("pid", 1, 4194304);
         if (j.contains("exit_code")) e.exit_code = o.integer<int>("exit_code", -1, 255);

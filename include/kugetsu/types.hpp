@@ -102,8 +102,12 @@ struct session {
 
 enum class event_type { task_queued, task_dequeued, task_started, task_completed, task_error };
 
-/// A notification. Optional fields are written only when known.
+/// A notification. Optional fields are written only when known. An event a store has
+/// committed carries its sequence number: its stable id, unique in that store and growing
+/// in commit order, with which a reader that may see an event twice (after a crash, events
+/// are delivered at least once) drops the copy.
 struct event {
+    std::uint64_t seq = 0;             ///< 0: not (yet) in a store
     event_type type = event_type::task_queued;
     std::string task_id;
     timestamp time{};
@@ -239,6 +243,25 @@ inline std::error_code validate_cap(int cap) noexcept {
     if (cap < 1 || cap > max_cap) return errc::invalid_limit;
     return {};
 }
+
+/// The limits a queue runs under. They are a property of the store (of HOME), written when
+/// it is created, so that every process sharing it obeys the same values; a dispatcher's
+/// options only initialise a store that has none yet (see basic_dispatcher).
+struct limits {
+    int cap = 3;                                        ///< live dev agents at most (1..4096)
+    int max_attempts = 3;                               ///< default for tasks that name none (1..100)
+    duration kill_grace = std::chrono::seconds(10);     ///< SIGTERM -> SIGKILL delay (0..1 year)
+
+    /// errc::invalid_limit if a value is out of range.
+    std::error_code validate() const noexcept {
+        if (auto ec = validate_cap(cap)) return ec;
+        if (auto ec = validate_attempts(max_attempts)) return ec;
+        if (kill_grace.count() < 0 || kill_grace > max_timeout || kill_grace.count() % 1000 != 0)
+            return errc::invalid_limit;
+        return {};
+    }
+    friend bool operator==(const limits&, const limits&) = default;
+};
 
 /// Checks a spec before it enters the queue.
 inline std::error_code validate(const task_spec& s) noexcept {

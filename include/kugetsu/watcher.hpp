@@ -59,17 +59,30 @@ public:
         if (!inotify_) throw std::system_error(detail::last_error(), "inotify_init1");
     }
 
-    /// Watches DIR (created 0700 if missing) for the inotify events in `mask`.
-    void add(const std::string& dir, std::uint32_t mask, std::error_code& ec) {
+    /// Watches DIR (created 0700 if missing) for the inotify events in `mask`; with `names`,
+    /// only for those names in it (a name ending in '*' is a prefix). Returns the watch's
+    /// index (0, 1, ...): bit i of changes() says it fired.
+    int add(const std::string& dir, std::uint32_t mask, std::error_code& ec, std::vector<std::string> names = {}) {
         ec.clear();
         if (::mkdir(dir.c_str(), 0700) != 0 && errno != EEXIST) {
             ec = detail::last_error();
-            return;
+            return -1;
         }
-        if (::inotify_add_watch(inotify_.get(), dir.c_str(), mask | IN_ONLYDIR | IN_DONT_FOLLOW) < 0) ec = detail::last_error();
+        const int wd = ::inotify_add_watch(inotify_.get(), dir.c_str(), mask | IN_ONLYDIR | IN_DONT_FOLLOW);
+        if (wd < 0) {
+            ec = detail::last_error();
+            return -1;
+        }
+        watches_.push_back({wd, std::move(names)});
+        return static_cast<int>(watches_.size()) - 1;
     }
 
-    /// Blocks `signals` in the calling thread and delivers them to wait() instead.
+    /// The watches that fired since the last drain() (bit i: watch i; all bits after an
+    /// overflow of the kernel's queue).
+    std::uint64_t changes() const noexcept { return changes_; }
+
+    /// Blocks `signals` in the calling thread and delivers them to wait() instead. SIGCHLD
+    /// among them ends a wait with wake::process (a child ended), never wake::signal.
     void catch_signals(std::initializer_list<int> signals, std::error_code& ec) {
         ec.clear();
         sigset_t set;
@@ -84,7 +97,10 @@ public:
     }
 
     /// Discards every change seen so far. Call it before a pass.
-    void drain() noexcept { read_events(); }
+    void drain() noexcept {
+        read_events();
+        changes_ = 0;
+    }
 
     /// Blocks until a change, the deadline, the death of one of `owners` or `agents`, or a
     /// caught signal. An owner that is already gone (or whose pid names another process
@@ -96,6 +112,7 @@ public:
               const std::vector<process_ref>& agents, std::error_code& ec) {
         ec.clear();
         std::vector<detail::unique_fd> pidfds;
+        bool zombie = false;
         auto watch = [&](const process_ref& p, bool wake_if_gone) {
             if (!p) return false;
             detail::unique_fd fd(static_cast<int>(::syscall(SYS_pidfd_open, p.pid, 0)));
@@ -104,6 +121,9 @@ public:
             auto st = detail::read_proc_stat(p.pid, pec);
             if (pec) return false;
             const bool same = st && st->start_time == p.start_time && p.boot_id == detail::boot_id();
+            // A zombie that another process has to reap: nothing announces that reap (a
+            // subreaper daemon records its exit, an init just reaps it), so look again soon.
+            if (same && st->state == 'Z' && !wake_if_gone) zombie = true;
             if (!same || st->state == 'Z') return wake_if_gone;
             pidfds.push_back(std::move(fd));
             return false;
@@ -116,11 +136,12 @@ public:
             fds.push_back({inotify_.get(), POLLIN, 0});
             if (signals_) fds.push_back({signals_.get(), POLLIN, 0});
             for (auto& f : pidfds) fds.push_back({f.get(), POLLIN, 0});
-            int timeout = -1;
+            int timeout = zombie ? zombie_recheck_ms : -1;
             if (deadline) {
                 const auto left = std::chrono::ceil<std::chrono::milliseconds>(*deadline - clock_.now());
                 if (left.count() <= 0) return wake::deadline;
-                timeout = static_cast<int>(std::min<std::int64_t>(left.count(), 1 << 30));
+                const int until = static_cast<int>(std::min<std::int64_t>(left.count(), 1 << 30));
+                timeout = timeout < 0 ? until : std::min(timeout, until);
             }
             const int r = ::poll(fds.data(), fds.size(), timeout);
             if (r < 0) {
@@ -130,16 +151,23 @@ public:
             }
             if (r == 0) {
                 if (deadline && clock_.now() >= *deadline) return wake::deadline;
+                if (zombie) return wake::process;
                 continue;
             }
             std::size_t i = 1;
             if (signals_) {
                 if (fds[1].revents & POLLIN) {
                     signalfd_siginfo si{};
-                    if (::read(signals_.get(), &si, sizeof si) == static_cast<ssize_t>(sizeof si)) {
+                    bool child = false;
+                    while (::read(signals_.get(), &si, sizeof si) == static_cast<ssize_t>(sizeof si)) {
+                        if (si.ssi_signo == SIGCHLD) {   // a child (an adopted orphan) ended
+                            child = true;
+                            continue;
+                        }
                         last_signal_ = static_cast<int>(si.ssi_signo);
                         return wake::signal;
                     }
+                    if (child) return wake::process;
                 }
                 ++i;
             }
@@ -153,7 +181,8 @@ public:
     int last_signal() const noexcept { return last_signal_; }
 
 private:
-    /// Reads every queued event; true if one of them concerns a name not starting with '.'.
+    /// Reads every queued event; true if one of them concerns a name not starting with '.'
+    /// (and one of its watch's names, if it has any). Records which watches fired.
     bool read_events() noexcept {
         bool relevant = false;
         alignas(inotify_event) char buf[16384];
@@ -163,18 +192,46 @@ private:
             if (n <= 0) break;
             for (char* p = buf; p < buf + n;) {
                 auto* e = reinterpret_cast<inotify_event*>(p);
-                // IN_Q_OVERFLOW: events were lost; treat as a change.
-                if ((e->mask & IN_Q_OVERFLOW) || e->len == 0 || e->name[0] != '.') relevant = true;
                 p += sizeof(inotify_event) + e->len;
+                // IN_Q_OVERFLOW: events were lost; treat as a change of everything.
+                if (e->mask & IN_Q_OVERFLOW) {
+                    relevant = true;
+                    changes_ = ~std::uint64_t{0};
+                    continue;
+                }
+                if (e->len > 0 && e->name[0] == '.') continue;
+                for (std::size_t i = 0; i < watches_.size(); ++i) {
+                    if (watches_[i].wd != e->wd) continue;
+                    if (!matches(watches_[i].names, e->len ? std::string_view(e->name) : std::string_view())) continue;
+                    relevant = true;
+                    if (i < 64) changes_ |= std::uint64_t{1} << i;
+                }
             }
         }
         return relevant;
     }
 
+    static bool matches(const std::vector<std::string>& names, std::string_view name) noexcept {
+        if (names.empty()) return true;
+        for (const auto& n : names) {
+            if (!n.empty() && n.back() == '*' ? name.substr(0, n.size() - 1) == std::string_view(n).substr(0, n.size() - 1)
+                                              : name == n)
+                return true;
+        }
+        return false;
+    }
+
+    struct watch {
+        int wd;
+        std::vector<std::string> names;
+    };
+    std::vector<watch> watches_;
+    std::uint64_t changes_ = 0;
     detail::unique_fd inotify_;
     detail::unique_fd signals_;
     system_clock clock_;   // deadlines are wall-clock timestamps, as the dispatcher's
     int last_signal_ = 0;
+    static constexpr int zombie_recheck_ms = 20;
 };
 
 } // namespace kugetsu

@@ -2,7 +2,8 @@
 // through the CLOEXEC pipe, the held phase, identity that survives PID reuse, signals.
 #include <catch2/catch.hpp>
 
-#include <kugetsu/kugetsu.hpp>
+#include <kugetsu/lock/flock_lock.hpp>
+#include <kugetsu/spawn/fork_spawner.hpp>
 
 #include <csignal>
 #include <cstddef>

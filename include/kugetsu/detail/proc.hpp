@@ -2,6 +2,7 @@
 // boot id, so that a process_ref survives PID reuse and reboots.
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
 #include <optional>
 #include <string>
@@ -17,6 +18,7 @@ namespace kugetsu::detail {
 
 struct proc_stat {
     char state = '?';              ///< R, S, D, Z (zombie), T, ...
+    int ppid = 0;                  ///< the parent's pid (field 4); 0: outside our pid namespace
     std::uint64_t start_time = 0;  ///< clock ticks after boot (field 22)
 };
 
@@ -43,7 +45,16 @@ inline std::optional<proc_stat> read_proc_stat(int pid, std::error_code& ec) {
     std::string_view rest = std::string_view(text).substr(close + 2);
     proc_stat st;
     st.state = rest.front();
-    // Field 3 is the state; the start time is field 22, i.e. the 20th field of `rest`.
+    auto number = [](std::string_view s) {
+        std::uint64_t v = 0;
+        for (char c : s) {
+            if (c < '0' || c > '9') break;
+            v = v * 10 + static_cast<std::uint64_t>(c - '0');
+        }
+        return v;
+    };
+    // Field 3 is the state, field 4 the parent; the start time is field 22, i.e. the 20th
+    // field of `rest`.
     for (int field = 3; field < 22; ++field) {
         const auto sp = rest.find(' ');
         if (sp == std::string_view::npos) {
@@ -51,13 +62,9 @@ inline std::optional<proc_stat> read_proc_stat(int pid, std::error_code& ec) {
             return std::nullopt;
         }
         rest.remove_prefix(sp + 1);
+        if (field == 3) st.ppid = static_cast<int>(std::min<std::uint64_t>(number(rest), 0x7fffffff));
     }
-    std::uint64_t v = 0;
-    for (char c : rest) {
-        if (c < '0' || c > '9') break;
-        v = v * 10 + static_cast<std::uint64_t>(c - '0');
-    }
-    st.start_time = v;
+    st.start_time = number(rest);
     return st;
 }
 

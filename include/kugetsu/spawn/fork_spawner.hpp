@@ -16,32 +16,57 @@
 // supervisor died while it was held.
 //
 // THE HANDSHAKE. spawn() waits for one message: the supervisor's hello (the agent's pid and
-// start time, sent once the slot is in place). release() sends the go-ahead byte through the
-// same control socket, which the held agent reads itself (the supervisor closes its copy
+// start time, sent once the slot is in place). release() sends the go-ahead byte 'g' through
+// the same control socket, which the held agent reads itself (the supervisor closes its copy
 // after the hello), and returns when the error pipe closes on exec: two process wake-ups in
-// all, and no polling interval. The supervisor learns the agent's fate from its own pipe:
-// "about to exec" then end-of-file (exec'd), or a report of why the program never ran, or
-// end-of-file alone (killed while held): it records an end and runs the on-exit command only
-// for an agent that exec'd.
+// all, and no polling interval. abandon() sends 'a' and closes its end; end-of-file without a
+// byte means that the caller died. The supervisor learns the agent's fate from its own pipe:
+// "about to exec" then end-of-file (exec'd), or a report of why the program never ran
+// (abandoned; the caller or the supervisor died; chdir or exec failed), or end-of-file alone
+// (killed while held): it records an end and runs the on-exit command only for an agent that
+// exec'd, and removes the slot only of an agent that was abandoned.
 //
 // THE SLOT FILE. The supervisor creates RUN_DIR/<agent pid>-<agent start time>.slot and takes
 // an exclusive flock on it before the agent is forked; the agent inherits that open file (as
 // descriptor 5, KUGETSU_SLOT_FD=5), so the lock is held exactly while the supervisor or the
 // agent (or a descendant that keeps the descriptor) is alive, and the kernel releases it when
-// the last of them dies, however it dies. When the agent ends, the supervisor reaps it and
-// writes its exit status into the file before it lets go. So poll() from ANY process answers:
-//   lock held                                   -> running (also: a zombie not yet reaped)
-//   lock free, exit status written              -> exited, with the code (and timed_out)
-//   lock free, no status (supervisor killed)    -> running while the agent's identity
-//                                                  (pid, start time, boot id) is alive, else gone
+// the last of them dies, however it dies. The file holds one record: a line at offset 0 that
+// replaces the one before (bytes after the first newline are left-overs, and ignored):
+//   kugetsu-held 2\n            by the supervisor, before it forks the agent (never empty)
+//   kugetsu-exec 2 US\n         by the agent, once it has the go-ahead, just before execve
+//   kugetsu-noexec 2\n          by the agent, as it exits without running the program
+//   kugetsu-exit 2 CODE T US\n  by the supervisor, after reaping the agent: CODE, T = timed
+//                               out (0|1), US = when the end was seen (realtime microseconds)
+//   kugetsu-exit 1 CODE T\n     by a kugetsu 0.1 supervisor (whose slot is empty before it)
+// So poll() from ANY process answers:
+//   lock held                            -> running (also: a zombie not yet reaped)
+//   lock free, exit record               -> exited, with the code, timed_out and (v2) end time
+//   lock free, held or noexec            -> never_ran (the agent is dead: alive, it holds the lock)
+//   lock free, exec (supervisor killed)  -> running while the agent's identity (pid, start time,
+//                                           boot id) is alive, or while it is a zombie whose
+//                                           parent is a live process other than init (a
+//                                           subreaper that records it: ORPHANS); else gone
+//   lock free, empty (0.1), or no file   -> running while the identity is alive, else gone
 // The slot file's last close is an inotify IN_CLOSE_WRITE on RUN_DIR: a daemon wakes on it.
+// The file stays after the end (the caller may have committed a session naming the agent)
+// until forget(), which the dispatcher calls once it has committed what happened; only an
+// abandoned agent's supervisor removes it. sweep() removes the free ones no session names, and
+// the temporary ones (.slot.<pid>.<n>) that supervisors killed during setup left behind.
+//
+// ORPHANS. An agent whose supervisor is killed is given by the kernel to the nearest child
+// subreaper (prctl PR_SET_CHILD_SUBREAPER) among its ancestors, or else to init, which reaps it
+// and loses its exit code. A host that is a subreaper (the kugetsu daemon) says so with
+// adopt_orphans(true): poll(), wait(), forget() and sweep() then reap every child of the host,
+// and write the exit record (end time: when it was seen) of an orphan whose slot holds an exec
+// record before they reap it. An agent started by a process that is not a subreaper (`kugetsu
+// start`, which exits) loses its exit code if its supervisor is killed: it ends gone.
 //
 // TIMEOUTS. With spawn_request::timeout set, the supervisor itself sends SIGTERM to the
 // agent's process group at the deadline (counted from release()) and SIGKILL kill_grace
 // later, and records timed_out: timeouts hold even if no kugetsu process is left.
 //
-// ON EXIT. After writing the status, the supervisor can exec a command (set_on_exit), such as
-// `kugetsu reap`, so that the end is recorded in the store at once even with no daemon
+// ON EXIT. After writing the exit record, the supervisor can exec a command (set_on_exit),
+// such as `kugetsu reap`, so that the end is recorded in the store at once even with no daemon
 // running; it skips the command while some process holds an OFD lock on `unless_locked` (a
 // daemon that will reap anyway).
 //
@@ -53,7 +78,9 @@
 //
 // signal() sends to the agent's process group after checking its identity through a pidfd.
 // wait() blocks until an agent's end is recorded (a blocking shared flock on its slot).
-// Supervisors that are the caller's children are reaped by poll(), wait() and forget().
+// Supervisors that are the caller's children are reaped by poll(), wait(), forget() and
+// sweep(); other children only with adopt_orphans(true) (never waitpid(-1) otherwise: a host's
+// other children are not ours).
 //
 // Not thread-safe: one fork_spawner per thread (as with the dispatcher that owns it).
 #pragma once
@@ -65,10 +92,12 @@
 #include <cstdlib>
 #include <ctime>
 #include <map>
+#include <optional>
 #include <string>
 #include <utility>
 #include <vector>
 
+#include <dirent.h>
 #include <fcntl.h>
 #include <linux/close_range.h>
 #include <poll.h>
@@ -117,7 +146,8 @@ inline std::string resolve_program(const std::string& argv0, std::error_code& ec
 /// What a child that could not exec writes back: which step failed, and errno. To its
 /// supervisor, the agent first writes step 0 (about to exec) once it has the go-ahead.
 struct child_failure {
-    int step;   // 0 = about to exec, 1 = chdir, 2 = exec, 3 = no go-ahead (abandoned, or the caller or the supervisor died)
+    int step;   // 0 = about to exec, 1 = chdir, 2 = exec, 3 = no go-ahead (the caller or the
+                // supervisor died), 4 = abandoned (the caller said 'a')
     int error;
 };
 
@@ -164,6 +194,41 @@ inline std::int64_t monotonic_ms() noexcept {
     timespec ts{};
     ::clock_gettime(CLOCK_MONOTONIC, &ts);
     return static_cast<std::int64_t>(ts.tv_sec) * 1000 + ts.tv_nsec / 1000000;
+}
+
+/// Microseconds since the epoch (CLOCK_REALTIME), as the slot records carry them.
+inline std::int64_t realtime_us() noexcept {
+    timespec ts{};
+    ::clock_gettime(CLOCK_REALTIME, &ts);
+    return static_cast<std::int64_t>(ts.tv_sec) * 1000000 + ts.tv_nsec / 1000;
+}
+
+/// Writes a slot record at offset 0, EINTR retried; false unless all of it was written.
+inline bool put_record(int fd, const char* rec, std::size_t len) noexcept {
+    ssize_t w;
+    while ((w = ::pwrite(fd, rec, len, 0)) < 0 && errno == EINTR) {}
+    return w == static_cast<ssize_t>(len);
+}
+
+inline constexpr char held_record[] = "kugetsu-held 2\n";
+inline constexpr char noexec_record[] = "kugetsu-noexec 2\n";
+
+/// "kugetsu-exec 2 US\n" into buf (at least 64 bytes); returns its length.
+inline std::size_t exec_record(char* buf, std::int64_t us) noexcept {
+    char* q = put_str(buf, "kugetsu-exec 2 ");
+    q = put_uint(q, static_cast<std::uint64_t>(std::max<std::int64_t>(0, us)));
+    q = put_str(q, "\n");
+    return static_cast<std::size_t>(q - buf);
+}
+
+/// "kugetsu-exit 2 CODE T US\n" into buf (at least 64 bytes); returns its length.
+inline std::size_t exit_record(char* buf, int code, bool timed_out, std::int64_t us) noexcept {
+    char* q = put_str(buf, "kugetsu-exit 2 ");
+    q = put_uint(q, static_cast<std::uint64_t>(std::clamp(code, 0, 255)));
+    q = put_str(q, timed_out ? " 1 " : " 0 ");
+    q = put_uint(q, static_cast<std::uint64_t>(std::max<std::int64_t>(0, us)));
+    q = put_str(q, "\n");
+    return static_cast<std::size_t>(q - buf);
 }
 
 /// /proc/PID/stat field 22 without allocating; 0 on failure.
@@ -225,31 +290,35 @@ inline bool read_full(int fd, void* data, std::size_t len) noexcept {
     return true;
 }
 
-/// A held agent waits here for the caller's go-ahead: one byte on the control socket `ctl`.
-/// False if the caller closed its end (abandoned the agent, or died) or if the supervisor died:
-/// `supervisor` is the write end of a pipe only the supervisor reads, which polls POLLERR once
-/// no reader is left. Checked again after the byte, so that an agent whose supervisor is
-/// already gone does not start. Async-signal-safe.
-inline bool await_go_ahead(int ctl, int supervisor) noexcept {
+/// What a held agent hears: the go-ahead, an abandon, or nothing it may run on.
+enum class go_ahead { go, abandoned, lost };
+
+/// A held agent waits here for the caller's word: one byte on the control socket `ctl`, 'g'
+/// (run) or 'a' (abandoned). `lost` if the caller closed its end without a byte (it died), if
+/// the byte is neither, or if the supervisor died: `supervisor` is the write end of a pipe
+/// only the supervisor reads, which polls POLLERR once no reader is left. Checked again after
+/// a 'g', so that an agent whose supervisor is already gone does not start. Async-signal-safe.
+inline go_ahead await_go_ahead(int ctl, int supervisor) noexcept {
     constexpr short gone = POLLERR | POLLHUP | POLLNVAL;
     for (;;) {
         pollfd pf[2] = {{ctl, POLLIN, 0}, {supervisor, 0, 0}};
         const int r = ::poll(pf, 2, -1);
         if (r < 0) {
             if (errno == EINTR) continue;
-            return false;
+            return go_ahead::lost;
         }
-        if (pf[1].revents & gone) return false;
+        if (pf[1].revents & gone) return go_ahead::lost;
         if (pf[0].revents) break;
     }
     char c;
     ssize_t n;
     while ((n = ::read(ctl, &c, 1)) < 0 && errno == EINTR) {}
-    if (n != 1) return false;
+    if (n == 1 && c == 'a') return go_ahead::abandoned;
+    if (n != 1 || c != 'g') return go_ahead::lost;
     pollfd pf{supervisor, 0, 0};
     int r;
     while ((r = ::poll(&pf, 1, 0)) < 0 && errno == EINTR) {}
-    return r == 0 || (r > 0 && !(pf.revents & gone));
+    return r == 0 || (r > 0 && !(pf.revents & gone)) ? go_ahead::go : go_ahead::lost;
 }
 
 /// True if some process holds an OFD lock (fcntl F_OFD_SETLK) on any byte of the file. Only
@@ -261,22 +330,87 @@ inline bool lock_held(int fd) noexcept {
     return ::fcntl(fd, F_OFD_GETLK, &q) == 0 && q.l_type != F_UNLCK;
 }
 
-/// The exit status line a supervisor writes into a slot: "kugetsu-exit 1 CODE TIMED_OUT\n".
-inline bool parse_exit_record(std::string_view s, int& code, bool& timed_out) noexcept {
-    constexpr std::string_view head = "kugetsu-exit 1 ";
-    if (s.substr(0, head.size()) != head) return false;
-    s.remove_prefix(head.size());
-    int v = 0, digits = 0;
-    while (!s.empty() && s.front() >= '0' && s.front() <= '9' && digits < 4) {
-        v = v * 10 + (s.front() - '0');
-        s.remove_prefix(1);
-        ++digits;
+/// A slot file's record (its first line), as parse_slot_record reads it.
+struct slot_record {
+    enum class kind {
+        none,     ///< empty (a kugetsu 0.1 slot before its end), incomplete, or not a record
+        held,     ///< "kugetsu-held 2": the agent was forked and held
+        exec,     ///< "kugetsu-exec 2 US": the agent had the go-ahead and was about to exec
+        noexec,   ///< "kugetsu-noexec 2": the agent exited without running the program
+        exited,   ///< "kugetsu-exit 2 CODE T US" or (0.1) "kugetsu-exit 1 CODE T"
+    };
+    kind what = kind::none;
+    int version = 0;
+    int exit_code = -1;                ///< exited: 0-255
+    bool timed_out = false;            ///< exited: the supervisor stopped it at its timeout
+    std::optional<timestamp> at{};     ///< exec: when; exited (version 2): when it ended
+};
+
+/// Reads the record on the first line of `s` (up to its newline: what follows is ignored).
+/// Strict: anything else, including a line without its newline, is kind::none. Never
+/// allocates, never throws, whatever the bytes.
+inline slot_record parse_slot_record(std::string_view s) noexcept {
+    slot_record r;
+    const auto nl = s.find('\n');
+    if (nl == std::string_view::npos) return r;
+    std::string_view line = s.substr(0, nl);
+    auto eat = [&](std::string_view w) {
+        if (line.substr(0, w.size()) != w) return false;
+        line.remove_prefix(w.size());
+        return true;
+    };
+    // Decimal digits, at most `max_digits` of them and then no other digit.
+    auto number = [&](int max_digits, std::uint64_t& v) {
+        v = 0;
+        int digits = 0;
+        while (!line.empty() && line.front() >= '0' && line.front() <= '9') {
+            if (++digits > max_digits) return false;
+            v = v * 10 + static_cast<std::uint64_t>(line.front() - '0');
+            line.remove_prefix(1);
+        }
+        return digits > 0;
+    };
+    std::uint64_t v = 0;
+    if (line == "kugetsu-held 2") {
+        r.what = slot_record::kind::held;
+        r.version = 2;
+    } else if (line == "kugetsu-noexec 2") {
+        r.what = slot_record::kind::noexec;
+        r.version = 2;
+    } else if (eat("kugetsu-exec 2 ")) {
+        if (!number(18, v) || !line.empty()) return r;
+        r.what = slot_record::kind::exec;
+        r.version = 2;
+        r.at = timestamp(duration(static_cast<std::int64_t>(v)));
+    } else if (eat("kugetsu-exit ")) {
+        const int version = eat("1 ") ? 1 : eat("2 ") ? 2 : 0;
+        if (version == 0 || !number(3, v) || v > 255 || !eat(" ") || line.empty() ||
+            (line.front() != '0' && line.front() != '1'))
+            return r;
+        const int code = static_cast<int>(v);
+        const bool timed_out = line.front() == '1';
+        line.remove_prefix(1);
+        std::optional<timestamp> at;
+        if (version == 2) {
+            if (!eat(" ") || !number(18, v)) return r;
+            at = timestamp(duration(static_cast<std::int64_t>(v)));
+        }
+        if (!line.empty()) return r;
+        r.what = slot_record::kind::exited;
+        r.version = version;
+        r.exit_code = code;
+        r.timed_out = timed_out;
+        r.at = at;
     }
-    if (digits == 0 || v > 255 || s.size() != 3 || s[0] != ' ' || (s[1] != '0' && s[1] != '1') || s[2] != '\n')
-        return false;
-    code = v;
-    timed_out = s[1] == '1';
-    return true;
+    return r;
+}
+
+/// Reads the record of the slot file open as `fd` (pread at offset 0, EINTR retried).
+inline slot_record read_slot_record(int fd) noexcept {
+    char buf[64];
+    ssize_t n;
+    while ((n = ::pread(fd, buf, sizeof buf, 0)) < 0 && errno == EINTR) {}
+    return n > 0 ? parse_slot_record(std::string_view(buf, static_cast<std::size_t>(n))) : slot_record{};
 }
 
 } // namespace detail
@@ -299,6 +433,7 @@ public:
             run_dir_ = std::move(o.run_dir_);
             on_exit_ = std::move(o.on_exit_);
             on_exit_unless_locked_ = std::move(o.on_exit_unless_locked_);
+            adopt_orphans_ = o.adopt_orphans_;
             held_ = std::move(o.held_);
             supervisors_ = std::move(o.supervisors_);
             detail_ = std::move(o.detail_);
@@ -315,6 +450,15 @@ public:
         on_exit_ = std::move(argv);
         on_exit_unless_locked_ = std::move(unless_locked);
     }
+
+    /// Tells the spawner that the calling process is a child subreaper (it has called
+    /// prctl(PR_SET_CHILD_SUBREAPER, 1)), so that the agents of supervisors that die become
+    /// its children. With it on, poll(), wait(), forget() and sweep() reap every child of the
+    /// process (without it, only its supervisors): an orphan whose slot holds an exec record
+    /// gets its exit record (exit code, end time = when it was seen) before it is reaped, and
+    /// any other child is just reaped. A host that turns it on must not wait for children of
+    /// its own by pid at the same time. Default: off.
+    void adopt_orphans(bool on) noexcept { adopt_orphans_ = on; }
 
     /// Creates the supervisor and the agent, held before exec. Errors: the program is not
     /// found or not executable (ENOENT, EACCES), the log or the slot cannot be created,
@@ -425,8 +569,8 @@ public:
             got += static_cast<std::size_t>(n);
         }
         if (got == 0) return;   // the pipe closed on exec: the program runs
-        // The program never ran: the supervisor removes the slot and exits; wait for it, so
-        // that the agent is reaped (and gone) when this returns.
+        // The program never ran: its slot stays, with its noexec record (poll() says never_ran),
+        // until forget(). Wait for the supervisor, so that the agent is reaped when this returns.
         wait_supervisor(p.pid);
         if (got != sizeof f) return fail(ec, errc::spawn_failed, "the agent died before exec");
         if (f.step == 3) return fail(ec, errc::spawn_failed, "the supervisor died before the agent could start");
@@ -434,18 +578,22 @@ public:
              f.step == 1 ? "chdir \"" + h.cwd + "\"" : "exec \"" + h.program + "\"");
     }
 
-    /// Discards a held agent: it exits without running the program; its slot is removed.
+    /// Discards a held agent: it exits without running the program, and its supervisor removes
+    /// its slot once the agent has said it was abandoned. (An agent that died while held
+    /// cannot say so: its slot stays, never_ran, for forget() or sweep().)
     void abandon(const process_ref& p) noexcept {
         auto it = held_.find(p.pid);
         if (it == held_.end()) return;
-        held_.erase(it);   // closes the control socket: the supervisor lets the agent go
+        const char a = 'a';
+        while (::send(it->second.ctl.get(), &a, 1, MSG_NOSIGNAL | MSG_DONTWAIT) < 0 && errno == EINTR) {}
+        held_.erase(it);   // closes the control socket and the error pipe
         wait_supervisor(p.pid);
     }
 
     /// Never blocks. See the header comment for how liveness is decided.
     process_status poll(const process_ref& p, std::error_code& ec) {
         ec.clear();
-        reap_supervisors();
+        reap();
         if (!p) return {process_state::gone, -1};
         if (held_.count(p.pid)) return {process_state::running, -1};
         if (p.boot_id != detail::boot_id()) return {process_state::gone, -1};
@@ -457,18 +605,33 @@ public:
         ec.clear();
         if (!p || held_.count(p.pid)) return poll(p, ec);
         if (p.boot_id != detail::boot_id()) return {process_state::gone, -1};
+        reap();
         auto st = status_of(p, /*block=*/true, ec);
-        reap_supervisors();
+        reap();
         return st;
     }
 
-    /// Removes the agent's slot file once its end is recorded.
+    /// Removes the agent's slot file once its end (or that it never ran) is recorded.
     void forget(const process_ref& p) noexcept {
-        reap_supervisors();
+        reap();
         if (!p || held_.count(p.pid)) return;
         try {
             ::unlink(slot_path(p).c_str());
         } catch (...) {
+        }
+    }
+
+    /// Removes from RUN_DIR every slot file <pid>-<start>.slot that no ref in `referenced`
+    /// names (pid and start time) and whose flock is free (its supervisor and its agent are
+    /// both dead), and every temporary slot .slot.<pid>.<n> that is free and was last written
+    /// more than 10 s ago (a younger one may be between its creation and its flock). Skips
+    /// anything that is not a private regular file with one link, never follows a symlink,
+    /// ignores errors. One readdir; a free slot costs an open, an flock and an unlink.
+    void sweep(const std::vector<process_ref>& referenced) noexcept {
+        reap();
+        try {
+            sweep_run_dir(referenced);
+        } catch (...) {   // out of memory: the next sweep
         }
     }
 
@@ -552,43 +715,118 @@ private:
             ec = detail::last_error();
             return {process_state::running, -1};
         }
-        char buf[64];
-        ssize_t n;
-        while ((n = ::pread(fd.get(), buf, sizeof buf, 0)) < 0 && errno == EINTR) {}
-        int code = -1;
-        bool timed_out = false;
-        if (n > 0 && detail::parse_exit_record(std::string_view(buf, static_cast<std::size_t>(n)), code, timed_out))
-            return {process_state::exited, code, timed_out};
+        const auto rec = detail::read_slot_record(fd.get());
+        switch (rec.what) {
+        case detail::slot_record::kind::exited:
+            return exited(rec);
+        case detail::slot_record::kind::held:
+        case detail::slot_record::kind::noexec: {
+            // Alive, the agent would hold the lock: it is dead, and never ran the program.
+            // (Checked all the same: never_ran gives the task to another attempt.)
+            const auto l = probe(p, ec);
+            if (l.what == liveness::unknown || l.what == liveness::alive) return {process_state::running, -1};
+            return {process_state::never_ran, -1};
+        }
+        case detail::slot_record::kind::exec:
+            return after_exec(p, fd.get(), block, ec);
+        case detail::slot_record::kind::none:
+            break;
+        }
+        // Empty (a kugetsu 0.1 supervisor died before writing), or unreadable: identity only.
         fd.reset();
-        return identity(p, block, ec);   // the supervisor died before writing: the agent may live on
+        return identity(p, block, ec);
     }
 
-    static process_status identity(const process_ref& p, bool block, std::error_code& ec) {
-        if (block) {
-            detail::unique_fd pidfd(static_cast<int>(::syscall(SYS_pidfd_open, p.pid, 0)));
-            if (pidfd) {
-                auto st = detail::read_proc_stat(p.pid, ec);
-                if (!ec && st && st->start_time == p.start_time) {
-                    pollfd pf{pidfd.get(), POLLIN, 0};
-                    while (::poll(&pf, 1, -1) < 0 && errno == EINTR) {}
-                }
-            }
-        }
+    static process_status exited(const detail::slot_record& rec) {
+        return {process_state::exited, rec.exit_code, rec.timed_out, rec.at};
+    }
+
+    struct liveness {
+        enum { alive, zombie, dead, unknown } what;
+        int ppid = 0;   // zombie: its parent
+    };
+
+    /// Whether the process p is alive, a zombie (ended, not yet reaped), dead (or another
+    /// process now), or unknown (ec: /proc cannot be read).
+    static liveness probe(const process_ref& p, std::error_code& ec) {
         auto st = detail::read_proc_stat(p.pid, ec);
-        if (ec) return {process_state::running, -1};   // cannot tell: never free a slot on doubt
-        // A zombie here is not our child (the supervisor that was its parent is gone): it
-        // has ended, and its new parent reaps it.
-        if (!st || st->start_time != p.start_time || st->state == 'Z') return {process_state::gone, -1};
-        return {process_state::running, -1};
+        if (ec) return {liveness::unknown};
+        if (!st || st->start_time != p.start_time || st->state == 'X') return {liveness::dead};
+        if (st->state == 'Z') return {liveness::zombie, st->ppid};
+        return {liveness::alive};
+    }
+
+    /// Blocks until the process p has ended (it may then be a zombie), if pidfd_open works.
+    static void await_end(const process_ref& p) {
+        detail::unique_fd pidfd(static_cast<int>(::syscall(SYS_pidfd_open, p.pid, 0)));
+        if (!pidfd) return;
+        std::error_code ec;
+        auto st = detail::read_proc_stat(p.pid, ec);
+        if (ec || !st || st->start_time != p.start_time) return;
+        pollfd pf{pidfd.get(), POLLIN, 0};
+        while (::poll(&pf, 1, -1) < 0 && errno == EINTR) {}
+    }
+
+    /// No usable record (no slot, an empty one): running while p is alive, else gone. A
+    /// zombie here is not our child (the supervisor that was its parent is gone): it has
+    /// ended, and its new parent reaps it.
+    static process_status identity(const process_ref& p, bool block, std::error_code& ec) {
+        if (block) await_end(p);
+        const auto l = probe(p, ec);
+        if (l.what == liveness::unknown || l.what == liveness::alive) return {process_state::running, -1};   // doubt: never free a slot
+        return {process_state::gone, -1};
+    }
+
+    /// The agent exec'd, and its supervisor died before writing its end (the lock is free and
+    /// the record is still "exec", read through fd, held shared).
+    process_status after_exec(const process_ref& p, int fd, bool block, std::error_code& ec) {
+        for (;;) {
+            if (block) await_end(p);
+            const auto l = probe(p, ec);
+            if (l.what == liveness::unknown) return {process_state::running, -1};
+            if (l.what == liveness::alive && !block) return {process_state::running, -1};
+            if (l.what == liveness::dead) {
+                // Reaped: a subreaper that records ends wrote its record before it reaped it.
+                const auto rec = detail::read_slot_record(fd);
+                if (rec.what == detail::slot_record::kind::exited) return exited(rec);
+                return {process_state::gone, -1};
+            }
+            if (l.what == liveness::zombie) {
+                if (l.ppid == ::getpid()) {
+                    // Ours: with adopt_orphans, record it and reap it now; else nobody will.
+                    if (adopt_orphans_) reap();
+                    const auto rec = detail::read_slot_record(fd);
+                    if (rec.what == detail::slot_record::kind::exited) return exited(rec);
+                    return {process_state::gone, -1};
+                }
+                // Init reaps it and its exit code is lost (0: a parent outside our pid namespace).
+                if (l.ppid <= 1) return {process_state::gone, -1};
+                // Another live process is its parent: a child subreaper (a kugetsu daemon, which
+                // records the end before it reaps it). Not reaped yet: it holds its slot.
+                if (!block) return {process_state::running, -1};
+            }
+            // wait(): the record comes before the reaping; look again shortly (or no pidfd).
+            const auto rec = detail::read_slot_record(fd);
+            if (rec.what == detail::slot_record::kind::exited) return exited(rec);
+            timespec ts{0, 5 * 1000 * 1000};
+            ::nanosleep(&ts, nullptr);
+        }
     }
 
     /// Blocks until the supervisor of `agent` has exited (it is about to: the agent never ran).
+    /// Returns at once if it has been reaped already.
     void wait_supervisor(int agent) noexcept {
         if (auto s = supervisors_.find(agent); s != supervisors_.end()) {
             int status = 0;
             detail::wait_for(s->second, &status, 0);
             supervisors_.erase(s);
         }
+    }
+
+    /// Reaps the supervisors that have exited, and with adopt_orphans every child.
+    void reap() noexcept {
+        if (adopt_orphans_) reap_children();
+        else reap_supervisors();
     }
 
     void reap_supervisors() noexcept {
@@ -602,6 +840,136 @@ private:
             if (r == 0) ++it;
             else it = supervisors_.erase(it);   // reaped, or ECHILD (SIGCHLD ignored)
         }
+    }
+
+    /// Every zombie child, peeked at (WNOWAIT) then reaped: a supervisor (held ones too:
+    /// wait_supervisor then returns at once), or an orphan, whose end is recorded first.
+    void reap_children() noexcept {
+        for (int guard = 0; guard < 65536; ++guard) {
+            siginfo_t si{};
+            if (::waitid(P_ALL, 0, &si, WEXITED | WNOHANG | WNOWAIT) != 0) {
+                if (errno == EINTR) continue;
+                return;   // ECHILD: no children
+            }
+            const int pid = si.si_pid;
+            if (pid <= 0) return;   // none has exited
+            const auto sup = std::find_if(supervisors_.begin(), supervisors_.end(),
+                                          [&](const auto& s) { return s.second == pid; });
+            if (sup != supervisors_.end()) {
+                supervisors_.erase(sup);
+            } else {
+                const int code = si.si_code == CLD_EXITED ? si.si_status : 128 + si.si_status;
+                record_orphan(pid, code);
+            }
+            int status = 0;
+            if (detail::wait_for(pid, &status, WNOHANG) <= 0) return;   // someone else reaped it
+        }
+    }
+
+    /// An orphan `pid` (a zombie child, not a supervisor) ended with `code`: if it is an agent
+    /// whose slot says it exec'd, writes its exit record (end time: now). Does not wait for
+    /// the lock, which a descendant of the agent may hold (readers read once it is free); takes
+    /// it if it is free, so that no reader sees half a record.
+    void record_orphan(int pid, int code) noexcept {
+        try {
+            std::error_code ec;
+            auto st = detail::read_proc_stat(pid, ec);   // readable while it is a zombie
+            if (ec || !st) return;
+            const std::string path = slot_path(process_ref{pid, st->start_time, {}});
+            auto fd = detail::open_path(path, O_RDWR | O_NOFOLLOW | O_NONBLOCK, 0, ec);
+            if (ec) return;   // no slot: not an agent (a grandchild of one, say)
+            struct stat sb{};
+            if (::fstat(fd.get(), &sb) != 0 || !S_ISREG(sb.st_mode) || sb.st_nlink != 1 || !detail::is_private(sb))
+                return;
+            // held, noexec: it never ran, and says so; exited: recorded; none: not ours to write.
+            if (detail::read_slot_record(fd.get()).what != detail::slot_record::kind::exec) return;
+            ::flock(fd.get(), LOCK_EX | LOCK_NB);
+            char rec[64];
+            detail::put_record(fd.get(), rec, detail::exit_record(rec, code, false, detail::realtime_us()));
+        } catch (...) {   // out of memory: the end is gone
+        }
+    }
+
+    void sweep_run_dir(const std::vector<process_ref>& referenced) {
+        std::error_code ec;
+        auto dirfd = detail::open_path(run_dir_, O_RDONLY | O_DIRECTORY | O_NOFOLLOW, 0, ec);
+        if (ec || detail::check_private(dirfd.get())) return;
+        const int dfd = ::fcntl(dirfd.get(), F_DUPFD_CLOEXEC, 0);   // fdopendir takes it
+        if (dfd < 0) return;
+        DIR* dir = ::fdopendir(dfd);
+        if (!dir) {
+            ::close(dfd);
+            return;
+        }
+        detail::scope_exit close_dir([&] { ::closedir(dir); });
+        timespec now{};
+        ::clock_gettime(CLOCK_REALTIME, &now);
+        for (dirent* de; (de = ::readdir(dir)) != nullptr;) {
+            const std::string_view name(de->d_name);
+            int pid = 0;
+            std::uint64_t start = 0;
+            bool temp = false;
+            if (parse_slot_name(name, pid, start)) {
+                if (std::any_of(referenced.begin(), referenced.end(),
+                                [&](const process_ref& r) { return r.pid == pid && r.start_time == start; }))
+                    continue;
+            } else if (is_temp_slot_name(name)) {
+                temp = true;
+            } else {
+                continue;
+            }
+            struct stat st{};
+            if (::fstatat(dirfd.get(), de->d_name, &st, AT_SYMLINK_NOFOLLOW) != 0) continue;
+            if (!S_ISREG(st.st_mode) || st.st_nlink != 1 || !detail::is_private(st)) continue;
+            if (temp && st.st_mtim.tv_sec + 10 > now.tv_sec) continue;   // may be about to be locked
+            detail::unique_fd fd = detail::open_at(dirfd.get(), de->d_name, O_RDONLY | O_NOFOLLOW | O_NONBLOCK, 0, ec);
+            if (ec) continue;
+            struct stat fs{};
+            if (::fstat(fd.get(), &fs) != 0 || fs.st_dev != st.st_dev || fs.st_ino != st.st_ino) continue;
+            if (::flock(fd.get(), LOCK_EX | LOCK_NB) != 0) continue;   // held: someone is alive
+            // Still the file we locked under that name (not replaced meanwhile)?
+            struct stat again{};
+            if (::fstatat(dirfd.get(), de->d_name, &again, AT_SYMLINK_NOFOLLOW) != 0 || again.st_dev != fs.st_dev ||
+                again.st_ino != fs.st_ino)
+                continue;
+            ::unlinkat(dirfd.get(), de->d_name, 0);
+        }
+    }
+
+    /// "<pid>-<start time>.slot", both decimal.
+    static bool parse_slot_name(std::string_view name, int& pid, std::uint64_t& start) noexcept {
+        constexpr std::string_view ext = ".slot";
+        if (name.size() <= ext.size() || name.substr(name.size() - ext.size()) != ext) return false;
+        name.remove_suffix(ext.size());
+        const auto dash = name.find('-');
+        if (dash == std::string_view::npos) return false;
+        std::uint64_t p = 0;
+        if (!digits(name.substr(0, dash), 10, p) || p == 0 || p > 0x7fffffff) return false;
+        if (!digits(name.substr(dash + 1), 20, start)) return false;
+        pid = static_cast<int>(p);
+        return true;
+    }
+
+    /// ".slot.<pid>.<n>", as spawn() names a slot before its supervisor renames it.
+    static bool is_temp_slot_name(std::string_view name) noexcept {
+        constexpr std::string_view head = ".slot.";
+        if (name.substr(0, head.size()) != head) return false;
+        name.remove_prefix(head.size());
+        const auto dot = name.find('.');
+        std::uint64_t v = 0;
+        return dot != std::string_view::npos && digits(name.substr(0, dot), 10, v) && digits(name.substr(dot + 1), 20, v);
+    }
+
+    static bool digits(std::string_view s, std::size_t max, std::uint64_t& v) noexcept {
+        if (s.empty() || s.size() > max) return false;
+        v = 0;
+        for (char c : s) {
+            if (c < '0' || c > '9') return false;
+            const std::uint64_t d = static_cast<std::uint64_t>(c - '0');
+            if (v > (~std::uint64_t{0} - d) / 10) return false;
+            v = v * 10 + d;
+        }
+        return true;
     }
 
     /// The supervisor. Async-signal-safe calls only.
@@ -648,7 +1016,18 @@ private:
             slot = fork_spawner::slot_fd;
         }
         while (::flock(slot, LOCK_EX) != 0)
-            if (errno != EINTR) setup_failed(errno);
+            if (errno != EINTR) {
+                const int saved = errno;
+                ::unlink(pl.slot_tmp);
+                setup_failed(saved);
+            }
+        // A v2 slot is never empty: "held" until the agent writes what it did.
+        errno = 0;
+        if (!detail::put_record(slot, detail::held_record, sizeof detail::held_record - 1)) {
+            const int saved = errno ? errno : EIO;
+            ::unlink(pl.slot_tmp);
+            setup_failed(saved);
+        }
         // sync: the agent's exec failure, to the supervisor. It is also how a held agent learns
         // that its supervisor died: its write end polls POLLERR once no reader is left.
         int sync[2];
@@ -670,21 +1049,33 @@ private:
             // among them: a report to a reader that died must not kill it) and are reset to
             // SIG_DFL just before exec.
             ::fcntl(slot, F_SETFD, 0);   // the agent holds its slot across exec
+            // The program never runs: the slot says so first (its last word, which replaces
+            // "held" or "exec"), then the supervisor and the caller are told why.
             auto report = [&](int step) {
                 const detail::child_failure f{step, errno};
                 act.sa_handler = SIG_IGN;
                 ::sigaction(SIGPIPE, &act, nullptr);
+                detail::put_record(slot, detail::noexec_record, sizeof detail::noexec_record - 1);
                 detail::write_full(sync[1], &f, sizeof f);
                 detail::write_full(err, &f, sizeof f);
                 ::_exit(127);
             };
             if (pl.cwd && ::chdir(pl.cwd) != 0) report(1);
-            // Abandoned, or the caller or the supervisor died: the program never runs. Else the
-            // supervisor is told that the exec comes: end-of-file without that means the agent
-            // died while held.
-            const detail::child_failure go_ahead{0, 0};
-            if (!detail::await_go_ahead(ctl, sync[1]) || !detail::write_full(sync[1], &go_ahead, sizeof go_ahead)) {
+            // Abandoned, or the caller or the supervisor died: the program never runs.
+            const detail::go_ahead word = detail::await_go_ahead(ctl, sync[1]);
+            if (word != detail::go_ahead::go) {
                 errno = ECONNABORTED;
+                report(word == detail::go_ahead::abandoned ? 4 : 3);
+            }
+            // The slot says "exec" before the program can run (or no exec: a slot saying
+            // "held" must never outlive a program that ran); then the supervisor is told that
+            // the exec comes: end-of-file without that means the agent died while held.
+            char rec[64];
+            const detail::child_failure go_ahead{0, 0};
+            errno = 0;
+            if (!detail::put_record(slot, rec, detail::exec_record(rec, detail::realtime_us())) ||
+                !detail::write_full(sync[1], &go_ahead, sizeof go_ahead)) {
+                if (errno == 0) errno = EIO;
                 report(3);
             }
             act.sa_handler = SIG_DFL;
@@ -726,36 +1117,42 @@ private:
         ::close(ctl);   // from here on the agent alone listens to the caller
         // The agent says "about to exec" once it has the go-ahead, then its exec succeeds
         // (end-of-file: sync closes on exec) or it reports why it did not run: chdir or exec
-        // failed, or it was abandoned (the caller closed its end of the control socket, or
-        // died). End-of-file without "about to exec": it died while held (a signal).
-        bool exec_comes = false;
+        // failed, it was abandoned ('a'), or the caller died (end-of-file on the control
+        // socket). End-of-file without "about to exec": it died while held (a signal).
+        bool exec_comes = false, abandoned = false;
         for (detail::child_failure m{}; detail::read_full(sync[0], &m, sizeof m);) {
             if (m.step == 0) {
                 exec_comes = true;
                 continue;
             }
             exec_comes = false;   // the program never ran
+            abandoned = m.step == 4;
             break;
         }
         if (!exec_comes) {
-            // The caller learns why through its own pipe and records nothing; there is no end
-            // to record and no hook to run (a caller in abandon() waits for this process).
+            // The caller learns why through its own pipe; there is no end to record and no hook
+            // to run (a caller in abandon() waits for this process). The slot stays, saying
+            // "noexec" (or "held": killed while held), for whoever committed a session naming
+            // the agent: its reap answers never_ran, then forget() (or sweep()) removes it.
+            // An abandoned agent has no session: its slot goes now.
             int status;
             detail::wait_for(agent, &status, 0);
-            ::unlink(pl.slot_path);
+            if (abandoned) ::unlink(pl.slot_path);
             ::_exit(0);
         }
         ::close(sync[0]);
 
-        // Supervise: wait for the agent, enforcing the timeout.
+        // Supervise: wait for the agent, enforcing the timeout. Its end is stamped when seen.
         int status = 0;
         bool timed_out = false;
+        std::int64_t ended_us = 0;
         const int pidfd = static_cast<int>(::syscall(SYS_pidfd_open, agent, 0));
         std::int64_t deadline = pl.timeout_ms >= 0 ? detail::monotonic_ms() + pl.timeout_ms : -1;
         bool term_sent = false;
         for (;;) {
             if (pidfd < 0 || deadline < 0) {
                 detail::wait_for(agent, &status, 0);
+                ended_us = detail::realtime_us();
                 break;
             }
             const std::int64_t left = std::max<std::int64_t>(0, deadline - detail::monotonic_ms());
@@ -763,6 +1160,7 @@ private:
             const int r = ::poll(&pf, 1, static_cast<int>(std::min<std::int64_t>(left, 1 << 30)));
             if (r < 0 && errno == EINTR) continue;
             if (r > 0) {
+                ended_us = detail::realtime_us();
                 detail::wait_for(agent, &status, 0);
                 break;
             }
@@ -777,13 +1175,9 @@ private:
                 }
             }
         }
-        // The status goes into the slot before the lock is let go.
-        char rec[48];
-        char* q = detail::put_str(rec, "kugetsu-exit 1 ");
-        q = detail::put_uint(q, static_cast<std::uint64_t>(std::clamp(detail::exit_code_of(status), 0, 255)));
-        q = detail::put_str(q, timed_out ? " 1\n" : " 0\n");
-        ssize_t w;
-        while ((w = ::pwrite(slot, rec, static_cast<std::size_t>(q - rec), 0)) < 0 && errno == EINTR) {}
+        // The exit record goes into the slot before the lock is let go.
+        char rec[64];
+        detail::put_record(slot, rec, detail::exit_record(rec, detail::exit_code_of(status), timed_out, ended_us));
         if (pl.hook.size() > 1) {
             bool skip = false;
             if (pl.hook_lock) {
@@ -817,6 +1211,7 @@ private:
     std::string run_dir_;
     std::vector<std::string> on_exit_;
     std::string on_exit_unless_locked_;
+    bool adopt_orphans_ = false;       // the host is a child subreaper: reap (and record) orphans
     std::map<int, held> held_;
     std::map<int, int> supervisors_;   // agent pid -> supervisor pid (our children)
     process_ref self_;

@@ -1,15 +1,27 @@
 // kugetsu/store/memory_store.hpp: the store kept in memory, for tests and the simulator.
 //
+// It models the whole store concept, the unit of work included, the way sqlite_store
+// behaves: begin() makes this object the one writer of the shared state (others wait, as
+// with SQLite's BEGIN IMMEDIATE), its writes go to a private overlay that only this object
+// reads, and commit() applies the overlay at once. rollback(), the destruction of the object
+// or an exception that unwinds it (the simulator's SIGKILL) discards the overlay: a unit cut
+// short leaves none of its writes. A write outside a unit is a unit of its own.
+//
 // Items are also indexed by state, oldest first, so that items_in_state(st, k) costs
-// O(k log n) whatever the size of the queue.
+// O(k log n) whatever the size of the queue. Events are kept in a vector (the outbox), numbered
+// from 1 in commit order.
 //
 // Copies share one state (a handle), so several dispatchers in one process, or a test and
-// its dispatcher, see the same queue. Each operation is atomic under an internal mutex; the
-// critical section across operations is still the dispatcher's lock.
+// its dispatcher, see the same queue; a copy never shares the unit of the object it was copied
+// from. Threads: each object is used by one thread; begin() blocks (a condition variable)
+// while another object's unit is open. A single-threaded host that interleaves units (the
+// simulator) must not begin one while another is open: sim_store waits in the simulated
+// world first. Not durable: nothing survives the process; durability is ignored.
 #pragma once
 
 #include <algorithm>
 #include <array>
+#include <condition_variable>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -33,65 +45,171 @@ inline bool older(const queue_item& a, const queue_item& b) noexcept {
 class memory_store {
 public:
     memory_store() : s_(std::make_shared<state>()) {}
+    memory_store(const memory_store& o) : s_(o.s_) {}
+    memory_store& operator=(const memory_store& o) {
+        if (this != &o) {
+            rollback();
+            s_ = o.s_;
+        }
+        return *this;
+    }
+    memory_store(memory_store&& o) noexcept : s_(std::move(o.s_)), unit_(std::move(o.unit_)) { o.unit_.reset(); }
+    memory_store& operator=(memory_store&& o) noexcept {
+        if (this != &o) {
+            rollback();
+            s_ = std::move(o.s_);
+            unit_ = std::move(o.unit_);
+            o.unit_.reset();
+        }
+        return *this;
+    }
+    ~memory_store() { rollback(); }
+
+    // ---- the unit of work -----------------------------------------------------------------
+
+    void begin(std::error_code& ec) {
+        ec.clear();
+        std::unique_lock g(s_->m);
+        s_->idle.wait(g, [&] { return !s_->writer; });
+        s_->writer = true;
+        unit_.emplace();
+    }
+
+    void commit(durability, std::error_code& ec) {
+        ec.clear();
+        if (!unit_) return;
+        std::lock_guard g(s_->m);
+        auto& u = *unit_;
+        for (auto& [id, it] : u.items) {
+            auto [i, fresh] = s_->items.try_emplace(id, it);
+            if (!fresh) {
+                s_->by_state[index(i->second.state)].erase(order_key(i->second));
+                i->second = it;
+            }
+            s_->by_state[index(it.state)].insert(order_key(it));
+        }
+        for (auto& [id, se] : u.sessions) {
+            if (se) s_->sessions.insert_or_assign(id, *se);
+            else if (auto i = s_->sessions.find(id); i != s_->sessions.end()) s_->sessions.erase(i);
+        }
+        for (auto& e : u.events) s_->events.push_back(std::move(e));
+        if (u.lim) s_->lim = u.lim;
+        end_unit();
+    }
+
+    void rollback() noexcept {
+        if (!unit_ || !s_) return;
+        std::lock_guard g(s_->m);
+        end_unit();
+    }
+
+    bool in_unit() const noexcept { return unit_.has_value(); }
+
+    // ---- tasks ----------------------------------------------------------------------------
 
     void create_item(const queue_item& it, std::error_code& ec) {
-        std::lock_guard g(s_->m);
-        ec.clear();
-        if (!s_->items.emplace(it.id, it).second) ec = errc::duplicate_task;
-        else s_->by_state[index(it.state)].insert(order_key(it));
+        auto_unit(ec, [&](unit& u) {
+            if (u.items.count(it.id) || s_->items.count(it.id)) ec = errc::duplicate_task;
+            else u.items.insert_or_assign(it.id, it);
+        });
     }
     void put_item(const queue_item& it, std::error_code& ec) {
-        std::lock_guard g(s_->m);
-        ec.clear();
-        auto [i, fresh] = s_->items.try_emplace(it.id, it);
-        if (!fresh) {
-            s_->by_state[index(i->second.state)].erase(order_key(i->second));
-            i->second = it;
-        }
-        s_->by_state[index(it.state)].insert(order_key(it));
+        auto_unit(ec, [&](unit& u) { u.items.insert_or_assign(it.id, it); });
     }
     std::optional<queue_item> get_item(std::string_view id, std::error_code& ec) const {
-        std::lock_guard g(s_->m);
         ec.clear();
+        if (unit_)
+            if (auto i = unit_->items.find(id); i != unit_->items.end()) return i->second;
+        std::lock_guard g(s_->m);
         auto i = s_->items.find(id);
         if (i == s_->items.end()) return std::nullopt;
         return i->second;
     }
     std::vector<queue_item> list_items(std::error_code& ec) const {
-        std::lock_guard g(s_->m);
         ec.clear();
         std::vector<queue_item> v;
-        v.reserve(s_->items.size());
-        for (auto& [k, it] : s_->items) v.push_back(it);
+        {
+            std::lock_guard g(s_->m);
+            v.reserve(s_->items.size());
+            for (auto& [k, it] : s_->items)
+                if (!unit_ || !unit_->items.count(k)) v.push_back(it);
+        }
+        if (unit_)
+            for (auto& [k, it] : unit_->items) v.push_back(it);
         std::sort(v.begin(), v.end(), detail::older);
         return v;
     }
     std::vector<queue_item> items_in_state(task_state st, std::size_t limit, std::error_code& ec) const {
-        std::lock_guard g(s_->m);
         ec.clear();
         std::vector<queue_item> v;
-        for (const auto& [t, id] : s_->by_state[index(st)]) {   // oldest first
-            if (v.size() >= limit) break;
-            v.push_back(s_->items.find(id)->second);
+        {
+            std::lock_guard g(s_->m);
+            for (const auto& [t, id] : s_->by_state[index(st)]) {   // oldest first
+                if (v.size() >= limit) break;
+                if (unit_ && unit_->items.count(id)) continue;   // its unit's version decides
+                v.push_back(s_->items.find(id)->second);
+            }
+        }
+        if (unit_) {
+            for (auto& [k, it] : unit_->items)
+                if (it.state == st) v.push_back(it);
+            std::sort(v.begin(), v.end(), detail::older);
+            if (v.size() > limit) v.resize(limit);
         }
         return v;
     }
+
+    // ---- sessions -------------------------------------------------------------------------
+
     void put_session(const session& se, std::error_code& ec) {
-        std::lock_guard g(s_->m);
-        ec.clear();
-        s_->sessions.insert_or_assign(se.id, se);
+        auto_unit(ec, [&](unit& u) { u.sessions.insert_or_assign(se.id, se); });
     }
     void remove_session(std::string_view id, std::error_code& ec) {
-        std::lock_guard g(s_->m);
-        ec.clear();
-        if (auto i = s_->sessions.find(id); i != s_->sessions.end()) s_->sessions.erase(i);
+        auto_unit(ec, [&](unit& u) { u.sessions.insert_or_assign(std::string(id), std::nullopt); });
     }
     std::vector<session> list_sessions(std::error_code& ec) const {
-        std::lock_guard g(s_->m);
         ec.clear();
         std::vector<session> v;
-        for (auto& [k, se] : s_->sessions) v.push_back(se);
+        {
+            std::lock_guard g(s_->m);
+            for (auto& [k, se] : s_->sessions)
+                if (!unit_ || !unit_->sessions.count(k)) v.push_back(se);
+        }
+        if (unit_) {
+            for (auto& [k, se] : unit_->sessions)
+                if (se) v.push_back(*se);
+            std::sort(v.begin(), v.end(), [](auto& a, auto& b) { return a.id < b.id; });
+        }
         return v;
+    }
+
+    // ---- events and limits ----------------------------------------------------------------
+
+    std::uint64_t append_event(const event& e, std::error_code& ec) {
+        std::uint64_t seq = 0;
+        auto_unit(ec, [&](unit& u) {
+            seq = s_->events.size() + u.events.size() + 1;   // one writer at a time: final
+            u.events.push_back(e);
+            u.events.back().seq = seq;
+        });
+        return ec ? 0 : seq;
+    }
+    std::vector<event> events_after(std::uint64_t seq, std::size_t limit, std::error_code& ec) const {
+        ec.clear();
+        std::lock_guard g(s_->m);
+        std::vector<event> v;
+        for (std::size_t i = static_cast<std::size_t>(seq); i < s_->events.size() && v.size() < limit; ++i)
+            v.push_back(s_->events[i]);
+        return v;
+    }
+    std::optional<limits> get_limits(std::error_code& ec) const {
+        ec.clear();
+        if (unit_ && unit_->lim) return unit_->lim;
+        std::lock_guard g(s_->m);
+        return s_->lim;
+    }
+    void put_limits(const limits& l, std::error_code& ec) {
+        auto_unit(ec, [&](unit& u) { u.lim = l; });
     }
 
 private:
@@ -103,12 +221,43 @@ private:
 
     struct state {
         mutable std::mutex m;
+        std::condition_variable idle;   // no unit open
+        bool writer = false;            // a unit is open (in some object)
         std::map<std::string, queue_item, std::less<>> items;
         std::map<std::string, session, std::less<>> sessions;
         /// The ids in each state, oldest first: a pass reads only the few it takes.
         std::array<std::set<key>, state_count> by_state;
+        std::vector<event> events;      // events[i].seq == i + 1
+        std::optional<limits> lim;
     };
+
+    /// The writes of an open unit, seen only by this object until commit.
+    struct unit {
+        std::map<std::string, queue_item, std::less<>> items;
+        std::map<std::string, std::optional<session>, std::less<>> sessions;   // nullopt: removed
+        std::vector<event> events;
+        std::optional<limits> lim;
+    };
+
+    /// Runs a write in the open unit, or in a unit of its own.
+    template <class F>
+    void auto_unit(std::error_code& ec, F&& write) {
+        ec.clear();
+        if (unit_) return write(*unit_);
+        begin(ec);
+        write(*unit_);
+        if (ec) return rollback();
+        commit(durability::durable, ec);
+    }
+
+    void end_unit() noexcept {   // with s_->m held
+        unit_.reset();
+        s_->writer = false;
+        s_->idle.notify_all();
+    }
+
     std::shared_ptr<state> s_;
+    std::optional<unit> unit_;
 };
 
 static_assert(kugetsu::store<memory_store>);

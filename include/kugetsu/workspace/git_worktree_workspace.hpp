@@ -129,6 +129,10 @@ public:
         return path;
     }
 
+    /// True when prepare(it) makes a worktree (the item or the default names a repo): the
+    /// dispatcher then commits the attempt before preparing (workspace_with_effects).
+    bool has_effects(const queue_item& it) const noexcept { return !repo_for(it).empty(); }
+
     /// Effects: removes the worktree at ROOT/<id> if it is clean (the branch stays), then
     /// prunes. A worktree that is not there is not an error, so remove() may follow a failed
     /// prepare(). Errors: workspace_failed, and a worktree with modified or untracked files

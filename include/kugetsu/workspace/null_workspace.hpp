@@ -23,8 +23,11 @@ public:
     }
 
     void remove(const queue_item&, std::error_code& ec) noexcept { ec.clear(); }
+
+    /// Nothing outlives a prepare (workspace_with_effects).
+    bool has_effects(const queue_item&) const noexcept { return false; }
 };
 
-static_assert(kugetsu::workspace<null_workspace>);
+static_assert(kugetsu::workspace_with_effects<null_workspace>);
 
 } // namespace kugetsu
