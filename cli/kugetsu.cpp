@@ -135,7 +135,8 @@ std::string no_task(sqlite_store& store, const std::string& id) {
 }
 
 // ---- test hooks ---------------------------------------------------------------------------
-// KUGETSU_TEST_NO_LOCK=1 disables the critical-section lock; KUGETSU_TEST_BARRIER=PATH:N makes
+// KUGETSU_TEST_NO_LOCK=1 disables the critical-section lock and the store's transactions
+// (each statement commits alone); KUGETSU_TEST_BARRIER=PATH:N makes
 // every start wait, between counting the live agents and spawning, until N processes have
 // arrived. Together they reproduce the original race on real processes (tests/cli). Never
 // set them otherwise: kugetsu says so on stderr whenever one is active.
@@ -223,7 +224,9 @@ cli_dispatcher open_home(const globals& g, bool expect = true) {
     std::error_code ec;
     std::string why;
     import_report imported;
-    sqlite_store store = open_home_store(g.home, ec, why, {}, &imported);
+    sqlite_store::options so;
+    so.units = g.lock_enabled;   // KUGETSU_TEST_NO_LOCK: no critical section at all (a negative test)
+    sqlite_store store = open_home_store(g.home, ec, why, so, &imported);
     if (ec) throw error(ec, why);
     if (imported.imported) {
         std::cerr << "kugetsu: imported " << g.home << " (kugetsu 0.1 files): " << imported.tasks << " tasks, "
@@ -322,13 +325,13 @@ int cmd_start(const globals& g, const task_flags& f) {
 }
 
 /// A watcher of everything in HOME that can change what a pass would do: a commit of another
-/// process (the database's WAL is written: watch 0) and the last close of a slot file (an
-/// agent's end: watch 1). `with_daemon_lock`: also a daemon's end (daemon.lock closed).
+/// process (the store's bell rings: watch 0) and the last close of a slot file (an agent's
+/// end: watch 1). `with_daemon_lock`: also a daemon's end (daemon.lock closed).
 watcher home_watcher(const globals& g, bool with_daemon_lock = false) {
     const home_layout h{g.home};
     watcher w;
     std::error_code ec;
-    std::vector<std::string> names{"state.db-wal"};
+    std::vector<std::string> names{home_layout::bell_name};
     if (with_daemon_lock) names.push_back("daemon.lock");
     w.add(g.home, IN_MODIFY | IN_CLOSE_WRITE | IN_CREATE | IN_MOVED_TO, ec, names);
     if (!ec) w.add(h.run(), IN_CLOSE_WRITE, ec, {"*"});
@@ -432,6 +435,7 @@ int cmd_status(const globals& g, bool json) {
     if (ec) return report(ec, "queue: " + std::string(d.store().last_error_detail()));
     const auto quarantined = d.store().quarantine_rows(ec);
     if (ec) return report(ec, "quarantine: " + std::string(d.store().last_error_detail()));
+    d.flush_events();   // a row quarantined by these reads: its event goes out now
     if (json) {
         nlohmann::json j = {{"cap", lim.cap},
                             {"max_attempts", lim.max_attempts},
@@ -635,7 +639,7 @@ int cmd_events(const globals& g, bool follow, const std::string& since_text) {
     std::optional<watcher> w;
     if (follow) {
         w.emplace();
-        w->add(g.home, IN_MODIFY | IN_CREATE, ec, {"state.db-wal"});
+        w->add(g.home, IN_MODIFY | IN_CREATE, ec, {home_layout::bell_name});
         if (!ec) w->catch_signals({SIGTERM, SIGINT, SIGHUP}, ec);
         if (ec) return report(ec, "inotify on " + g.home + ": " + ec.message());
     }

@@ -4,6 +4,7 @@
 //   kugetsu-sim --scenario six-task-race --design legacy            # exits 1: the race
 //   kugetsu-sim --design fixed --explore exhaustive --json          # exits 0: every state
 //   kugetsu-sim --design legacy --replay 0,0,2,1 --trace t.jsonl --svg t.svg
+//   kugetsu-sim --explore commit-kills --schedules 20                # exits 0: kills at commits
 //
 // The run shown by --trace and --svg: the shortest counterexample, replayed (its schedule,
 // then the lowest-numbered ready actor until the run ends), if the exploration found one;
@@ -47,15 +48,22 @@ constexpr int exit_ok = 0, exit_violation = 1, exit_usage = 64, exit_software = 
 constexpr const char* usage_text = R"(usage: kugetsu-sim [options]
 
 Explores the schedules of a simulated kugetsu scenario and checks its invariants (the cap,
-no duplicate start, no lost task, attempts, event order, no idle slot).
+no agent running unrecorded, no duplicate start, no lost task, attempts, exact events, no
+idle slot).
 
   --scenario NAME      six-task-race (the default)
   --design D           fixed (the default), legacy, or legacy with some of its four causes
                        fixed: legacy+fix1+fix3 (fix1 start-only spawns, fix2 PM not counted,
-                       fix3 the lock, fix4 one pass takes only the free slots)
+                       fix3 the lock, fix4 one pass takes only the free slots); or a
+                       deliberately wrong variant of fixed: fixed+release-before-commit
+                       (held agents released before their sessions commit),
+                       fixed+at-most-once-events (no outbox: a killed process loses events)
   --seed N             the seed of agent durations, faults and exploration (default 1)
-  --explore MODE       random (the default), pct, or exhaustive
-  --schedules N        random and pct: schedules to run, 1..10000000 (default 1000)
+  --explore MODE       random (the default), pct, exhaustive, or commit-kills (for each
+                       commit of a random schedule, the committing process killed just
+                       before it, and just after it)
+  --schedules N        random and pct: schedules to run; commit-kills: base schedules;
+                       1..10000000 (default 1000)
   --depth D            pct: the bug depth, 1..64 (default 3)
   --max-states N       exhaustive: stop after N states, 1..1000000000 (default 2000000)
   --starters K         concurrent `start` callers, 0..16 (default 3)
@@ -116,11 +124,11 @@ std::vector<std::string_view> split(std::string_view s, char sep) {
     }
 }
 
-std::array<bool, 4> parse_design(std::string_view text) {
-    if (text == "fixed") return {true, true, true, true};
+std::array<bool, 4> parse_legacy(std::string_view text) {
     const auto parts = split(text, '+');
     if (parts.front() != "legacy")
-        throw usage_error("--design: expected fixed, legacy, or legacy+fix1..+fix4, got '" + std::string(text) + "'");
+        throw usage_error("--design: expected fixed, legacy, legacy+fix1..+fix4, fixed+release-before-commit or "
+                          "fixed+at-most-once-events, got '" + std::string(text) + "'");
     std::array<bool, 4> fixed{false, false, false, false};
     for (std::size_t i = 1; i < parts.size(); ++i) {
         const auto p = parts[i];
@@ -132,6 +140,26 @@ std::array<bool, 4> parse_design(std::string_view text) {
         f = true;
     }
     return fixed;
+}
+
+void parse_design(std::string_view text, ks::scenario& sc) {
+    const auto parts = split(text, '+');
+    if (parts.front() == "fixed") {
+        sc.fixed = {true, true, true, true};
+        sc.release_before_commit = false;
+        sc.outbox = true;
+        for (std::size_t i = 1; i < parts.size(); ++i) {
+            if (parts[i] == "release-before-commit" && !sc.release_before_commit) sc.release_before_commit = true;
+            else if (parts[i] == "at-most-once-events" && sc.outbox) sc.outbox = false;
+            else
+                throw usage_error("--design: unknown or repeated part '" + std::string(parts[i]) + "' in '" +
+                                  std::string(text) + "' (expected release-before-commit or at-most-once-events)");
+        }
+        return;
+    }
+    sc.release_before_commit = false;
+    sc.outbox = true;
+    sc.fixed = parse_legacy(text);
 }
 
 ks::fault_plan parse_faults(std::string_view text) {
@@ -253,13 +281,13 @@ options parse_args(int argc, char** argv) {
             if (v != "six-task-race") throw usage_error("--scenario: unknown scenario '" + v + "' (expected six-task-race)");
             o.sc.name = v;
         } else if (flag == "--design") {
-            o.sc.fixed = parse_design(value());
+            parse_design(value(), o.sc);
         } else if (flag == "--seed") {
             o.seed = parse_uint(flag, value(), 0, UINT64_MAX);
         } else if (flag == "--explore") {
             o.explore = value();
-            if (o.explore != "random" && o.explore != "pct" && o.explore != "exhaustive")
-                throw usage_error("--explore: expected random, pct or exhaustive, got '" + o.explore + "'");
+            if (o.explore != "random" && o.explore != "pct" && o.explore != "exhaustive" && o.explore != "commit-kills")
+                throw usage_error("--explore: expected random, pct, exhaustive or commit-kills, got '" + o.explore + "'");
         } else if (flag == "--schedules") {
             o.schedules = parse_uint(flag, value(), 1, 10'000'000);
         } else if (flag == "--depth") {
@@ -440,6 +468,7 @@ int run_replay(const options& o, outputs& out) {
 int run_explore(options& o, outputs& out) {
     ks::exploration ex;
     if (o.explore == "exhaustive") ex = ks::explore_exhaustive(o.sc, o.seed, o.max_states, /*stop_at_violation=*/true);
+    else if (o.explore == "commit-kills") ex = ks::explore_commit_kills(o.sc, o.seed, o.schedules);
     else ex = ks::explore_random(o.sc, o.seed, o.schedules, o.explore == "pct", o.depth);
     // The explorers shrink only the overall shortest counterexample; shrink each kind's too,
     // so that its replay line is short. shrink() costs about 3n replays of n steps, so long
@@ -472,6 +501,10 @@ int run_explore(options& o, outputs& out) {
     } else if (o.explore == "exhaustive") {
         shown = ks::replay(o.sc, o.seed, {});
         which = "the schedule that always runs the lowest-numbered ready actor";
+    } else if (o.explore == "commit-kills") {
+        ks::commit_kill_chooser ch(ks::mix(o.seed, 1), 0, false);
+        shown = ks::run(o.sc, o.seed, ch);
+        which = "the first base schedule, without kills";
     } else if (o.explore == "pct") {
         ks::pct_chooser ch(ks::mix(o.seed, 1), o.depth, 200, o.sc.faults.kill);
         shown = ks::run(o.sc, o.seed, ch);
@@ -499,6 +532,9 @@ int run_explore(options& o, outputs& out) {
         os << ex.states << " states, " << ex.schedules << " complete schedules (exhaustive, "
            << (ex.complete ? "the whole state space" : broken ? "stopped at the first violation" : "stopped at --max-states")
            << ")";
+    else if (ex.mode == "commit-kills")
+        os << ex.schedules << " schedules (" << o.schedules << " random base schedules, and each with the committing "
+           << "process killed just before and just after each of its commits: " << ex.kills << " kills)";
     else
         os << ex.schedules << " schedules (" << ex.mode << (ex.mode == "pct" ? ", depth " + std::to_string(o.depth) : "")
            << ")";

@@ -178,15 +178,15 @@ public:
             if (ec) return {};
             // A taken id is an error whether or not a slot is free.
             auto taken = [&] {
-                if (auto existing = store_.get_item(spec.id, ec); !ec && existing) ec = errc::duplicate_task;
-                if (ec) note_failure("start \"" + spec.id + "\"", ec, store_);
-                return bool(ec);
+                auto existing = store_.get_item(spec.id, ec);
+                if (ec) return note_failure("start \"" + spec.id + "\"", ec, store_), true;
+                if (existing) refuse(errc::duplicate_task, "start \"" + spec.id + "\": a task with this id already exists");
+                return bool(existing);
             };
             if (spec.role == role::pm) {
                 if (rep.pm_live > 0) {
                     if (taken()) return {};
-                    ec = errc::pm_already_running;
-                    detail_ = "a PM agent is already running";
+                    refuse(errc::pm_already_running, "a PM agent is already running");
                     return {};
                 }
             } else if (rep.live >= lim_.cap) {
@@ -201,6 +201,11 @@ public:
             it.owner = spawner_.self();
             it.attempts = 1;
             store_.create_item(it, ec);
+            if (ec == errc::duplicate_task) {
+                ec.clear();
+                refuse(errc::duplicate_task, "start \"" + spec.id + "\": a task with this id already exists");
+                return {};
+            }
             if (ec) return note_failure("start \"" + spec.id + "\"", ec, store_), start_result{};
             need(durability::durable);
             bool counted = true;
@@ -214,7 +219,7 @@ public:
                 if (r.status == start_status::started) return r;
                 it = r.item;
                 if (is_final(it.state)) {
-                    ec = errc::attempts_exhausted;
+                    refuse(errc::attempts_exhausted, detail_);   // recorded: the unit commits
                     return r;
                 }
             }
@@ -231,13 +236,12 @@ public:
             auto it = store_.get_item(id, ec);
             if (ec) return note_failure("start \"" + std::string(id) + "\"", ec, store_), start_result{};
             if (!it) {
-                ec = errc::unknown_task;
-                detail_ = "no task \"" + std::string(id) + "\"";
+                refuse(errc::unknown_task, "no task \"" + std::string(id) + "\"");
                 return {};
             }
             if (it->state != task_state::pending) {
-                ec = errc::invalid_transition;
-                detail_ = "task \"" + it->id + "\" is " + std::string(to_string(it->state)) + ", not pending";
+                refuse(errc::invalid_transition,
+                       "task \"" + it->id + "\" is " + std::string(to_string(it->state)) + ", not pending");
                 return {start_status::failed, *it, detail_};
             }
             const bool full = it->role == role::pm ? rep.pm_live > 0 : rep.live >= lim_.cap;
@@ -323,8 +327,7 @@ public:
             auto it = store_.get_item(id, ec);
             if (ec) return note_failure("cancel \"" + std::string(id) + "\"", ec, store_), queue_item{};
             if (!it) {
-                ec = errc::unknown_task;
-                detail_ = "no task \"" + std::string(id) + "\"";
+                refuse(errc::unknown_task, "no task \"" + std::string(id) + "\"");
                 return {};
             }
             if (it->state == task_state::pending || it->state == task_state::notified) {
@@ -339,8 +342,7 @@ public:
                 if (it->stop_reason.empty()) it->stop_reason = "cancelled";
                 enforce_stop(*it, rep, ec);
             } else {
-                ec = errc::invalid_transition;
-                detail_ = "task \"" + it->id + "\" is already " + std::string(to_string(it->state));
+                refuse(errc::invalid_transition, "task \"" + it->id + "\" is already " + std::string(to_string(it->state)));
             }
             return *it;
         });
@@ -382,6 +384,11 @@ public:
     void set_limits(const kugetsu::limits& l) {
         throwing([&](auto& ec) { return set_limits(l, ec), 0; });
     }
+
+    /// Gives the notifier what has been committed since (a durable notifier: the store's
+    /// outbox from where it stands). Every operation does this after its lock; call it after
+    /// reading the store directly (a read may quarantine a row and commit its event).
+    void flush_events() noexcept { deliver(); }
 
     // ---- waiting ------------------------------------------------------------------------
 
@@ -468,6 +475,7 @@ private:
             return {};
         }
         decltype(f()) r{};
+        refusal_.clear();
         {
             detail::scope_exit release([&] {
                 abort_unit();   // only if an exception left one open
@@ -480,7 +488,18 @@ private:
             }
         }
         deliver();
+        if (!ec && refusal_) {   // the operation was refused; what the unit recorded (a reap) stands
+            ec = refusal_;
+            detail_ = refusal_detail_;
+        }
         return r;
+    }
+
+    /// Refuses the operation without undoing the unit's other writes (the reap before it).
+    void refuse(errc e, std::string why) {
+        refusal_ = e;
+        refusal_detail_ = why;
+        detail_ = std::move(why);
     }
 
     /// Opens a unit and reads the limits in force (writing the options if the store has none).
@@ -508,7 +527,9 @@ private:
     void check_expectations(std::error_code& ec) {
         auto seconds = [](duration d) {
             const auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(d).count();
-            return std::to_string(ms / 1000) + (ms % 1000 ? "." + std::to_string(1000 + ms % 1000).substr(1) : "") + " s";
+            std::string frac = ms % 1000 ? std::to_string(1000 + ms % 1000).substr(1) : "";
+            while (!frac.empty() && frac.back() == '0') frac.pop_back();
+            return std::to_string(ms / 1000) + (frac.empty() ? "" : "." + frac) + " s";
         };
         std::string why;
         if (expect_.cap && *expect_.cap != lim_.cap)
@@ -528,17 +549,18 @@ private:
     /// queued for the notifier and the spawner forgets the agents whose ends it recorded;
     /// on failure (or with ec already set) it is rolled back and held agents are abandoned.
     void close_unit(std::error_code& ec) {
-        if (!store_.in_unit()) return;
         if (ec) return abort_unit();
-        if (!unit_writes_) {
-            store_.commit(durability::visible, ec);   // nothing written: nothing to sync
-        } else {
-            store_.commit(unit_durability_, ec);
-            if (!ec) ++commits_;
-        }
-        if (ec) {
-            note_failure("commit", ec, store_);
-            return abort_unit();
+        if (store_.in_unit()) {   // (a store may have no units: sqlite_store's test option)
+            if (!unit_writes_) {
+                store_.commit(durability::visible, ec);   // nothing written: nothing to sync
+            } else {
+                store_.commit(unit_durability_, ec);
+                if (!ec) ++commits_;
+            }
+            if (ec) {
+                note_failure("commit", ec, store_);
+                return abort_unit();
+            }
         }
         for (auto& e : unit_events_) committed_.push_back(std::move(e));
         unit_events_.clear();
@@ -1092,6 +1114,8 @@ private:
     int notifier_failures_ = 0;
     std::string detail_;
     std::string notifier_detail_;
+    std::error_code refusal_;
+    std::string refusal_detail_;
 };
 
 } // namespace kugetsu

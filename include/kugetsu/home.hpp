@@ -6,7 +6,8 @@
 //
 // HOME/                0700, created (with missing parents) by open_home_store()
 //   state.db           the store: tasks, sessions, the events outbox, the limits (0600, with
-//                      its -wal and -shm files)
+//                      its -wal and -shm files, and -bell: one byte written after every
+//                      commit, which waiters watch with inotify)
 //   lock               the critical section's flock (flock_lock)
 //   daemon.lock        held (a shared OFD lock) by every running `kugetsu daemon`
 //   events.jsonl       every event, one JSON line each, numbered (jsonl_notifier, relayed)
@@ -54,6 +55,8 @@ namespace kugetsu {
 struct home_layout {
     std::string home;
     std::string db() const { return home + "/state.db"; }
+    /// Written after every commit: watch it (not the WAL) to wake for changes.
+    static constexpr const char* bell_name = "state.db-bell";
     std::string lock() const { return home + "/lock"; }
     std::string logs() const { return home + "/logs"; }
     std::string run() const { return home + "/run"; }

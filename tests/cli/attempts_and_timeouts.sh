@@ -24,7 +24,7 @@ json_get "next(t['last_error'] for t in j['tasks'] if t['id']=='noexec')" | grep
     fail "last_error does not say why"
 
 # Timeouts, enforced by the supervisor: `start` returns at once, no daemon runs.
-export KUGETSU_KILL_GRACE=0.2
+expect_rc 0 ku config kill-grace 0.2   # HOME keeps its limits: changed for every process
 expect_rc 0 ku start --id slow --timeout 0.3 -- sleep 60
 expect_rc 0 ku start --id stubborn --timeout 0.3 -- sh -c 'trap "" TERM; sleep 60 & wait; sleep 60'
 within 20 state_is slow error

@@ -6,8 +6,9 @@ set -euo pipefail
 : "${KUGETSU:?path of the kugetsu binary}" "${PROBE:?path of kugetsu-probe-agent}"
 T=$(mktemp -d "${TMPDIR:-/tmp}/kugetsu-cli.XXXXXX")
 export KUGETSU_HOME="$T/home"
-export MAX_CONCURRENT_AGENTS=3
-unset KUGETSU_TEST_NO_LOCK KUGETSU_TEST_BARRIER KUGETSU_MAX_ATTEMPTS KUGETSU_KILL_GRACE
+# HOME keeps its own limits (cap 3 by default): a test changes them with `ku config`, never
+# through the environment, which must agree with HOME's.
+unset MAX_CONCURRENT_AGENTS KUGETSU_TEST_NO_LOCK KUGETSU_TEST_BARRIER KUGETSU_MAX_ATTEMPTS KUGETSU_KILL_GRACE
 BACKGROUND=()
 
 cleanup() {
@@ -16,7 +17,7 @@ cleanup() {
     for p in "${BACKGROUND[@]}"; do kill -TERM "$p" 2>/dev/null; kill -CONT "$p" 2>/dev/null; done
     exec 3>&- 4>&-   # release held agents
     # Stop the agents still running (their process groups), then remove the directory.
-    if [ -d "$KUGETSU_HOME/queue" ]; then
+    if [ -e "$KUGETSU_HOME/state.db" ]; then
         for pid in $("$KUGETSU" status --json 2>/dev/null | python3 -c \
                 'import json,sys; [print(t["pid"]) for t in json.load(sys.stdin)["tasks"] if t["state"]=="running"]' 2>/dev/null); do
             kill -KILL -- "-$pid" 2>/dev/null
@@ -70,17 +71,26 @@ json_get() { status_json | python3 -c "import json,sys; j=json.load(sys.stdin); 
 # state ID: a task's state.
 state() { json_get "next(t['state'] for t in j['tasks'] if t['id']=='$1')"; }
 
-# events_of TYPE [ID]: how many events of TYPE (for task ID) are in the event log.
+# events_of TYPE [ID]: how many events of TYPE (for task ID) are in the event log; the file
+# (relayed from the store) and `kugetsu events` (read from it) must agree.
 events_of() {
-    python3 - "$KUGETSU_HOME/events.jsonl" "$1" "${2:-}" <<'PY'
+    ku events >"$T/events.store"
+    python3 - "$KUGETSU_HOME/events.jsonl" "$T/events.store" "$1" "${2:-}" <<'PY'
 import json, sys
-path, typ, tid = sys.argv[1:4]
-n = 0
-for line in open(path):
-    e = json.loads(line)
-    if e["type"] == typ and (not tid or e["task_id"] == tid):
-        n += 1
-print(n)
+path, store, typ, tid = sys.argv[1:5]
+def count(p):
+    n, seqs = 0, []
+    for line in open(p):
+        e = json.loads(line)
+        seqs.append(e["seq"])
+        if e["type"] == typ and (not tid or e["task_id"] == tid):
+            n += 1
+    return n, seqs
+n_file, s_file = count(path)
+n_store, s_store = count(store)
+if s_file != s_store:
+    sys.exit(f"events.jsonl holds seqs {s_file}, the store {s_store}")
+print(n_file)
 PY
 }
 

@@ -21,7 +21,7 @@ codes=$(race | sort | tr '\n' ' ')
 await_ready 3
 [ "$(counter live)" -eq 3 ] || fail "live agents: $(counter live)"
 [ "$(json_get "len(j['tasks'])")" -eq 3 ] || fail "refused starts left tasks behind: $(status_json)"
-[ "$(ls "$KUGETSU_HOME/queue" | wc -l)" -eq 3 ] || fail "queue files: $(ls "$KUGETSU_HOME/queue")"
+[ "$(ku events | grep -c task_started)" -eq 3 ] || fail "refused starts left events behind: $(ku events)"
 grep -l 'no free slot' "$T"/err.* | wc -l | grep -qx 3 || fail "the refused did not say 'no free slot'"
 release_agents
 expect_rc 0 ku wait

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Agents are supervised to their end: the exit code is recorded after the starter has exited,
-# an agent whose supervisor is SIGKILLed still holds its slot until it dies, and a daemon
+# Agents are supervised to their end: the exit code and the end time are recorded after the
+# starter has exited, an agent whose supervisor is SIGKILLed still holds its slot until it
+# dies (and keeps its exit code when the daemon started it: it is their subreaper), and a daemon
 # killed with SIGKILL and restarted adopts the live agents, never starts a second copy and
 # reaps the dead.
 source "$(dirname "$0")/lib.sh"
@@ -13,7 +14,15 @@ within 20 state_is seven error
 grep '"task_id":"seven"' "$KUGETSU_HOME/events.jsonl" | grep task_error | grep -q '"exit_code":7' ||
     fail "task_error without exit_code 7"
 [ -z "$(ls -A "$KUGETSU_HOME/run")" ] || fail "slot files left: $(ls -A "$KUGETSU_HOME/run")"
-[ -z "$(ls -A "$KUGETSU_HOME/sessions")" ] || fail "sessions left"
+[ "$(json_get "len(j['sessions'])")" -eq 0 ] || fail "sessions left"
+# finished_at is when the agent ended (its supervisor stamps it), not when the end was recorded.
+python3 - "$(status_json)" <<'PY' || fail "finished_at is not the agent's end"
+import json, sys, datetime
+t = next(t for t in json.loads(sys.argv[1])["tasks"] if t["id"] == "seven")
+p = lambda s: datetime.datetime.fromisoformat(s.replace("Z", "+00:00"))
+ran = (p(t["finished_at"]) - p(t["started_at"])).total_seconds()
+sys.exit(0 if 0.19 <= ran < 1.0 else f"ran {ran} s")
+PY
 
 # 2. SIGKILL the supervisor: the agent keeps its slot (counted live) until it dies.
 expect_rc 0 ku start --id orphan -- "$PROBE" "$T/counter" --ready "$T/ready" --hold "$T/hold"
@@ -21,7 +30,7 @@ read -r _ agent <"$T/out"
 await_ready 1
 supervisor=$(awk '{print $4}' "/proc/$agent/stat")
 kill -KILL "$supervisor"
-export MAX_CONCURRENT_AGENTS=1
+expect_rc 0 ku config cap 1
 [ "$(json_get "j['live']")" -eq 1 ] || fail "the orphaned agent is not counted"
 expect_rc 75 ku start --id refused -- true
 ku_bg daemon
@@ -32,10 +41,25 @@ expect_rc 1 ku wait orphan
 grep '"task_id":"orphan"' "$KUGETSU_HOME/events.jsonl" | grep -q '"reason":"exit_unknown"' ||
     fail "orphan's end is not exit_unknown"
 expect_rc 0 ku wait next   # the daemon saw the slot free without a supervisor to tell it
+
+# 2b. An agent the daemon started, whose supervisor is SIGKILLed: the daemon is its child
+#     subreaper, so the agent becomes its child and its exit code is kept.
+exec 4<>"$T/hold"
+expect_rc 0 ku enqueue --id adopted -- "$PROBE" "$T/counter" --ready "$T/ready" --hold "$T/hold" --exit 9
+await_ready 1
+agent=$(json_get "next(t['pid'] for t in j['tasks'] if t['id']=='adopted')")
+supervisor=$(awk '{print $4}' "/proc/$agent/stat")
+kill -KILL "$supervisor"
+parent_is() { [ "$(awk '{print $4}' "/proc/$1/stat")" = "$2" ]; }
+within 10 parent_is "$agent" "${BACKGROUND[0]}"
+release_agents
+expect_rc 1 ku wait adopted
+[ "$(json_get "next(t['exit_code'] for t in j['tasks'] if t['id']=='adopted')")" -eq 9 ] ||
+    fail "the daemon did not keep the exit code of the agent it adopted: $(status_json)"
 kill -TERM "${BACKGROUND[@]}"; wait "${BACKGROUND[@]}" || true; BACKGROUND=()
 
 # 3. SIGKILL the daemon while its agents run; a new daemon adopts them.
-export MAX_CONCURRENT_AGENTS=3
+expect_rc 0 ku config cap 3
 rm -f "$T/counter"
 exec 4<>"$T/hold"
 for i in 1 2 3 4 5; do expect_rc 0 ku enqueue --id "d$i" -- "$PROBE" "$T/counter" --ready "$T/ready" --hold "$T/hold" --record "$T/runs"; done
@@ -57,15 +81,10 @@ kill -TERM "${BACKGROUND[@]}"; wait "${BACKGROUND[@]}" 2>/dev/null || true; BACK
 
 # 4. Many agents ending at once with no daemon: every supervisor's on-exit reap records its
 #    end (none mistakes another supervisor for a daemon). Read the records without reaping.
-export MAX_CONCURRENT_AGENTS=16
+expect_rc 0 ku config cap 16
 for i in $(seq 1 16); do expect_rc 0 ku start --id "b$i" -- sh -c 'read x <&5 2>/dev/null; sleep 0.3'; done
-all_final_without_reap() {
-    python3 - "$KUGETSU_HOME/queue" <<'PY'
-import json, os, sys
-d = sys.argv[1]
-items = [json.load(open(os.path.join(d, f))) for f in os.listdir(d) if f.startswith("b")]
-sys.exit(0 if len(items) == 16 and all(i["state"] == "completed" for i in items) else 1)
-PY
+all_final_without_reap() {   # `kugetsu events` reads the store and reaps nothing
+    [ "$(ku events | grep '"task_id":"b[0-9]*"' | grep -c '"type":"task_completed"')" -eq 16 ]
 }
 within 30 all_final_without_reap
 
@@ -73,7 +92,7 @@ within 30 all_final_without_reap
 #    the end. The daemon is stopped while it sleeps (so it holds no lock but keeps
 #    daemon.lock), the agent ends (its supervisor skips its reap, and so does the waiter),
 #    then the daemon is killed: its daemon.lock closes, which wakes the waiter.
-export MAX_CONCURRENT_AGENTS=3
+expect_rc 0 ku config cap 3
 ku_bg daemon
 daemon=${BACKGROUND[-1]}
 asleep() { grep -q '^poll_schedule_timeout' "/proc/$daemon/wchan"; }
@@ -87,7 +106,8 @@ within 10 slot_free
 # the end stays unrecorded while the daemon is stopped.
 sleep 0.5
 kill -0 "$waiter" 2>/dev/null || fail "wait returned while the daemon, alive, had not recorded the end"
-grep -q '"state": "running"' "$KUGETSU_HOME/queue/late.json" || fail "late was recorded by someone else than the daemon"
+ku events | grep '"task_id":"late"' | grep -q '"type":"task_started"' || fail "late never started"
+! ku events | grep '"task_id":"late"' | grep -q '"type":"task_completed"' || fail "late was recorded by someone else than the daemon"
 kill -KILL "$daemon"; kill -CONT "$daemon"; wait "$daemon" 2>/dev/null || true; BACKGROUND=()
 rc=0; wait "$waiter" || rc=$?
 [ "$rc" -eq 0 ] || fail "wait exited $rc (124: it never saw the end)"

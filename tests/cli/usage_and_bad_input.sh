@@ -7,7 +7,7 @@ names() { grep -q -- "$1" "$T/err" || fail "the error does not name '$1': $(cat 
 
 expect_rc 0 ku --help
 grep -q enqueue "$T/out" || fail "--help lists no commands"
-for c in enqueue start daemon status wait cancel logs events reap; do expect_rc 0 ku "$c" --help; done
+for c in enqueue start daemon status wait cancel logs events reap config check; do expect_rc 0 ku "$c" --help; done
 expect_rc 64 ku                                   # no command
 expect_rc 64 ku frobnicate
 expect_rc 64 ku start                             # no command to run
@@ -35,8 +35,8 @@ for id in ../escape .. .hidden 'a/b' 'a b' '' "$(printf 'x%.0s' {1..200})" "$(he
           $'a\tb' $'a\nb' $'a\x1bb' $'\xff\xfe' 'é' pm-agent; do
     expect_rc 65 ku enqueue --id "$id" -- true; names -- '--id'
 done
-[ -z "$(ls -A "$KUGETSU_HOME/queue" 2>/dev/null)" ] || fail "a refused id left a file"
-[ ! -e "$T/escape.json" ] || fail "an id escaped the queue directory"
+[ ! -e "$KUGETSU_HOME/state.db" ] || [ "$(json_get "len(j['tasks'])")" -eq 0 ] || fail "a refused id left a task"
+[ ! -e "$T/escape.json" ] && [ ! -e "$T/escape.log" ] || fail "an id escaped the state directory"
 
 expect_rc 0 ku enqueue --id twice -- true
 expect_rc 65 ku enqueue --id twice -- false; names 'already exists'
@@ -46,25 +46,64 @@ expect_rc 65 ku cancel nosuch; names nosuch
 expect_rc 65 ku logs nosuch
 expect_rc 65 ku wait nosuch
 
-# Corrupt state files: each is named, moved to quarantine/ (never deleted), and every other
-# task keeps working.
+# Limits: HOME keeps its own; an environment that disagrees is refused (64) naming both
+# values, and `config` changes them for every process. Nonsense values are usage errors.
+expect_rc 64 env MAX_CONCURRENT_AGENTS=2 "$KUGETSU" start --id tooloose -- true
+names MAX_CONCURRENT_AGENTS=2; names "cap is 3"
+expect_rc 64 env KUGETSU_MAX_ATTEMPTS=5 "$KUGETSU" enqueue --id tooloose -- true; names KUGETSU_MAX_ATTEMPTS=5
+expect_rc 64 env KUGETSU_KILL_GRACE=1.5 "$KUGETSU" status; names KUGETSU_KILL_GRACE=1.5
+[ "$(json_get "sum(t['id']=='tooloose' for t in j['tasks'])")" -eq 0 ] || fail "a refused process wrote a task"
+expect_rc 0 env MAX_CONCURRENT_AGENTS=3 "$KUGETSU" status
+for bad in "cap 0" "cap abc" "cap -1" "cap 5000" "max-attempts 0" "kill-grace -1" "kill-grace x" "frob 1" "cap"; do
+    # shellcheck disable=SC2086
+    expect_rc 64 ku config $bad
+done
+expect_rc 0 ku config cap 5
+expect_rc 0 env MAX_CONCURRENT_AGENTS=5 "$KUGETSU" status
+grep -q '^cap 5 ' "$T/out" || fail "status does not show HOME's cap: $(cat "$T/out")"
+expect_rc 0 ku config cap 3
+
+# Corrupt rows: each is named, moved to the quarantine table with its bytes (never deleted),
+# and every other task keeps working. (The rows are damaged through Python's sqlite3.)
 expect_rc 0 ku enqueue --id good -- true
 expect_rc 0 ku enqueue --id other -- true
 expect_rc 0 ku enqueue --id empty -- true
 body='{"version": 1, "kind": "queue_item", "id": "good", "argv": 5}'
-printf '%s' "$body" >"$KUGETSU_HOME/queue/good.json"
-: >"$KUGETSU_HOME/queue/empty.json"
-printf '{"version": 1' >"$KUGETSU_HOME/sessions/stray.json"
-expect_rc 0 ku status; names queue/good.json; names quarantine/queue.good.json; names sessions/stray.json
-names queue/empty.json
-[ ! -e "$KUGETSU_HOME/queue/good.json" ] || fail "the corrupt record was left in queue/"
-[ "$(cat "$KUGETSU_HOME"/quarantine/queue.good.json.*)" = "$body" ] || fail "the quarantined file lost its bytes"
-ls "$KUGETSU_HOME"/quarantine/sessions.stray.json.* >/dev/null || fail "the corrupt session was not quarantined"
+python3 - "$KUGETSU_HOME/state.db" "$body" <<'PY'
+import sqlite3, sys
+db = sqlite3.connect(sys.argv[1])
+db.execute("UPDATE tasks SET record = ? WHERE id = 'good'", (sys.argv[2],))
+db.execute("UPDATE tasks SET record = '' WHERE id = 'empty'")
+db.execute("INSERT INTO sessions(id, task_id, record) VALUES('stray', 'stray', '{\"version\": 1')")
+db.commit()
+PY
+expect_rc 65 ku check   # reads and moves nothing: names each bad row
+grep -q 'tasks "good"' "$T/out" && grep -q 'sessions "stray"' "$T/out" || fail "check did not name the bad rows: $(cat "$T/out")"
+expect_rc 0 ku status; names 'tasks "good"'; names 'tasks "empty"'; names 'sessions "stray"'; names quarantine
+python3 - "$KUGETSU_HOME/state.db" "$body" <<'PY' || fail "the quarantine table does not keep the rows as they were"
+import sqlite3, sys
+db = sqlite3.connect(sys.argv[1])
+rows = {r[0]: r[1] for r in db.execute("SELECT source, raw FROM quarantine")}
+good = [v for k, v in rows.items() if k.endswith('tasks "good"')]
+assert good and bytes(good[0]).decode() == sys.argv[2], rows
+assert any(k.endswith('sessions "stray"') for k in rows), rows
+assert db.execute("SELECT count(*) FROM tasks WHERE id IN ('good', 'empty')").fetchone()[0] == 0
+PY
+[ "$(events_of task_error good)" -eq 1 ] || fail "no task_error event for the quarantined task"
+expect_rc 0 ku check; grep -q '^quarantined .*tasks "good"' "$T/out" || fail "check does not list the quarantine: $(cat "$T/out")"
 expect_rc 0 ku daemon --once
 expect_rc 0 ku wait other
-expect_rc 65 ku wait good; names good
+expect_rc 65 ku wait good; names good; names quarantine
 expect_rc 0 ku status
 [ ! -s "$T/err" ] || fail "a second status reported the quarantine again: $(cat "$T/err")"
+
+# A database that is not one, or damaged: a clear error naming the file; nothing is lost.
+cp "$KUGETSU_HOME/state.db" "$T/state.db.saved"
+printf 'this is not a database, but it is precious' >"$T/notdb"
+cp "$T/notdb" "$T/other-home-db"
+mkdir -m 0700 "$T/other"; cp "$T/notdb" "$T/other/state.db"; chmod 0600 "$T/other/state.db"
+expect_rc 65 ku --home "$T/other" status; names "$T/other/state.db"
+cmp -s "$T/notdb" "$T/other/state.db" || fail "kugetsu changed a file that is not its database"
 
 # A home that others may write, or a lock file another user could hold: 77, naming it.
 expect_rc 0 ku status
@@ -74,7 +113,15 @@ chmod 0700 "$KUGETSU_HOME"
 chmod 0666 "$KUGETSU_HOME/lock"
 expect_rc 77 ku status
 chmod 0600 "$KUGETSU_HOME/lock"
+chmod 0644 "$KUGETSU_HOME/state.db"
+expect_rc 0 ku status   # readable by others is private enough (only writable is refused)
+chmod 0666 "$KUGETSU_HOME/state.db"
+expect_rc 77 ku status; names state.db
+chmod 0600 "$KUGETSU_HOME/state.db"
 expect_rc 0 ku status
+# A HOME that is a symbolic link: refused, naming the link.
+ln -s "$KUGETSU_HOME" "$T/link"
+expect_rc 77 ku --home "$T/link" status; names "$T/link"
 
 # An unusable home is an I/O error naming the path.
 expect_rc 74 ku --home /proc/kugetsu-cannot-be-here status; names /proc/kugetsu-cannot-be-here

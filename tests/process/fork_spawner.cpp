@@ -1,18 +1,25 @@
 // fork_spawner on real processes: argv without a shell, process groups, logs, exec failures
-// through the CLOEXEC pipe, the held phase, identity that survives PID reuse, signals.
+// through the CLOEXEC pipe, the held phase, identity that survives PID reuse, signals, the
+// slot records (held, exec, noexec, exit with its end time), orphans adopted by a child
+// subreaper, and the sweep of slots no session names.
 #include <catch2/catch.hpp>
 
 #include <kugetsu/lock/flock_lock.hpp>
 #include <kugetsu/spawn/fork_spawner.hpp>
 
+#include <chrono>
 #include <csignal>
 #include <cstddef>
 #include <filesystem>
 #include <fstream>
+#include <random>
 #include <sstream>
+#include <thread>
 
 #include <poll.h>
+#include <sys/file.h>
 #include <sys/prctl.h>
+#include <sys/stat.h>
 #include <sys/syscall.h>
 
 #include "support/proc.hpp"
@@ -50,6 +57,33 @@ void await_death(int pid) {
 void await_supervisors() {
     int status;
     while (::waitpid(-1, &status, 0) > 0 || errno == EINTR) {}
+}
+
+/// The record in a slot file, read without its lock.
+kugetsu::detail::slot_record record_of(const std::string& path) {
+    return kugetsu::detail::parse_slot_record(slurp(path));
+}
+
+using record_kind = kugetsu::detail::slot_record::kind;
+
+/// The agent's parent: its supervisor while that lives.
+int parent_of(int pid) {
+    std::error_code ec;
+    auto st = kugetsu::detail::read_proc_stat(pid, ec);
+    return st ? st->ppid : 0;
+}
+
+timestamp now_us() {
+    return std::chrono::time_point_cast<duration>(std::chrono::system_clock::now());
+}
+
+/// Creates a private file (0600) holding `content`.
+void put_file(const std::string& path, const std::string& content, mode_t mode = 0600) {
+    const int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+    REQUIRE(fd >= 0);
+    REQUIRE(::write(fd, content.data(), content.size()) == static_cast<ssize_t>(content.size()));
+    ::close(fd);
+    REQUIRE(::chmod(path.c_str(), mode) == 0);
 }
 
 bool pending_sigterm(int pid) {
@@ -116,7 +150,14 @@ TEST_CASE("an exec failure comes back from release() as the child's errno") {
     sp.release(p, ec);
     CHECK(ec == std::errc::no_such_file_or_directory);
     CHECK(sp.last_error_detail().find("exec \"/nonexistent/agent\"") != std::string::npos);
-    CHECK(sp.poll(p, ec).state == process_state::gone);   // already reaped
+    // The agent is reaped; its slot stays, saying that the program never ran, until the
+    // dispatcher has recorded the failure and forgets it.
+    CHECK(record_of(sp.slot_path(p)).what == record_kind::noexec);
+    CHECK(sp.poll(p, ec).state == process_state::never_ran);
+    CHECK_FALSE(ec);
+    sp.forget(p);
+    CHECK_FALSE(std::filesystem::exists(sp.slot_path(p)));
+    CHECK(sp.poll(p, ec).state == process_state::gone);
     // A file that is not executable.
     std::ofstream(d / "script") << "not a program\n";
     auto q = sp.spawn({"t2", {d / "script"}, ""}, ec);
@@ -134,9 +175,10 @@ TEST_CASE("a working directory that cannot be entered is reported by release()")
     sp.release(p, ec);
     CHECK(ec == std::errc::no_such_file_or_directory);
     CHECK(sp.last_error_detail().find("chdir") != std::string::npos);
+    CHECK(sp.poll(p, ec).state == process_state::never_ran);
 }
 
-TEST_CASE("an abandoned held child never runs the program") {
+TEST_CASE("an abandoned held child never runs the program, and abandon() removes its slot") {
     temp_dir d;
     fork_spawner sp(d / "logs");
     std::error_code ec;
@@ -144,14 +186,18 @@ TEST_CASE("an abandoned held child never runs the program") {
     auto p = sp.spawn({"t1", {"/bin/sh", "-c", "echo ran > " + marker}, ""}, ec);
     REQUIRE_FALSE(ec);
     CHECK(sp.poll(p, ec).state == process_state::running);   // held: counts as live
+    REQUIRE(std::filesystem::exists(sp.slot_path(p)));
+    CHECK(record_of(sp.slot_path(p)).what == record_kind::held);
     sp.abandon(p);
     CHECK_FALSE(std::filesystem::exists(marker));
+    CHECK_FALSE(std::filesystem::exists(sp.slot_path(p)));   // no session will ever name it
+    CHECK(kugetsu::detail::read_proc_stat(p.pid, ec) == std::nullopt);   // reaped
     CHECK(sp.poll(p, ec).state == process_state::gone);
     sp.release(p, ec);
     CHECK(ec == errc::not_held);
 }
 
-TEST_CASE("a held child whose spawning process dies exits without running the program") {
+TEST_CASE("a held child whose spawning process dies exits without running the program, and its slot stays saying so") {
     temp_dir d;
     const std::string marker = d / "ran";
     REQUIRE(::prctl(PR_SET_CHILD_SUBREAPER, 1) == 0);
@@ -168,12 +214,15 @@ TEST_CASE("a held child whose spawning process dies exits without running the pr
         std::getline(stat, line);
         int ids[2] = {p.pid, std::atoi(line.substr(line.rfind(')') + 4).c_str())};
         ::write(out.w, ids, sizeof ids);
+        ::write(out.w, &p.start_time, sizeof p.start_time);
         ::_exit(0);   // dies with the child held (no destructor runs)
     });
     out.close_write();
     int ids[2] = {};
     REQUIRE(::read(out.r, ids, sizeof ids) == sizeof ids);
     const int held = ids[0];
+    std::uint64_t start_time = 0;
+    REQUIRE(::read(out.r, &start_time, sizeof start_time) == sizeof start_time);
     REQUIRE(ids[1] > 1);
     CHECK(wait_child(spawner_proc) == 0);
     await_death(held);
@@ -185,11 +234,24 @@ TEST_CASE("a held child whose spawning process dies exits without running the pr
     CHECK(WIFEXITED(status));
     CHECK(WEXITSTATUS(status) == 0);
     CHECK_FALSE(std::filesystem::exists(marker));
-    // And it removed the slot: nothing is left in the run directory.
+    ::prctl(PR_SET_CHILD_SUBREAPER, 0);
     CHECK(std::filesystem::exists(d / "logs/t1.log"));   // the log stays
+    // The slot stays too (its caller may have committed a session naming the agent), and
+    // says that the program never ran: any process polling it learns never_ran.
+    const process_ref p{held, start_time, kugetsu::detail::boot_id()};
+    fork_spawner other(d / "logs");
+    REQUIRE(std::filesystem::exists(other.slot_path(p)));
+    CHECK(slurp(other.slot_path(p)).rfind("kugetsu-noexec 2\n", 0) == 0);
+    std::error_code ec;
+    CHECK(other.poll(p, ec).state == process_state::never_ran);
+    CHECK(other.wait(p, ec).state == process_state::never_ran);
+    // A sweep keeps it while a session names it, and removes it once none does.
+    other.sweep({p});
+    CHECK(std::filesystem::exists(other.slot_path(p)));
+    other.sweep({});
+    CHECK_FALSE(std::filesystem::exists(other.slot_path(p)));
     for (auto& f : std::filesystem::directory_iterator(d / "logs"))
         CHECK(f.path().extension() != ".slot");
-    ::prctl(PR_SET_CHILD_SUBREAPER, 0);
 }
 
 TEST_CASE("poll reports exit codes, and 128+signal for a killed agent") {
@@ -392,6 +454,7 @@ TEST_CASE("an agent whose supervisor is killed keeps its slot while it lives, th
     stat >> skip >> skip >> skip >> ppid;
     REQUIRE(ppid > 0);
     REQUIRE(ppid != ::getpid());
+    CHECK(record_of(sp.slot_path(p)).what == record_kind::exec);   // it runs the program
     ::kill(ppid, SIGKILL);
     await_death(ppid);
     CHECK(sp.poll(p, ec).state == process_state::running);   // the agent holds the slot
@@ -421,9 +484,11 @@ TEST_CASE("a held agent whose supervisor dies never runs the program, and releas
     await_death(p.pid);
     CHECK_FALSE(std::filesystem::exists(marker));
     await_supervisors();
+    CHECK(record_of(sp.slot_path(p)).what == record_kind::noexec);
+    CHECK(sp.poll(p, ec).state == process_state::never_ran);
 }
 
-TEST_CASE("a held agent killed by a signal never ran: no exit record, no on-exit command, abandon() returns") {
+TEST_CASE("a held agent killed by a signal never ran: no exit record, no on-exit command, abandon() returns, poll says never_ran") {
     temp_dir d;
     const std::string marker = d / "hook-ran";
     fork_spawner sp(d / "logs");
@@ -438,9 +503,16 @@ TEST_CASE("a held agent killed by a signal never ran: no exit record, no on-exit
     // The supervisor neither records an end nor runs the hook (which, as `kugetsu reap`,
     // would wait for the lock that a dispatcher in abandon() holds): abandon() returns.
     sp.abandon(p);
-    CHECK(sp.poll(p, ec).state == process_state::gone);
-    CHECK_FALSE(std::filesystem::exists(slot));
     CHECK_FALSE(std::filesystem::exists(marker));
+    // The agent could not say it was abandoned: its slot stays, still saying "held".
+    REQUIRE(std::filesystem::exists(slot));
+    CHECK(slurp(slot) == "kugetsu-held 2\n");
+    CHECK(sp.poll(p, ec).state == process_state::never_ran);
+    CHECK_FALSE(ec);
+    fork_spawner other(d / "logs");   // any process learns the same
+    CHECK(other.poll(p, ec).state == process_state::never_ran);
+    sp.forget(p);
+    CHECK_FALSE(std::filesystem::exists(slot));
 }
 
 TEST_CASE("the on-exit command runs after the status is written, unless its lock file is held") {
@@ -456,7 +528,11 @@ TEST_CASE("the on-exit command runs after the status is written, unless its lock
     REQUIRE_FALSE(ec);
     CHECK(run_to_end(sp, p).exit_code == 3);
     await_supervisors();   // the hook is the supervisor, exec'd
-    CHECK(slurp(marker) == "kugetsu-exit 1 3 0\n");
+    const auto rec = kugetsu::detail::parse_slot_record(slurp(marker));   // what the hook saw
+    CHECK(rec.what == record_kind::exited);
+    CHECK(rec.version == 2);
+    CHECK(rec.exit_code == 3);
+    CHECK(rec.at.has_value());
     // With a read OFD lock held on the file (as daemons hold it), the hook is skipped.
     std::filesystem::remove(marker);
     const int held = ::open(lockfile.c_str(), O_RDONLY | O_CLOEXEC);
@@ -494,4 +570,361 @@ TEST_CASE("fork_spawner refuses a run directory others may write, and trusts no 
     CHECK(st.state == process_state::running);   // doubt never frees a slot
     ::chmod(sp.slot_path(p).c_str(), 0600);
     CHECK(sp.poll(p, ec).state == process_state::exited);
+}
+
+// ---- slot records, orphans, the sweep -----------------------------------------------------
+
+TEST_CASE("a released agent's exit record carries the time it ended, stamped by its supervisor") {
+    temp_dir d;
+    fork_spawner sp(d / "logs");
+    std::error_code ec;
+    const std::string stamp = d / "ended";
+    // The agent's last act is to write the time (microseconds since the epoch).
+    auto p = sp.spawn({"t1", {"/bin/sh", "-c", "date +%s%6N > " + stamp}, ""}, ec);
+    REQUIRE_FALSE(ec);
+    sp.release(p, ec);
+    REQUIRE_FALSE(ec);
+    REQUIRE(sp.wait(p, ec).state == process_state::exited);
+    // Poll well after the end: a time taken by poll() itself would be this late.
+    std::this_thread::sleep_for(std::chrono::milliseconds(400));
+    const timestamp polled_at = now_us();
+    const auto st = sp.poll(p, ec);
+    REQUIRE(st.state == process_state::exited);
+    CHECK(st.exit_code == 0);
+    REQUIRE(st.ended_at.has_value());
+    const timestamp agent_end{duration(std::stoll(slurp(stamp)))};
+    INFO("agent's own end " << agent_end.time_since_epoch().count() << " us, recorded "
+                            << st.ended_at->time_since_epoch().count() << " us, polled at "
+                            << polled_at.time_since_epoch().count() << " us");
+    CHECK(*st.ended_at >= agent_end);
+    CHECK(*st.ended_at - agent_end < std::chrono::milliseconds(250));   // a few ms, unless the host is loaded
+    CHECK(polled_at - *st.ended_at > std::chrono::milliseconds(300));
+    CHECK(record_of(sp.slot_path(p)).at == st.ended_at);
+}
+
+TEST_CASE("an agent whose supervisor is killed after exec keeps its exit code and end time when its host is a subreaper that adopts orphans, and is gone when it is not") {
+    temp_dir d;
+    REQUIRE(::mkfifo((d / "hold").c_str(), 0600) == 0);
+    REQUIRE(::mkfifo((d / "ready").c_str(), 0600) == 0);
+    // Runs in a forked child (so that the test process is not made a subreaper); the result
+    // is an exit code: 0 = as expected, others say which step failed.
+    auto scenario = [&](bool subreaper) {
+        return fork_child([&]() -> int {
+            if (subreaper && ::prctl(PR_SET_CHILD_SUBREAPER, 1) != 0) return 10;
+            const int hold = ::open((d / "hold").c_str(), O_RDWR | O_CLOEXEC);
+            const int ready = ::open((d / "ready").c_str(), O_RDWR | O_CLOEXEC);
+            fork_spawner sp(d / "logs", d / "run");
+            sp.adopt_orphans(true);
+            std::error_code ec;
+            auto p = sp.spawn({"t1", {KUGETSU_PROBE_AGENT, d / "counter", "--ready", d / "ready", "--hold", d / "hold",
+                                      "--exit", "7"},
+                               ""},
+                              ec);
+            if (ec) return 11;
+            sp.release(p, ec);
+            if (ec) return 12;
+            char c;
+            if (::read(ready, &c, 1) != 1) return 13;
+            ::close(ready);
+            const int sup = parent_of(p.pid);
+            if (sup <= 1 || sup == ::getpid()) return 14;
+            ::kill(sup, SIGKILL);
+            await_death(sup);
+            if (sp.poll(p, ec).state != process_state::running) return 15;   // it holds its slot
+            if (subreaper && parent_of(p.pid) != ::getpid()) return 16;       // adopted by this process
+            if (!subreaper && parent_of(p.pid) == ::getpid()) return 17;
+            const timestamp before_end = now_us();
+            ::close(hold);   // the agent ends, exiting 7
+            await_death(p.pid);
+            const auto st = sp.wait(p, ec);
+            const timestamp after = now_us();
+            if (ec) return 18;
+            if (!subreaper) {
+                if (st.state != process_state::gone) return 19;   // init reaped it: the code is lost
+                return record_of(sp.slot_path(p)).what == record_kind::exec ? 0 : 20;
+            }
+            if (st.state != process_state::exited) return 21;
+            if (st.exit_code != 7 || st.timed_out) return 22;
+            if (!st.ended_at || *st.ended_at < before_end || *st.ended_at > after) return 23;
+            if (kugetsu::detail::read_proc_stat(p.pid, ec)) return 24;   // reaped
+            // Any process reads the same from the slot (no adoption needed).
+            fork_spawner other(d / "logs", d / "run");
+            const auto seen = other.poll(p, ec);
+            if (seen.state != process_state::exited || seen.exit_code != 7 || seen.ended_at != st.ended_at) return 25;
+            return 0;
+        });
+    };
+    CHECK(wait_child(scenario(true)) == 0);
+    CHECK(wait_child(scenario(false)) == 0);
+}
+
+TEST_CASE("with adopt_orphans, a poll records an orphan zombie child that exec'd, leaves one that never ran alone, and reaps the others") {
+    temp_dir d;
+    std::filesystem::create_directory(d / "run");
+    ::chmod((d / "run").c_str(), 0700);
+    // In a forked child: adopt_orphans reaps every child of its process.
+    const pid_t host = fork_child([&]() -> int {
+        fork_spawner sp(d / "logs", d / "run");
+        sp.adopt_orphans(true);
+        std::error_code ec;
+        auto zombie = [&](int code) {
+            const pid_t z = ::fork();
+            if (z == 0) ::_exit(code);
+            const auto st = kugetsu::detail::read_proc_stat(z, ec);
+            return process_ref{z, st ? st->start_time : 0, kugetsu::detail::boot_id()};
+        };
+        const auto ran = zombie(9), held = zombie(127), plain = zombie(3);
+        put_file(sp.slot_path(ran), "kugetsu-exec 2 1000\n");
+        put_file(sp.slot_path(held), "kugetsu-noexec 2\n");
+        for (const auto& z : {ran, held, plain}) await_death(z.pid);
+        const timestamp before = now_us();
+        sp.poll(sp.self(), ec);   // any poll reaps
+        const timestamp after = now_us();
+        for (const auto& z : {ran, held, plain})
+            if (kugetsu::detail::read_proc_stat(z.pid, ec)) return 10;   // all reaped
+        const auto rec = record_of(sp.slot_path(ran));
+        if (rec.what != record_kind::exited || rec.exit_code != 9 || !rec.at || *rec.at < before || *rec.at > after)
+            return 11;
+        if (slurp(sp.slot_path(held)) != "kugetsu-noexec 2\n") return 12;   // never turned into an exit
+        if (sp.poll(held, ec).state != process_state::never_ran) return 13;
+        if (sp.poll(ran, ec).state != process_state::exited) return 14;
+        return 0;
+    });
+    CHECK(wait_child(host) == 0);
+}
+
+TEST_CASE("a zombie agent whose parent is another live process counts running until that parent reaps it") {
+    temp_dir d;
+    fork_spawner sp(d / "logs", d / "run");
+    std::filesystem::create_directory(d / "run");
+    ::chmod((d / "run").c_str(), 0700);
+    pipe_pair out, go;
+    // The parent: a stand-in for a kugetsu daemon that is the agent's subreaper. Its agent has
+    // exited at once; it reaps (and records) it only when told to.
+    const pid_t parent = fork_child([&]() -> int {
+        out.close_read();
+        go.close_write();
+        fork_spawner host(d / "logs", d / "run");
+        host.adopt_orphans(true);
+        const pid_t z = ::fork();
+        if (z == 0) ::_exit(5);
+        ::write(out.w, &z, sizeof z);
+        if (go.get() != 'r') return 1;
+        std::error_code ec;
+        host.poll(host.self(), ec);   // records and reaps it
+        out.put('d');
+        go.wait_eof();
+        return 0;
+    });
+    out.close_write();
+    go.close_read();
+    pid_t z = 0;
+    REQUIRE(::read(out.r, &z, sizeof z) == sizeof z);
+    await_death(z);
+    std::error_code ec;
+    const auto st = kugetsu::detail::read_proc_stat(z, ec);
+    REQUIRE(st);
+    REQUIRE(st->state == 'Z');
+    REQUIRE(st->ppid == parent);
+    const process_ref p{z, st->start_time, kugetsu::detail::boot_id()};
+    const std::string slot = sp.slot_path(p);
+    // It exec'd (its supervisor died): not reaped yet, so it counts, whatever the parent.
+    put_file(slot, "kugetsu-exec 2 1000\n");
+    CHECK(sp.poll(p, ec).state == process_state::running);
+    CHECK_FALSE(ec);
+    // The same zombie with a slot saying it never ran: never_ran; with an empty (0.1) slot, or
+    // none: as before, a zombie that is not ours has ended.
+    put_file(slot, "kugetsu-noexec 2\n");
+    CHECK(sp.poll(p, ec).state == process_state::never_ran);
+    put_file(slot, "");
+    CHECK(sp.poll(p, ec).state == process_state::gone);
+    std::filesystem::remove(slot);
+    CHECK(sp.poll(p, ec).state == process_state::gone);
+    // Back to "exec": the parent records the exit and reaps it; then it has exited 5.
+    put_file(slot, "kugetsu-exec 2 1000\n");
+    CHECK(sp.poll(p, ec).state == process_state::running);
+    go.put('r');
+    REQUIRE(out.get() == 'd');
+    const auto end = sp.poll(p, ec);
+    CHECK(end.state == process_state::exited);
+    CHECK(end.exit_code == 5);
+    CHECK(end.ended_at.has_value());
+    go.close_write();
+    CHECK(wait_child(parent) == 0);
+}
+
+TEST_CASE("a zombie agent whose parent is init is gone, and one whose parent is this process without adopt_orphans is gone") {
+    temp_dir d;
+    fork_spawner sp(d / "logs", d / "run");
+    std::filesystem::create_directory(d / "run");
+    ::chmod((d / "run").c_str(), 0700);
+    std::error_code ec;
+    // Our own child, left a zombie: this spawner does not adopt orphans, so nobody will record it.
+    const pid_t z = ::fork();
+    if (z == 0) ::_exit(4);
+    await_death(z);
+    const auto st = kugetsu::detail::read_proc_stat(z, ec);
+    REQUIRE(st);
+    REQUIRE(st->state == 'Z');
+    const process_ref p{z, st->start_time, kugetsu::detail::boot_id()};
+    put_file(sp.slot_path(p), "kugetsu-exec 2 1000\n");
+    CHECK(sp.poll(p, ec).state == process_state::gone);
+    CHECK(kugetsu::detail::read_proc_stat(z, ec).has_value());   // and it was not reaped: not ours to reap
+    wait_child(z);
+}
+
+TEST_CASE("sweep removes free slots no session names and stale temporary slots, and nothing else") {
+    temp_dir d;
+    fork_spawner sp(d / "logs", d / "run");
+    std::error_code ec;
+    // A real agent that ran and ended, and one still held: their slots are made by spawn().
+    auto ended = sp.spawn({"t1", {"/bin/true"}, ""}, ec);
+    REQUIRE_FALSE(ec);
+    sp.release(ended, ec);
+    REQUIRE(sp.wait(ended, ec).state == process_state::exited);
+    auto held = sp.spawn({"t2", {"/bin/true"}, ""}, ec);
+    REQUIRE_FALSE(ec);
+    const std::string run = d / "run";
+    auto at = [&](const std::string& name) { return run + "/" + name; };
+    put_file(at("100-200.slot"), "kugetsu-exit 2 0 0 1000\n");   // free, unreferenced: goes
+    put_file(at("101-201.slot"), "kugetsu-exit 2 0 0 1000\n");   // free, referenced: stays
+    put_file(at("102-202.slot"), "kugetsu-held 2\n");            // locked: stays
+    put_file(at("103-203.slot"), "");                            // group-writable: not ours to judge
+    ::chmod(at("103-203.slot").c_str(), 0620);
+    put_file(at("104-204.slot"), "");                            // another user's (if we can chown)
+    const bool can_chown = ::geteuid() == 0 && ::chown(at("104-204.slot").c_str(), 65534, 65534) == 0;
+    put_file(d / "victim", "keep me\n");
+    std::filesystem::create_symlink(d / "victim", at("105-205.slot"));   // never followed
+    put_file(at("106-206.slot"), "");
+    std::filesystem::create_hard_link(at("106-206.slot"), d / "second-link");   // two links: stays
+    std::filesystem::create_directory(at("107-207.slot"));
+    put_file(at("1x-200.slot"), "");                             // not a slot name
+    put_file(at(".slot.999.1"), "kugetsu-held 2\n");             // temporary, free, stale: goes
+    put_file(at(".slot.999.2"), "");                             // temporary, free, fresh: stays
+    put_file(at(".slot.999.3"), "");                             // temporary, locked, stale: stays
+    const timespec old[2] = {{0, UTIME_OMIT}, {::time(nullptr) - 60, 0}};
+    REQUIRE(::utimensat(AT_FDCWD, at(".slot.999.1").c_str(), old, AT_SYMLINK_NOFOLLOW) == 0);
+    REQUIRE(::utimensat(AT_FDCWD, at(".slot.999.3").c_str(), old, AT_SYMLINK_NOFOLLOW) == 0);
+    const int lock1 = ::open(at("102-202.slot").c_str(), O_RDONLY | O_CLOEXEC);
+    const int lock2 = ::open(at(".slot.999.3").c_str(), O_RDONLY | O_CLOEXEC);
+    REQUIRE(::flock(lock1, LOCK_SH) == 0);
+    REQUIRE(::flock(lock2, LOCK_SH) == 0);
+
+    sp.sweep({process_ref{101, 201, kugetsu::detail::boot_id()}, held});
+
+    CHECK_FALSE(std::filesystem::exists(sp.slot_path(ended)));
+    CHECK_FALSE(std::filesystem::exists(at("100-200.slot")));
+    CHECK_FALSE(std::filesystem::exists(at(".slot.999.1")));
+    CHECK(std::filesystem::exists(sp.slot_path(held)));
+    CHECK(std::filesystem::exists(at("101-201.slot")));
+    CHECK(std::filesystem::exists(at("102-202.slot")));
+    CHECK(std::filesystem::exists(at("103-203.slot")));
+    if (can_chown) CHECK(std::filesystem::exists(at("104-204.slot")));
+    CHECK(std::filesystem::is_symlink(at("105-205.slot")));
+    CHECK(slurp(d / "victim") == "keep me\n");
+    CHECK(std::filesystem::exists(at("106-206.slot")));
+    CHECK(std::filesystem::is_directory(at("107-207.slot")));
+    CHECK(std::filesystem::exists(at("1x-200.slot")));
+    CHECK(std::filesystem::exists(at(".slot.999.2")));
+    CHECK(std::filesystem::exists(at(".slot.999.3")));
+    // Unlocked, the locked ones go too (102 is named by no session).
+    ::close(lock1);
+    ::close(lock2);
+    sp.sweep({held});
+    CHECK_FALSE(std::filesystem::exists(at("102-202.slot")));
+    CHECK_FALSE(std::filesystem::exists(at(".slot.999.3")));
+    CHECK_FALSE(std::filesystem::exists(at("101-201.slot")));
+    CHECK(std::filesystem::exists(sp.slot_path(held)));
+    sp.abandon(held);
+    CHECK_FALSE(std::filesystem::exists(sp.slot_path(held)));
+}
+
+TEST_CASE("a kugetsu 0.1 exit record still reads as exited, with no end time") {
+    using kugetsu::detail::parse_slot_record;
+    auto v1 = parse_slot_record("kugetsu-exit 1 3 0\n");
+    CHECK(v1.what == record_kind::exited);
+    CHECK(v1.version == 1);
+    CHECK(v1.exit_code == 3);
+    CHECK_FALSE(v1.timed_out);
+    CHECK_FALSE(v1.at.has_value());
+    // Through poll(), from a slot file as a 0.1 supervisor left it (for a dead process).
+    temp_dir d;
+    fork_spawner sp(d / "logs", d / "run");
+    std::filesystem::create_directory(d / "run");
+    ::chmod((d / "run").c_str(), 0700);
+    const pid_t z = fork_child([] { return 0; });
+    std::error_code ec;
+    const auto st = kugetsu::detail::read_proc_stat(z, ec);
+    REQUIRE(st);
+    const process_ref p{z, st->start_time, kugetsu::detail::boot_id()};
+    wait_child(z);
+    put_file(sp.slot_path(p), "kugetsu-exit 1 3 1\n");
+    const auto polled = sp.poll(p, ec);
+    CHECK(polled.state == process_state::exited);
+    CHECK(polled.exit_code == 3);
+    CHECK(polled.timed_out);
+    CHECK_FALSE(polled.ended_at.has_value());
+    // A 0.1 slot with no record (its supervisor died): identity only, never never_ran.
+    put_file(sp.slot_path(p), "");
+    CHECK(sp.poll(p, ec).state == process_state::gone);
+}
+
+TEST_CASE("slot records parse strictly: the first line only, and nothing else") {
+    using kugetsu::detail::parse_slot_record;
+    auto r = parse_slot_record("kugetsu-exit 2 137 1 1700000000123456\nleft-over bytes of an older, longer record");
+    CHECK(r.what == record_kind::exited);
+    CHECK(r.version == 2);
+    CHECK(r.exit_code == 137);
+    CHECK(r.timed_out);
+    REQUIRE(r.at.has_value());
+    CHECK(r.at->time_since_epoch().count() == 1700000000123456);
+    CHECK(parse_slot_record("kugetsu-held 2\n").what == record_kind::held);
+    CHECK(parse_slot_record("kugetsu-noexec 2\n1700000000123456\n").what == record_kind::noexec);
+    r = parse_slot_record("kugetsu-exec 2 42\n");
+    CHECK(r.what == record_kind::exec);
+    CHECK(r.at == timestamp(duration(42)));
+    for (const char* bad : {"", "\n", "kugetsu-held 2", "kugetsu-held 1\n", "kugetsu-held 2 \n", "kugetsu-noexec 2 0\n",
+                            "kugetsu-exec 2\n", "kugetsu-exec 2 \n", "kugetsu-exec 2 12x\n",
+                            "kugetsu-exec 2 1234567890123456789\n", "kugetsu-exit 1 3 0", "kugetsu-exit 1 256 0\n",
+                            "kugetsu-exit 1 3 2\n", "kugetsu-exit 1 -3 0\n", "kugetsu-exit 1 0003 0\n",
+                            "kugetsu-exit 1 3 0 5\n", "kugetsu-exit 2 3 0\n", "kugetsu-exit 2 3 0 \n",
+                            "kugetsu-exit 3 3 0 5\n", "kugetsu-exit 2 3 0 5 \n", " kugetsu-exit 1 3 0\n",
+                            "kugetsu-exit 1 3 0\r\n", "KUGETSU-EXIT 1 3 0\n"}) {
+        INFO("record: \"" << bad << "\"");
+        CHECK(parse_slot_record(bad).what == record_kind::none);
+    }
+}
+
+TEST_CASE("the slot record parser never crashes on garbage, and what it accepts is well-formed") {
+    using kugetsu::detail::parse_slot_record;
+    std::mt19937 rng(20261206);
+    const std::string seeds[] = {"kugetsu-exit 2 3 1 1700000000123456\n", "kugetsu-exit 1 255 0\n",
+                                 "kugetsu-exec 2 1700000000123456\n", "kugetsu-held 2\n", "kugetsu-noexec 2\n"};
+    int accepted = 0;
+    for (int i = 0; i < 200000; ++i) {
+        std::string s;
+        if (i % 2) {
+            s.resize(rng() % 80);
+            for (char& c : s) c = static_cast<char>(rng() % 4 ? rng() % 256 : " 0123456789\n-"[rng() % 13]);
+        } else {
+            s = seeds[rng() % std::size(seeds)];
+            for (int k = rng() % 4; k > 0 && !s.empty(); --k) {   // flip, insert or delete bytes
+                const std::size_t at = rng() % s.size();
+                const char c = static_cast<char>(rng() % 3 ? "0123456789 \n"[rng() % 12] : rng() % 256);
+                switch (rng() % 3) {
+                case 0: s[at] = c; break;
+                case 1: s.insert(s.begin() + static_cast<std::ptrdiff_t>(at), c); break;
+                default: s.erase(at, 1); break;
+                }
+            }
+        }
+        const auto r = parse_slot_record(s);
+        if (r.what == record_kind::none) continue;
+        ++accepted;
+        const bool ok = r.what != record_kind::exited ||
+                        (r.exit_code >= 0 && r.exit_code <= 255 && (r.version == 1) == !r.at.has_value());
+        if (!ok) FAIL("accepted a malformed record: \"" << s << "\"");
+        if (r.at && r.at->time_since_epoch().count() < 0) FAIL("negative time in \"" << s << "\"");
+    }
+    CHECK(accepted > 1000);   // the mutations do reach the accepting paths
 }

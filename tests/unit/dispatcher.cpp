@@ -11,23 +11,28 @@
 #include <set>
 
 #include "support/proc.hpp"
+#include "support/recording.hpp"
 
 using namespace kugetsu;
 using namespace std::chrono_literals;
 
 namespace {
 
-/// A workspace whose failures a test scripts, and which records what it did.
+/// A workspace whose failures a test scripts, and which records what it did (also into an
+/// op_log, if given, to order its prepares among the store's writes).
 class scripted_workspace {
 public:
     struct state {
         int fail_prepares = 0;
+        bool effects = false;   // has_effects(): whether a prepare leaves something behind
         std::vector<std::string> prepared, removed;
+        std::shared_ptr<kugetsu::test::op_log> log;
     };
     std::shared_ptr<state> s = std::make_shared<state>();
 
     std::string prepare(const queue_item& it, std::error_code& ec) {
         ec.clear();
+        if (s->log) s->log->add("prepare " + it.id);
         if (s->fail_prepares > 0) {
             --s->fail_prepares;
             ec = errc::workspace_failed;
@@ -40,8 +45,9 @@ public:
         ec.clear();
         s->removed.push_back(it.id);
     }
+    bool has_effects(const queue_item&) const noexcept { return s->effects; }
 };
-static_assert(kugetsu::workspace<scripted_workspace>);
+static_assert(kugetsu::workspace_with_effects<scripted_workspace>);
 
 using rig_dispatcher = basic_dispatcher<null_lock, fake_spawner, callback_notifier, memory_store, manual_clock,
                                         scripted_workspace>;
@@ -510,41 +516,4 @@ TEST_CASE("start reports a taken id even when no slot is free") {
     CHECK(ec == errc::duplicate_task);
     CHECK(res.status == start_status::no_slot);   // the default: nothing was done
     CHECK(r.item("q").state == task_state::pending);
-}
-
-TEST_CASE("over file_store, a corrupt queue record is quarantined with a task_error event and every other task runs") {
-    kugetsu::test::temp_dir home;
-    fake_spawner sp;
-    manual_clock clock;
-    auto events = std::make_shared<std::vector<event>>();
-    basic_dispatcher d(null_lock{}, sp, callback_notifier([events](const event& e) { events->push_back(e); }),
-                       file_store(home.path(), {.durable = false}), clock, null_workspace{}, dispatcher_options{.cap = 2});
-    for (auto id : {"a", "b", "c", "d"}) d.enqueue(task_spec{id, {"agent"}, role::dev, {}, {}, {}, {}});
-    { std::ofstream(home / "queue/b.json") << R"({"version": 1, "kind": "queue_item", "id": "b", "argv": "x"})"; }
-    // A running agent whose queue record goes bad keeps its slot: its session still counts.
-    d.process_queue();
-    CHECK(sp.requests().size() == 2);   // a and c; b was moved aside
-    { std::ofstream(home / "queue/a.json") << "{"; }
-    d.process_queue();
-    CHECK(sp.requests().size() == 2);   // a's agent is live: no third start
-    std::error_code ec;
-    CHECK(d.reap(ec).live == 2);
-    sp.exit(sp.pid_of("a"), 0);
-    sp.exit(sp.pid_of("c"), 0);
-    d.process_queue();
-    REQUIRE(sp.requests().size() == 3);
-    CHECK(sp.requests()[2].task_id == "d");
-    sp.exit(sp.pid_of("d"), 0);
-    d.reap();
-    auto& q = d.store().quarantined();
-    REQUIRE(q.size() == 2);
-    CHECK(q[0].task_id == "b");
-    CHECK(q[1].task_id == "a");
-    CHECK(std::filesystem::exists(q[0].moved_to));
-    auto quarantined = std::count_if(events->begin(), events->end(),
-                                     [](const event& e) { return e.type == event_type::task_error && e.reason == "quarantined"; });
-    CHECK(quarantined == 2);
-    CHECK(d.store().get_item("c", ec)->state == task_state::completed);
-    CHECK(d.store().get_item("d", ec)->state == task_state::completed);
-    CHECK(d.store().list_sessions(ec).empty());
 }

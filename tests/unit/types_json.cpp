@@ -189,7 +189,7 @@ TEST_CASE("a session round-trips and must be keyed by its task id, or pm-agent f
 }
 
 TEST_CASE("an event has type, task_id and an RFC 3339 timestamp, plus the fields that are known") {
-    event e{event_type::task_error, "t9", *parse_rfc3339("2026-11-27T00:00:00Z"), 3, 1234, 2, "exit_code"};
+    event e{0, event_type::task_error, "t9", *parse_rfc3339("2026-11-27T00:00:00Z"), 3, 1234, 2, "exit_code"};
     const json j = e;
     CHECK(j["type"] == "task_error");
     CHECK(j["task_id"] == "t9");
@@ -198,7 +198,8 @@ TEST_CASE("an event has type, task_id and an RFC 3339 timestamp, plus the fields
     CHECK(j["pid"] == 1234);
     CHECK(j["exit_code"] == 2);
     CHECK(j["reason"] == "exit_code");
-    event q{event_type::task_queued, "t9", {}, {}, {}, {}, {}};
+    CHECK_FALSE(j.contains("seq"));   // not (yet) in a store: no number
+    event q{0, event_type::task_queued, "t9", {}, {}, {}, {}, {}};
     const json jq = q;
     CHECK_FALSE(jq.contains("pid"));
     CHECK_FALSE(jq.contains("reason"));
@@ -212,10 +213,34 @@ TEST_CASE("an event has type, task_id and an RFC 3339 timestamp, plus the fields
     CHECK_FALSE(parse_event(bad, ec, why));
 }
 
+TEST_CASE("an event a store numbered carries its seq, which must be a positive integer exact in a double") {
+    event e{41, event_type::task_started, "t9", *parse_rfc3339("2026-11-27T00:00:00Z"), 1, 7, {}, {}};
+    const json j = e;
+    CHECK(j["seq"] == 41);
+    std::error_code ec;
+    std::string why;
+    auto back = parse_event(j.dump(), ec, why);
+    REQUIRE(back);
+    CHECK(back->seq == 41);
+    for (const json& bad : {json(0), json(-1), json(1.5), json("41"), json(max_event_seq + 1)}) {
+        INFO(bad.dump());
+        json k = j;
+        k["seq"] = bad;
+        CHECK_FALSE(parse_event(k, ec, why));
+        CHECK(why.find("seq") != std::string::npos);
+    }
+    json top = j;
+    top["seq"] = max_event_seq;
+    CHECK(parse_event(top, ec, why)->seq == max_event_seq);
+}
+
 TEST_CASE("error codes have a category, a message and stable values") {
     const std::error_code ec = errc::invalid_task_id;
     CHECK(std::string(ec.category().name()) == "kugetsu");
     CHECK(ec.value() == 101);
     CHECK(ec.message().find("task id") != std::string::npos);
     CHECK(std::error_code(errc::store_corrupt).value() == 304);
+    CHECK(std::error_code(errc::store_busy).value() == 308);
+    CHECK(std::error_code(errc::limits_mismatch).value() == 309);
+    CHECK(std::error_code(errc::limits_mismatch).message().find("limits") != std::string::npos);
 }

@@ -1,17 +1,20 @@
 // kugetsu/spawn/fake_spawner.hpp: a spawner of pretend processes, for unit tests.
 //
 // Nothing is forked. Each spawn() creates a fake process (pid 1000, 1001, ...) that "runs"
-// from release() until the test ends it with exit() or vanish(). Tests can make the next
+// from release() until the test ends it with exit() (with the time it ended, if given),
+// vanish() (its end and exit code unknown: `gone`) or never_ran() (it ended without running the
+// program, as when its starter dies while it is held: `never_ran`). Tests can make the next
 // spawns or releases fail, and see every request, signal and the peak of running agents.
 // Copies share one state, so a test keeps a copy of the spawner it gives the dispatcher.
 // A terminate or kill signal ends the process with 128+signal unless it was told to ignore
-// SIGTERM. Like a real child, an exited process reports its exit code to one poll() and is
-// gone after that. (The simulator in sim/ has its own, scheduled spawner.)
+// SIGTERM. Like a real child, an exited (or never_ran) process reports its end to one poll()
+// and is gone after that. (The simulator in sim/ has its own, scheduled spawner.)
 #pragma once
 
 #include <map>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -27,6 +30,7 @@ public:
         bool ran = false;               ///< released: the program "ran"
         process_state state = process_state::running;
         int exit_code = -1;
+        std::optional<timestamp> ended_at{};   ///< exited: when, if the test said
         bool ignore_term = false;
         bool reaped = false;            ///< its exit was reported by poll(): gone from now on
         std::vector<stop_signal> signals;
@@ -84,8 +88,9 @@ public:
         if (p == s_->self) return {s_->self_alive ? process_state::running : process_state::gone, -1};
         auto it = s_->procs.find(p.pid);
         if (it == s_->procs.end() || ref(p.pid) != p || it->second.reaped) return {process_state::gone, -1};
-        if (it->second.state == process_state::exited) it->second.reaped = true;   // reported once
-        return {it->second.state, it->second.exit_code};
+        auto& pr = it->second;
+        if (pr.state == process_state::exited || pr.state == process_state::never_ran) pr.reaped = true;   // reported once
+        return {pr.state, pr.exit_code, false, pr.state == process_state::exited ? pr.ended_at : std::nullopt};
     }
 
     void signal(const process_ref& p, stop_signal sig, std::error_code& ec) {
@@ -106,8 +111,23 @@ public:
     }
 
     // ---- test controls ------------------------------------------------------------------
-    void exit(int pid, int code) { set_state(pid, process_state::exited, code); }
+    /// Ends the process with `code`; poll() reports `ended_at` as the time it ended.
+    void exit(int pid, int code, std::optional<timestamp> ended_at = {}) {
+        set_state(pid, process_state::exited, code, ended_at);
+    }
+    /// Ends the process with its end and exit code unknown: poll() answers `gone`.
     void vanish(int pid) { set_state(pid, process_state::gone, -1); }
+    /// Ends the process, held or released, as one that never ran the program (its starter
+    /// died while it was held, or its supervisor died before the exec): poll() answers
+    /// `never_ran`, and it no longer counts as running.
+    void never_ran(int pid) {
+        std::lock_guard g(s_->m);
+        auto& pr = s_->procs.at(pid);
+        pr.held = false;
+        pr.ran = false;
+        pr.state = process_state::never_ran;
+        pr.exit_code = -1;
+    }
     void fail_next_spawns(int n) { std::lock_guard g(s_->m); s_->fail_spawns = n; }
     void fail_next_releases(int n) { std::lock_guard g(s_->m); s_->fail_releases = n; }
     void ignore_term(int pid) { std::lock_guard g(s_->m); s_->procs.at(pid).ignore_term = true; }
@@ -152,11 +172,12 @@ private:
         for (auto& [pid, pr] : s_->procs) n += pr.ran && pr.state == process_state::running;
         return n;
     }
-    void set_state(int pid, process_state st, int code) {
+    void set_state(int pid, process_state st, int code, std::optional<timestamp> ended_at = {}) {
         std::lock_guard g(s_->m);
         auto& pr = s_->procs.at(pid);
         pr.state = st;
         pr.exit_code = code;
+        pr.ended_at = ended_at;
     }
 
     std::shared_ptr<state> s_;

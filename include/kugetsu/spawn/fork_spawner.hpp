@@ -147,7 +147,8 @@ inline std::string resolve_program(const std::string& argv0, std::error_code& ec
 /// supervisor, the agent first writes step 0 (about to exec) once it has the go-ahead.
 struct child_failure {
     int step;   // 0 = about to exec, 1 = chdir, 2 = exec, 3 = no go-ahead (the caller or the
-                // supervisor died), 4 = abandoned (the caller said 'a')
+                // supervisor died), 4 = abandoned (the caller said 'a'), 5 = the exec record
+                // could not be written into the slot
     int error;
 };
 
@@ -574,6 +575,7 @@ public:
         wait_supervisor(p.pid);
         if (got != sizeof f) return fail(ec, errc::spawn_failed, "the agent died before exec");
         if (f.step == 3) return fail(ec, errc::spawn_failed, "the supervisor died before the agent could start");
+        if (f.step == 5) return fail(ec, detail::errno_code(f.error), "write the slot of the agent");
         fail(ec, detail::errno_code(f.error),
              f.step == 1 ? "chdir \"" + h.cwd + "\"" : "exec \"" + h.program + "\"");
     }
@@ -773,7 +775,8 @@ private:
     static process_status identity(const process_ref& p, bool block, std::error_code& ec) {
         if (block) await_end(p);
         const auto l = probe(p, ec);
-        if (l.what == liveness::unknown || l.what == liveness::alive) return {process_state::running, -1};   // doubt: never free a slot
+        // Alive, or doubt (/proc unreadable): never free a slot.
+        if (l.what == liveness::unknown || l.what == liveness::alive) return {process_state::running, -1};
         return {process_state::gone, -1};
     }
 
@@ -1040,8 +1043,8 @@ private:
         }
         if (agent == 0) {
             // The agent keeps the control socket (3, close-on-exec) while it is held: the
-            // caller's go-ahead byte comes to it directly (no relay through the supervisor),
-            // and end-of-file on it means the caller abandoned the agent or died.
+            // caller's word comes to it directly (no relay through the supervisor): 'g' lets it
+            // exec, 'a' abandons it, and end-of-file without a byte means the caller died.
             ::close(sync[0]);
             ::setpgid(0, 0);
             // Its dispositions are the supervisor's: SIG_DFL for every signal but the ignored
@@ -1071,11 +1074,14 @@ private:
             // "held" must never outlive a program that ran); then the supervisor is told that
             // the exec comes: end-of-file without that means the agent died while held.
             char rec[64];
-            const detail::child_failure go_ahead{0, 0};
             errno = 0;
-            if (!detail::put_record(slot, rec, detail::exec_record(rec, detail::realtime_us())) ||
-                !detail::write_full(sync[1], &go_ahead, sizeof go_ahead)) {
+            if (!detail::put_record(slot, rec, detail::exec_record(rec, detail::realtime_us()))) {
                 if (errno == 0) errno = EIO;
+                report(5);
+            }
+            const detail::child_failure go_ahead{0, 0};
+            if (!detail::write_full(sync[1], &go_ahead, sizeof go_ahead)) {
+                errno = ECONNABORTED;
                 report(3);
             }
             act.sa_handler = SIG_DFL;

@@ -22,6 +22,13 @@
 //                      uncommitted transaction are never part of the database).
 // An operation outside a unit runs in a unit of its own, committed durably.
 //
+// THE BELL. After every commit that wrote something (after its sync, for a durable one) the
+// store writes one byte to `<database>-bell`. A process that sleeps on inotify (a daemon, a
+// waiter, `events --follow`) watches that file, not the WAL: SQLite writes the WAL before the
+// commit is visible (visibility is a write to the -shm mapping, which inotify never sees), so
+// a waiter woken by the WAL could read too early and then sleep through the commit. The bell
+// rings only once the commit can be read. Its content means nothing.
+//
 // The database is in WAL mode (readers never wait for the writer), with a schema version
 // (PRAGMA user_version) and forward migrations run at open() in one transaction; a database
 // written by a newer kugetsu (a higher version) is refused with errc::unsupported_version,
@@ -88,6 +95,10 @@ struct sqlite_store_options {
     std::chrono::milliseconds busy_timeout{30000};
     bool quarantine = true;       ///< move rows that fail validation aside (else: store_corrupt)
     std::string vfs;              ///< SQLite VFS name ("": the default); tests inject faults with one
+    /// false: begin() and commit() do nothing and every statement commits on its own. Only
+    /// for the negative tests that show the cap needs the critical section (the `kugetsu`
+    /// command's KUGETSU_TEST_NO_LOCK): units are then neither atomic nor exclusive.
+    bool units = true;
 };
 
 class sqlite_store {
@@ -118,6 +129,8 @@ public:
             stmts_ = std::exchange(o.stmts_, {});
             unit_ = std::exchange(o.unit_, false);
             quarantined_ = std::move(o.quarantined_);
+            bell_ = std::move(o.bell_);
+            changes_at_begin_ = o.changes_at_begin_;
             unit_quarantined_ = std::move(o.unit_quarantined_);
             detail_ = std::move(o.detail_);
             busy_since_ = o.busy_since_;
@@ -150,9 +163,11 @@ public:
 
     void begin(std::error_code& ec) {
         if (!ready(ec)) return;
+        if (!opt_.units) return;
         if (unit_) return fail(ec, errc::invalid_transition, "begin: a unit is already open");
         if (!exec_stmt(stmt::begin, "begin", ec)) return;
         unit_ = true;
+        changes_at_begin_ = sqlite3_total_changes64(db_);
     }
 
     void commit(durability d, std::error_code& ec) {
@@ -166,6 +181,7 @@ public:
         for (auto& q : unit_quarantined_) quarantined_.push_back(std::move(q));
         unit_quarantined_.clear();
         if (d == durability::durable) sync_wal(ec);
+        if (sqlite3_total_changes64(db_) != changes_at_begin_) ring();
     }
 
     void rollback() noexcept {
@@ -183,6 +199,7 @@ public:
         sqlite3_reset(s);
     }
 
+    /// True between begin() and the end of the unit (and, with options::units off, never).
     bool in_unit() const noexcept { return unit_; }
 
     // ---- tasks ----------------------------------------------------------------------------
@@ -200,7 +217,7 @@ public:
             const int rc = step_done(s);
             if (rc == SQLITE_CONSTRAINT_PRIMARYKEY || rc == SQLITE_CONSTRAINT_UNIQUE) {
                 ec = errc::duplicate_task;
-                detail_ = path_ + ": task \"" + it.id + "\" exists";
+                detail_ = path_ + ": a task \"" + it.id + "\" already exists";
                 return;
             }
             if (rc != SQLITE_DONE) fail_rc(ec, rc, "insert task \"" + it.id + "\"");
@@ -601,45 +618,37 @@ private:
         sqlite3_busy_handler(db_, &sqlite_store::on_busy, this);
         sqlite3_db_config(db_, SQLITE_DBCONFIG_DEFENSIVE, 1, nullptr);
         sqlite3_db_config(db_, SQLITE_DBCONFIG_TRUSTED_SCHEMA, 0, nullptr);
+        // Identify the file before changing anything in it (WAL mode rewrites the header of
+        // another program's database). A read: it waits for no unit.
+        std::int64_t version = 0;
+        if (!identify(version, ec)) return;
         if (!exec("PRAGMA journal_mode=WAL", "journal_mode", ec, "wal")) return;
         if (!exec("PRAGMA synchronous=NORMAL", "synchronous", ec)) return;
         if (!exec("PRAGMA foreign_keys=OFF", "foreign_keys", ec)) return;
+        {
+            const std::string bell = path_ + "-bell";
+            int fd;
+            while ((fd = ::open(bell.c_str(), O_RDWR | O_CREAT | O_NOFOLLOW | O_CLOEXEC | O_NONBLOCK, 0600)) < 0 && errno == EINTR) {}
+            if (fd < 0) return fail(ec, detail::last_error(), "open " + bell);
+            bell_ = detail::unique_fd(fd);
+            struct stat st{};
+            if (::fstat(fd, &st) != 0 || !S_ISREG(st.st_mode) || !detail::is_private(st))
+                return fail(ec, errc::unsafe_state, bell + ": not a private regular file");
+        }
         for (const char* suffix : {"-wal", "-shm"}) {
             const std::string f = path_ + suffix;
             struct stat st{};
             if (::lstat(f.c_str(), &st) == 0 && (!S_ISREG(st.st_mode) || !detail::is_private(st)))
                 return fail(ec, errc::unsafe_state, f + ": not a private regular file");
         }
-        migrate(ec);
+        if (version != schema_version) migrate(ec);   // up to date: no write lock, so opening never waits
     }
 
     void migrate(std::error_code& ec) {
         if (!exec("BEGIN IMMEDIATE", "begin (migrate)", ec)) return;
         detail::scope_exit undo([&] { sqlite3_exec(db_, "ROLLBACK", nullptr, nullptr, nullptr); });
-        const std::int64_t version = pragma_int("user_version", ec);
-        if (ec) return;
-        const std::int64_t app = pragma_int("application_id", ec);
-        if (ec) return;
-        if (version > schema_version) {
-            ec = errc::unsupported_version;
-            detail_ = path_ + ": schema version " + std::to_string(version) + " was written by a newer kugetsu (this one knows " +
-                      std::to_string(schema_version) + ")";
-            return;
-        }
-        if (version == 0) {
-            const std::int64_t tables = count_rows("SELECT count(*) FROM sqlite_schema", ec);
-            if (ec) return;
-            if (tables != 0 || (app != 0 && app != application_id)) {
-                ec = errc::store_corrupt;
-                detail_ = path_ + ": not a kugetsu state database (it has other tables or application id " +
-                          std::to_string(app) + ")";
-                return;
-            }
-        } else if (app != application_id) {
-            ec = errc::store_corrupt;
-            detail_ = path_ + ": not a kugetsu state database (application id " + std::to_string(app) + ")";
-            return;
-        }
+        std::int64_t version = 0;   // again, in the transaction: another process may have migrated
+        if (!identify(version, ec)) return;
         // Forward migrations, each from version i to i + 1.
         static constexpr const char* steps[] = {
             // 0 -> 1
@@ -672,6 +681,35 @@ private:
         if (!exec("COMMIT", "commit (migrate)", ec)) return;
         undo.release();
         if (version != schema_version) sync_wal(ec);
+    }
+
+    /// Reads the schema version; false (ec set) if the database is not kugetsu's or is newer.
+    bool identify(std::int64_t& version, std::error_code& ec) {
+        version = pragma_int("user_version", ec);
+        if (ec) return false;
+        const std::int64_t app = pragma_int("application_id", ec);
+        if (ec) return false;
+        if (version > schema_version) {
+            ec = errc::unsupported_version;
+            detail_ = path_ + ": schema version " + std::to_string(version) + " was written by a newer kugetsu (this one knows " +
+                      std::to_string(schema_version) + ")";
+            return false;
+        }
+        if (version == 0) {
+            const std::int64_t tables = count_rows("SELECT count(*) FROM sqlite_schema", ec);
+            if (ec) return false;
+            if (tables != 0 || (app != 0 && app != application_id)) {
+                ec = errc::store_corrupt;
+                detail_ = path_ + ": not a kugetsu state database (it has other tables or application id " +
+                          std::to_string(app) + ")";
+                return false;
+            }
+        } else if (app != application_id) {
+            ec = errc::store_corrupt;
+            detail_ = path_ + ": not a kugetsu state database (application id " + std::to_string(app) + ")";
+            return false;
+        }
+        return true;
     }
 
     std::int64_t pragma_int(const char* name, std::error_code& ec) {
@@ -895,6 +933,13 @@ private:
         }
     }
 
+    /// One byte into the bell: an inotify IN_MODIFY once the commit is visible.
+    void ring() noexcept {
+        if (!bell_) return;
+        const char b = 'c';
+        while (::pwrite(bell_.get(), &b, 1, 0) < 0 && errno == EINTR) {}
+    }
+
     static int on_busy(void* self, int count) noexcept {
         auto* s = static_cast<sqlite_store*>(self);
         const auto now = std::chrono::steady_clock::now();
@@ -972,6 +1017,8 @@ private:
     std::vector<quarantined_record> unit_quarantined_;
     std::string detail_;
     std::optional<std::chrono::steady_clock::time_point> busy_since_;
+    detail::unique_fd bell_;
+    sqlite3_int64 changes_at_begin_ = 0;
 };
 
 static_assert(kugetsu::store<sqlite_store>);

@@ -1,6 +1,8 @@
 // kugetsu/sim/explore.hpp: exploring schedules: random (seeded), PCT (priority-based, with a
-// bug-depth parameter), exhaustive (breadth-first over choice prefixes, every reachable state
-// once, by state hashing), replay, and shrinking a counterexample to a short schedule.
+// bug-depth parameter), exhaustive (depth-first over choice prefixes, every reachable state
+// once, by state hashing), commit kills (the committing actor killed just before and just
+// after each commit of a schedule), replay, and shrinking a counterexample to a short
+// schedule.
 //
 // A schedule is the list of actor ids chosen at each step, a kill recorded as -(id + 1).
 // Replaying (seed, schedule) reproduces a run exactly, trace byte for byte.
@@ -103,6 +105,38 @@ private:
     bool stop_mode_ = false;
 };
 
+/// Random schedules (seeded) in which the actor that makes the `target`-th commit of the run
+/// (counting steps whose op is "store.commit", from 1) is SIGKILLed just before it (at that
+/// step: the commit never happens) or, with `after`, at its own next step (the commit
+/// happened; what follows it, such as releasing the held agents, does not). target 0: no
+/// kill; commits() then says how many commits the schedule made.
+class commit_kill_chooser : public chooser {
+public:
+    commit_kill_chooser(std::uint64_t seed, std::uint64_t target, bool after) : rng_(seed), target_(target), after_(after) {}
+    int choose(const std::vector<int>& ready, std::uint64_t) override {
+        const int who = ready[static_cast<std::size_t>(rng_.below(ready.size()))];
+        kill_ = false;
+        if (who == victim_) {   // its first step after its commit
+            kill_ = true;
+            victim_ = -1;
+        } else if (running && running->get(who).next_op == "store.commit" && ++commits_ == target_) {
+            if (after_) victim_ = who;
+            else kill_ = true;
+        }
+        return who;
+    }
+    bool kill_here(int) override { return kill_; }
+    std::uint64_t commits() const noexcept { return commits_; }
+
+private:
+    rng rng_;
+    std::uint64_t target_;
+    bool after_;
+    std::uint64_t commits_ = 0;
+    int victim_ = -1;
+    bool kill_ = false;
+};
+
 struct counterexample {
     std::uint64_t seed = 0;
     std::vector<int> schedule;           ///< up to and including the violating step
@@ -119,6 +153,7 @@ struct exploration {
     int peak_live = 0;
     std::uint64_t lost_tasks = 0;
     std::uint64_t duplicate_starts = 0;
+    std::uint64_t kills = 0;             ///< SIGKILLs of kugetsu processes, summed over the schedules
     std::map<std::string, std::uint64_t> by_kind;
     std::optional<counterexample> shortest;
     std::map<std::string, counterexample> shortest_by_kind;
@@ -146,6 +181,7 @@ inline void account(exploration& ex, const run_result& r, std::uint64_t seed, bo
     ex.peak_live = std::max(ex.peak_live, r.peak_live);
     ex.lost_tasks += static_cast<std::uint64_t>(r.lost);
     ex.duplicate_starts += static_cast<std::uint64_t>(r.duplicates);
+    ex.kills += static_cast<std::uint64_t>(r.kills);
     if (r.violations.empty()) return;
     ++ex.violating;
     for (auto& v : r.violations) {
@@ -237,6 +273,33 @@ inline exploration explore_random(const scenario& sc, std::uint64_t seed, std::u
             detail::account(ex, r, seed);
         }
         if (ex.shortest) ex.shortest = shrink(sc, *ex.shortest);
+    });
+    return ex;
+}
+
+/// For each of `bases` random schedules (seeded from `seed`), and each commit that schedule
+/// makes: one run that kills the committing actor just before the commit, and one that kills
+/// it at its next step after the commit (commit_kill_chooser). Both runs follow the base
+/// schedule up to the kill. Every run is checked against every invariant.
+inline exploration explore_commit_kills(const scenario& sc, std::uint64_t seed, std::uint64_t bases) {
+    exploration ex;
+    ex.mode = "commit-kills";
+    run_options opt;
+    opt.keep_trace = false;
+    scenario s = sc;
+    s.faults.max_kills = std::max(s.faults.max_kills, 1);
+    ex.seconds = detail::timed([&] {
+        for (std::uint64_t b = 0; b < bases; ++b) {
+            const std::uint64_t cs = mix(seed, b + 1);
+            commit_kill_chooser count(cs, 0, false);
+            detail::account(ex, run(s, seed, count, opt), seed);
+            for (std::uint64_t n = 1; n <= count.commits(); ++n)
+                for (bool after : {false, true}) {
+                    commit_kill_chooser ch(cs, n, after);
+                    detail::account(ex, run(s, seed, ch, opt), seed);
+                }
+        }
+        if (ex.shortest) ex.shortest = shrink(s, *ex.shortest);
     });
     return ex;
 }

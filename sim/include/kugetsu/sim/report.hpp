@@ -131,8 +131,8 @@ inline nlohmann::json counterexample_json(const counterexample& c) {
 /// The summary of an exploration: "design", "scenario", "cap", "tasks", "starters", "pm",
 /// "enqueue_first", "faults", "timeout_seconds", "seed", "explore" (the mode), "peak_live",
 /// "violations" (schedules that broke an invariant), "violations_by_kind", "schedules_explored",
-/// "states_explored", "complete", "lost_tasks", "duplicate_starts" (both summed over the
-/// schedules), "seconds", "counterexample" (the shortest, or null) and "shortest_by_kind".
+/// "states_explored", "complete", "lost_tasks", "duplicate_starts", "kills" (all three summed
+/// over the schedules), "seconds", "counterexample" (the shortest, or null) and "shortest_by_kind".
 inline nlohmann::json summary_json(const scenario& sc, const exploration& ex, std::uint64_t seed) {
     nlohmann::json by_kind = nlohmann::json::object();
     for (const auto& [k, n] : ex.by_kind) by_kind[k] = n;
@@ -162,6 +162,7 @@ inline nlohmann::json summary_json(const scenario& sc, const exploration& ex, st
             {"complete", ex.complete},
             {"lost_tasks", ex.lost_tasks},
             {"duplicate_starts", ex.duplicate_starts},
+            {"kills", ex.kills},
             {"seconds", ex.seconds},
             {"counterexample", ex.shortest ? counterexample_json(*ex.shortest) : nlohmann::json(nullptr)},
             {"shortest_by_kind", std::move(shortest_by_kind)}};

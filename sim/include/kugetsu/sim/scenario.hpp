@@ -16,10 +16,13 @@
 //
 // Invariants (a violation records its kind and the step):
 //   cap              live dev agents never exceed the cap, at any step
+//   unrecorded       every running agent has a committed session naming it, at any step
 //   duplicate_start  no task's program runs twice
 //   lost_task        at the end every task is completed, error or cancelled
 //   attempts         attempts never exceed max_attempts
-//   events           each task's events form a valid sequence, its end event last
+//   events           fixed design: after dropping copies (the same seq), each task has exactly
+//                    the events its history implies, and the events file holds every event
+//                    the store committed; legacy: each task's events form a valid sequence
 //   idle_slot        when the daemon goes to sleep, no slot is free while tasks are pending
 #pragma once
 
@@ -51,10 +54,23 @@ struct scenario {
     fault_plan faults;
     int max_daemon_restarts = 3;
     bool enqueue_first = true;         ///< queue the tasks before the others start
+    /// Events: true, the notifier is a durable one relayed the store's outbox (the design);
+    /// false, the old at-most-once delivery, whose events die with a killed process (a
+    /// deliberately wrong variant, for the negative tests: design "fixed+at-most-once-events").
+    bool outbox = true;
+    /// A deliberately wrong variant (negative tests: design "fixed+release-before-commit"): the
+    /// commit of the unit that wrote the sessions takes effect only after the held agents
+    /// were released.
+    bool release_before_commit = false;
 
     bool all_fixed() const noexcept { return fixed[0] && fixed[1] && fixed[2] && fixed[3]; }
     std::string design() const {
-        if (all_fixed()) return "fixed";
+        if (all_fixed()) {
+            std::string s = "fixed";
+            if (release_before_commit) s += "+release-before-commit";
+            if (!outbox) s += "+at-most-once-events";
+            return s;
+        }
         std::string s = "legacy";
         for (int i = 0; i < 4; ++i)
             if (fixed[static_cast<std::size_t>(i)]) s += "+fix" + std::to_string(i + 1);
@@ -79,6 +95,7 @@ struct run_result {
     int lost = 0;
     int duplicates = 0;
     int kills = 0;
+    int late_events = 0;                 ///< events only the final relay (after the run) brought
     bool aborted = false;
     std::vector<trace_entry> trace;
     std::vector<proc> agents;
@@ -95,13 +112,14 @@ struct shared {
     shared(world& w_, const scenario& sc_) : w(w_), sc(sc_) {}
     world& w;
     const scenario& sc;
-    memory_store store;
-    std::shared_ptr<std::map<std::string, std::uint64_t>> hashes = std::make_shared<std::map<std::string, std::uint64_t>>();
+    memory_store store;   // read directly (no unit): the committed state
+    std::shared_ptr<store_shared> hashes = std::make_shared<store_shared>();
     std::shared_ptr<event_log> log = std::make_shared<event_log>();
+    std::set<std::string> queued;   // the ids given to enqueue()
     std::string pm_task = "pm-1";
     int daemon_restarts = 0;
     int peak = 0;
-    bool cap_reported = false, dup_reported = false;
+    bool cap_reported = false, dup_reported = false, unrecorded_reported = false;
 
     sim_store make_store() { return sim_store(w, store, hashes); }
     sim_spawner make_spawner() { return sim_spawner(w, pm_task); }
@@ -357,6 +375,7 @@ inline void daemon_body(shared& s) {
         if (fixed) {
             std::error_code ec;
             fixed->process_queue(ec);
+            w.die_if_killed();   // killed during its relay (which cannot throw)
         } else {
             legacy->daemon_pass();
         }
@@ -379,7 +398,8 @@ inline void daemon_body(shared& s) {
     }
 }
 
-/// The per-step invariants: the cap, and no task's program running twice.
+/// The per-step invariants: the cap, no agent running unrecorded, no task's program running
+/// twice.
 inline void check_step(shared& s) {
     const int live = s.w.live_dev();
     s.peak = std::max(s.peak, live);
@@ -391,10 +411,33 @@ inline void check_step(shared& s) {
         s.dup_reported = true;
         s.w.add_violation("duplicate_start", "task " + s.w.ran_twice() + " ran twice");
     }
+    // Every running agent is counted: a committed session names it (its task and process).
+    if (!s.unrecorded_reported) {
+        std::vector<session> committed;
+        bool listed = false;
+        for (auto& [k, p] : s.w.procs()) {
+            if (p.status != proc_status::running) continue;
+            if (!listed) {
+                std::error_code ec;
+                committed = s.store.list_sessions(ec);   // no unit: the committed sessions only
+                listed = true;
+            }
+            const bool named = std::any_of(committed.begin(), committed.end(), [&](const session& se) {
+                return se.task_id == p.task_id && se.process == p.ref;
+            });
+            if (!named) {
+                s.unrecorded_reported = true;
+                s.w.add_violation("unrecorded", std::string(to_string(p.role)) + " agent of task " + p.task_id + " (pid " +
+                                                    std::to_string(p.ref.pid) + ") runs with no committed session naming it");
+                break;
+            }
+        }
+    }
 }
 
-/// Each task's events: queued? dequeued* [started] end?, nothing after the end, at most one
-/// start and one end. Without kills, every finished task has its end event.
+/// The legacy design's events (at most once, with no sequence numbers): queued? dequeued*
+/// [started] end?, nothing after the end, at most one start and one end. Without kills,
+/// every finished task has its end event.
 inline std::string check_events(const std::vector<event>& events, const queue_item& it, bool kills) {
     int stage = 0;   // 0 before start, 1 started, 2 ended
     int starts = 0;
@@ -424,6 +467,82 @@ inline std::string check_events(const std::vector<event>& events, const queue_it
     return {};
 }
 
+/// The events a task's history implies, in the fixed design, with or without kills.
+/// `held`: the task's events as the notifier holds them (copies of one seq dropped here);
+/// `queued`: the task was created by enqueue(), else by start(); `ran`: how many of its
+/// agents ran their program (the process table). Exactly: task_queued once, first (queued
+/// tasks only); one task_dequeued per attempt the queue took, numbered 1..attempts for a
+/// queued task, k..attempts for a started one (start() made the attempts before k); one
+/// task_started per agent that ran; one end event, last, for a final task, none otherwise.
+/// An attempt that never ran has its task_dequeued (if the queue took it) and no
+/// task_started.
+inline std::string check_events_exact(const std::vector<event>& held, const queue_item& it, bool queued, int ran) {
+    std::vector<event> evs;
+    std::set<std::uint64_t> seen;
+    for (const auto& e : held)
+        if (e.seq == 0 || seen.insert(e.seq).second) evs.push_back(e);
+    std::string got;
+    for (const auto& e : evs) {
+        got += (got.empty() ? "" : ", ") + std::string(to_string(e.type));
+        if (e.attempt) got += "#" + std::to_string(*e.attempt);
+        if (!e.reason.empty()) got += " (" + e.reason + ")";
+    }
+    const std::string history = std::string(queued ? "queued" : "started") + ", " + std::string(to_string(it.state)) +
+                                " after " + std::to_string(it.attempts) + " attempts, ran " + std::to_string(ran) +
+                                " times; events: " + (got.empty() ? "none" : got);
+    int q = 0, starts = 0, ends = 0;
+    std::vector<int> dequeued;
+    for (std::size_t i = 0; i < evs.size(); ++i) {
+        const auto& e = evs[i];
+        switch (e.type) {
+        case event_type::task_queued:
+            ++q;
+            if (i != 0) return "task_queued is not its first event (" + history + ")";
+            break;
+        case event_type::task_dequeued: dequeued.push_back(e.attempt.value_or(0)); break;
+        case event_type::task_started: ++starts; break;
+        case event_type::task_completed:
+        case event_type::task_error:
+            ++ends;
+            if (i + 1 != evs.size()) return "an event after its end event (" + history + ")";
+            break;
+        }
+    }
+    if (q != (queued ? 1 : 0))
+        return "expected " + std::to_string(queued ? 1 : 0) + " task_queued, got " + std::to_string(q) + " (" + history + ")";
+    // One task_dequeued per attempt the queue took: a queued task's every attempt, a started
+    // task's attempts after those its start() made.
+    const int first = queued ? 1 : (dequeued.empty() ? it.attempts + 1 : dequeued.front());
+    bool exact = first >= (queued ? 1 : 2) && static_cast<int>(dequeued.size()) == it.attempts - first + 1;
+    for (std::size_t k = 0; exact && k < dequeued.size(); ++k) exact = dequeued[k] == first + static_cast<int>(k);
+    if (!exact)
+        return "expected one task_dequeued per attempt the queue took (attempts " + std::to_string(queued ? 1 : 2) + ".." +
+               std::to_string(it.attempts) + (queued ? "" : ", or none") + "), got " + std::to_string(dequeued.size()) +
+               " (" + history + ")";
+    if (starts != ran)
+        return "expected one task_started per agent that ran (" + std::to_string(ran) + "), got " + std::to_string(starts) +
+               " (" + history + ")";
+    if (ends != (is_final(it.state) ? 1 : 0))
+        return std::string(is_final(it.state) ? "expected one end event" : "expected no end event for a task not final") +
+               ", got " + std::to_string(ends) + " (" + history + ")";
+    return {};
+}
+
+/// A later process's relay (the next `kugetsu` command to run): after the run, the events
+/// the store committed that the notifier does not hold yet. Returns how many it brought.
+inline int final_relay(world& w, event_log& log, memory_store& store) {
+    int n = 0;
+    std::error_code ec;
+    for (;;) {
+        auto batch = store.events_after(log.last_seq, 512, ec);
+        if (ec || batch.empty()) return n;
+        for (const auto& e : batch) {
+            sim_notifier::keep(w, log, e);
+            ++n;
+        }
+    }
+}
+
 } // namespace detail
 
 struct run_options {
@@ -440,6 +559,8 @@ inline run_result run(const scenario& sc, std::uint64_t seed, chooser& ch, const
     w.set_atomic(opt.atomic_critical_sections);
     detail::shared s(w, sc);
     s.pm_task = "pm-1";
+    s.log->outbox = sc.outbox;
+    s.hashes->release_before_commit = sc.release_before_commit;
     run_result r;
     r.design = sc.design();
     r.cap = sc.cap;
@@ -455,6 +576,7 @@ inline run_result run(const scenario& sc, std::uint64_t seed, chooser& ch, const
                     auto d = detail::make_fixed(s);
                     std::error_code ec;
                     d.start(s.pm_spec(), ec);
+                    s.w.die_if_killed();
                 } else {
                     detail::legacy_kugetsu(s).start_new(s.pm_spec());
                 }
@@ -467,6 +589,7 @@ inline run_result run(const scenario& sc, std::uint64_t seed, chooser& ch, const
                     auto d = detail::make_fixed(s);
                     std::error_code ec;
                     d.start(spec, ec);
+                    s.w.die_if_killed();
                 } else {
                     detail::legacy_kugetsu(s).start_new(spec);
                 }
@@ -477,10 +600,12 @@ inline run_result run(const scenario& sc, std::uint64_t seed, chooser& ch, const
     w.add_actor("enqueuer", [&s, fixed, start_others] {
         for (int i = 1; i <= s.sc.tasks; ++i) {
             const auto spec = s.task("t" + std::to_string(i));
+            s.queued.insert(spec.id);
             if (fixed) {
                 auto d = detail::make_fixed(s);
                 std::error_code ec;
                 d.enqueue(spec, ec);
+                s.w.die_if_killed();   // killed during its relay (which cannot throw)
             } else {
                 detail::legacy_kugetsu(s).enqueue(spec);
             }
@@ -508,13 +633,23 @@ inline run_result run(const scenario& sc, std::uint64_t seed, chooser& ch, const
     r.violations = w.violations();
     std::error_code ec;
     r.items = s.store.list_items(ec);
-    r.events = s.log->events;
     if (!r.aborted) {
+        // The next process to relay (any kugetsu command) brings what no process relayed.
+        if (fixed && sc.outbox) r.late_events = detail::final_relay(w, *s.log, s.store);
         std::map<std::string, int> ran;
         for (auto& [k, p] : w.procs())
             if (p.ran) ++ran[p.task_id];
         for (auto& [t, n] : ran) r.duplicates += n > 1;
+        static const std::vector<event> none;
         for (auto& it : r.items) {
+            const auto held = s.log->by_task.find(it.id);
+            const auto& evs = held == s.log->by_task.end() ? none : held->second;
+            if (fixed) {   // every task, the PM's too: exactly what its history implies
+                const auto n = ran.find(it.id);
+                if (auto why = detail::check_events_exact(evs, it, s.queued.count(it.id) > 0, n == ran.end() ? 0 : n->second);
+                    !why.empty())
+                    w.add_violation("events", "task " + it.id + ": " + why);
+            }
             if (it.role != role::dev) continue;
             if (!is_final(it.state)) {
                 ++r.lost;
@@ -522,11 +657,28 @@ inline run_result run(const scenario& sc, std::uint64_t seed, chooser& ch, const
             }
             if (it.attempts > it.max_attempts)
                 w.add_violation("attempts", "task " + it.id + " made " + std::to_string(it.attempts) + " attempts");
-            if (auto why = detail::check_events(r.events, it, w.kills() > 0); !why.empty())
-                w.add_violation("events", "task " + it.id + ": " + why);
+            if (!fixed)
+                if (auto why = detail::check_events(evs, it, w.kills() > 0); !why.empty())
+                    w.add_violation("events", "task " + it.id + ": " + why);
+        }
+        if (fixed && sc.outbox) {
+            // Nothing committed is lost: the events file holds the whole outbox. And without
+            // kills, the processes relayed it all themselves.
+            std::set<std::uint64_t> held;
+            for (const auto& e : s.log->events) held.insert(e.seq);
+            for (const auto& e : s.store.events_after(0, static_cast<std::size_t>(-1), ec))
+                if (!held.count(e.seq)) {
+                    w.add_violation("events", "event #" + std::to_string(e.seq) + " (" + std::string(to_string(e.type)) +
+                                                  " " + e.task_id + ") was committed and never delivered");
+                    break;
+                }
+            if (w.kills() == 0 && r.late_events > 0)
+                w.add_violation("events", std::to_string(r.late_events) +
+                                              " committed events were relayed by no process of the run (without kills)");
         }
         r.violations = w.violations();
     }
+    r.events = s.log->events;
     for (auto& [k, p] : w.procs())
         if (p.ran) r.agents.push_back(p);
     r.end = w.now();

@@ -4,21 +4,28 @@
 //
 // An actor runs real code (for kugetsu, the real basic_dispatcher template) with policies
 // bound to the world (sim/policies.hpp). Every policy call that touches shared state (lock,
-// store read or write, spawn, poll, signal) is a choice point: the actor stops there, and
-// the chooser picks which ready actor runs next. Between two choice points an actor runs
-// alone, so a schedule (the sequence of choices) determines the run completely: the same
-// schedule gives a byte-identical trace.
+// begin and commit of a unit of work, store read or write, spawn, poll, signal, an append to
+// the events file) is a choice point: the actor stops there, and the chooser picks which
+// ready actor runs next. Between two choice points an actor runs alone, so a schedule (the
+// sequence of choices) determines the run completely: the same schedule gives a
+// byte-identical trace.
+//
+// Three locks, each released by the world when its holder dies (as the kernel releases an
+// flock or SQLite's POSIX locks): the cap lock (flock on HOME/lock), the store's write lock
+// (SQLite's BEGIN IMMEDIATE: one unit of work open at a time) and the events file's lock.
 //
 // Agents are not coroutines: they are entries in the process table with an end time (drawn
 // from the seed, the task and the attempt, so it does not depend on the schedule). Virtual
 // time moves only when no actor is ready: to the next agent end or actor wake-up.
 //
-// Faults: SIGKILL of an actor at a step (it unwinds from its choice point; the lock it held
-// is released, as the kernel releases an flock; its held children exit without running;
-// events it had not sent are lost), exec failures, agent crashes and hangs, and PID reuse.
+// Faults: SIGKILL of an actor at a step (it unwinds from its choice point; the locks it held
+// are released; its open unit of work is rolled back, so its staged writes are lost; its held
+// children exit without running; what it had not yet relayed stays in the store's outbox),
+// exec failures, agent crashes and hangs, and PID reuse.
 #pragma once
 
 #include <algorithm>
+#include <array>
 #include <cstdint>
 #include <functional>
 #include <map>
@@ -89,12 +96,25 @@ private:
 enum class actor_status { ready, blocked, done };
 enum class wait_kind { none, lock, event };
 
+/// The world's locks. Each blocks while another actor holds it and is released when its
+/// holder dies.
+enum class lock_kind : int {
+    cap,      ///< the critical section's lock (flock on HOME/lock)
+    db,       ///< the store's write lock: one unit of work at a time (SQLite's BEGIN IMMEDIATE)
+    events,   ///< the events file's lock (jsonl_notifier's flock during a relay)
+};
+inline constexpr std::size_t lock_kinds = 3;
+constexpr std::string_view to_string(lock_kind k) noexcept {
+    return k == lock_kind::cap ? "lock" : k == lock_kind::db ? "db" : "events";
+}
+
 struct actor {
     int id = 0;
     std::string name;
     std::function<void()> body;
     actor_status status = actor_status::ready;
     wait_kind waiting = wait_kind::none;
+    int lock_wanted = -1;          ///< waiting for a lock: which (lock_kind)
     std::optional<timestamp> wake_at;
     bool started = false;
     bool kill_requested = false;
@@ -114,6 +134,7 @@ enum class proc_status { held, running, exited, reaped, abandoned };
 /// A simulated agent process.
 struct proc {
     process_ref ref;
+    bool exec_failed = false;        ///< released, and its exec failed: it never ran
     std::string task_id;
     kugetsu::role role = role::dev;
     int parent = -1;                 ///< the actor that spawned it (gets its exit code)
@@ -136,7 +157,7 @@ struct trace_entry {
 };
 
 struct violation {
-    std::string kind;      ///< cap, duplicate_start, lost_task, attempts, events, idle_slot
+    std::string kind;      ///< cap, unrecorded, duplicate_start, lost_task, attempts, events, idle_slot
     std::string detail;
     std::uint64_t step = 0;
 };
@@ -152,9 +173,13 @@ struct fault_plan {
     bool any() const noexcept { return exec_failure > 0 || agent_crash > 0 || agent_hang > 0 || kill > 0 || pid_reuse; }
 };
 
+class world;
+
 /// Picks the next actor at a choice point.
 class chooser {
 public:
+    /// The world being run (set by world::run): a chooser may look at the actors' next_op.
+    const world* running = nullptr;
     virtual ~chooser() = default;
     /// ready: the ids of the ready actors, ascending, never empty. Returns one of them.
     virtual int choose(const std::vector<int>& ready, std::uint64_t state_hash) = 0;
@@ -206,6 +231,7 @@ public:
     /// Runs until no actor is ready and no timed event is left, or a limit is hit.
     void run(chooser& ch, std::uint64_t max_steps = 200000) {
         chooser_ = &ch;
+        ch.running = this;
         while (!stop_) {
             std::vector<int> ready;
             for (auto& a : actors_)
@@ -253,17 +279,42 @@ public:
     std::size_t actor_count() const noexcept { return actors_.size(); }
 
     /// A choice point: the current actor will do `op` when it is chosen next. With atomic
-    /// critical sections, the lock holder's steps are not choice points (see set_atomic).
+    /// critical sections, the steps of an actor that holds a lock are not choice points (see
+    /// set_atomic). If the actor is killed there (or the run is cut short), it unwinds from
+    /// here (killed_signal, run_aborted).
     void choice(std::string op) {
-        me().next_op = std::move(op);
-        if (atomic_cs_ && lock_holder_ == current_) return;
-        switch_out();
+        if (choice_nothrow(std::move(op))) die();
     }
 
+    /// The same choice point for code that must not throw (it runs inside a noexcept function
+    /// or a catch-all, such as a notifier's relay): returns true if the actor dies here. It
+    /// must then stop at once and touch nothing shared; it unwinds at its next choice point
+    /// or die_if_killed().
+    [[nodiscard]] bool choice_nothrow(std::string op) {
+        me().next_op = std::move(op);
+        if (atomic_cs_ && holds_any(current_)) return false;
+        return switch_out_nothrow();
+    }
+
+    /// Unwinds the current actor now if it was killed at a choice_nothrow() (or the run is
+    /// being cut short). Scenarios call it after each operation of a dispatcher.
+    void die_if_killed() {
+        if (dying()) die();
+    }
+    /// Whether the current actor is dead, or being unwound.
+    bool dying() const { return unwinding_ || (current_ >= 0 && get(current_).killed); }
+    /// Whether the world is unwinding the actors at the end of a run (no trace then).
+    bool unwinding() const noexcept { return unwinding_; }
+
     /// Partial-order reduction for exhaustive search: run each critical section without
-    /// interruption. Sound when every shared step except creating a record happens under the
-    /// lock (the fixed design), because a record creation commutes with the holder's steps
-    /// that cannot observe it; not used with kills (a kill inside a critical section matters).
+    /// interruption: an actor that holds a lock (the cap lock, the store's write lock or the
+    /// events file's) takes its steps without choice points until it holds none. Sound when
+    /// every shared step except a unit of work that creates a record happens under the cap
+    /// lock (the fixed design): a unit's writes are invisible until its commit and its reads
+    /// see a committed state that no other actor can change while it is open, so a unit
+    /// commutes with every step that cannot observe its commit; a relay only appends, in
+    /// order, what committed units wrote. Not used with kills (a kill inside a critical
+    /// section matters).
     void set_atomic(bool on) noexcept { atomic_cs_ = on; }
 
     /// Forgets what the current actor observed: for an actor at a point of its program where
@@ -284,28 +335,46 @@ public:
         trace_.push_back({step_, now_, who >= 0 ? get(who).name : std::string("world"), std::move(op), std::move(detail)});
     }
 
-    // lock
-    void lock_acquire() {
-        choice("lock");
-        while (lock_holder_ != -1 && lock_holder_ != current_) {
+    // locks
+    /// Takes lock `k`, after a choice point named `op`; blocks while another actor holds it.
+    void acquire(lock_kind k, std::string op) {
+        if (!acquire_nothrow(k, std::move(op))) die();
+    }
+    /// The same for code that must not throw: false if the actor dies first (it holds
+    /// nothing new then).
+    [[nodiscard]] bool acquire_nothrow(lock_kind k, std::string op) {
+        if (choice_nothrow(std::move(op))) return false;
+        int& h = holders_[static_cast<std::size_t>(k)];
+        while (h != -1 && h != current_) {
             me().status = actor_status::blocked;
             me().waiting = wait_kind::lock;
-            switch_out();
+            me().lock_wanted = static_cast<int>(k);
+            if (switch_out_nothrow()) return false;
         }
-        lock_holder_ = current_;
+        h = current_;
+        return true;
+    }
+    /// Releases lock `k` if the current actor holds it. Not a choice point.
+    void release(lock_kind k) noexcept {
+        if (holders_[static_cast<std::size_t>(k)] != current_ || current_ < 0) return;
+        free_lock(k);
+    }
+    int holder(lock_kind k) const noexcept { return holders_[static_cast<std::size_t>(k)]; }
+    bool holds_any(int id) const noexcept {
+        return id >= 0 && std::find(holders_.begin(), holders_.end(), id) != holders_.end();
+    }
+
+    // the cap lock
+    void lock_acquire() {
+        acquire(lock_kind::cap, "lock");
         trace(current_, "lock");
     }
     void lock_release() noexcept {
-        if (lock_holder_ != current_) return;
-        lock_holder_ = -1;
-        for (auto& a : actors_)
-            if (a->waiting == wait_kind::lock && a->status == actor_status::blocked) {
-                a->status = actor_status::ready;
-                a->waiting = wait_kind::none;
-            }
+        if (holder(lock_kind::cap) != current_) return;
+        release(lock_kind::cap);
         if (!unwinding_) trace(current_, "unlock");
     }
-    int lock_holder() const noexcept { return lock_holder_; }
+    int lock_holder() const noexcept { return holder(lock_kind::cap); }
 
     /// Events are level-triggered, like an eventfd or inotify: an event that happened while
     /// an actor was busy is still there when it next waits. True if one is waiting for it.
@@ -409,7 +478,9 @@ public:
 
     /// Global state, for exhaustive search: store, lock, processes, actors, time.
     std::uint64_t state_hash() const {
-        std::uint64_t h = mix(static_cast<std::uint64_t>(now_.time_since_epoch().count()), lock_holder_ + 7);
+        std::uint64_t h = mix(static_cast<std::uint64_t>(now_.time_since_epoch().count()),
+                              static_cast<std::uint64_t>(holders_[0] + 7) | static_cast<std::uint64_t>(holders_[1] + 7) << 16 |
+                                  static_cast<std::uint64_t>(holders_[2] + 7) << 32);
         h = mix(h, store_hash);
         h = mix(h, events_hash);
         for (auto& [k, p] : procs_)
@@ -417,11 +488,13 @@ public:
                                                  (static_cast<std::uint64_t>(p.parent + 1) << 8)));
         for (auto& a : actors_)
             h = mix(h, mix(a->history ^ mix(event_seq_ - a->seen_events), hash_text(a->next_op) ^ (static_cast<std::uint64_t>(a->status) << 1) ^
-                                           (static_cast<std::uint64_t>(a->waiting) << 4) ^ (a->killed ? 1u << 7 : 0u)));
+                                           (static_cast<std::uint64_t>(a->waiting) << 4) ^ (a->killed ? 1u << 7 : 0u) ^
+                                           (static_cast<std::uint64_t>(a->lock_wanted + 1) << 8)));
         return h;
     }
 
-    /// Maintained by the simulated store and notifier.
+    /// Maintained by the simulated store (its committed state: records, outbox, limits) and
+    /// the simulated notifier (the events it holds).
     std::uint64_t store_hash = 0;
     std::uint64_t events_hash = 0;
 
@@ -446,14 +519,10 @@ private:
 
     void finished(actor& a) {
         a.status = actor_status::done;
-        if (lock_holder_ == a.id) {   // the kernel releases an flock when its holder dies
-            lock_holder_ = -1;
-            for (auto& b : actors_)
-                if (b->waiting == wait_kind::lock && b->status == actor_status::blocked) {
-                    b->status = actor_status::ready;
-                    b->waiting = wait_kind::none;
-                }
-        }
+        // The kernel releases an flock, and SQLite's POSIX locks, when their holder dies. (Its
+        // unit of work was rolled back as it unwound: the store object was destroyed.)
+        for (std::size_t k = 0; k < lock_kinds; ++k)
+            if (holders_[k] == a.id) free_lock(static_cast<lock_kind>(k));
         for (auto& [k, p] : procs_)   // a held child whose spawner died exits without running
             if (p.parent == a.id && p.status == proc_status::held) {
                 p.status = proc_status::abandoned;
@@ -476,19 +545,38 @@ private:
 
     /// Back to the scheduler; on return, dies if killed or aborted.
     void switch_out() {
+        if (switch_out_nothrow()) die();
+    }
+    /// Back to the scheduler; on return, true if the actor must die (killed or aborted).
+    bool switch_out_nothrow() {
         actor& a = me();
         KUGETSU_SIM_FIBER_START(&a.fake_stack, main_bottom_, main_size_);
         swapcontext(&a.ctx, &main_ctx_);
         KUGETSU_SIM_FIBER_FINISH(a.fake_stack, &main_bottom_, &main_size_);
-        after_resume(a);
-    }
-    void after_resume(actor& a) {
-        if (unwinding_) throw run_aborted{};
         if (a.kill_requested && !a.killed) {
             a.killed = true;
-            trace(a.id, "SIGKILL", "before " + a.next_op);
-            throw killed_signal{};
+            if (!unwinding_) trace(a.id, "SIGKILL", "before " + a.next_op);
         }
+        if (a.waiting == wait_kind::lock && (unwinding_ || a.killed)) {   // dies while it waits
+            a.status = actor_status::ready;
+            a.waiting = wait_kind::none;
+            a.lock_wanted = -1;
+        }
+        return unwinding_ || a.killed;
+    }
+    [[noreturn]] void die() {
+        if (unwinding_) throw run_aborted{};
+        throw killed_signal{};
+    }
+
+    void free_lock(lock_kind k) noexcept {
+        holders_[static_cast<std::size_t>(k)] = -1;
+        for (auto& b : actors_)
+            if (b->waiting == wait_kind::lock && b->status == actor_status::blocked && b->lock_wanted == static_cast<int>(k)) {
+                b->status = actor_status::ready;
+                b->waiting = wait_kind::none;
+                b->lock_wanted = -1;
+            }
     }
 
     /// Nothing is ready: move time to the next agent end or wake-up. False if there is none.
@@ -538,7 +626,7 @@ private:
     const void* main_bottom_ = nullptr;
     std::size_t main_size_ = 0;
     int current_ = -1;
-    int lock_holder_ = -1;
+    std::array<int, lock_kinds> holders_{-1, -1, -1};
     timestamp now_{std::chrono::sys_days{std::chrono::year{2026} / std::chrono::January / 1}};
     std::map<std::uint64_t, proc> procs_;
     std::map<std::string, int> spawns_;
