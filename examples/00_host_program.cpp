@@ -1,12 +1,13 @@
 // Example 0: the host program shown in the README: queue three tasks, run them at most two at
 // a time, print how each ended. The agents are ordinary programs (echo, ls, true), run without
-// a shell; their output goes to HOME/logs/<task id>.log, the events to HOME/events.jsonl.
+// a shell; their output goes to HOME/logs/<task id>.log, the state to HOME/state.db and the
+// events to HOME/events.jsonl.
 //
 // Expected output:
 //   echo completed
 //   ls completed
 //   true completed
-#include <kugetsu/kugetsu.hpp>
+#include <kugetsu/home.hpp>
 
 #include <cstdlib>
 #include <iostream>

@@ -10,7 +10,7 @@
 //   t1 completed   t2 completed   t3 completed   t4 completed   t5 completed   t6 completed
 //   peak of live agents, as the agents counted: 3 (cap 3)
 //   events written: 24
-#include <kugetsu/kugetsu.hpp>
+#include <kugetsu/home.hpp>
 
 #include <cstdio>
 #include <cstdlib>

@@ -107,7 +107,6 @@ enum class event_type { task_queued, task_dequeued, task_started, task_completed
 /// in commit order, with which a reader that may see an event twice (after a crash, events
 /// are delivered at least once) drops the copy.
 struct event {
-    std::uint64_t seq = 0;             ///< 0: not (yet) in a store
     event_type type = event_type::task_queued;
     std::string task_id;
     timestamp time{};
@@ -115,6 +114,7 @@ struct event {
     std::optional<int> pid;
     std::optional<int> exit_code;
     std::string reason;                ///< empty: none
+    std::uint64_t seq = 0;             ///< its number in the store; 0: not (yet) in a store
 };
 
 // ---------------------------------------------------------------------------------------

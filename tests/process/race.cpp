@@ -4,6 +4,7 @@
 // Synchronised with pipes and FIFOs only: no sleeps.
 #include <catch2/catch.hpp>
 
+#include <kugetsu/home.hpp>
 #include <kugetsu/kugetsu.hpp>
 
 #include <sys/prctl.h>
@@ -24,9 +25,11 @@ namespace {
 
 /// A store that stops every caller right after it has listed the sessions (the count) until
 /// all racers have counted: the widest possible check-then-act window, made deterministic.
+/// Its SQLite store has no units (options::units = false): with them, BEGIN IMMEDIATE would
+/// serialise the racers even without a lock, and the window could not open.
 class barrier_store {
 public:
-    barrier_store(file_store inner, int counted_fd, int go_fd) : inner_(std::move(inner)), counted_(counted_fd), go_(go_fd) {}
+    barrier_store(sqlite_store inner, int counted_fd, int go_fd) : inner_(std::move(inner)), counted_(counted_fd), go_(go_fd) {}
 
     std::vector<session> list_sessions(std::error_code& ec) {
         auto v = inner_.list_sessions(ec);
@@ -40,6 +43,10 @@ public:
         }
         return v;
     }
+    void begin(std::error_code& ec) { inner_.begin(ec); }
+    void commit(durability d, std::error_code& ec) { inner_.commit(d, ec); }
+    void rollback() noexcept { inner_.rollback(); }
+    bool in_unit() const noexcept { return inner_.in_unit(); }
     void create_item(const queue_item& it, std::error_code& ec) { inner_.create_item(it, ec); }
     void put_item(const queue_item& it, std::error_code& ec) { inner_.put_item(it, ec); }
     std::optional<queue_item> get_item(std::string_view id, std::error_code& ec) { return inner_.get_item(id, ec); }
@@ -49,13 +56,25 @@ public:
     }
     void put_session(const session& s, std::error_code& ec) { inner_.put_session(s, ec); }
     void remove_session(std::string_view id, std::error_code& ec) { inner_.remove_session(id, ec); }
+    std::uint64_t append_event(const event& e, std::error_code& ec) { return inner_.append_event(e, ec); }
+    std::vector<event> events_after(std::uint64_t seq, std::size_t n, std::error_code& ec) {
+        return inner_.events_after(seq, n, ec);
+    }
+    std::optional<limits> get_limits(std::error_code& ec) { return inner_.get_limits(ec); }
+    void put_limits(const limits& l, std::error_code& ec) { inner_.put_limits(l, ec); }
 
 private:
-    file_store inner_;
+    sqlite_store inner_;
     int counted_, go_;
     bool passed_ = false;
 };
 static_assert(kugetsu::store<barrier_store>);
+
+sqlite_store::options no_units() {
+    sqlite_store::options o;
+    o.units = false;
+    return o;
+}
 
 struct counts {
     long live = -1, peak = -1, total = -1;
@@ -166,7 +185,7 @@ TEST_CASE("racing start() from many processes with flock_lock never exceeds the 
         for (int i = 0; i < racers; ++i)
             pids.push_back(fork_child([&, i] {
                 go.close_write();
-                auto d = make_dispatcher(r.dir.path(), flock_lock(r.dir / "lock"), file_store(r.dir.path()), cap);
+                auto d = make_dispatcher(r.dir.path(), flock_lock(r.dir / "lock"), sqlite_store(home_layout{r.dir.path()}.db()), cap);
                 go.wait_eof();
                 std::error_code ec;
                 auto res = d.start({"racer-" + std::to_string(i), r.agent_argv()}, ec);
@@ -198,7 +217,7 @@ TEST_CASE("racing start() with null_lock and a window between count and spawn ex
             go.close_write();
             barrier.close_write();
             auto d = make_dispatcher(r.dir.path(), null_lock{},
-                                     barrier_store(file_store(r.dir.path()), counted.w, barrier.r), cap);
+                                     barrier_store(sqlite_store(home_layout{r.dir.path()}.db(), no_units()), counted.w, barrier.r), cap);
             go.wait_eof();
             std::error_code ec;
             auto res = d.start({"racer-" + std::to_string(i), r.agent_argv()}, ec);
@@ -221,7 +240,7 @@ TEST_CASE("two queue daemons and four starters over one state directory start ea
     constexpr int cap = 3;
     race r;
     {
-        auto d = make_dispatcher(r.dir.path(), flock_lock(r.dir / "lock"), file_store(r.dir.path()), cap);
+        auto d = make_dispatcher(r.dir.path(), flock_lock(r.dir / "lock"), sqlite_store(home_layout{r.dir.path()}.db()), cap);
         for (int i = 0; i < 6; ++i) d.enqueue({"queued-" + std::to_string(i), r.agent_argv()});
     }
     pipe_pair go, results;
@@ -229,7 +248,7 @@ TEST_CASE("two queue daemons and four starters over one state directory start ea
     for (int i = 0; i < 6; ++i)
         pids.push_back(fork_child([&, i] {
             go.close_write();
-            auto d = make_dispatcher(r.dir.path(), flock_lock(r.dir / "lock"), file_store(r.dir.path()), cap);
+            auto d = make_dispatcher(r.dir.path(), flock_lock(r.dir / "lock"), sqlite_store(home_layout{r.dir.path()}.db()), cap);
             go.wait_eof();
             std::error_code ec;
             if (i < 2) {
@@ -249,7 +268,7 @@ TEST_CASE("two queue daemons and four starters over one state directory start ea
     CHECK(c.peak == cap);
     CHECK(c.total == cap);
     // No task is started twice, and the queue holds every task exactly once.
-    file_store st(r.dir.path());
+    sqlite_store st(home_layout{r.dir.path()}.db());
     std::error_code ec;
     auto items = st.list_items(ec);
     REQUIRE_FALSE(ec);

@@ -5,6 +5,7 @@
 // the path.
 #include <catch2/catch.hpp>
 
+#include <kugetsu/home.hpp>
 #include <kugetsu/kugetsu.hpp>
 
 #include <csignal>
@@ -190,54 +191,62 @@ TEST_CASE("jsonl_notifier refuses an events file that another process made writa
     CHECK(slurp(path).empty());
 }
 
-TEST_CASE("atomic_write_at steps over a link planted at its next temp name and never follows it", "[symlinks]") {
-    planted p;
-    file_store s(p.home, {false, true});
-    std::error_code ec;
-    s.open(ec);
-    REQUIRE_FALSE(ec);
-    // The names the next writes would use: ".t1.json.tmp.PID.N", N = the counter + 1, 2, ...
-    const auto next = detail::temp_counter().load();
-    for (std::uint64_t i = 1; i <= 3; ++i)
-        fs::create_symlink(p.victim, p.at("queue/.t1.json.tmp." + std::to_string(::getpid()) + "." + std::to_string(next + i)));
-    const auto before = p.snap();
-    queue_item it;
-    it.id = "t1";
-    it.argv = {"agent"};
-    s.create_item(it, ec);
-    INFO(s.last_error_detail());
-    CHECK_FALSE(ec);   // not duplicate_task: a leftover temp name is not the record
-    p.check_untouched(before);
-    auto got = s.get_item("t1", ec);
-    CHECK_FALSE(ec);
-    REQUIRE(got);
-    CHECK(got->argv == it.argv);
-    for (std::uint64_t i = 1; i <= 3; ++i)   // the planted links are left as they were
-        CHECK(fs::is_symlink(p.at("queue/.t1.json.tmp." + std::to_string(::getpid()) + "." + std::to_string(next + i))));
+TEST_CASE("sqlite_store never opens its database or the files beside it through a link, a hard link or a FIFO, "
+          "and names the path it refused",
+          "[symlinks]") {
+    for (const char* name : {"state.db", "state.db-wal", "state.db-shm", "state.db-journal", "state.db-bell"}) {
+        for (plant what : all_plants) {
+            planted p;
+            const std::string path = p.at(name);
+            plant_at(p, path, what);
+            const auto before = p.snap();
+            INFO(name << ": " << name_of(what));
+            const int rc = without_hanging([&] {
+                sqlite_store s(p.at("state.db"));
+                std::error_code ec;
+                s.open(ec);
+                if (!ec) return 10;   // opened: wrong
+                const bool named = s.last_error_detail().find(path) != std::string::npos;
+                if (!named) std::fprintf(stderr, "error does not name %s: %s\n", path.c_str(), s.last_error_detail().c_str());
+                return named ? 0 : 11;
+            });
+            CHECK(rc == 0);
+            p.check_untouched(before);
+        }
+    }
 }
 
-TEST_CASE("file_store replaces or removes a planted link itself, never its target", "[symlinks]") {
+TEST_CASE("sqlite_store refuses a database directory that others may write, and a database they may write",
+          "[symlinks]") {
     planted p;
-    file_store s(p.home, {false, true});
+    {
+        sqlite_store s(p.at("state.db"));
+        std::error_code ec;
+        s.open(ec);
+        REQUIRE_FALSE(ec);
+    }
+    ::chmod(p.at("state.db").c_str(), 0666);
+    {
+        sqlite_store s(p.at("state.db"));
+        std::error_code ec;
+        s.open(ec);
+        CHECK(ec == errc::unsafe_state);
+        CHECK(s.last_error_detail().find("state.db") != std::string::npos);
+    }
+    ::chmod(p.at("state.db").c_str(), 0600);
+    ::chmod(p.home.c_str(), 0777);
+    {
+        sqlite_store s(p.at("state.db"));
+        std::error_code ec;
+        s.open(ec);
+        CHECK(ec == errc::unsafe_state);
+        CHECK(s.last_error_detail().find(p.home) != std::string::npos);
+    }
+    ::chmod(p.home.c_str(), 0700);
+    sqlite_store s(p.at("state.db"));
     std::error_code ec;
     s.open(ec);
-    REQUIRE_FALSE(ec);
-    fs::create_symlink(p.victim, p.at("queue/t1.json"));
-    fs::create_symlink(p.victim, p.at("sessions/t2.json"));
-    fs::create_directory_symlink(p.victim_dir, p.at("sessions/t3.json"));
-    const auto before = p.snap();
-    queue_item it;
-    it.id = "t1";
-    it.argv = {"agent"};
-    s.put_item(it, ec);   // renamed over the link
     CHECK_FALSE(ec);
-    CHECK_FALSE(fs::is_symlink(p.at("queue/t1.json")));
-    s.remove_session("t2", ec);   // unlinks the link
-    CHECK_FALSE(ec);
-    CHECK_FALSE(fs::exists(fs::symlink_status(p.at("sessions/t2.json"))));
-    s.remove_session("t3", ec);
-    CHECK_FALSE(ec);
-    p.check_untouched(before);
 }
 
 TEST_CASE("fork_spawner never writes through a FIFO, link or hard link planted as a log or a slot's temp name",

@@ -608,6 +608,16 @@ private:
             if (!S_ISREG(st.st_mode) || st.st_nlink != 1 || !detail::is_private(st))
                 return fail(ec, errc::unsafe_state, path_ + ": not a private regular file with one link");
         }
+        // SQLite refuses a link at the database itself (SQLITE_OPEN_NOFOLLOW) but opens its
+        // other files by name: one planted there (in a private directory: by this user) would
+        // have SQLite write through it. Refused up front.
+        for (const char* suffix : {"-wal", "-shm", "-journal", "-bell"}) {
+            const std::string f = path_ + suffix;
+            struct stat st{};
+            if (::lstat(f.c_str(), &st) == 0 && (!S_ISREG(st.st_mode) || st.st_nlink != 1 || !detail::is_private(st)))
+                return fail(ec, errc::unsafe_state, f + ": not a private regular file with one link (a link or another "
+                                                        "file planted beside the database): refused");
+        }
         const int flags = SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOFOLLOW | SQLITE_OPEN_NOMUTEX;
         int rc = sqlite3_open_v2(path_.c_str(), &db_, flags, opt_.vfs.empty() ? nullptr : opt_.vfs.c_str());
         if (rc != SQLITE_OK) {
