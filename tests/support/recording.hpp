@@ -9,12 +9,14 @@
 // "rollback" (only of an open unit), and one line per write: "create_item ID STATE",
 // "put_item ID STATE", "put_session ID", "remove_session ID", "append_event TYPE ID",
 // "put_limits CAP"; the spawner writes "spawn ID", "release ID", "abandon ID" (the task id of
-// the process). Reads are not logged. fail_next_commits(n) makes the next n commits of units
-// that wrote something fail with EIO, after rolling the unit back (as the store concept says
-// of a failed commit). Copies share the log and the failure count.
+// the process). Reads are not logged. `watch`, if set, is called with each line as it is
+// added (to look at the state at that moment). With `fail_commits` = n, the n commits of
+// units that wrote something after the next `pass_commits` such commits fail with EIO, after
+// rolling the unit back (as the store concept says of a failed commit). Copies share the log.
 #pragma once
 
 #include <cerrno>
+#include <functional>
 #include <map>
 #include <memory>
 #include <string>
@@ -29,10 +31,15 @@ namespace kugetsu::test {
 
 struct op_log {
     std::vector<std::string> lines;
+    int pass_commits = 0;   // commits with writes that succeed before fail_commits applies
     int fail_commits = 0;
     std::map<int, std::string> task_of_pid;
+    std::function<void(const std::string&)> watch;
 
-    void add(std::string s) { lines.push_back(std::move(s)); }
+    void add(std::string s) {
+        lines.push_back(std::move(s));
+        if (watch) watch(lines.back());
+    }
     void clear() { lines.clear(); }
     /// The index of the first line equal to s at or after `from`, or -1.
     int find(std::string_view s, std::size_t from = 0) const {
@@ -77,7 +84,8 @@ public:
         wrote_ = false;
     }
     void commit(durability d, std::error_code& ec) {
-        if (inner_.in_unit() && wrote_ && log_->fail_commits > 0) {
+        if (inner_.in_unit() && wrote_ && log_->fail_commits > 0 && log_->pass_commits-- <= 0) {
+            log_->pass_commits = 0;
             --log_->fail_commits;
             inner_.rollback();
             ec = std::error_code(EIO, std::system_category());

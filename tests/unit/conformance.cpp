@@ -432,10 +432,11 @@ bool unchanged(const std::string& path, const std::string& bytes) { return kuget
 TEST_CASE("sqlite_store creates its database, WAL and shared-memory files 0600") {
     temp_dir d;
     ::chmod(d.path().c_str(), 0700);
-    ::umask(022);
+    const mode_t old_mask = ::umask(022);   // a umask that would leave files 0644
     sqlite_store s(d / "state.db");
     std::error_code ec;
     s.put_item(item("a", task_state::pending, 1), ec);
+    ::umask(old_mask);
     REQUIRE_FALSE(ec);
     for (const char* suffix : {"", "-wal", "-shm"}) {
         INFO(suffix);
@@ -685,16 +686,21 @@ TEST_CASE("sqlite_store check() runs the integrity check and reports every bad r
         r.exec("INSERT INTO tasks VALUES('bad-task', 0, 3, 'nope')");
         r.exec("INSERT INTO sessions VALUES('bad-session', 'bad-session', '{}')");
         r.exec("INSERT INTO events(task_id, record) VALUES('x', '{\"type\": 7}')");
+        // A record that carries its own number: the row's key is its number, so readers refuse it.
+        auto numbered = ev(event_type::task_queued, "y");
+        numbered.seq = 5;
+        r.exec("INSERT INTO events(task_id, record) VALUES('y', " + quoted(nlohmann::json(numbered).dump()) + ")");
     }
     auto r1 = s.check(ec);
     REQUIRE_FALSE(ec);
     CHECK_FALSE(r1.ok());
     CHECK(r1.integrity.empty());
     CHECK(r1.tasks == 2);
-    REQUIRE(r1.bad_rows.size() == 3);
+    REQUIRE(r1.bad_rows.size() == 4);
     CHECK(has(r1.bad_rows[0], "bad-task"));
     CHECK(has(r1.bad_rows[1], "bad-session"));
     CHECK(has(r1.bad_rows[2], "events"));
+    CHECK(has(r1.bad_rows[3], "events"));
     CHECK(r1.quarantined == 0);
     CHECK(s.quarantined().empty());   // check() moves nothing
     // Reads move them; then check() is clean and counts them in the quarantine.
@@ -704,13 +710,15 @@ TEST_CASE("sqlite_store check() runs the integrity check and reports every bad r
     REQUIRE_FALSE(ec);
     auto r2 = s.check(ec);
     CHECK(r2.ok());
-    CHECK(r2.quarantined == 3);
+    CHECK(r2.quarantined == 4);
     auto rows = s.quarantine_rows(ec);
-    REQUIRE(rows.size() == 3);
+    REQUIRE(rows.size() == 4);
     CHECK(rows[0].task_id == "bad-task");
     CHECK(has(rows[0].source, "tasks \"bad-task\""));
     CHECK(has(rows[1].source, "sessions \"bad-session\""));
     CHECK(has(rows[2].source, "events"));
+    CHECK(has(rows[3].source, "events"));
+    CHECK(has(rows[3].why, "number"));
 }
 
 // ---- notifiers ---------------------------------------------------------------------------
@@ -720,7 +728,8 @@ std::vector<event> all_events() {
     std::vector<event> v;
     for (auto t : {event_type::task_queued, event_type::task_dequeued, event_type::task_started,
                    event_type::task_completed, event_type::task_error})
-        v.push_back({0, t, "t1", timestamp{std::chrono::seconds(1'800'000'000)}, 1, 42, 0, "r"});
+        v.push_back({.type = t, .task_id = "t1", .time = timestamp{std::chrono::seconds(1'800'000'000)}, .attempt = 1,
+                     .pid = 42, .exit_code = 0, .reason = "r"});
     return v;
 }
 } // namespace
@@ -769,8 +778,8 @@ TEST_CASE("jsonl_notifier lines from concurrent processes never interleave") {
     for (int k = 0; k < 4; ++k)
         kids.push_back(kugetsu::test::fork_child([&, k] {
             jsonl_notifier n(d / "events.jsonl");
-            event e{0, event_type::task_error, "writer-" + std::to_string(k), timestamp{}, 1, 1, 1,
-                    std::string(2000, 'x')};   // long lines: still one write each
+            event e{.type = event_type::task_error, .task_id = "writer-" + std::to_string(k), .time = timestamp{},
+                    .attempt = 1, .pid = 1, .exit_code = 1, .reason = std::string(2000, 'x')};   // long lines: still one write each
             for (int i = 0; i < 300; ++i) n.notify(e);
             return static_cast<int>(n.failures());
         }));
@@ -866,14 +875,14 @@ TEST_CASE("jsonl_notifier relay goes on from the highest number in the file, pas
     const std::string path = d / "events.jsonl";
     memory_store s;
     add_events(s, 5);
+    std::error_code ec;
     {   // numbers 1 to 3, written by an earlier relay, then an unnumbered event
         std::ofstream out(path);
-        for (auto& e : s.events_after(0, 3, *std::make_unique<std::error_code>())) out << nlohmann::json(e).dump() << "\n";
+        for (auto& e : s.events_after(0, 3, ec)) out << nlohmann::json(e).dump() << "\n";
         out << nlohmann::json(ev(event_type::task_error, "not-from-a-store")).dump() << "\n";
     }
     ::chmod(path.c_str(), 0600);
     jsonl_notifier n(path);
-    std::error_code ec;
     CHECK(n.relay(source_of(s), ec) == 5);
     REQUIRE_FALSE(ec);
     auto all = lines_of(path);

@@ -2,6 +2,9 @@
 #include <catch2/catch.hpp>
 
 #include <kugetsu/kugetsu.hpp>
+#include <kugetsu/store/sqlite_store.hpp>
+
+#include <sqlite3.h>
 
 #include <algorithm>
 #include <filesystem>
@@ -516,4 +519,584 @@ TEST_CASE("start reports a taken id even when no slot is free") {
     CHECK(ec == errc::duplicate_task);
     CHECK(res.status == start_status::no_slot);   // the default: nothing was done
     CHECK(r.item("q").state == task_state::pending);
+}
+
+// ---- one unit of work per critical section ---------------------------------------------------
+
+namespace {
+
+using kugetsu::test::op_log;
+using rec_store = kugetsu::test::recording_store<memory_store>;
+using rec_spawner = kugetsu::test::recording_spawner<fake_spawner>;
+static_assert(kugetsu::store<rec_store>);
+static_assert(kugetsu::spawner<rec_spawner>);
+using rec_dispatcher = basic_dispatcher<null_lock, rec_spawner, callback_notifier, rec_store, manual_clock,
+                                        scripted_workspace>;
+
+/// A dispatcher whose store, spawner and workspace write what is done to them into one log.
+struct rec_rig {
+    std::shared_ptr<op_log> log = std::make_shared<op_log>();
+    fake_spawner spawner;
+    memory_store store;   // the state the dispatcher's store forwards to (a copy shares it)
+    manual_clock clock;
+    scripted_workspace ws;
+    std::shared_ptr<std::vector<event>> events = std::make_shared<std::vector<event>>();
+    rec_dispatcher d;
+
+    explicit rec_rig(dispatcher_options o = {})
+        : d(null_lock{}, rec_spawner(spawner, log),
+            callback_notifier([ev = events](const event& e) { ev->push_back(e); }), rec_store(store, log), clock,
+            (ws.s->log = log, ws), o) {}
+
+    void enqueue(std::initializer_list<const char*> ids) {
+        for (auto id : ids) {
+            d.enqueue(task_spec{id, {"agent"}, role::dev, {}, {}, {}, {}});
+            clock.advance(1ms);
+        }
+    }
+    queue_item item(const std::string& id) {
+        std::error_code ec;
+        auto it = store.get_item(id, ec);
+        REQUIRE(it);
+        return *it;
+    }
+    int at(const std::string& line) const { return log->find(line); }
+};
+
+} // namespace
+
+TEST_CASE("a pass that starts k agents commits once durably before releasing them, then once (visible) for what they taught") {
+    const int tasks = GENERATE(1, 3, 5);
+    rec_rig r(dispatcher_options{3, 3, 1s});
+    std::vector<std::string> all = {"a", "b", "c", "d", "e"};
+    for (int i = 0; i < tasks; ++i) r.enqueue({all[static_cast<std::size_t>(i)].c_str()});
+    const std::vector<std::string> started(all.begin(), all.begin() + std::min(tasks, 3));
+    r.log->clear();
+    auto rep = r.d.process_queue();
+    INFO(r.log->dump());
+    CHECK(rep.started == static_cast<int>(started.size()));
+    CHECK(rep.commits == 2);
+    const auto& L = r.log->lines;
+    REQUIRE(r.log->starting("commit").size() == 2);
+    const int durable = r.at("commit durable");
+    const int visible = r.at("commit visible");
+    REQUIRE(durable >= 0);
+    REQUIRE(visible > durable);
+    CHECK(visible == static_cast<int>(L.size()) - 1);
+    // Before the one durable commit: every claim (attempt counted, task_dequeued), every spawn
+    // (held) and every session; no release.
+    for (auto& id : started) {
+        INFO(id);
+        const int claim = r.at("put_item " + id + " notified"), spawn = r.at("spawn " + id),
+                  sess = r.at("put_session " + id), deq = r.at("append_event task_dequeued " + id);
+        CHECK(claim >= 0);
+        CHECK(deq >= 0);
+        CHECK(claim < spawn);
+        CHECK(spawn < sess);
+        CHECK(sess < durable);
+        CHECK(deq < durable);
+    }
+    const auto releases = r.log->starting("release");
+    REQUIRE(releases.size() == started.size());
+    CHECK(releases.front() > durable);
+    // Between the two: all the releases, then one unit with the running marks and task_started.
+    std::vector<std::string> expected;
+    for (auto& id : started) expected.push_back("release " + id);
+    expected.push_back("begin");
+    for (auto& id : started) {
+        expected.push_back("put_item " + id + " running");
+        expected.push_back("append_event task_started " + id);
+    }
+    CHECK(std::vector<std::string>(L.begin() + durable + 1, L.begin() + visible) == expected);
+    CHECK(r.spawner.running() == static_cast<int>(started.size()));
+    CHECK(r.log->starting("begin").size() == 2);   // the pass's unit, and the one after the releases
+}
+
+TEST_CASE("a pass with nothing to do writes nothing and commits nothing") {
+    rec_rig r(dispatcher_options{2, 3, 1s});
+    r.d.process_queue();   // a fresh store gets its limits: that pass writes them
+    r.log->clear();
+    int commits = r.d.commits();
+    auto rep = r.d.process_queue();
+    CHECK(rep.commits == 0);
+    CHECK(r.d.commits() == commits);
+    CHECK(r.log->writes().empty());
+    // Full, with tasks waiting and agents running: still nothing to write.
+    r.enqueue({"a", "b", "c"});
+    REQUIRE(r.d.process_queue().started == 2);
+    r.log->clear();
+    commits = r.d.commits();
+    rep = r.d.process_queue();
+    CHECK(rep.commits == 0);
+    CHECK(rep.started == 0);
+    CHECK(r.log->writes().empty());
+    CHECK(r.d.reap().live == 2);
+    CHECK(r.log->writes().empty());
+    CHECK(r.log->starting("commit durable").empty());
+    CHECK(r.d.commits() == commits);
+}
+
+TEST_CASE("a workspace with lasting effects gets the claims committed before it is prepared; null_workspace does not") {
+    SECTION("has_effects: one more commit, before any prepare") {
+        rec_rig r;
+        r.ws.s->effects = true;
+        r.enqueue({"a", "b"});
+        r.log->clear();
+        auto rep = r.d.process_queue();
+        INFO(r.log->dump());
+        CHECK(rep.started == 2);
+        CHECK(rep.commits == 3);
+        const int first = r.at("commit durable");
+        REQUIRE(first >= 0);
+        CHECK(r.at("put_item a notified") < first);
+        CHECK(r.at("put_item b notified") < first);
+        CHECK(r.at("prepare a") > first);
+        CHECK(r.at("spawn a") > first);
+        const int second = r.log->find("commit durable", static_cast<std::size_t>(first) + 1);
+        CHECK(second > r.at("put_session b"));
+        REQUIRE(r.log->starting("release").size() == 2);
+        CHECK(r.log->starting("release").front() > second);
+    }
+    SECTION("no effects: the claims go with the sessions, in the one durable commit") {
+        rec_rig r;
+        r.enqueue({"a", "b"});
+        r.log->clear();
+        auto rep = r.d.process_queue();
+        CHECK(rep.commits == 2);
+        CHECK(r.at("prepare a") < r.at("commit durable"));
+        CHECK(r.at("prepare b") < r.at("commit durable"));
+    }
+    SECTION("null_workspace") {
+        fake_spawner sp;
+        test_dispatcher d(null_lock{}, sp, callback_notifier([](const event&) {}), memory_store{}, manual_clock{},
+                          null_workspace{});
+        d.enqueue({"a", {"agent"}});
+        d.enqueue({"b", {"agent"}});
+        CHECK(d.process_queue().commits == 2);
+    }
+}
+
+TEST_CASE("what a pass writes is invisible to another store object until its commit, which comes before any release") {
+    rec_rig r;
+    r.enqueue({"a", "b", "c"});
+    memory_store other = r.store;   // another object on the same state
+    int spawns_seen = 0, releases_seen = 0;
+    r.log->watch = [&](const std::string& line) {
+        std::error_code ec;
+        if (line.rfind("spawn ", 0) == 0) {
+            ++spawns_seen;
+            for (auto id : {"a", "b", "c"}) {
+                auto it = other.get_item(id, ec);
+                CHECK(it->state == task_state::pending);
+                CHECK(it->attempts == 0);
+            }
+            CHECK(other.list_sessions(ec).empty());
+            CHECK(other.events_after(3, 10, ec).empty());   // only the three task_queued
+        } else if (line.rfind("release ", 0) == 0) {
+            ++releases_seen;
+            for (auto id : {"a", "b", "c"}) {
+                auto it = other.get_item(id, ec);
+                CHECK(it->state == task_state::notified);
+                CHECK(it->attempts == 1);
+            }
+            CHECK(other.list_sessions(ec).size() == 3);
+        }
+    };
+    CHECK(r.d.process_queue().started == 3);
+    r.log->watch = nullptr;
+    CHECK(spawns_seen == 3);
+    CHECK(releases_seen == 3);
+    std::error_code ec;
+    CHECK(other.get_item("b", ec)->state == task_state::running);
+}
+
+TEST_CASE("a pass whose commit fails abandons every held agent: none runs and nothing of the pass is kept") {
+    rec_rig r;
+    r.enqueue({"a", "b", "c"});
+    r.log->fail_commits = 1;
+    std::error_code ec;
+    auto rep = r.d.process_queue(ec);
+    INFO(r.log->dump());
+    CHECK(ec == std::error_code(EIO, std::system_category()));
+    CHECK(r.d.last_error_detail().find("commit") != std::string::npos);
+    CHECK(rep.started == 0);
+    CHECK(r.spawner.abandoned() == 3);
+    CHECK(r.spawner.running() == 0);
+    CHECK(r.spawner.peak() == 0);
+    CHECK(r.log->starting("release").empty());
+    CHECK(r.log->starting("abandon").size() == 3);
+    for (auto id : {"a", "b", "c"}) {
+        INFO(id);
+        CHECK(r.item(id).state == task_state::pending);
+        CHECK(r.item(id).attempts == 0);
+    }
+    CHECK(r.store.list_sessions(ec).empty());
+    CHECK(r.events->size() == 3);   // the three task_queued; nothing of the pass was told
+    CHECK(r.store.events_after(0, 100, ec).size() == 3);
+    // The next pass starts them, each with its first attempt.
+    rep = r.d.process_queue();
+    CHECK(rep.started == 3);
+    for (auto id : {"a", "b", "c"}) CHECK(r.item(id).attempts == 1);
+    CHECK(r.spawner.running() == 3);
+}
+
+TEST_CASE("an agent that never ran gives its task back with start_interrupted, its attempt counted, and ends it on the last") {
+    rig r(dispatcher_options{3, 3, 1s});
+    r.d.enqueue(r.spec("t1"));
+    for (int attempt = 1; attempt <= 3; ++attempt) {
+        INFO("attempt " << attempt);
+        REQUIRE(r.d.process_queue().started == 1);
+        const int pid = r.spawner.pid_of("t1");
+        REQUIRE(pid);
+        r.spawner.never_ran(pid);   // its starter died after the commit, before the release
+        auto rep = r.d.reap();
+        CHECK(rep.interrupted == 1);
+        CHECK(rep.finished == 0);
+        CHECK(rep.live == 0);
+        auto it = r.item("t1");
+        CHECK(it.attempts == attempt);
+        CHECK(it.last_error.rfind("start_interrupted", 0) == 0);
+        CHECK(r.sessions() == 0);
+        CHECK(it.state == (attempt < 3 ? task_state::pending : task_state::error));
+    }
+    auto it = r.item("t1");
+    CHECK(it.finished_at);
+    CHECK_FALSE(it.exit_code);
+    REQUIRE(r.last_of("t1"));
+    CHECK(r.last_of("t1")->type == event_type::task_error);
+    CHECK(r.last_of("t1")->reason == "start_interrupted");
+    for (auto& e : *r.events) CHECK(e.reason != "exit_unknown");
+    CHECK(r.d.process_queue().taken == 0);
+    CHECK(r.spawner.requests().size() == 3);
+}
+
+TEST_CASE("an agent that never ran after its running mark was lost (the task still claimed) is given back too") {
+    rec_rig r;
+    r.enqueue({"a"});
+    r.log->pass_commits = 1;   // the durable commit works, the visible one after the release fails
+    r.log->fail_commits = 1;
+    std::error_code ec;
+    r.d.process_queue(ec);
+    CHECK(ec);
+    REQUIRE(r.item("a").state == task_state::notified);   // its session is committed, its mark is not
+    REQUIRE(r.store.list_sessions(ec).size() == 1);
+    const int pid = r.spawner.pid_of("a");   // released: its program runs, as far as the fake knows
+    REQUIRE(pid);
+    r.spawner.never_ran(pid);
+    auto rep = r.d.reap();
+    CHECK(rep.interrupted == 1);
+    CHECK(rep.adopted == 0);
+    auto it = r.item("a");
+    CHECK(it.state == task_state::pending);
+    CHECK(it.attempts == 1);
+    CHECK(it.last_error.rfind("start_interrupted", 0) == 0);
+    CHECK_FALSE(it.owner);
+    CHECK(r.store.list_sessions(ec).empty());
+    CHECK(r.d.process_queue().started == 1);
+    CHECK(r.item("a").attempts == 2);
+}
+
+TEST_CASE("finished_at is when the agent ended, as the spawner says, not when its end was reaped") {
+    rig r;
+    r.d.start(r.spec("a"));
+    r.d.start(r.spec("b"));
+    r.clock.advance(5s);
+    const timestamp ended = r.clock.now();
+    r.spawner.exit(r.item("a").process.pid, 0, ended);
+    r.spawner.exit(r.item("b").process.pid, 1);   // the spawner does not know when
+    r.clock.advance(7s);
+    const timestamp reaped = r.clock.now();
+    CHECK(r.d.reap().finished == 2);
+    CHECK(r.item("a").finished_at == ended);
+    CHECK(r.item("a").updated_at == reaped);
+    CHECK(r.item("b").finished_at == reaped);
+    CHECK(r.item("a").state == task_state::completed);
+}
+
+TEST_CASE("the limits are the store's: a dispatcher with other options follows them, and set_limits reaches every dispatcher") {
+    fake_spawner sp;
+    memory_store st;
+    manual_clock clock;
+    auto spec = [](std::string id) { return task_spec{std::move(id), {"agent"}, role::dev, {}, {}, {}, {}}; };
+    test_dispatcher d1(null_lock{}, sp, callback_notifier([](const event&) {}), st, clock, null_workspace{},
+                       dispatcher_options{2, 3, 1s});
+    d1.reap();   // the first critical section on the store gives it d1's options
+    test_dispatcher d2(null_lock{}, sp, callback_notifier([](const event&) {}), st, clock, null_workspace{},
+                       dispatcher_options{5, 7, 2s});
+    CHECK(d2.limits() == limits{2, 3, 1s});
+    CHECK(d2.enqueue(spec("q")).max_attempts == 3);   // the store's default attempts, not d2's 7
+    clock.advance(1ms);
+    CHECK(d2.start(spec("a")).status == start_status::started);
+    CHECK(d2.start(spec("b")).status == start_status::started);
+    CHECK(d2.start(spec("c")).status == start_status::no_slot);
+    std::error_code ec;
+    CHECK(st.get_limits(ec) == limits{2, 3, 1s});
+
+    d1.set_limits({4, 3, 1s});
+    CHECK(d2.current_limits().cap == 2);   // until its next critical section
+    for (auto id : {"p1", "p2", "p3"}) {
+        d1.enqueue(spec(id));
+        clock.advance(1ms);
+    }
+    auto rep = d2.process_queue();
+    CHECK(d2.current_limits().cap == 4);
+    CHECK(rep.started == 2);   // q and p1: 4 live
+    CHECK(sp.running() == 4);
+
+    SECTION("lowering the cap below the live count starts nothing and kills nothing until agents end") {
+        d2.set_limits({1, 3, 1s});
+        rep = d1.process_queue();
+        CHECK(rep.started == 0);
+        CHECK(rep.live_before == 4);
+        CHECK(sp.running() == 4);
+        for (int pid = 1000; pid < 1004; ++pid) CHECK(sp.get(pid).signals.empty());
+        int ended = 0;
+        for (const char* id : {"a", "b", "q"}) {
+            sp.exit(sp.pid_of(id), 0);
+            ++ended;
+            rep = d1.process_queue();
+            CHECK(rep.finished == 1);
+            CHECK(rep.started == 0);   // 4 - ended live, still not below 1
+        }
+        sp.exit(sp.pid_of("p1"), 0);
+        rep = d2.process_queue();
+        CHECK(rep.started == 1);
+        CHECK(sp.running() == 1);
+        CHECK(sp.peak() == 4);
+    }
+}
+
+TEST_CASE("expect_limits with a cap that differs from the store's fails every operation with limits_mismatch, changing nothing") {
+    rec_rig r(dispatcher_options{3, 3, 1s});
+    r.enqueue({"p"});
+    r.d.start(task_spec{"run", {"agent"}});
+    const int pid = r.spawner.pid_of("run");
+    r.spawner.exit(pid, 0);   // an end a reap would record: it must stay unrecorded
+    limit_expectations e;
+    e.cap = 2;
+    e.cap_name = "MAX_CONCURRENT_AGENTS";
+    r.d.expect_limits(e);
+    r.log->clear();
+    const auto events_before = r.events->size();
+    std::error_code ec;
+    auto mismatch = [&](const char* what) {
+        INFO(what);
+        CHECK(ec == errc::limits_mismatch);
+        CHECK(r.d.last_error_detail().find("MAX_CONCURRENT_AGENTS=2") != std::string::npos);
+        CHECK(r.d.last_error_detail().find("3") != std::string::npos);
+        ec.clear();
+    };
+    r.d.enqueue(task_spec{"new", {"agent"}}, ec);
+    mismatch("enqueue");
+    r.d.start(task_spec{"new2", {"agent"}}, ec);
+    mismatch("start");
+    r.d.start_item("p", ec);
+    mismatch("start_item");
+    r.d.process_queue(ec);
+    mismatch("process_queue");
+    r.d.reap(ec);
+    mismatch("reap");
+    r.d.cancel("p", ec);
+    mismatch("cancel");
+    r.d.limits(ec);
+    mismatch("limits");
+    CHECK_THROWS_AS(r.d.process_queue(), kugetsu::error);
+    CHECK(r.log->writes().empty());
+    CHECK(r.log->starting("spawn").empty());
+    CHECK(r.log->starting("commit durable").empty());
+    CHECK(r.events->size() == events_before);
+    CHECK(r.item("p").state == task_state::pending);
+    CHECK(r.item("run").state == task_state::running);
+    CHECK_FALSE(r.store.get_item("new", ec));
+    // set_limits is not checked: once the store agrees, the operations work again.
+    r.d.set_limits({2, 3, 1s});
+    CHECK(r.d.reap().finished == 1);
+    CHECK(r.d.process_queue().started == 1);
+}
+
+TEST_CASE("events are numbered 1, 2, 3... in commit order and each reaches its dispatcher's notifier once, after the commit") {
+    memory_store other;
+    auto seen = std::make_shared<std::vector<event>>();
+    int committed_when_told = 0;
+    fake_spawner sp;
+    memory_store st;
+    other = st;
+    test_dispatcher d(null_lock{}, sp, callback_notifier([&](const event& e) {
+                          seen->push_back(e);
+                          std::error_code ec;
+                          auto in_store = other.events_after(e.seq - 1, 1, ec);
+                          if (!in_store.empty() && in_store[0].seq == e.seq && in_store[0].task_id == e.task_id) ++committed_when_told;
+                      }),
+                      st, manual_clock{}, null_workspace{}, dispatcher_options{2, 2, 1s});
+    for (auto id : {"a", "b", "c"}) d.enqueue({id, {"agent"}});
+    d.process_queue();
+    sp.exit(sp.pid_of("a"), 0);
+    d.process_queue();
+    d.cancel("b");
+    d.reap();
+    sp.fail_next_releases(2);
+    d.enqueue({"x", {"agent"}});
+    d.process_queue();
+    std::error_code ec;
+    auto stored = other.events_after(0, 1000, ec);
+    REQUIRE(seen->size() >= 12);
+    CHECK(committed_when_told == static_cast<int>(seen->size()));
+    std::vector<std::uint64_t> want(seen->size());
+    for (std::size_t i = 0; i < want.size(); ++i) want[i] = i + 1;
+    std::vector<std::uint64_t> got;
+    for (auto& e : *seen) got.push_back(e.seq);
+    CHECK(got == want);
+    REQUIRE(stored.size() == seen->size());
+    for (std::size_t i = 0; i < stored.size(); ++i) {
+        CHECK(stored[i].seq == (*seen)[i].seq);
+        CHECK(stored[i].type == (*seen)[i].type);
+        CHECK(stored[i].task_id == (*seen)[i].task_id);
+        CHECK(stored[i].reason == (*seen)[i].reason);
+    }
+}
+
+namespace {
+
+/// A model of the durable_notifier concept: a list of kept events (shared, like the events
+/// file every process appends to); relay() takes the source's events after the highest number
+/// it holds. `drop` makes one object keep nothing (a process killed between its commit and
+/// its delivery).
+struct kept_events {
+    std::vector<event> kept;
+    int own_notifications = 0;   // notify() calls with a numbered event (ignored)
+};
+class model_durable_notifier {
+public:
+    model_durable_notifier(std::shared_ptr<kept_events> k, bool drop = false) : k_(std::move(k)), drop_(drop) {}
+    void notify(const event& e) noexcept {
+        if (e.seq) ++k_->own_notifications;
+        else k_->kept.push_back(e);
+    }
+    std::uint64_t relay(const event_source& source, std::error_code& ec) noexcept {
+        ec.clear();
+        if (drop_) return last();
+        for (;;) {
+            auto batch = source(last(), ec);
+            if (ec || batch.empty()) break;
+            for (auto& e : batch) k_->kept.push_back(e);
+        }
+        return last();
+    }
+
+private:
+    std::uint64_t last() const {
+        for (auto i = k_->kept.rbegin(); i != k_->kept.rend(); ++i)
+            if (i->seq) return i->seq;
+        return 0;
+    }
+    std::shared_ptr<kept_events> k_;
+    bool drop_;
+};
+static_assert(kugetsu::durable_notifier<model_durable_notifier>);
+
+using durable_dispatcher = basic_dispatcher<null_lock, fake_spawner, model_durable_notifier, memory_store, manual_clock,
+                                            null_workspace>;
+
+std::vector<std::uint64_t> seqs_of(const std::vector<event>& v) {
+    std::vector<std::uint64_t> out;
+    for (auto& e : v) out.push_back(e.seq);
+    return out;
+}
+
+} // namespace
+
+TEST_CASE("a durable notifier receives every dispatcher's events once, in order, and those of one that died before delivering") {
+    fake_spawner sp;
+    memory_store st;
+    manual_clock clock;
+    auto kept = std::make_shared<kept_events>();
+    auto make = [&](bool drop) {
+        return durable_dispatcher(null_lock{}, sp, model_durable_notifier(kept, drop), st, clock, null_workspace{},
+                                  dispatcher_options{3, 3, 1s});
+    };
+    auto a = make(false);
+    auto b = make(false);
+    auto committed = [&] {
+        std::error_code ec;
+        return st.events_after(0, 1000, ec);
+    };
+    auto in_order_once = [&] {
+        std::vector<std::uint64_t> want(committed().size());
+        for (std::size_t i = 0; i < want.size(); ++i) want[i] = i + 1;
+        CHECK(seqs_of(kept->kept) == want);
+    };
+    a.enqueue({"a1", {"agent"}});
+    in_order_once();
+    b.enqueue({"b1", {"agent"}});
+    in_order_once();
+    CHECK(kept->kept.size() == 2);   // b's relay did not give a's event again
+    b.process_queue();               // starts a1 and b1
+    in_order_once();
+    sp.exit(sp.pid_of("a1"), 0);
+    a.reap();
+    in_order_once();
+    CHECK(kept->kept.size() == committed().size());
+    const auto before = kept->kept.size();
+    {
+        auto dying = make(true);   // commits, then dies before its delivery
+        dying.enqueue({"d1", {"agent"}});
+        dying.start({"d2", {"agent"}});
+        CHECK(kept->kept.size() == before);
+    }
+    CHECK(committed().size() > before);
+    b.reap();   // nothing of its own to say: it relays what the dead one committed
+    in_order_once();
+    std::vector<std::string> late;
+    for (std::size_t i = before; i < kept->kept.size(); ++i)
+        late.push_back(std::string(to_string(kept->kept[i].type)) + " " + kept->kept[i].task_id);
+    CHECK(late == std::vector<std::string>{"task_queued d1", "task_started d2"});
+    CHECK(kept->own_notifications > 0);   // notify() of numbered events kept nothing twice
+    a.reap();
+    in_order_once();
+}
+
+TEST_CASE("over sqlite_store, a corrupt task row is quarantined with a task_error event and every other task runs") {
+    kugetsu::test::temp_dir home;
+    fake_spawner sp;
+    auto events = std::make_shared<std::vector<event>>();
+    basic_dispatcher d(null_lock{}, sp, callback_notifier([events](const event& e) { events->push_back(e); }),
+                       sqlite_store(home / "state.db"), manual_clock{}, null_workspace{}, dispatcher_options{2, 3, 1s});
+    for (auto id : {"a", "b", "c", "d"}) d.enqueue(task_spec{id, {"agent"}, role::dev, {}, {}, {}, {}});
+    auto corrupt = [&](const char* id) {
+        sqlite3* db = nullptr;
+        REQUIRE(sqlite3_open_v2((home / "state.db").c_str(), &db, SQLITE_OPEN_READWRITE, nullptr) == SQLITE_OK);
+        const std::string sql = "UPDATE tasks SET record = '{\"version\": 1' WHERE id = '" + std::string(id) + "'";
+        CHECK(sqlite3_exec(db, sql.c_str(), nullptr, nullptr, nullptr) == SQLITE_OK);
+        CHECK(sqlite3_changes(db) == 1);
+        sqlite3_close_v2(db);
+    };
+    corrupt("b");
+    d.process_queue();
+    CHECK(sp.requests().size() == 2);   // a and c; b was moved aside
+    // A running agent whose task row goes bad keeps its slot: its session still counts.
+    corrupt("a");
+    d.process_queue();
+    CHECK(sp.requests().size() == 2);
+    std::error_code ec;
+    CHECK(d.reap(ec).live == 2);
+    sp.exit(sp.pid_of("a"), 0);
+    sp.exit(sp.pid_of("c"), 0);
+    d.process_queue();
+    REQUIRE(sp.requests().size() == 3);
+    CHECK(sp.requests()[2].task_id == "d");
+    sp.exit(sp.pid_of("d"), 0);
+    d.reap();
+    auto& q = d.store().quarantined();
+    REQUIRE(q.size() == 2);
+    CHECK(q[0].task_id == "b");
+    CHECK(q[1].task_id == "a");
+    std::vector<std::uint64_t> told;
+    for (auto& e : *events)
+        if (e.type == event_type::task_error && e.reason == "quarantined") told.push_back(e.seq);
+    CHECK(told == std::vector<std::uint64_t>{q[0].event_seq, q[1].event_seq});
+    CHECK(d.store().get_item("c", ec)->state == task_state::completed);
+    CHECK(d.store().get_item("d", ec)->state == task_state::completed);
+    CHECK_FALSE(d.store().get_item("a", ec));
+    CHECK(d.store().list_sessions(ec).empty());
+    CHECK(d.store().quarantine_rows(ec).size() == 2);
 }

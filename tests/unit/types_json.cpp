@@ -189,7 +189,8 @@ TEST_CASE("a session round-trips and must be keyed by its task id, or pm-agent f
 }
 
 TEST_CASE("an event has type, task_id and an RFC 3339 timestamp, plus the fields that are known") {
-    event e{0, event_type::task_error, "t9", *parse_rfc3339("2026-11-27T00:00:00Z"), 3, 1234, 2, "exit_code"};
+    event e{.type = event_type::task_error, .task_id = "t9", .time = *parse_rfc3339("2026-11-27T00:00:00Z"), .attempt = 3,
+            .pid = 1234, .exit_code = 2, .reason = "exit_code"};
     const json j = e;
     CHECK(j["type"] == "task_error");
     CHECK(j["task_id"] == "t9");
@@ -199,7 +200,9 @@ TEST_CASE("an event has type, task_id and an RFC 3339 timestamp, plus the fields
     CHECK(j["exit_code"] == 2);
     CHECK(j["reason"] == "exit_code");
     CHECK_FALSE(j.contains("seq"));   // not (yet) in a store: no number
-    event q{0, event_type::task_queued, "t9", {}, {}, {}, {}, {}};
+    event q;
+    q.type = event_type::task_queued;
+    q.task_id = "t9";
     const json jq = q;
     CHECK_FALSE(jq.contains("pid"));
     CHECK_FALSE(jq.contains("reason"));
@@ -214,7 +217,12 @@ TEST_CASE("an event has type, task_id and an RFC 3339 timestamp, plus the fields
 }
 
 TEST_CASE("an event a store numbered carries its seq, which must be a positive integer exact in a double") {
-    event e{41, event_type::task_started, "t9", *parse_rfc3339("2026-11-27T00:00:00Z"), 1, 7, {}, {}};
+    event e;
+    e.type = event_type::task_started;
+    e.task_id = "t9";
+    e.time = *parse_rfc3339("2026-11-27T00:00:00Z");
+    e.pid = 7;
+    e.seq = 41;
     const json j = e;
     CHECK(j["seq"] == 41);
     std::error_code ec;

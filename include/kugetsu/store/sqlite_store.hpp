@@ -134,6 +134,9 @@ public:
             unit_quarantined_ = std::move(o.unit_quarantined_);
             detail_ = std::move(o.detail_);
             busy_since_ = o.busy_since_;
+            // The busy handler was registered with the address of `o`: point it here, or a
+            // moved store's BEGIN consults a dead object and may fail at once (SQLITE_BUSY).
+            if (db_) sqlite3_busy_handler(db_, &sqlite_store::on_busy, this);
         }
         return *this;
     }
@@ -523,8 +526,9 @@ public:
             ++r.events;
             std::error_code pec;
             std::string why;
-            if (!parse_event(col_text(q, 1), pec, why))
-                r.bad_rows.push_back("events " + std::to_string(sqlite3_column_int64(q, 0)) + ": " + why);
+            auto e = parse_event(col_text(q, 1), pec, why);
+            if (e && e->seq) e.reset(), why = "a number in its record";   // as events_after() judges it
+            if (!e) r.bad_rows.push_back("events " + std::to_string(sqlite3_column_int64(q, 0)) + ": " + why);
         });
         if (ec) return r;
         scan("SELECT count(*) FROM quarantine", [&](sqlite3_stmt* q) { r.quarantined = sqlite3_column_int(q, 0); });
