@@ -97,6 +97,25 @@ expect_rc 65 ku wait good; names good; names quarantine
 expect_rc 0 ku status
 [ ! -s "$T/err" ] || fail "a second status reported the quarantine again: $(cat "$T/err")"
 
+# An events file that cannot be written (a planted link: ELOOP; a directory: EISDIR) is
+# reported on stderr and loses nothing: the events stay in the store, and the next command
+# that can write the file appends them, in order, without a gap.
+mv "$KUGETSU_HOME/events.jsonl" "$T/events.saved"
+ln -s "$T/victim" "$KUGETSU_HOME/events.jsonl"
+expect_rc 0 ku enqueue --id unheard -- true
+names events.jsonl; names "kept in the database"
+[ ! -e "$T/victim" ] || fail "an event was written through a planted link"
+ku events | grep -q '"task_id":"unheard"' || fail "the event is not in the store"
+rm "$KUGETSU_HOME/events.jsonl"
+mkdir "$KUGETSU_HOME/events.jsonl"
+expect_rc 0 ku enqueue --id unheard2 -- true; names events.jsonl
+rmdir "$KUGETSU_HOME/events.jsonl"
+mv "$T/events.saved" "$KUGETSU_HOME/events.jsonl"
+expect_rc 0 ku enqueue --id heard -- true
+[ ! -s "$T/err" ] || fail "a working events file was reported: $(cat "$T/err")"
+[ "$(events_of task_queued unheard)" -eq 1 ] && [ "$(events_of task_queued unheard2)" -eq 1 ] ||
+    fail "the events kept in the store were not appended once each"
+
 # A database that is not one, or damaged: a clear error naming the file; nothing is lost.
 cp "$KUGETSU_HOME/state.db" "$T/state.db.saved"
 printf 'this is not a database, but it is precious' >"$T/notdb"

@@ -1,9 +1,11 @@
 // A host program that uses kugetsu, built by both consumer projects (find_package and
-// add_subdirectory). Exits non-zero if the lock models or the lock concept do not behave
-// as documented.
+// add_subdirectory), linked with kugetsu::sqlite. Exits non-zero if the lock models or the
+// lock concept do not behave as documented, or if a dispatcher over a state directory
+// (home.hpp: SQLite) does not keep what it was given.
 //
 // Usage: find_package_consumer [lock-file]   (or add_subdirectory_consumer)
 #include <kugetsu/concepts.hpp>
+#include <kugetsu/home.hpp>
 #include <kugetsu/lock/flock_lock.hpp>
 #include <kugetsu/lock/null_lock.hpp>
 
@@ -90,6 +92,22 @@ int main(int argc, char** argv) {
     }
 
     std::filesystem::remove(path, ec);
+
+    {   // A state directory through kugetsu::sqlite: the limits are kept, a task is queued.
+        char tmpl[] = "/tmp/kugetsu-consumer-home-XXXXXX";
+        check(::mkdtemp(tmpl) != nullptr, "mkdtemp");
+        const std::string home = std::string(tmpl) + "/home";
+        {
+            kugetsu::dispatcher d = kugetsu::open_dispatcher(home, {.cap = 2});
+            d.enqueue({"hello", {"true"}}, ec);
+            check(!ec, "enqueue into a new HOME");
+        }
+        kugetsu::dispatcher again = kugetsu::open_dispatcher(home);   // default options: cap 3
+        check(again.limits(ec).cap == 2 && !ec, "the HOME keeps the cap it was created with");
+        auto it = again.store().get_item("hello", ec);
+        check(it && it->state == kugetsu::task_state::pending, "the queued task is pending in state.db");
+        std::filesystem::remove_all(tmpl, ec);
+    }
     if (failures == 0) std::puts("kugetsu consumer: all checks passed");
     return failures == 0 ? 0 : 1;
 }
