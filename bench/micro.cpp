@@ -1,10 +1,16 @@
-// kugetsu-micro-bench: micro-benchmarks of the pieces a dispatcher's time goes to (issue 6).
-// Benchmarks, not tests: nothing here asserts a figure.
+// kugetsu-micro-bench: micro-benchmarks of the pieces a dispatcher's time goes to (issues 6
+// and 12). Benchmarks, not tests: nothing here asserts a figure.
 //
 //   BM_lock_acquire_release/<model>       lock(ec) + unlock() of an uncontended lock
 //   BM_atomic_write/<disk|tmpfs>/durable:<0|1>
-//                                         detail::atomic_write_at of a ~0.5 KiB queue record
-//   BM_start_critical_section/...         basic_dispatcher::start() over file_store with a
+//                                         detail::atomic_write_at of a ~0.5 KiB record: what
+//                                         kugetsu 0.1's file store paid per record (reference)
+//   BM_commit/<disk|tmpfs>/rows:K/durable:<0|1>
+//                                         one sqlite_store unit of work: BEGIN IMMEDIATE, K task
+//                                         rows and K events, COMMIT (+ one fdatasync if durable)
+//   BM_store_open/<disk|tmpfs>            open_home_store() of an existing HOME and close: what
+//                                         every `kugetsu` process pays before its first query
+//   BM_start_critical_section/...         basic_dispatcher::start() over sqlite_store with a
 //                                         spawner that starts nothing (no process cost)
 //   BM_process_queue_pass_*/pending:N     one process_queue() pass with N pending tasks
 //   BM_daemon_wake_no_slot/pending:N      what `kugetsu daemon` does per wake-up while the cap
@@ -17,13 +23,14 @@
 //   --tmpfs_dir=PATH  the tmpfs directory (default /dev/shm); "" skips the tmpfs variants
 //   --sizes=10,1000,100000   the pending-queue sizes of the pass benchmarks
 // Each file benchmark's label names the filesystem type it ran on (ext4, tmpfs, ...): the
-// cost of durable writes depends entirely on it.
+// cost of a durable commit depends entirely on it.
 //
-// Fixtures (N pending records for the pass benchmarks) are written once per size with
-// non-durable writes into a temporary directory under --dir, reused by every benchmark of
-// that size, and removed at exit. 100,000 records take a few seconds to write.
+// Fixtures (N pending tasks for the pass benchmarks) are written once per size into a HOME
+// under --dir (units of 5,000 tasks), reused by every benchmark of that size, and removed at
+// exit. 100,000 tasks take a few seconds to write.
 #include <benchmark/benchmark.h>
 
+#include <kugetsu/home.hpp>
 #include <kugetsu/kugetsu.hpp>
 #if KUGETSU_BENCH_BOOST
 #include <kugetsu/lock/boost_file_lock.hpp>
@@ -44,6 +51,7 @@
 #include <vector>
 
 #include <fcntl.h>
+#include <sys/stat.h>
 #include <sys/statfs.h>
 #include <unistd.h>
 
@@ -164,19 +172,46 @@ private:
 };
 static_assert(kugetsu::spawner<noop_spawner>);
 
-template <class Lock, class Store>
-using bench_dispatcher = basic_dispatcher<Lock, noop_spawner, null_notifier, Store, system_clock, null_workspace>;
+template <class Lock, class Store, class Notifier = null_notifier>
+using bench_dispatcher = basic_dispatcher<Lock, noop_spawner, Notifier, Store, system_clock, null_workspace>;
 
-using file_dispatcher = bench_dispatcher<flock_lock, file_store>;
+using sql_dispatcher = bench_dispatcher<flock_lock, sqlite_store>;
+using relay_dispatcher = bench_dispatcher<flock_lock, sqlite_store, jsonl_notifier>;
 using memory_dispatcher = bench_dispatcher<null_lock, memory_store>;
 
-file_dispatcher open_file_dispatcher(const std::string& home, bool durable, int cap = 3) {
-    file_store st(home, {.durable = durable, .quarantine = true});
+/// The store of a HOME, as every `kugetsu` process opens it (created if missing).
+sqlite_store open_store(const std::string& home) {
     std::error_code ec;
-    st.open(ec);
-    check(ec, "open " + home);
-    return file_dispatcher(flock_lock(home + "/lock"), noop_spawner{}, null_notifier{}, std::move(st), system_clock{},
-                           null_workspace{}, {.cap = cap});
+    std::string why;
+    sqlite_store st = open_home_store(home, ec, why);
+    if (ec) die("open_home_store " + home + ": " + why);
+    return st;
+}
+
+/// A dispatcher over HOME/state.db and HOME/lock, as the CLI's (no processes, no events file
+/// unless Notifier is jsonl_notifier: HOME/events.jsonl, relayed after every unit).
+template <class Notifier = null_notifier>
+bench_dispatcher<flock_lock, sqlite_store, Notifier> open_sql_dispatcher(const std::string& home, int cap = 3) {
+    const home_layout h{home};
+    Notifier n = [&] {
+        if constexpr (std::is_same_v<Notifier, jsonl_notifier>) return jsonl_notifier(h.events());
+        else return Notifier{};
+    }();
+    return bench_dispatcher<flock_lock, sqlite_store, Notifier>(flock_lock(h.lock()), noop_spawner{}, std::move(n),
+                                                                open_store(home), system_clock{}, null_workspace{},
+                                                                {.cap = cap});
+}
+
+/// Runs f inside one unit of work of `st`, committed without a sync (set-up, not timed).
+template <class Store, class F>
+void in_unit(Store& st, F&& f) {
+    std::error_code ec;
+    st.begin(ec);
+    check(ec, "begin");
+    f(ec);
+    check(ec, "set-up write");
+    st.commit(durability::visible, ec);
+    check(ec, "commit");
 }
 
 // ---- BM_lock_acquire_release ---------------------------------------------------------------
@@ -248,61 +283,109 @@ void BM_atomic_write(benchmark::State& state, const std::string* root, bool dura
     state.SetBytesProcessed(static_cast<int64_t>(state.iterations() * text.size()));
 }
 
+// ---- BM_commit: one unit of work of sqlite_store -------------------------------------------
+//
+// BEGIN IMMEDIATE, K task rows rewritten (the JSON records a pass writes) and K events
+// appended, COMMIT; durable:1 adds the one fdatasync of the WAL (what a daemon pass that
+// starts agents pays once), durable:0 is a `visible` commit (the second commit of such a
+// pass, which marks them running).
+void BM_commit(benchmark::State& state, const std::string* root) {
+    const long rows = state.range(0);
+    const bool durable = state.range(1) != 0;
+    const std::string home = fresh_home(*root, "commit");
+    sqlite_store st = open_store(home);
+    std::vector<queue_item> items;
+    for (long i = 0; i < rows; ++i) {
+        queue_item it = pending_item("t-20261206T040000-" + std::to_string(1000 + i), i);
+        it.state = task_state::running;
+        it.attempts = 1;
+        it.process = noop_spawner::ref(static_cast<int>(4242 + i));
+        it.started_at = it.updated_at;
+        items.push_back(std::move(it));
+    }
+    std::error_code ec;
+    for (auto _ : state) {
+        st.begin(ec);
+        for (const auto& it : items) {
+            st.put_item(it, ec);
+            event e;
+            e.type = event_type::task_started;
+            e.task_id = it.id;
+            e.time = it.updated_at;
+            e.attempt = 1;
+            e.pid = it.process.pid;
+            st.append_event(e, ec);
+        }
+        st.commit(durable ? durability::durable : durability::visible, ec);
+        if (ec) break;
+    }
+    if (ec) die("commit: " + st.last_error_detail());
+    state.SetLabel(fs_type(home));
+}
+
+// ---- BM_store_open: what every process pays to open HOME -----------------------------------
+
+void BM_store_open(benchmark::State& state, const std::string* root) {
+    const std::string home = fresh_home(*root, "open");
+    { open_sql_dispatcher(home).limits(); }   // create, migrate, write the limits: not timed
+    for (auto _ : state) {
+        sqlite_store st = open_store(home);
+        std::error_code ec;
+        benchmark::DoNotOptimize(st.get_limits(ec));
+        check(ec, "get_limits");
+    }
+    state.SetLabel(fs_type(home));
+}
+
 // ---- BM_start_critical_section -------------------------------------------------------------
 //
-// One start() of a new task with a free slot, over file_store, flock_lock and the no-op
-// spawner: lock; reap (list sessions; list queue/ for orphaned claims); count; create the
-// record (claimed); attempt: put it notified, spawn, put the session, release, put it running;
-// unlock. Four durable writes with durable:1. Between iterations (not timed) the agent "ends"
-// and its session and record are removed, so every start sees the same state: `history`
-// finished records in queue/ and no live agent.
-//   cold:0  one dispatcher for all iterations: records are parsed once, then only stat'ed
-//   cold:1  a new dispatcher (new file_store, empty parse cache) per iteration: what every
-//           `kugetsu start` process pays, minus exec and the dynamic loader
-void BM_start_critical_section(benchmark::State& state) {
-    const bool durable = state.range(0) != 0;
-    const long history = state.range(1);
-    const bool cold = state.range(2) != 0;
-    const std::string home = fresh_home(scratch_root, "start");
+// One start() of a new task with a free slot, over sqlite_store, flock_lock and the no-op
+// spawner: lock; BEGIN; limits; reap (sessions, their tasks, claims); create the task
+// (claimed, its attempt counted) and its session; COMMIT + fdatasync; "release"; BEGIN; mark
+// it running, task_started; COMMIT (visible); unlock. Between iterations (not timed) the
+// agent "ends": its session is removed and its task completed, so every start sees no live
+// agent. `history` completed tasks are in the store beforehand.
+//   cold:0  one dispatcher (one connection, statements prepared once) for all iterations
+//   cold:1  open_home_store() and a new dispatcher per iteration: what every `kugetsu start`
+//           process pays, minus exec, the dynamic loader and the spawn
+void BM_start_critical_section(benchmark::State& state, const std::string* root) {
+    const long history = state.range(0);
+    const bool cold = state.range(1) != 0;
+    const std::string home = fresh_home(*root, "start");
     {
-        file_store fill(home, {.durable = false, .quarantine = true});
-        std::error_code ec;
-        fill.open(ec);
-        check(ec, "open " + home);
-        for (long i = 0; i < history; ++i) {
-            queue_item it = pending_item("h" + std::to_string(i), i);
-            it.state = task_state::completed;
-            it.attempts = 1;
-            it.exit_code = 0;
-            it.process = noop_spawner::ref(static_cast<int>(10 + i));
-            it.started_at = it.finished_at = it.updated_at;
-            fill.create_item(it, ec);
-            check(ec, "fill " + home);
-        }
+        auto d = open_sql_dispatcher(home);
+        in_unit(d.store(), [&](std::error_code& ec) {
+            for (long i = 0; i < history && !ec; ++i) {
+                queue_item it = pending_item("h" + std::to_string(i), i);
+                it.state = task_state::completed;
+                it.attempts = 1;
+                it.exit_code = 0;
+                it.process = noop_spawner::ref(static_cast<int>(10 + i));
+                it.started_at = it.finished_at = it.updated_at;
+                d.store().create_item(it, ec);
+            }
+        });
+        d.limits();   // writes the limits
     }
-    std::unique_ptr<file_dispatcher> d;
-    if (!cold) {
-        d = std::make_unique<file_dispatcher>(open_file_dispatcher(home, durable));
-        std::error_code ec;
-        d->reap(ec);   // warm the parse cache
-        check(ec, "reap");
-    }
-    std::error_code oec;
-    auto rec = detail::open_path(home + "/queue", O_RDONLY | O_DIRECTORY, 0, oec);
-    check(oec, "open " + home + "/queue");
-    auto ses = detail::open_path(home + "/sessions", O_RDONLY | O_DIRECTORY, 0, oec);
-    check(oec, "open " + home + "/sessions");
+    std::unique_ptr<sql_dispatcher> d;
+    if (!cold) d = std::make_unique<sql_dispatcher>(open_sql_dispatcher(home));
     long n = 0;
     for (auto _ : state) {
-        if (cold) d = std::make_unique<file_dispatcher>(open_file_dispatcher(home, durable));
+        if (cold) d = std::make_unique<sql_dispatcher>(open_sql_dispatcher(home));
         task_spec spec{"s" + std::to_string(n++), {"/bin/true"}, role::dev, {}, {}, {}, "/tmp"};
         std::error_code ec;
         const auto r = d->start(spec, ec);
         state.PauseTiming();
-        if (ec || r.status != start_status::started) die("start: " + (ec ? ec.message() : std::string("no slot")));
+        if (ec || r.status != start_status::started) die("start: " + (ec ? d->last_error_detail() : std::string("no slot")));
         d->spawner().end(r.item.process.pid);
-        ::unlinkat(ses.get(), (spec.id + ".json").c_str(), 0);
-        ::unlinkat(rec.get(), (spec.id + ".json").c_str(), 0);
+        in_unit(d->store(), [&](std::error_code& uec) {
+            d->store().remove_session(spec.id, uec);
+            queue_item it = r.item;
+            it.state = task_state::completed;
+            it.exit_code = 0;
+            it.finished_at = it.updated_at;
+            if (!uec) d->store().put_item(it, uec);
+        });
         if (cold) d.reset();
         state.ResumeTiming();
     }
@@ -316,88 +399,92 @@ void BM_start_critical_section(benchmark::State& state) {
 // part that depends on what it does, so two cases are measured at each queue size N:
 //
 //   no_slot     the cap (3) is full: 3 agents live, N tasks pending. The pass takes the
-//               lock, reaps (polls the 3 sessions, reads their records, lists queue/ for
-//               claims of dead processes), counts, finds no free slot, unlocks. It writes
-//               nothing, so every iteration sees the same state. This is what a daemon pays
-//               on every wake-up that changes nothing (a task enqueued while the cap is
-//               full) and the floor of every pass: the queue-size-dependent part.
-//   start_one   2 agents live, N pending: the pass that follows an agent's end. As above, then
-//               lists queue/ again for the oldest pending task, marks it notified (1 write),
-//               and start_item()s it: lock, reap the sessions, read the record, one attempt
-//               (2 record writes, 1 session write; the spawner starts nothing). Between
-//               iterations (not timed) the started task is put back to pending and its
-//               session removed, so the same task is started each time. durable:1 fsyncs
-//               as the daemon does; durable:0 shows what is not the disk.
+//               lock, begins a unit, reads the limits, reaps (lists the 3 sessions, polls
+//               them, reads their tasks, lists the claimed tasks), counts, finds no free
+//               slot, commits a unit that wrote nothing, unlocks. Every iteration sees the
+//               same state. This is what a daemon pays on every wake-up that changes nothing
+//               (a task enqueued while the cap is full): the queue-size-dependent part.
+//   start_one   2 agents live, N pending: the pass that follows an agent's end. As above,
+//               then takes the oldest pending task (an index seek), claims it (task row +
+//               task_dequeued), "spawns" it, writes its session, commits durably (one
+//               fdatasync), "releases" it, marks it running (task row + task_started) and
+//               commits again (visible). Between iterations (not timed) the task is put back
+//               to pending and its session removed, so the same task is started each time.
+//               relay:1 also relays the events to HOME/events.jsonl (jsonl_notifier), as the
+//               daemon does after every pass.
 //
-// The dispatcher lives across iterations, as in a daemon: records are parsed once (in the
-// untimed warm-up pass) and later passes only stat them. `cold` instead builds a new
-// dispatcher per iteration, i.e. the first pass of a fresh process (`kugetsu daemon --once`,
-// and the reap inside every `kugetsu start`, `status`, `wait`): it opens and parses every
-// record. The _memory variants run the same passes over memory_store and null_lock: the
-// dispatcher's own algorithm, without the filesystem.
+// The dispatcher lives across iterations, as in a daemon (one connection, prepared
+// statements). `cold` instead opens the store and builds a dispatcher per iteration, i.e. the
+// first pass of a fresh process (`kugetsu daemon --once`, and the reap inside every `kugetsu
+// start`). The _memory variants run the same passes over memory_store and null_lock: the
+// dispatcher's own algorithm, without SQLite.
 
-/// N pending records (p0000000...) and three running background agents (bg0..bg2) in a home
-/// under scratch_root, written once per N with non-durable writes and shared by the
-/// benchmarks of that size.
+/// N pending tasks (p0000000...) and three running background tasks (bg0..bg2) in a HOME
+/// under `root`, written once per (root, N) and shared by the benchmarks of that size.
 struct pass_fixture {
     std::string home;
     queue_item first;   // the oldest pending task, as written
 };
 
-const pass_fixture& fixture(long n) {
-    static std::map<long, pass_fixture> all;
-    if (auto i = all.find(n); i != all.end()) return i->second;
+const pass_fixture& fixture(const std::string& root, long n) {
+    static std::map<std::pair<std::string, long>, pass_fixture> all;
+    if (auto i = all.find({root, n}); i != all.end()) return i->second;
     pass_fixture f;
-    f.home = scratch_root + "/pending-" + std::to_string(n);
+    f.home = root + "/pending-" + std::to_string(n);
     const auto t0 = std::chrono::steady_clock::now();
-    file_store st(f.home, {.durable = false, .quarantine = true});
-    std::error_code ec;
-    for (long i = 0; i < n; ++i) {
-        st.create_item(pending_item(pending_id(i), 1000 + i), ec);
-        check(ec, "fixture " + f.home + ": " + st.last_error_detail());
+    if (::mkdir(f.home.c_str(), 0700) != 0) die("mkdir " + f.home + ": " + std::strerror(errno));
+    auto d = open_sql_dispatcher(f.home);
+    d.limits();   // cap 3 into the store
+    auto& st = d.store();
+    for (long i = 0; i < n;) {
+        in_unit(st, [&](std::error_code& ec) {
+            for (long end = std::min(n, i + 5000); i < end && !ec; ++i) st.create_item(pending_item(pending_id(i), 1000 + i), ec);
+        });
     }
-    for (int k = 0; k < 3; ++k) {
-        queue_item it = pending_item("bg" + std::to_string(k), k);
-        it.state = task_state::running;
-        it.attempts = 1;
-        it.process = noop_spawner::ref(10 + k);
-        it.started_at = it.updated_at;
-        st.create_item(it, ec);
-        check(ec, "fixture " + f.home);
-    }
+    in_unit(st, [&](std::error_code& ec) {
+        for (int k = 0; k < 3 && !ec; ++k) {
+            queue_item it = pending_item("bg" + std::to_string(k), k);
+            it.state = task_state::running;
+            it.attempts = 1;
+            it.process = noop_spawner::ref(10 + k);
+            it.started_at = it.updated_at;
+            st.create_item(it, ec);
+        }
+    });
     f.first = pending_item(pending_id(0), 1000);
     const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-    std::fprintf(stderr, "[fixture: %ld pending records in %s, written in %.1f s]\n", n, f.home.c_str(), s);
-    return all.emplace(n, std::move(f)).first->second;
+    std::fprintf(stderr, "[fixture: %ld pending tasks in %s, written in %.1f s]\n", n, f.home.c_str(), s);
+    return all.emplace(std::make_pair(root, n), std::move(f)).first->second;
 }
 
 /// Makes exactly bg0..bg(k-1) live sessions (and their spawner's agents) in the fixture,
 /// removes any other session, and puts the first pending task back to pending.
-template <class D, class Store>
-void set_background(D& d, Store& st, int k) {
-    std::error_code ec;
-    for (const auto& s : st.list_sessions(ec)) {
-        st.remove_session(s.id, ec);
-        check(ec, "remove session");
-    }
-    check(ec, "list sessions");
-    for (int i = 0; i < 3; ++i) {
-        const std::string id = "bg" + std::to_string(i);
-        queue_item it = pending_item(id, i);
-        it.attempts = 1;
-        it.process = noop_spawner::ref(10 + i);
-        it.started_at = it.updated_at;
-        it.state = i < k ? task_state::running : task_state::completed;
-        st.put_item(it, ec);
-        check(ec, "put background item");
-        if (i < k) {
-            st.put_session({id, role::dev, id, it.process, "", it.updated_at}, ec);
-            check(ec, "put background session");
-            d.spawner().add_live(10 + i);
-        } else {
-            d.spawner().end(10 + i);
+template <class D>
+void set_background(D& d, int k, const queue_item* first = nullptr) {
+    auto& st = d.store();
+    in_unit(st, [&](std::error_code& ec) {
+        for (const auto& s : st.list_sessions(ec)) {
+            if (ec) return;
+            st.remove_session(s.id, ec);
         }
-    }
+        for (int i = 0; i < 3 && !ec; ++i) {
+            const std::string id = "bg" + std::to_string(i);
+            queue_item it = pending_item(id, i);
+            it.attempts = 1;
+            it.process = noop_spawner::ref(10 + i);
+            it.started_at = it.updated_at;
+            it.state = i < k ? task_state::running : task_state::completed;
+            st.put_item(it, ec);
+            if (ec) return;
+            if (i < k) {
+                st.put_session({id, role::dev, id, it.process, "", it.updated_at}, ec);
+                d.spawner().add_live(10 + i);
+            } else {
+                d.spawner().end(10 + i);
+            }
+        }
+        if (first && !ec) st.put_item(*first, ec);
+    });
 }
 
 template <class D>
@@ -405,17 +492,15 @@ void run_pass(D& d, benchmark::State& state, int expect_started) {
     std::error_code ec;
     const auto r = d.process_queue(ec);
     if (ec) die("process_queue: " + d.last_error_detail());
-    if (r.started != expect_started) {
-        state.SkipWithError("the pass did not do what it should (see the fixture)");
-    }
+    if (r.started != expect_started) state.SkipWithError("the pass did not do what it should (see the fixture)");
 }
 
 /// The warm no_slot pass; `wake` adds next_wake(), i.e. one whole daemon wake-up.
-void BM_pass_no_slot_file(benchmark::State& state, bool wake) {
-    const auto& f = fixture(state.range(0));
-    auto d = open_file_dispatcher(f.home, true);
-    set_background(d, d.store(), 3);
-    run_pass(d, state, 0);   // warm-up: parses every record once
+void BM_pass_no_slot(benchmark::State& state, bool wake) {
+    const auto& f = fixture(scratch_root, state.range(0));
+    auto d = open_sql_dispatcher(f.home);
+    set_background(d, 3);
+    run_pass(d, state, 0);   // warm-up: prepares the statements
     std::error_code ec;
     for (auto _ : state) {
         d.process_queue(ec);
@@ -426,50 +511,54 @@ void BM_pass_no_slot_file(benchmark::State& state, bool wake) {
     state.SetLabel(fs_type(f.home));
 }
 
-void BM_process_queue_pass_no_slot(benchmark::State& state) { BM_pass_no_slot_file(state, false); }
-void BM_daemon_wake_no_slot(benchmark::State& state) { BM_pass_no_slot_file(state, true); }
+void BM_process_queue_pass_no_slot(benchmark::State& state) { BM_pass_no_slot(state, false); }
+void BM_daemon_wake_no_slot(benchmark::State& state) { BM_pass_no_slot(state, true); }
 
 void BM_process_queue_pass_no_slot_cold(benchmark::State& state) {
-    const auto& f = fixture(state.range(0));
+    const auto& f = fixture(scratch_root, state.range(0));
     {
-        auto d = open_file_dispatcher(f.home, false);
-        set_background(d, d.store(), 3);
+        auto d = open_sql_dispatcher(f.home);
+        set_background(d, 3);
     }
     for (auto _ : state) {
-        auto d = open_file_dispatcher(f.home, true);
+        auto d = open_sql_dispatcher(f.home);
         for (int k = 0; k < 3; ++k) d.spawner().add_live(10 + k);
         run_pass(d, state, 0);
-        state.PauseTiming();   // the destructor (freeing the parse cache) is not the pass
+        state.PauseTiming();   // closing the connection is not the pass
         { auto gone = std::move(d); }
         state.ResumeTiming();
     }
     state.SetLabel(fs_type(f.home));
 }
 
-void BM_process_queue_pass_start_one(benchmark::State& state) {
-    const auto& f = fixture(state.range(0));
-    const bool durable = state.range(1) != 0;
-    auto d = open_file_dispatcher(f.home, durable);
-    set_background(d, d.store(), 2);
+template <class Notifier>
+void start_one_loop(benchmark::State& state, const std::string& root) {
+    const auto& f = fixture(root, state.range(0));
+    auto d = open_sql_dispatcher<Notifier>(f.home);
+    set_background(d, 2, &f.first);
     std::error_code ec;
-    d.store().put_item(f.first, ec);
-    check(ec, "reset " + f.first.id);
-    d.reap(ec);   // warm-up: parses every record once
+    d.reap(ec);   // warm-up: prepares the statements (and catches the events file up)
     check(ec, "reap");
     for (auto _ : state) {
         const auto r = d.process_queue(ec);
         state.PauseTiming();
         if (ec || r.started != 1) die("start_one pass: " + (ec ? d.last_error_detail() : std::string("started ") + std::to_string(r.started)));
-        // Put the task back: agent ended, session gone, record pending as written.
-        auto it = d.store().get_item(f.first.id, ec);
-        d.spawner().end(it->process.pid);
-        d.store().remove_session(f.first.id, ec);
-        d.store().put_item(f.first, ec);
-        check(ec, "reset");
+        // Put the task back: agent ended, session gone, task pending as written.
+        in_unit(d.store(), [&](std::error_code& uec) {
+            auto it = d.store().get_item(f.first.id, uec);
+            if (it) d.spawner().end(it->process.pid);
+            d.store().remove_session(f.first.id, uec);
+            d.store().put_item(f.first, uec);
+        });
         state.ResumeTiming();
     }
-    set_background(d, d.store(), 3);
+    set_background(d, 3);
     state.SetLabel(fs_type(f.home));
+}
+
+void BM_process_queue_pass_start_one(benchmark::State& state, const std::string* root) {
+    if (state.range(1) != 0) start_one_loop<jsonl_notifier>(state, *root);
+    else start_one_loop<null_notifier>(state, *root);
 }
 
 /// The same passes over memory_store: the dispatcher's algorithm alone.
@@ -491,7 +580,7 @@ void BM_process_queue_pass_memory(benchmark::State& state) {
     auto& f = mem_fixture(state.range(0));
     const bool start_one = state.range(1) != 0;
     memory_dispatcher d(null_lock{}, noop_spawner{}, null_notifier{}, f.st, system_clock{}, null_workspace{}, {.cap = 3});
-    set_background(d, d.store(), start_one ? 2 : 3);
+    set_background(d, start_one ? 2 : 3);
     std::error_code ec;
     for (auto _ : state) {
         const auto r = d.process_queue(ec);
@@ -510,10 +599,9 @@ void BM_process_queue_pass_memory(benchmark::State& state) {
 
 // ---- BM_enqueue ----------------------------------------------------------------------------
 //
-// enqueue() of a new task: validate, build the record, create_item (file_store: temp file,
-// fsync, link to the name, fsync the directory), and the task_queued event (null_notifier
-// here; the CLI appends one line to events.jsonl). The queue grows with the iterations, as
-// it does for users (create_item never lists the directory).
+// enqueue() of a new task: validate, BEGIN, the limits, insert the task row and the
+// task_queued event, COMMIT + fdatasync (null_notifier here; the CLI then relays the event
+// to events.jsonl). The queue grows with the iterations, as it does for users.
 
 template <class D>
 void enqueue_loop(benchmark::State& state, D& d) {
@@ -527,9 +615,9 @@ void enqueue_loop(benchmark::State& state, D& d) {
     if (ec) die("enqueue: " + d.last_error_detail());
 }
 
-void BM_enqueue_file(benchmark::State& state, const std::string* root, bool durable) {
+void BM_enqueue_sqlite(benchmark::State& state, const std::string* root) {
     const std::string home = fresh_home(*root, "enqueue");
-    auto d = open_file_dispatcher(home, durable);
+    auto d = open_sql_dispatcher(home);
     enqueue_loop(state, d);
     state.SetLabel(fs_type(home));
 }
@@ -555,7 +643,7 @@ std::vector<long> parse_sizes(const std::string& s) {
     return v;
 }
 
-/// Every benchmark is timed, and its iterations chosen, on the wall clock: a durable write
+/// Every benchmark is timed, and its iterations chosen, on the wall clock: a durable commit
 /// spends its time waiting for the disk, not on the CPU, and Google Benchmark would otherwise
 /// run hundreds of 5 ms iterations to gather --benchmark_min_time of CPU time.
 benchmark::internal::Benchmark* add(const std::string& name, auto&&... args) {
@@ -578,14 +666,25 @@ void register_all() {
     if (!tmpfs_root.empty()) roots.push_back({"tmpfs", &tmpfs_root});
     for (const auto& w : roots)
         for (bool durable : {false, true})
-            add(std::string("BM_atomic_write/") + w.name + "/durable:" + (durable ? "1" : "0"),
-                              BM_atomic_write, w.root, durable)
+            add(std::string("BM_atomic_write/") + w.name + "/durable:" + (durable ? "1" : "0"), BM_atomic_write, w.root,
+                durable)
                 ->Unit(benchmark::kMicrosecond);
+    for (const auto& w : roots)
+        add(std::string("BM_commit/") + w.name, BM_commit, w.root)
+            ->ArgNames({"rows", "durable"})
+            ->ArgsProduct({{1, 6}, {0, 1}})
+            ->Unit(benchmark::kMicrosecond);
+    for (const auto& w : roots) add(std::string("BM_store_open/") + w.name, BM_store_open, w.root)->Unit(benchmark::kMicrosecond);
 
-    add("BM_start_critical_section", BM_start_critical_section)
-        ->ArgNames({"durable", "history", "cold"})
-        ->ArgsProduct({{0, 1}, {0, 1000}, {0, 1}})
+    add("BM_start_critical_section/disk", BM_start_critical_section, &scratch_root)
+        ->ArgNames({"history", "cold"})
+        ->ArgsProduct({{0, 1000}, {0, 1}})
         ->Unit(benchmark::kMicrosecond);
+    if (!tmpfs_root.empty())
+        add("BM_start_critical_section/tmpfs", BM_start_critical_section, &tmpfs_root)
+            ->ArgNames({"history", "cold"})
+            ->ArgsProduct({{0}, {0, 1}})
+            ->Unit(benchmark::kMicrosecond);
 
     auto sized = [](benchmark::internal::Benchmark* b) {
         for (long n : cfg.sizes) b->Arg(n);
@@ -593,13 +692,17 @@ void register_all() {
     };
     sized(add("BM_process_queue_pass_no_slot", BM_process_queue_pass_no_slot));
     sized(add("BM_daemon_wake_no_slot", BM_daemon_wake_no_slot));
-    sized(add("BM_process_queue_pass_no_slot_cold", BM_process_queue_pass_no_slot_cold))
-        ->Unit(benchmark::kMillisecond);
+    sized(add("BM_process_queue_pass_no_slot_cold", BM_process_queue_pass_no_slot_cold));
     {
-        auto* b = add("BM_process_queue_pass_start_one", BM_process_queue_pass_start_one);
+        auto* b = add("BM_process_queue_pass_start_one", BM_process_queue_pass_start_one, &scratch_root);
         for (long n : cfg.sizes)
-            for (long durable : {0, 1}) b->Args({n, durable});
-        b->ArgNames({"pending", "durable"})->Unit(benchmark::kMicrosecond);
+            for (long relay : {0, 1}) b->Args({n, relay});
+        b->ArgNames({"pending", "relay"})->Unit(benchmark::kMicrosecond);
+    }
+    if (!tmpfs_root.empty()) {   // the smallest size only: what is not the disk
+        auto* b = add("BM_process_queue_pass_start_one/tmpfs", BM_process_queue_pass_start_one, &tmpfs_root);
+        for (long relay : {0, 1}) b->Args({cfg.sizes.front(), relay});
+        b->ArgNames({"pending", "relay"})->Unit(benchmark::kMicrosecond);
     }
     {
         auto* b = add("BM_process_queue_pass_memory", BM_process_queue_pass_memory);
@@ -609,10 +712,7 @@ void register_all() {
     }
 
     for (const auto& w : roots)
-        for (bool durable : {false, true})
-            add(std::string("BM_enqueue/file_store/") + w.name + "/durable:" + (durable ? "1" : "0"),
-                              BM_enqueue_file, w.root, durable)
-                ->Unit(benchmark::kMicrosecond);
+        add(std::string("BM_enqueue/sqlite_store/") + w.name, BM_enqueue_sqlite, w.root)->Unit(benchmark::kMicrosecond);
     add("BM_enqueue/memory_store", BM_enqueue_memory)->Unit(benchmark::kMicrosecond);
 }
 

@@ -66,6 +66,8 @@ idle slot).
                        1..10000000 (default 1000)
   --depth D            pct: the bug depth, 1..64 (default 3)
   --max-states N       exhaustive: stop after N states, 1..1000000000 (default 2000000)
+  --no-reduction       exhaustive: every step of a critical section is a choice point too
+                       (no partial-order reduction; far more states)
   --starters K         concurrent `start` callers, 0..16 (default 3)
   --tasks N            queued tasks, 0..1000 (default 6)
   --cap C              the cap of live dev agents, 1..64 (default 3)
@@ -246,6 +248,7 @@ struct options {
     std::uint64_t schedules = 1000;
     int depth = 3;
     std::uint64_t max_states = 2'000'000;
+    bool reduce = true;
     std::optional<std::uint64_t> timeout_s;
     bool json = false;
     std::string svg, trace;
@@ -294,6 +297,9 @@ options parse_args(int argc, char** argv) {
             o.depth = static_cast<int>(parse_uint(flag, value(), 1, 64));
         } else if (flag == "--max-states") {
             o.max_states = parse_uint(flag, value(), 1, 1'000'000'000);
+        } else if (flag == "--no-reduction") {
+            no_value();
+            o.reduce = false;
         } else if (flag == "--starters") {
             o.sc.starters = static_cast<int>(parse_uint(flag, value(), 0, 16));
         } else if (flag == "--tasks") {
@@ -329,6 +335,7 @@ options parse_args(int argc, char** argv) {
         }
     }
     if (o.atomic_sections && !o.replay) throw usage_error("--atomic-sections: only with --replay");
+    if (!o.reduce && o.explore != "exhaustive") throw usage_error("--no-reduction: only with --explore exhaustive");
     if (o.timeout_s) o.sc.timeout = std::chrono::seconds(*o.timeout_s);
     else if (o.sc.faults.agent_hang > 0) o.sc.timeout = std::chrono::seconds(20);   // hung agents must end
     return o;
@@ -467,7 +474,8 @@ int run_replay(const options& o, outputs& out) {
 
 int run_explore(options& o, outputs& out) {
     ks::exploration ex;
-    if (o.explore == "exhaustive") ex = ks::explore_exhaustive(o.sc, o.seed, o.max_states, /*stop_at_violation=*/true);
+    if (o.explore == "exhaustive")
+        ex = ks::explore_exhaustive(o.sc, o.seed, o.max_states, /*stop_at_violation=*/true, o.reduce);
     else if (o.explore == "commit-kills") ex = ks::explore_commit_kills(o.sc, o.seed, o.schedules);
     else ex = ks::explore_random(o.sc, o.seed, o.schedules, o.explore == "pct", o.depth);
     // The explorers shrink only the overall shortest counterexample; shrink each kind's too,

@@ -65,6 +65,10 @@ struct process_status {
     int exit_code = -1;               ///< exited: 0-255, or 128+signal if killed by a signal
     bool timed_out = false;           ///< exited: the spawner stopped it at its timeout
     std::optional<timestamp> ended_at{};  ///< exited: when it ended, if the spawner knows
+    /// running: alive but held before exec, never released (its starter died an instant ago,
+    /// and it is about to exit without running the program): it still holds its slot, but its
+    /// attempt has not started and must not be adopted as started.
+    bool held = false;
 };
 
 enum class stop_signal { terminate, kill };

@@ -668,8 +668,10 @@ private:
             if (ec) return note_failure("session \"" + s.id + "\"", ec, store_);
             if (st.state == process_state::running) {
                 ++(s.role == role::dev ? rep.live : rep.pm_live);
-                if (it && !is_final(it->state) && it->state != task_state::running) {
+                if (it && !is_final(it->state) && it->state != task_state::running && !st.held) {
                     // Its starter died between committing the session and marking the item.
+                    // (Not while its agent is still held: that one never runs, and the reap
+                    // after it exits gives the task back.)
                     it->state = task_state::running;
                     it->process = s.process;
                     it->started_at = s.started_at;

@@ -3,16 +3,23 @@
 # first). Two subcommands:
 #
 #   kill_harness.py run   DIR HOME KUGETSU PROBE --kills N --tasks M --seed S [--no-lock]
-#       Runs M probe tasks over HOME while it SIGKILLs N kugetsu processes, then stops its
-#       daemons and returns once every process it started has exited. Writes DIR/ids (the
-#       task ids), DIR/kills.jsonl (one line per kill) and DIR/anomalies (unexpected exit
-#       statuses of the commands it ran).
+#       Runs at least M probe tasks over HOME while it SIGKILLs N kugetsu processes, each
+#       caught with work in flight, then stops its daemons and returns once every command it
+#       started has exited. Writes DIR/ids (the task ids, extras included), DIR/created.json
+#       (which command created each task), DIR/kills.jsonl (one line per kill: victim, phase,
+#       what it cut), DIR/orphans.jsonl (agents whose exit status the driver reaped as a
+#       subreaper: their exit code is lost to kugetsu), DIR/search.json (how the victims were
+#       looked for) and DIR/anomalies (unexpected exit statuses of its commands).
 #   kill_harness.py check DIR HOME --cap C --max-attempts A --seed S --wait-rc RC --wall W
 #                         [--no-lock] [--strict]
-#       After a fresh daemon has finished the rest (kill_harness.sh runs it): checks the cap,
-#       lost and doubled tasks and the end state of each task against the kills that touched
-#       it, prints one summary line and exits 0 (no violation; with --no-lock: a cap
-#       violation was seen) or 1.
+#       After a fresh daemon has finished the rest (kill_harness.sh runs it): reads HOME/state.db
+#       read-only, HOME/events.jsonl, DIR/events.cli (`kugetsu events`), DIR/status.json and
+#       the probe's logs; checks the cap, lost and doubled tasks, each task's events and its end
+#       against the kills that touched it; prints one summary line and exits 0 (no violation;
+#       with --no-lock: a cap violation was seen) or 1.
+#
+# The harness never writes HOME: it reads state.db through its own read-only connection
+# (file:...?mode=ro; WAL mode, so a reader never waits for a writer and never blocks one).
 #
 # Every random choice comes from the seed, in three independent streams (workload, daemon
 # phases, kills), so that a change in one (a kill finds two victims instead of three) does
@@ -26,13 +33,26 @@ import os
 import random
 import select
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
+import urllib.parse
 
 KINDS = ("start", "daemon", "supervisor", "hook")
 FINAL = ("completed", "error", "cancelled")
-EXIT_UNKNOWN = "the agent ended and its exit code is unknown"
+END_EVENTS = ("task_completed", "task_error")
+# Phases (see kill_harness.sh): in the order the summary lists them.
+CALLER_PHASES = ("pass", "spawning", "committed", "releasing", "released", "marking", "locked", "unlocked")
+SUPERVISOR_PHASES = ("setup", "held", "released", "running", "ended", "reaped", "recorded", "noexec")
+HOOK_PHASES = ("starting", "waiting", "reaping", "committed")
+# Phases in which a caller or a supervisor has an agent held before exec (a kill "aimed").
+HELD_PHASES = ("spawning", "committed", "releasing", "setup", "held")
+SYSCALLS = {0: "read", 1: "write", 7: "poll", 17: "pread64", 18: "pwrite64", 35: "nanosleep", 44: "sendto",
+            45: "recvfrom", 56: "clone", 57: "fork", 59: "execve", 61: "wait4", 72: "fcntl", 73: "flock",
+            74: "fsync", 75: "fdatasync", 82: "rename", 87: "unlink", 202: "futex", 230: "clock_nanosleep",
+            232: "epoll_wait", 247: "waitid", 257: "openat", 263: "unlinkat", 271: "ppoll", 281: "epoll_pwait",
+            435: "clone3"}
 
 
 def read_stat(pid):
@@ -45,31 +65,85 @@ def read_stat(pid):
     return s[s.index("(") + 1:r], fields[0], int(fields[1]), int(fields[3]), int(fields[19])
 
 
-def read_record(home, task):
-    """HOME/queue/<task>.json, read without the lock (records are renamed into place); None
-    if missing or unreadable."""
+def children_of(pid):
     try:
-        with open(os.path.join(home, "queue", task + ".json")) as f:
-            return json.load(f)
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            return [int(x) for x in f.read().split()]
     except (OSError, ValueError):
+        return []
+
+
+def syscall_of(pid):
+    """The system call a (frozen) process is in, by name ("user" if it was running its own
+    code): /proc/PID/syscall still names the interrupted call of a stopped process."""
+    try:
+        with open(f"/proc/{pid}/syscall") as f:
+            nr = f.read().split()[0]
+    except (OSError, IndexError):
+        return "?"
+    if nr == "running":
+        return "running"
+    n = int(nr)
+    return "user" if n < 0 else SYSCALLS.get(n, str(n))
+
+
+def slot_kind(text):
+    """The kind of a fork_spawner slot record (its first line): held, exec, noexec, exit, none."""
+    line = text.split("\n", 1)[0] if "\n" in text else ""
+    if line == "kugetsu-held 2":
+        return "held"
+    if line == "kugetsu-noexec 2":
+        return "noexec"
+    if line.startswith("kugetsu-exec 2 "):
+        return "exec"
+    if line.startswith("kugetsu-exit "):
+        return "exit"
+    return "none"
+
+
+def read_head(path):
+    try:
+        with open(path, "rb") as f:
+            return f.read(64).decode("latin-1")
+    except OSError:
         return None
 
 
-def read_queue(home):
-    """{task id: record} of HOME/queue."""
-    out = {}
-    q = os.path.join(home, "queue")
-    try:
-        names = os.listdir(q)
-    except FileNotFoundError:
-        return out
-    for name in names:
-        if name.startswith(".") or not name.endswith(".json"):
-            continue
-        rec = read_record(home, name[:-5])
-        if rec and "id" in rec:
-            out[rec["id"]] = rec
-    return out
+class Store:
+    """HOME/state.db through a read-only connection (never writes; WAL: never blocks a writer).
+    rows() returns None if the database cannot be read now (missing, or busy past timeout)."""
+
+    def __init__(self, home, timeout):
+        self.path = os.path.join(home, "state.db")
+        self.timeout = timeout
+        self.db = None
+
+    def rows(self, sql, args=()):
+        for _ in range(2):
+            try:
+                if self.db is None:
+                    if not os.path.exists(self.path):
+                        return None
+                    uri = "file:" + urllib.parse.quote(self.path) + "?mode=ro"
+                    self.db = sqlite3.connect(uri, uri=True, timeout=self.timeout, isolation_level=None)
+                return self.db.execute(sql, args).fetchall()
+            except sqlite3.Error:
+                self.close()
+        return None
+
+    def close(self):
+        if self.db is not None:
+            try:
+                self.db.close()
+            except sqlite3.Error:
+                pass
+            self.db = None
+
+
+def ref_of(rec, key):
+    """(pid, start time) of a process reference in a JSON record, or None."""
+    p = rec.get(key) if rec else None
+    return (p["pid"], p["start_time"]) if p else None
 
 
 # ---- run ----------------------------------------------------------------------------------
@@ -90,26 +164,33 @@ class Driver:
         self.dir, self.home = a.dir, a.home
         self.kugetsu = os.path.realpath(a.kugetsu)
         self.comms = {os.path.basename(self.kugetsu)[:15], "exe"}   # the hook runs /proc/self/exe
+        self.probe_comm = os.path.basename(os.path.realpath(a.probe))[:15]
         self.logs = os.path.join(self.home, "logs") + "/"
+        self.run_dir = os.path.join(self.home, "run")
         self.work = random.Random(f"{a.seed}/work")
         self.phase = random.Random(f"{a.seed}/phase")
         self.kill_rng = random.Random(f"{a.seed}/kill")
         self.ids = [f"k{i:04d}" for i in range(1, a.tasks + 1)]
         self.children = []
         self.kills = []
+        self.orphans = []
         self.anomalies = []
+        self.created = {}
+        self.search = collections.Counter()
+        self.store = Store(self.home, timeout=0.05)   # short: a frozen writer must not stall it
         self.err = open(os.path.join(self.dir, "commands.err"), "ab")
         self.t0 = time.monotonic()
         self.me = os.getpid()
         # PR_SET_CHILD_SUBREAPER: orphaned supervisors and agents become the driver's
-        # children, not init's, so that scan() finds them without reading all of /proc.
+        # children, not init's, so that scan() finds them without reading all of /proc, and
+        # so that the driver sees which agents' exit codes nobody recorded (orphans.jsonl).
         libc = ctypes.CDLL(None, use_errno=True)
         if libc.prctl(36, 1, 0, 0, 0) != 0:
             raise OSError(ctypes.get_errno(), "prctl(PR_SET_CHILD_SUBREAPER)")
         self.env = dict(os.environ)
         self.env.pop("KUGETSU_TEST_BARRIER", None)
 
-    # -- processes
+    # -- commands
 
     def launch(self, kind, task, argv, env=None, after_kill=False):
         p = subprocess.Popen([self.kugetsu] + argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
@@ -146,17 +227,24 @@ class Driver:
 
     def ended(self, c, rc):
         if c.kind == "start":
-            if rc == 0:
+            if rc in (0, 1):   # started (0), or every attempt failed (1): the checker judges
+                self.created[c.task] = "start"
                 return
             if rc == 75 or c.killed:   # no free slot, or killed: queue it (it may exist: 65)
                 self.launch("enqueue", c.task, ["enqueue", "--id", c.task] + self.agent(self.sleep_of[c.task]),
                             after_kill=c.killed)
                 return
-            if rc == 1:   # every attempt failed: the checker judges the task's end
-                return
         elif c.kind == "enqueue":
-            if rc == 0 or (rc == 65 and c.after_kill):
+            if rc == 0:
+                self.created[c.task] = "enqueue"
                 return
+            if rc == 65:   # the start had committed it: killed, fine; else an anomaly (below)
+                self.created[c.task] = "start"
+                if c.after_kill:
+                    return
+            if rc == 75:   # the store was busy: an anomaly (below), but the task must exist
+                self.launch("enqueue", c.task, ["enqueue", "--id", c.task] + self.agent(self.sleep_of[c.task]),
+                            after_kill=c.after_kill)
         elif c.kind == "daemon":
             # Stopped by SIGTERM: it exits 0, or dies of the signal if it came before the
             # daemon took its signals (slow starts, e.g. under ASan). Either is a clean stop.
@@ -168,157 +256,372 @@ class Driver:
         return [c for c in self.children if c.kind == kind and not c.killed and not c.stopping
                 and c.popen.poll() is None]
 
-    def scan(self):
-        """Supervisors and on-exit hooks of this HOME: (kind, task, pid, start time). The
-        driver is a child subreaper, so every supervisor is a child of a start or daemon it
-        runs or, once that has died, its own: only those few processes are looked at."""
-        mine = {c.popen.pid for c in self.children}
-        pids = set(self.children_of(self.me))
-        for c in self.children:
-            pids.update(self.children_of(c.popen.pid))
-        found = []
-        for pid in pids - mine:
-            try:
-                comm, state, _ppid, sid, start = read_stat(pid)
-                # Supervisors call setsid() first: their session is their own; agents, held
-                # before exec, are in their supervisor's session, so they never match.
-                if sid != pid or state in "ZX" or comm not in self.comms:
-                    continue
-                if os.readlink(f"/proc/{pid}/exe") != self.kugetsu:
-                    continue
-                # Descriptor 1 is the task's log once the supervisor has set itself up; the
-                # hook (exec'd by the supervisor) keeps it.
-                log = os.readlink(f"/proc/{pid}/fd/1")
-                if not (log.startswith(self.logs) and log.endswith(".log")):
-                    continue
-                with open(f"/proc/{pid}/cmdline", "rb") as f:
-                    argv = f.read().split(b"\0")
-            except (OSError, ValueError, IndexError):
-                continue
-            found.append(("hook" if b"reap" in argv else "supervisor", log[len(self.logs):-4], pid, start))
-        return sorted(found, key=lambda v: (v[1], v[0]))
-
     def reap_orphans(self):
-        """Reaps the orphans the driver adopted as a subreaper (supervisors whose start or
-        daemon died, agents whose supervisor died); never its own commands (Popen does)."""
+        """Reaps the orphans the driver adopted as a subreaper: supervisors whose start or
+        daemon died, and agents whose supervisor died while no daemon above them was alive to
+        adopt them (kugetsu never learns their exit code: each is logged in orphans.jsonl).
+        Never its own commands (Popen reaps those)."""
         mine = {c.popen.pid for c in self.children}
-        for pid in self.children_of(self.me):
+        for pid in children_of(self.me):
             if pid in mine:
                 continue
             try:
+                si = os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+                if si is None:
+                    continue
+                try:
+                    comm, _s, _pp, _sid, start = read_stat(pid)   # a zombie's stat is readable
+                except OSError:
+                    comm, start = "?", 0
                 os.waitpid(pid, os.WNOHANG)
+                if comm == self.probe_comm:
+                    self.orphans.append({"pid": pid, "start": start, "status": si.si_status,
+                                         "ms": self.ms()})
             except ChildProcessError:
                 pass
 
-    def candidates(self, kind):
-        if kind in ("start", "daemon"):
-            return [("child", c) for c in self.live(kind)]
-        return [("proc", v) for v in self.scan() if v[0] == kind]
+    def ms(self):
+        return int((time.monotonic() - self.t0) * 1000)
 
-    def owned_by(self, pid, start):
-        """Tasks claimed (notified) by the frozen process pid: those whose attempt its death
-        may cut."""
-        out = []
-        for tid in self.open_ids():
-            rec = read_record(self.home, tid) or {}
-            o = rec.get("owner")
-            if rec.get("state") == "notified" and o and o.get("pid") == pid and o.get("start_time") == start:
-                out.append(tid)
-        return sorted(out)
+    # -- what processes are doing
 
-    def open_ids(self):
-        """Tasks submitted (or in the first wave) and not seen final."""
-        return [t for t in self.wave + self.ids[:self.submitted] if t not in self.final]
-
-    def children_of(self, pid):
+    def is_supervisor(self, pid):
+        """(kind, task) if pid is a supervisor or an on-exit hook of this HOME, else None. A
+        supervisor calls setsid() first, so it leads its own session (its agent, held or
+        not, is in the supervisor's session, so never matches), runs the kugetsu binary and
+        has HOME/logs/<task>.log as descriptor 1; the hook is the same process after it
+        exec'd `kugetsu reap` (argv has reap)."""
         try:
-            with open(f"/proc/{pid}/task/{pid}/children") as f:
-                return [int(x) for x in f.read().split()]
-        except (OSError, ValueError):
-            return []
+            comm, state, _ppid, sid, start = read_stat(pid)
+            if sid != pid or state in "ZX" or comm not in self.comms:
+                return None
+            if os.readlink(f"/proc/{pid}/exe") != self.kugetsu:
+                return None
+            log = os.readlink(f"/proc/{pid}/fd/1")
+            if not (log.startswith(self.logs) and log.endswith(".log")):
+                return None
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                argv = f.read().split(b"\0")
+        except (OSError, ValueError, IndexError):
+            return None
+        return ("hook" if b"reap" in argv else "supervisor", log[len(self.logs):-4], start)
 
-    def holds_agent(self, sup):
-        """The supervisor sup has an agent that is held, not yet exec'd (it still runs kugetsu)."""
-        for pid in self.children_of(sup):
+    def scan(self):
+        """Supervisors and hooks of this HOME: (kind, task, pid, start time). The driver is a
+        child subreaper, so each is a child of a start or daemon it runs or, once that has
+        died, its own: only those few processes are looked at."""
+        mine = {c.popen.pid for c in self.children}
+        pids = set(children_of(self.me))
+        for c in self.children:
+            pids.update(children_of(c.popen.pid))
+        found = []
+        for pid in pids - mine:
+            v = self.is_supervisor(pid)
+            if v:
+                found.append((v[0], v[1], pid, v[2]))
+        return sorted(found, key=lambda v: (v[1], v[0], v[2]))
+
+    def lock_holders(self):
+        """(pid holding HOME/lock, pid holding SQLite's WAL write lock) from /proc/locks: the
+        cap lock is an exclusive flock on HOME/lock; a write transaction (BEGIN IMMEDIATE until
+        COMMIT or ROLLBACK) holds a POSIX write lock on byte 120 of state.db-shm. Blocked
+        requests ("->" lines) are not holders."""
+        try:
+            lock_ino = os.stat(os.path.join(self.home, "lock")).st_ino
+        except OSError:
+            lock_ino = None
+        try:
+            shm_ino = os.stat(os.path.join(self.home, "state.db-shm")).st_ino
+        except OSError:
+            shm_ino = None
+        cap = wal = None
+        try:
+            with open("/proc/locks") as f:
+                lines = f.read().splitlines()
+        except OSError:
+            return None, None
+        for line in lines:
+            p = line.split()
+            if len(p) < 8 or p[1] == "->":
+                continue
             try:
-                if read_stat(pid)[0] in self.comms:
-                    return True
+                ino = int(p[5].rsplit(":", 1)[1])
+                pid = int(p[4])
+            except (ValueError, IndexError):
+                continue
+            if ino == lock_ino and p[1] == "FLOCK" and p[3] == "WRITE":
+                cap = pid
+            elif ino == shm_ino and p[1] == "POSIX" and p[3] == "WRITE" and p[6] == "120":
+                wal = pid
+        return cap, wal
+
+    def supervisor_view(self, sup):
+        """What a supervisor is doing: its slot (descriptor 5: a temporary .slot.* before the
+        hello, then <agent pid>-<start>.slot) and the slot's record, and its agent child."""
+        v = {"pid": sup, "slot": None, "record": None, "agent": None, "agent_comm": None, "agent_state": None}
+        try:
+            v["slot"] = os.path.basename(os.readlink(f"/proc/{sup}/fd/5"))
+        except OSError:
+            pass
+        if v["slot"]:
+            head = read_head(f"/proc/{sup}/fd/5")
+            v["record"] = slot_kind(head) if head is not None else None
+        kids = children_of(sup)
+        if kids:
+            try:
+                comm, state, _pp, _sid, start = read_stat(kids[0])
+                v["agent"], v["agent_comm"], v["agent_state"] = (kids[0], start), comm, state
             except OSError:
                 pass
-        return False
+        if v["agent"] is None and v["slot"] and not v["slot"].startswith("."):
+            try:   # reaped by its supervisor already: the slot's name says who it was
+                pid, start = v["slot"][:-5].split("-")
+                v["agent"] = (int(pid), int(start))
+            except ValueError:
+                pass
+        return v
 
-    def in_spawn(self, kind, cand):
-        """The victim is inside an attempt's spawn window: between the fork of the supervisor
-        and the agent's exec (for a start or daemon: one of its supervisors holds an agent)."""
-        if cand[0] == "child":
-            return any(self.holds_agent(s) for s in self.children_of(cand[1].popen.pid))
-        return self.holds_agent(cand[1][2])
+    def supervisor_phase(self, v):
+        """setup (no hello yet: the slot is temporary), held (record "held"), released (record
+        "exec", the agent not yet the probe), running (the probe alive), ended (the agent a
+        zombie, the exit record not written), reaped (the agent reaped by its supervisor, the
+        exit record not written: its code is only in the supervisor), recorded (record "exit"),
+        noexec."""
+        if not v["slot"] or v["slot"].startswith("."):
+            return "setup"
+        rec = v["record"]
+        if rec == "held":
+            return "held"
+        if rec == "exec":
+            if v["agent_comm"] == self.probe_comm and v["agent_state"] not in ("Z", "X"):
+                return "running"
+            if v["agent_comm"] in self.comms and v["agent_state"] not in ("Z", "X"):
+                return "released"
+            return "ended" if v["agent_state"] in ("Z", "X") else "reaped"
+        if rec == "exit":
+            return "recorded"
+        if rec == "noexec":
+            return "noexec"
+        return "setup"
+
+    def held_supervisors(self, pid):
+        """The supervisors (children of pid) whose agent is held before exec, or in setup."""
+        out = []
+        for s in children_of(pid):
+            if self.is_supervisor(s):
+                v = self.supervisor_view(s)
+                if self.supervisor_phase(v) in ("setup", "held"):
+                    out.append(v)
+        return out
+
+    def fate(self, agent, wait=1.0):
+        """'ran' if the agent (pid, start time) exec'd the probe, 'never' if it died without,
+        'unknown' otherwise. Watches its comm: the probe's once it has exec'd (and the probe
+        lives at least 10 ms, so a 0.5 ms poll sees it); seen ending as kugetsu, it never ran.
+        If it is gone before the first look, its slot record says."""
+        pid, start = agent
+        end = time.monotonic() + wait
+        seen = False
+        while True:
+            try:
+                comm, state, _pp, _sid, st = read_stat(pid)
+                if st != start:
+                    if seen:
+                        return "never"
+                    break
+                if comm == self.probe_comm:
+                    return "ran"
+                if state in ("Z", "X"):
+                    return "never"
+                seen = True
+            except OSError:
+                if seen:
+                    return "never"
+                break
+            if time.monotonic() > end:
+                return "unknown"
+            time.sleep(0.0005)
+        head = read_head(os.path.join(self.run_dir, f"{pid}-{start}.slot"))
+        k = slot_kind(head) if head is not None else None
+        if k in ("exec", "exit"):
+            return "ran"
+        if k in ("held", "noexec"):
+            return "never"
+        return "unknown"
+
+    def owned_claims(self, pid, start):
+        """The claims (tasks `notified` with the process as owner) committed in the store, each
+        with the agent its session names: {task: (pid, start) or None}. None if unreadable."""
+        rows = self.store.rows("SELECT id, record FROM tasks WHERE json_extract(record, '$.state') = 'notified'")
+        srows = self.store.rows("SELECT task_id, record FROM sessions")
+        if rows is None or srows is None:
+            return None
+        sess = {}
+        for tid, rec in srows:
+            try:
+                sess[tid] = ref_of(json.loads(rec), "process")
+            except ValueError:
+                pass
+        out = {}
+        for tid, rec in rows:
+            try:
+                r = json.loads(rec)
+            except ValueError:
+                continue
+            if ref_of(r, "owner") == (pid, start):
+                out[tid] = sess.get(tid)
+        return out
+
+    # -- candidates (looked at without freezing them) and inspection (frozen)
+
+    def candidates(self, kind, aim):
+        """Victims of a kind that look busy now. Start, daemon: the holder of the cap lock
+        (any, with --no-lock: there is no lock); aimed: with an agent held or in setup.
+        Supervisor: any; aimed: in setup or holding its agent. Hook: any."""
+        if kind in ("start", "daemon"):
+            live = self.live(kind)
+            if self.a.no_lock:
+                cands = live
+            else:
+                cap, _ = self.lock_holders()
+                cands = [c for c in live if c.popen.pid == cap]
+            if aim:
+                cands = [c for c in cands if self.held_supervisors(c.popen.pid)]
+            return [("child", c) for c in cands]
+        out = []
+        for v in self.scan():
+            if v[0] != kind:
+                continue
+            if aim and self.supervisor_phase(self.supervisor_view(v[2])) not in ("setup", "held"):
+                continue
+            out.append(("proc", v))
+        return out
+
+    def inspect_caller(self, pid, start):
+        """A frozen start, daemon or hook: its locks, system call, supervisors and committed
+        claims."""
+        cap, wal = self.lock_holders()
+        sups = [self.supervisor_view(s) for s in children_of(pid) if self.is_supervisor(s)]
+        return {"cap_lock": cap == pid, "tx": wal == pid, "syscall": syscall_of(pid),
+                "sups": sups, "claims": self.owned_claims(pid, start)}
+
+    def caller_phase(self, kind, view, fates):
+        """From what the frozen caller held (see kill_harness.sh). fates: agent -> ran|never."""
+        if kind == "hook":
+            if view["cap_lock"]:
+                return "reaping" if view["tx"] else "committed"
+            return "waiting" if view["syscall"] == "flock" else "starting"
+        if not view["cap_lock"]:
+            return "unlocked"
+        claims = view["claims"] or {}
+        ran = sum(1 for a in claims.values() if a and fates.get(tuple(a)) == "ran")
+        never = sum(1 for a in claims.values() if a and fates.get(tuple(a)) != "ran")
+        committed_agents = {tuple(a) for a in claims.values() if a}
+        held_uncommitted = any(self.supervisor_phase(v) in ("setup", "held") and v["agent"]
+                               and tuple(v["agent"]) not in committed_agents for v in view["sups"])
+        if view["tx"]:
+            if ran:
+                return "marking"
+            return "spawning" if held_uncommitted else "pass"
+        if never and ran:
+            return "releasing"
+        if never:
+            return "committed"
+        if ran:
+            return "released"
+        return "locked"
+
+    def in_flight(self, kind, phase, aim):
+        if aim and phase not in HELD_PHASES:
+            return False
+        if kind in ("start", "daemon"):
+            return self.a.no_lock or phase != "unlocked"
+        return True
+
+    # -- the kill
+
+    def freeze(self, fd, pid):
+        """SIGSTOP through the pidfd; True once the process is stopped (False if it ended)."""
+        signal.pidfd_send_signal(fd, signal.SIGSTOP)
+        deadline = time.monotonic() + 2
+        while True:
+            st = read_stat(pid)[1]
+            if st in "Tt":
+                return True
+            if st in "ZX" or time.monotonic() > deadline:
+                return False
+            time.sleep(0.0002)
 
     def try_kill(self):
-        """One step of a due kill; never blocks the workload. The first step draws a kind,
-        and for a start, daemon or supervisor whether to aim at the spawn window (an agent
-        held before exec: a few milliseconds per attempt). It waits for such a victim for up
-        to 1 s, then for any victim of that kind up to 0.5 s (2 s for a hook), then takes
-        any kind that has a victim. True once killed."""
+        """One search step for the due kill; never blocks the workload long. The first step
+        draws a kind, for all but hooks whether to aim at an agent held before exec, a choice
+        among candidates and a delay. Each step takes a candidate that looks busy, waits the
+        delay (a random moment in what it is doing), freezes it with SIGSTOP, and looks at
+        what it was doing: if it has no work in flight (or, aimed, no agent held), it is let go
+        (SIGCONT) and the search goes on. Aimed for up to 1 s, then any phase of the kind;
+        after 2 s (3 s for a hook), any kind with a busy victim. True once killed."""
         now = time.monotonic()
         if self.seek is None:
             kind = self.kill_rng.choice(KINDS)
-            focus = kind != "hook" and self.kill_rng.random() < 0.5
-            # Hooks run only while no daemon holds daemon.lock, and live for milliseconds:
-            # the daemons are stopped while the harness looks for one.
-            self.seek = {"kind": kind, "focus": focus, "focus_until": now + (1.0 if focus else 0),
-                         "delay": self.kill_rng.uniform(0, 0.002 if focus else 0.02),
-                         "pick": self.kill_rng.random(),
-                         "give_up": now + (1.0 if focus else 0) + (2.0 if kind == "hook" else 0.5)}
+            aim = kind != "hook" and self.kill_rng.random() < 0.5
+            self.seek = {"kind": kind, "aim": aim, "aim_until": now + (1.0 if aim else 0),
+                         "give_up": now + (3.0 if kind == "hook" else 2.0),
+                         "delay": self.kill_rng.random(), "pick": self.kill_rng.random(), "t0": now}
         sk = self.seek
-        kind, pick, delay = sk["kind"], sk["pick"], sk["delay"]
-        cands = self.candidates(kind)
-        window = "any"
-        if now <= sk["focus_until"]:
-            cands = [c for c in cands if self.in_spawn(kind, c)]
-            window = "spawn"
-        elif not cands and now > sk["give_up"]:
-            avail = [k for k in KINDS if k != kind and self.candidates(k)]
-            if avail:
-                kind = avail[int(pick * len(avail))]
-                cands = self.candidates(kind)
+        kind, pick = sk["kind"], sk["pick"]
+        aim = sk["aim"] and now <= sk["aim_until"]
+        cands = self.candidates(kind, aim)
+        if not cands and now > sk["give_up"]:
+            for k in KINDS[KINDS.index(kind) + 1:] + KINDS[:KINDS.index(kind)]:
+                cands = self.candidates(k, False)
+                if cands:
+                    kind = k
+                    break
         if not cands:
             return False
-        kind_cand = cands[int(pick * len(cands))]
-        time.sleep(delay)   # a random moment in the victim's life
-        c = kind_cand[1] if kind_cand[0] == "child" else None
+        kc = cands[int(pick * len(cands))]
+        # A random moment: critical sections last milliseconds, a supervisor lives as long as
+        # its agent (10-120 ms).
+        span = {"start": 0.001, "daemon": 0.001, "supervisor": 0.02, "hook": 0.003}[kind]
+        time.sleep(sk["delay"] * (0.0003 if aim else span))
+        c = kc[1] if kc[0] == "child" else None
         if c:
             pid, start, task = c.popen.pid, c.start_time, c.task
             if c.popen.poll() is not None:
-                return False   # it ended meanwhile: try again
+                return False
         else:
-            _, task, pid, start = kind_cand[1]
-        entry = {"i": len(self.kills) + 1, "kind": kind, "wanted": sk["kind"], "aimed": window,
-                 "ms": int((time.monotonic() - self.t0) * 1000), "pid": pid, "task": task,
-                 "daemons": len(self.live("daemon")), "starts": len(self.live("start"))}
-        # The pidfd pins the process: check that it is still the one chosen, freeze it with
-        # SIGSTOP (that is the moment of the kill), see what it holds, then SIGKILL it. Frozen,
-        # it keeps the cap lock if it has it, so no other process changes what it was doing
-        # (a reap adopting its half-started agent) before the harness has looked.
+            _, task, pid, start = kc[1]
         try:
             fd = os.pidfd_open(pid)
         except OSError:
             return False
         stopped = killed = False
+        entry = None
         try:
             st = read_stat(pid)
             if st[4] != start or st[1] in "ZX":
                 return False
-            signal.pidfd_send_signal(fd, signal.SIGSTOP)
-            stopped = True
-            deadline = time.monotonic() + 5
-            while read_stat(pid)[1] not in "Tt":
-                if read_stat(pid)[1] in "ZX" or time.monotonic() > deadline:
-                    return False   # it ended meanwhile: try again
-                time.sleep(0.0005)
-            entry["window"] = "spawn" if self.in_spawn(kind, kind_cand) else "other"
-            # A start or daemon cuts the attempts of the tasks it holds claimed (notified).
-            entry["owned"] = self.owned_by(pid, start) if c else []
+            self.search["freezes"] += 1
+            stopped = self.freeze(fd, pid)
+            if not stopped:
+                return False
+            # Frozen: it keeps the cap lock and its transaction if it has them, so nothing
+            # another process does changes what it was doing; its held agents stay held (an
+            # agent already told to exec may still do so: the fates below decide).
+            if kind == "supervisor":
+                view = self.supervisor_view(pid)
+                phase0 = self.supervisor_phase(view)
+                view["parent"] = self.parent_kind(st[2])
+                view["syscall"] = syscall_of(pid)
+            else:
+                view = self.inspect_caller(pid, start)
+                phase0 = self.caller_phase(kind, view, {})
+            if not self.in_flight(kind, phase0, aim):
+                self.search["let_go"] += 1
+                return False
+            entry = {"i": len(self.kills) + 1, "kind": kind, "wanted": sk["kind"], "aimed": sk["aim"],
+                     "ms": self.ms(), "search_ms": int((now - sk["t0"]) * 1000), "pid": pid, "task": task,
+                     "daemons": len(self.live("daemon")), "starts": len(self.live("start"))}
             if c:
                 c.killed = True
             signal.pidfd_send_signal(fd, signal.SIGKILL)
@@ -334,9 +637,69 @@ class Driver:
             os.close(fd)
         if c:
             c.popen.wait()
+        self.judge(entry, kind, view)
         self.kills.append(entry)
         self.seek = None
         return True
+
+    def parent_kind(self, ppid):
+        for c in self.children:
+            if c.popen.pid == ppid:
+                return c.kind
+        return "harness" if ppid == self.me else str(ppid)
+
+    def judge(self, entry, kind, view):
+        """After the kill: what each agent the victim held or had started did (its fate), the
+        phase, and which tasks the kill cut. cut: an attempt that can never run (it costs the
+        task an attempt). post_exec: an agent that ran and lost its supervisor (its exit code
+        is kept only if a daemon adopts it: see orphans.jsonl)."""
+        entry["cut"], entry["post_exec"] = [], []
+        if kind == "supervisor":
+            phase = self.supervisor_phase(view)
+            entry["parent"], entry["syscall"] = view["parent"], view["syscall"]
+            entry["agent"] = view["agent"]
+            if phase == "setup":
+                # No hello yet: the caller's spawn() fails, or never releases the agent.
+                entry["cut"].append(entry["task"])
+                if view["parent"] == "start":
+                    entry["start_retry"] = entry["task"]
+            elif phase in ("held", "released", "running", "ended", "reaped"):
+                f = self.fate(view["agent"]) if view["agent"] else "never"
+                entry["fate"] = f
+                if f == "ran":
+                    if phase in ("setup", "held"):
+                        phase = "released"   # it had the go-ahead when the supervisor froze
+                    entry["post_exec"].append([entry["task"], view["agent"]])
+                elif f == "never":
+                    entry["cut"].append(entry["task"])
+                    if view["parent"] == "start":
+                        entry["start_retry"] = entry["task"]   # the start may try again itself
+                else:
+                    entry["unknown"] = True
+            entry["phase"] = phase
+            return
+        fates = {}
+        agents = set()
+        for v in view["sups"]:
+            if v["agent"] and self.supervisor_phase(v) in ("setup", "held", "released"):
+                agents.add(tuple(v["agent"]))
+        claims = view["claims"]
+        for a in (claims or {}).values():
+            if a:
+                agents.add(tuple(a))
+        for a in agents:
+            fates[a] = self.fate(a)
+        entry["syscall"], entry["cap_lock"], entry["tx"] = view["syscall"], view["cap_lock"], view["tx"]
+        entry["phase"] = self.caller_phase(kind, view, fates)
+        if claims is None:
+            entry["unknown"] = True   # the store could not be read while it was frozen
+            claims = {}
+        entry["claims"] = {t: [list(a), fates.get(tuple(a))] if a else None for t, a in sorted(claims.items())}
+        for t, a in sorted(claims.items()):
+            if a is None or fates.get(tuple(a)) != "ran":
+                entry["cut"].append(t)   # interrupted (never ran) or a claim without session
+
+    # -- the workload
 
     def first_wave(self):
         """--no-lock: cap + 3 starts meet at the barrier between counting and spawning, and
@@ -388,56 +751,72 @@ class Driver:
             now = time.monotonic()
             self.reap_children()
             if now >= next_scan:
-                # Only tasks submitted and not yet final are read: a final state never changes.
+                # Only the states are read (json_extract in the query); a final state never changes.
                 busy = 0
-                for t in self.open_ids():
-                    rec = read_record(self.home, t)
-                    if rec and rec["state"] in FINAL:
+                rows = self.store.rows("SELECT id, json_extract(record, '$.state') FROM tasks") or []
+                for t, state in rows:
+                    if state in FINAL:
                         self.final.add(t)
-                    elif rec and rec["state"] in ("notified", "running"):
+                    elif state in ("notified", "running"):
                         busy += 1
                 final = len(self.final) - len(self.final.intersection(self.wave))
                 next_scan = now + 0.05
                 if final + len(self.kills) != progress:
                     progress, progress_at = final + len(self.kills), now
                 elif now - progress_at > a.stall:
-                    self.anomalies.append(f"no task ended and no kill for {a.stall} s, with {final} of {m} "
-                                          f"final and {len(self.kills)} kills: stopped")
+                    self.anomalies.append(f"no task ended and no kill for {a.stall} s, with {final} of "
+                                          f"{self.submitted} final and {len(self.kills)} kills: stopped")
                     break
+            seeking = self.seek["kind"] if self.seek else None
             # Daemon phases: 0, 1 or 2 daemons for 0.3-2 s. With none, supervisors record ends
-            # through their on-exit `kugetsu reap` (the hooks that can be killed).
-            # A phase with no daemon ends early once nothing runs: only a daemon can go on.
-            if now >= phase_end or (target == 0 and busy == 0 and self.submitted - final >= 8):
+            # through their on-exit `kugetsu reap` (the hooks that can be killed). A phase
+            # with no daemon ends early once nothing runs: only a daemon can go on. A search
+            # for a daemon keeps one running; a search for a hook keeps none (hooks run only
+            # while no daemon holds daemon.lock) until it gives up on hooks.
+            if now >= phase_end or (target == 0 and busy == 0 and self.submitted - final >= 3):
                 target = self.phase.choice((0, 1, 1, 2))
                 phase_end = now + self.phase.uniform(0.3, 2.0)
-            if self.seek and self.seek["kind"] == "hook" and now <= self.seek["give_up"]:
-                target = 0
+            want = target
+            if seeking == "daemon":
+                want = max(1, target)
+            elif seeking == "hook" and now <= self.seek["give_up"]:
+                want = 0
             daemons = self.live("daemon")
-            if len(daemons) < target:
+            if len(daemons) < want:
                 self.launch("daemon", None, ["daemon"])
-            elif len(daemons) > target:
+            elif len(daemons) > want:
                 daemons[0].stopping = True
                 daemons[0].popen.send_signal(signal.SIGTERM)
-            # Submissions: at most 4 commands in flight and 8 tasks not final, and none while
-            # the kills lag (the next one was due 6 tasks ago; the work must not run out before
-            # the kills do), unless a kill looks for a start, supervisor or hook: new work
-            # brings those.
+            # Submissions: at most 4 commands in flight and 8 tasks not final; while a kill is
+            # due and not yet made, at most 3 not final (a trickle: the daemons keep passing,
+            # supervisors and starts keep coming, and the tasks last until the kills are
+            # made). Past M tasks, a task is added only while kills remain and fewer than 2
+            # are not final (DIR/ids lists them all; the summary counts them as extra).
             inflight = sum(1 for c in self.children if c.kind in ("start", "enqueue"))
-            lagging = len(self.kills) < n and final >= thresholds[len(self.kills)] + 6 and \
-                not (self.seek and self.seek["kind"] != "daemon")
-            if self.submitted < m and inflight < 4 and self.submitted - final < 8 and not lagging \
+            limit = 3 if kill_at is not None else 8
+            if self.submitted >= len(self.ids) and len(self.kills) < n and self.submitted - final < 2:
+                self.ids.append(f"k{len(self.ids) + 1:04d}")
+            if self.submitted < len(self.ids) and inflight < 4 and self.submitted - final < limit \
                     and now >= next_submit:
                 self.submit(self.ids[self.submitted])
                 self.submitted += 1
                 next_submit = now + self.work.uniform(0, 0.05)
             if len(self.kills) < n and final >= thresholds[len(self.kills)]:
                 if kill_at is None:
-                    kill_at = now + self.kill_rng.uniform(0, 0.25)
-                elif now >= kill_at and self.try_kill():
-                    kill_at = None
-            if self.submitted == m and len(self.kills) >= n:
+                    kill_at = now + self.kill_rng.uniform(0, 0.1)
+                elif now >= kill_at:
+                    # Search in a tight loop for up to 20 ms (critical sections are short),
+                    # then let the workload move on.
+                    until = time.monotonic() + 0.02
+                    while time.monotonic() < until:
+                        self.search["steps"] += 1
+                        if self.try_kill():
+                            kill_at = None
+                            break
+                        time.sleep(0.0002)
+            if self.submitted >= m and len(self.kills) >= n:
                 break
-            time.sleep(0.005)
+            time.sleep(0.002)
         # Let every command finish (the remaining tasks are left to the fresh daemon of the
         # check phase), and stop the daemons.
         for c in self.live("daemon"):
@@ -451,10 +830,25 @@ class Driver:
             self.anomalies.append(f"{c.kind} {c.task or ''} still running after 120 s: killed")
             c.popen.kill()
             c.popen.wait()
+        # Orphans (supervisors, agents whose supervisor was killed) are the driver's children:
+        # wait for them, so that orphans.jsonl lists every agent whose exit status it reaped.
+        while children_of(self.me) and time.monotonic() < deadline:
+            self.reap_orphans()
+            time.sleep(0.005)
+        self.write_outputs()
+
+    def write_outputs(self):
+        ids = self.wave + self.ids[:self.submitted]
         with open(os.path.join(self.dir, "ids"), "w") as f:
-            f.write("".join(t + "\n" for t in self.wave + self.ids))
+            f.write("".join(t + "\n" for t in ids))
+        with open(os.path.join(self.dir, "created.json"), "w") as f:
+            json.dump(self.created, f, sort_keys=True)
         with open(os.path.join(self.dir, "kills.jsonl"), "w") as f:
             f.write("".join(json.dumps(k, sort_keys=True) + "\n" for k in self.kills))
+        with open(os.path.join(self.dir, "orphans.jsonl"), "w") as f:
+            f.write("".join(json.dumps(o, sort_keys=True) + "\n" for o in self.orphans))
+        with open(os.path.join(self.dir, "search.json"), "w") as f:
+            json.dump(dict(self.search, planned_tasks=self.a.tasks, submitted=self.submitted), f, sort_keys=True)
         with open(os.path.join(self.dir, "anomalies"), "w") as f:
             f.write("".join(x + "\n" for x in self.anomalies))
 
@@ -471,6 +865,7 @@ def cmd_run(a):
         d.run()
     except BaseException:
         d.abort()
+        d.write_outputs()
         raise
     return 0
 
@@ -485,19 +880,57 @@ def read_lines(path):
         return []
 
 
+def read_json_lines(path, what, bad):
+    out = []
+    for line in read_lines(path):
+        try:
+            out.append(json.loads(line))
+        except ValueError:
+            bad.append(f"{what}: unreadable line: {line[:80]}")
+    return out
+
+
+def same_event(a, b):
+    """Two event dicts say the same (seq aside)."""
+    return {k: v for k, v in a.items() if k != "seq"} == {k: v for k, v in b.items() if k != "seq"}
+
+
 def cmd_check(a):
     home, d = a.home, a.dir
     ids = read_lines(f"{d}/ids")
     kills = [json.loads(x) for x in read_lines(f"{d}/kills.jsonl")]
+    orphans = [json.loads(x) for x in read_lines(f"{d}/orphans.jsonl")]
     anomalies = read_lines(f"{d}/anomalies")
+    try:
+        with open(f"{d}/created.json") as f:
+            created = json.load(f)
+    except (OSError, ValueError):
+        created = {}
+    try:
+        with open(f"{d}/search.json") as f:
+            search = json.load(f)
+    except (OSError, ValueError):
+        search = {}
     runs = collections.Counter(read_lines(f"{d}/runs"))
-    queue = read_queue(home)
-    events = []
-    for line in read_lines(f"{home}/events.jsonl"):
-        try:
-            events.append(json.loads(line))
-        except ValueError:
-            anomalies.append(f"unreadable event line: {line[:80]}")
+    v = {"cap": [], "lost": [], "duplicate": [], "state": [], "events": []}
+
+    # The store, read-only.
+    store = Store(home, timeout=5)
+    tasks, sessions, store_events, quarantined = {}, [], [], 0
+    rows = store.rows("SELECT id, record FROM tasks")
+    if rows is None:
+        v["lost"].append(f"cannot read {store.path}")
+        rows = []
+    for tid, rec in rows:
+        tasks[tid] = json.loads(rec)
+    sessions = [tid for (tid,) in store.rows("SELECT task_id FROM sessions") or []]
+    for seq, rec in store.rows("SELECT seq, record FROM events ORDER BY seq") or []:
+        e = json.loads(rec)
+        e["seq"] = seq
+        store_events.append(e)
+    quarantined = (store.rows("SELECT count(*) FROM quarantine") or [[0]])[0][0]
+    store.close()
+
     try:
         with open(f"{d}/status.json") as f:
             status = json.load(f)
@@ -510,40 +943,47 @@ def cmd_check(a):
     except (OSError, ValueError):
         live = peak = total = 0
 
-    v = {"cap": [], "lost": [], "duplicate": [], "state": []}
     if peak > a.cap:
         v["cap"].append(f"the agents saw {peak} live at once (cap {a.cap})")
 
-    # Kills that touched each task: its supervisor (or the supervisor's hook), or the start or
-    # daemon that held its claim when it died.
-    cut = collections.Counter()     # supervisor kills + owner kills: each may cost one attempt
-    sup = collections.Counter()
-    owner = collections.Counter()
+    # What the kills did to each task (kills.jsonl, written by judge()).
+    cut = collections.Counter()        # attempts cut before exec (each costs at most one attempt)
+    post = collections.defaultdict(list)   # agents that ran and lost their supervisor
+    reaped = collections.Counter()     # supervisors killed between reaping the agent and its record
+    retry = collections.Counter()      # cuts the task's own start may have retried itself
     hook = collections.Counter()
+    unknown_kills = 0
     by_kind = collections.Counter(k["kind"] for k in kills)
-    spawn_window = collections.Counter(k["kind"] for k in kills if k.get("window") == "spawn")
+    by_phase = collections.defaultdict(collections.Counter)
+    aimed = sum(1 for k in kills if k.get("aimed"))
+    aimed_hit = sum(1 for k in kills if k.get("aimed") and k.get("phase") in HELD_PHASES)
     for k in kills:
-        if k["kind"] == "supervisor":
-            sup[k["task"]] += 1
-            cut[k["task"]] += 1
-        elif k["kind"] == "hook":
-            hook[k["task"]] += 1
-        for t in k.get("owned", []):
-            owner[t] += 1
+        by_phase[k["kind"]][k.get("phase", "?")] += 1
+        for t in k.get("cut", []):
             cut[t] += 1
+        for t, agent in k.get("post_exec", []):
+            post[t].append(tuple(agent))
+        if k.get("start_retry"):
+            retry[k["start_retry"]] += 1
+        if k["kind"] == "hook":
+            hook[k["task"]] += 1
+        if k["kind"] == "supervisor" and k.get("phase") == "reaped":
+            reaped[k["task"]] += 1
+        unknown_kills += bool(k.get("unknown"))
+    orphaned = {(o["pid"], o["start"]) for o in orphans}
 
-    # Lost: every task exists and is final, in its record and in `status --json`; nothing live.
+    # Lost: every task exists and is final, in the store and in `status --json`; nothing live.
     if a.wait_rc == 124:
         v["lost"].append("kugetsu wait hung (the hang guard stopped it)")
     st_tasks = {t["id"]: t for t in status["tasks"]} if status else {}
     for t in ids:
-        rec = queue.get(t)
+        rec = tasks.get(t)
         if rec is None:
             v["lost"].append(f"{t}: no record")
         elif rec["state"] not in FINAL:
             v["lost"].append(f"{t}: {rec['state']}")
         elif status is not None and st_tasks.get(t, {}).get("state") != rec["state"]:
-            v["lost"].append(f"{t}: status --json says {st_tasks.get(t, {}).get('state')}, the record {rec['state']}")
+            v["lost"].append(f"{t}: status --json says {st_tasks.get(t, {}).get('state')}, the store {rec['state']}")
     if status is not None:
         if status.get("live") != 0 or status.get("pm_live") != 0 or status.get("sessions"):
             v["lost"].append(f"status --json: live {status.get('live')}, sessions {status.get('sessions')}")
@@ -551,89 +991,147 @@ def cmd_check(a):
             v["lost"].append(f"status --json lists {len(st_tasks)} tasks, expected {len(ids)}")
     else:
         v["lost"].append("no status --json")
-    sessions = [n for n in os.listdir(f"{home}/sessions") if not n.startswith(".")] \
-        if os.path.isdir(f"{home}/sessions") else []
+    if set(tasks) - set(ids):
+        v["lost"].append(f"tasks nobody submitted: {sorted(set(tasks) - set(ids))[:5]}")
     if sessions:
-        v["lost"].append(f"session files left: {sessions}")
-    quarantined = os.listdir(f"{home}/quarantine") if os.path.isdir(f"{home}/quarantine") else []
+        v["lost"].append(f"sessions left in the store: {sessions[:5]}")
     if quarantined:
-        v["lost"].append(f"records quarantined: {quarantined}")
+        v["lost"].append(f"{quarantined} rows quarantined")
     if live != 0:
         v["lost"].append(f"{live} probe agents still counted live")
 
-    # Duplicates: an agent ran at most once per task; at most one end and one task_completed
-    # per task; at most one task_started per attempt.
+    # Duplicates: an agent ran at most once per task (the probe logs every run it makes).
     for t, n in runs.items():
         if n > 1:
             v["duplicate"].append(f"{t}: its agent ran {n} times")
-        if t not in queue:
+        if t not in tasks:
             v["duplicate"].append(f"{t}: an agent ran for a task that does not exist")
-    completed_ev = collections.Counter()
-    final_ev = collections.Counter()
-    started_ev = collections.Counter()
-    for e in events:
-        if e["type"] == "task_completed":
-            completed_ev[e["task_id"]] += 1
-        if e["type"] in ("task_completed", "task_error"):
-            final_ev[e["task_id"]] += 1
-        if e["type"] == "task_started":
-            started_ev[(e["task_id"], e.get("attempt"))] += 1
-    for t, n in completed_ev.items():
-        if n > 1:
-            v["duplicate"].append(f"{t}: {n} task_completed events")
-    for t, n in final_ev.items():
-        if n > 1:
-            v["duplicate"].append(f"{t}: {n} final events")
-    for (t, att), n in started_ev.items():
-        if n > 1:
-            v["duplicate"].append(f"{t}: {n} task_started events for attempt {att}")
 
-    # End states, against the kills that touched each task (see kill_harness.sh).
+    # Events: HOME/events.jsonl and `kugetsu events` hold exactly the store's events, in seq
+    # order, each once; then each task has exactly the events its history implies.
+    bad = []
+    file_events = read_json_lines(f"{home}/events.jsonl", "events.jsonl", bad)
+    cli_events = read_json_lines(f"{d}/events.cli", "kugetsu events", bad)
+    v["events"] += bad
+    by_seq = {e["seq"]: e for e in store_events}
+    for name, evs in (("events.jsonl", file_events), ("kugetsu events", cli_events)):
+        seqs = [e.get("seq") for e in evs]
+        dup = [s for s, n in collections.Counter(seqs).items() if n > 1]
+        if dup:
+            v["events"].append(f"{name}: seq {dup[:5]} more than once")
+        if seqs != sorted(seqs):
+            v["events"].append(f"{name}: not in seq order")
+        missing = sorted(set(by_seq) - set(seqs))
+        extra = sorted(set(seqs) - set(by_seq))
+        if missing:
+            v["events"].append(f"{name}: {len(missing)} of the store's events missing (seq {missing[:5]})")
+        if extra:
+            v["events"].append(f"{name}: seq {extra[:5]} not in the store")
+        for e in evs:
+            s = by_seq.get(e.get("seq"))
+            if s is not None and not same_event(e, s):
+                v["events"].append(f"{name}: seq {e['seq']} differs from the store: {e} vs {s}")
+                break
+    per_task = collections.defaultdict(list)
+    for e in store_events:
+        per_task[e["task_id"]].append(e)
+
     ends = collections.Counter()
     for t in ids:
-        rec = queue.get(t)
+        rec = tasks.get(t)
         if rec is None or rec["state"] not in FINAL:
             continue
-        r, c, att = runs[t], cut[t], rec["attempts"]
-        why = f"{t}: {rec['state']} ({rec['last_error'] or 'exit ' + str(rec['exit_code'])}), attempts {att}, " \
-              f"ran {r}, kills: supervisor {sup[t]}, owner {owner[t]}, hook {hook[t]}"
+        evs = per_task.get(t, [])
+        att = rec["attempts"]
+        r = runs[t]
+        types = [e["type"] for e in evs]
+        why_ev = f"{t}: events {[(e['type'][5:], e.get('attempt')) for e in evs]}; attempts {att}, ran {r}, " \
+                 f"created by {created.get(t)}"
+        # task_queued once, first, for a task enqueue created; never for one start created.
+        nq = types.count("task_queued")
+        if created.get(t) == "enqueue":
+            if nq != 1 or types[0] != "task_queued":
+                v["events"].append(why_ev + ": expected task_queued once, first")
+        elif nq:
+            v["events"].append(why_ev + ": task_queued for a task start created")
+        # One task_dequeued per attempt the queue took: the others are the start's own (its
+        # first, and a retry after a supervisor killed while holding the agent).
+        deq = [e.get("attempt") for e in evs if e["type"] == "task_dequeued"]
+        silent = set(range(1, att + 1)) - set(deq)
+        if len(set(deq)) != len(deq) or any(x is None or not 1 <= x <= att for x in deq):
+            v["events"].append(why_ev + ": task_dequeued repeated or beyond the attempts")
+        elif created.get(t) == "start" and 1 not in silent:
+            v["events"].append(why_ev + ": a dequeue of the attempt start made")
+        elif created.get(t) != "start" and 1 in silent:
+            v["events"].append(why_ev + ": attempt 1 without its dequeue")
+        elif len(silent - {1}) > retry[t]:
+            v["events"].append(why_ev + f": {len(silent - {1})} attempts without a dequeue, "
+                                        f"{retry[t]} retries by the start possible")
+        # One task_started per attempt whose program ran.
+        started = [e.get("attempt") for e in evs if e["type"] == "task_started"]
+        if len(started) != r or len(set(started)) != len(started):
+            v["events"].append(why_ev + f": {len(started)} task_started for {r} runs")
+        # Exactly one end, last; attempts never go back; a dequeue precedes its start.
+        nend = sum(1 for x in types if x in END_EVENTS)
+        if nend != 1 or types[-1] not in END_EVENTS:
+            v["events"].append(why_ev + ": expected exactly one end event, last")
+        last_att = 0
+        for e in evs:
+            x = e.get("attempt")
+            if x is not None and x < last_att:
+                v["events"].append(why_ev + ": attempts out of order")
+                break
+            last_att = x or last_att
+        for x in started:
+            if x in deq and types.index("task_started") < types.index("task_dequeued"):
+                v["events"].append(why_ev + ": task_started before its dequeue")
+                break
+        end = next((e for e in reversed(evs) if e["type"] in END_EVENTS), None)
+
+        # The end, against the kills that touched the task (see kill_harness.sh).
+        reason = end.get("reason", "") if end else ""
+        c = cut[t]
+        lost_code = any(ag in orphaned for ag in post[t]) or reaped[t] > 0
+        why = f"{t}: {rec['state']} ({reason or rec['last_error'] or 'exit ' + str(rec['exit_code'])}), " \
+              f"attempts {att}, ran {r}, cuts {c}, post-exec {len(post[t])}" \
+              f"{' (exit status lost: reaped by the harness or by the killed supervisor)' if lost_code else ''}, " \
+              f"hook kills {hook[t]}"
         if att > 1:
             ends["retried"] += 1
+        if rec["state"] == "error" and r == 0:
+            ends["never_ran_error"] += 1
         if rec["state"] == "completed":
             ends["completed"] += 1
-            if rec["exit_code"] != 0 or r != 1 or att > 1 + c:
+            if rec["exit_code"] != 0 or r != 1 or not 1 <= att <= 1 + c or (end and end["type"] != "task_completed"):
                 v["state"].append(why)
-            if completed_ev[t] == 0:
-                ends["completed_event_lost"] += 1
-        elif rec["state"] == "error" and rec["last_error"] == EXIT_UNKNOWN:
+        elif rec["state"] == "error" and reason == "exit_unknown":
             ends["exit_unknown"] += 1
-            ends["exit_unknown_never_ran"] += r == 0
-            # Ran, then its supervisor died: no exit code. Never ran: the start or daemon that
-            # had written its session died before letting the agent exec.
-            if (r == 1 and sup[t] == 0) or (r == 0 and owner[t] == 0) or r > 1:
+            # Only an agent that ran, whose supervisor was killed after exec, and whose exit
+            # status went to the harness (no daemon adopted it) or died with the supervisor
+            # (killed between reaping the agent and writing the record).
+            if r != 1 or not post[t] or not lost_code:
                 v["state"].append(why)
-        elif rec["state"] == "error" and att >= rec["max_attempts"] and rec["exit_code"] is None:
-            ends["attempts_exhausted"] += 1
-            if c < rec["max_attempts"] or r != 0:
+        elif rec["state"] == "error" and reason in ("start_interrupted", "attempts_exhausted"):
+            ends[reason] += 1
+            # Never ran, every attempt cut before exec.
+            if r != 0 or att != rec["max_attempts"] or c < att or rec["exit_code"] is not None:
                 v["state"].append(why)
+            elif reason == "start_interrupted" and not rec["last_error"].startswith("start_interrupted"):
+                v["state"].append(why + ": last_error does not start with start_interrupted")
+            else:
+                ends["never_ran_error_legit"] += 1
         else:
             ends[rec["state"]] += 1
             v["state"].append(why)
-        if rec["state"] != "completed" and completed_ev[t]:
-            v["state"].append(f"{t}: {rec['state']} after a task_completed event")
 
-    # Leftovers that nothing reads (reported, not violations): slot files whose end was
-    # recorded but that were not removed, temporary slot and record files.
+    # Leftovers: slot files in HOME/run after the final reap (temporary ones of supervisors
+    # killed during setup included), sessions in the store.
     run_dir = f"{home}/run"
-    left = os.listdir(run_dir) if os.path.isdir(run_dir) else []
-    slots = [n for n in left if not n.startswith(".")]
-    slot_tmp = [n for n in left if n.startswith(".")]
-    rec_tmp = [n for sub in ("queue", "sessions") if os.path.isdir(f"{home}/{sub}")
-               for n in os.listdir(f"{home}/{sub}") if n.startswith(".")]
-
+    left = sorted(os.listdir(run_dir)) if os.path.isdir(run_dir) else []
     if a.strict:
-        for n in slots:
-            v["lost"].append(f"slot file left: run/{n}")
+        for n in left:
+            v["lost"].append(f"slot file left after the final reap: run/{n}")
+
     nviol = {k: len(x) for k, x in v.items()}
     if a.no_lock:
         verdict = "expected a cap violation: " + ("seen" if nviol["cap"] else "NOT SEEN")
@@ -641,17 +1139,26 @@ def cmd_check(a):
     else:
         ok = sum(nviol.values()) == 0 and not anomalies
         verdict = "ok" if ok else "FAILED"
+
+    def phases(kind, names):
+        cnt = by_phase.get(kind, {})
+        parts = [f"{p} {cnt[p]}" for p in names if cnt.get(p)] + \
+                [f"{p} {n}" for p, n in sorted(cnt.items()) if p not in names]
+        return f"{kind} {by_kind[kind]}" + (f" [{', '.join(parts)}]" if parts else "")
+    extra = len([t for t in ids if t.startswith("k")]) - a.tasks
     print(f"kill_harness: seed {a.seed}{' (no lock)' if a.no_lock else ''}: "
-          f"kills {len(kills)} (start {by_kind['start']}, daemon {by_kind['daemon']}, "
-          f"supervisor {by_kind['supervisor']}, hook {by_kind['hook']}; in a spawn window: "
-          f"start {spawn_window['start']}, daemon {spawn_window['daemon']}, supervisor {spawn_window['supervisor']}), "
-          f"tasks {len(ids)} (completed {ends['completed']}, exit_unknown {ends['exit_unknown']} "
-          f"[never ran {ends['exit_unknown_never_ran']}], attempts_exhausted {ends['attempts_exhausted']}, "
-          f"retried {ends['retried']}), runs {sum(runs.values())}, "
-          f"peak {peak} (cap {a.cap}), violations: cap {nviol['cap']}, lost {nviol['lost']}, "
-          f"duplicate {nviol['duplicate']}, state {nviol['state']}; "
-          f"left: slot files {len(slots)}, temp files {len(slot_tmp) + len(rec_tmp)}; "
-          f"completed events lost {ends['completed_event_lost']}; wall {a.wall} s: {verdict}")
+          f"kills {len(kills)} ({phases('start', CALLER_PHASES)}; {phases('daemon', CALLER_PHASES)}; "
+          f"{phases('supervisor', SUPERVISOR_PHASES)}; {phases('hook', HOOK_PHASES)}; "
+          f"aimed at held agents {aimed}, hit {aimed_hit}; victims let go {search.get('let_go', 0)}), "
+          f"tasks {len(ids)}{f' ({extra} extra)' if extra > 0 else ''} (completed {ends['completed']}, "
+          f"exit_unknown {ends['exit_unknown']}, start_interrupted {ends['start_interrupted']}, "
+          f"attempts_exhausted {ends['attempts_exhausted']}, never-ran errors {ends['never_ran_error']} "
+          f"[all attempts cut: {ends['never_ran_error_legit']}], retried {ends['retried']}), "
+          f"runs {sum(runs.values())}, peak {peak} (cap {a.cap}), orphans reaped by the harness {len(orphans)}, "
+          f"events {len(store_events)} (file {len(file_events)}), "
+          f"violations: cap {nviol['cap']}, lost {nviol['lost']}, duplicate {nviol['duplicate']}, "
+          f"state {nviol['state']}, events {nviol['events']}; "
+          f"left: slot files {len(left)}, sessions {len(sessions)}; wall {a.wall} s: {verdict}")
     for k, x in v.items():
         for line in x[:20]:
             print(f"  {k}: {line}", file=sys.stderr)
@@ -659,8 +1166,11 @@ def cmd_check(a):
             print(f"  {k}: ... {len(x) - 20} more", file=sys.stderr)
     for line in anomalies[:20]:
         print(f"  anomaly: {line}", file=sys.stderr)
-    if slots or slot_tmp or rec_tmp:
-        print(f"  left in HOME: {sorted(slots)[:5]} {sorted(slot_tmp)[:5]} {sorted(rec_tmp)[:5]}", file=sys.stderr)
+    if unknown_kills:
+        print(f"  {unknown_kills} kills whose effect could not be read (the store busy, or an agent's fate unclear)",
+              file=sys.stderr)
+    if left:
+        print(f"  left in HOME/run: {left[:5]}", file=sys.stderr)
     if not ok:
         print(f"  reproduce with: kill_harness.sh --kills {a.kills} --tasks {a.tasks} --seed {a.seed}"
               f"{' --no-lock' if a.no_lock else ''}", file=sys.stderr)

@@ -89,9 +89,12 @@ while [ $# -gt 0 ]; do
 done
 [ -n "$seed" ] || seed=$(od -An -N4 -tu4 /dev/urandom | tr -d ' ')
 [ "$tasks" -gt "$kills" ] || fail "--tasks must be more than --kills"
-echo "kill_harness: seed $seed, $kills kills, $tasks tasks, cap $MAX_CONCURRENT_AGENTS${no_lock:+, no lock}"
+cap=3 attempts=3
+echo "kill_harness: seed $seed, $kills kills, $tasks tasks, cap $cap${no_lock:+, no lock}"
 began=$SECONDS
-common=(--kills "$kills" --tasks "$tasks" --seed "$seed" --cap "$MAX_CONCURRENT_AGENTS" $no_lock)
+# HOME's limits, stored in HOME (the environment sets none: lib.sh unsets them).
+ku config cap "$cap" >/dev/null && ku config max-attempts "$attempts" >/dev/null || fail "kugetsu config"
+common=(--kills "$kills" --tasks "$tasks" --seed "$seed" --cap "$cap" $no_lock)
 
 # 1. The workload and the kills. Without the lock, state may be lost for good: stop waiting
 #    for progress sooner (the test then only looks at the cap).
@@ -107,11 +110,20 @@ guard=120; [ -z "$no_lock" ] || guard=30
 wait_rc=0
 mapfile -t ids <"$T/ids"
 timeout "$guard" "$KUGETSU" wait "${ids[@]}" 3>&- 4>&- 2>"$T/wait.err" || wait_rc=$?
-ku status --json >"$T/status.json" 2>"$T/status.err" || true
 kill -TERM "${BACKGROUND[@]}"; wait "${BACKGROUND[@]}" 2>/dev/null || true; BACKGROUND=()
+# The final reap. Its sweep removes a temporary slot (.slot.*) only once it is 10 s old (a
+# younger one may be between its creation and its flock): wait for the youngest to age.
+newest=$(find "$KUGETSU_HOME/run" -maxdepth 1 -name '.slot.*' -printf '%T@\n' 2>/dev/null | sort -n | tail -1)
+if [ -n "$newest" ]; then
+    age=$(python3 -c "import time; print(max(0.0, 10.5 - (time.time() - $newest)))")
+    sleep "$age"
+fi
+ku reap --quiet 2>"$T/reap.err" || true
+ku status --json >"$T/status.json" 2>"$T/status.err" || true
+ku events >"$T/events.cli" 2>"$T/events.err" || true
 
 # 3. The checks and the summary.
 python3 "$here/kill_harness.py" check "$T" "$KUGETSU_HOME" "${common[@]}" \
-    --max-attempts 3 --wait-rc "$wait_rc" --wall $((SECONDS - began)) $strict ||
+    --max-attempts "$attempts" --wait-rc "$wait_rc" --wall $((SECONDS - began)) $strict ||
     fail "violations (seed $seed); state kept in $(cp -r "$T" "$T.kept" && echo "$T.kept")"
 [ -z "${KUGETSU_KILL_HARNESS_KEEP:-}" ] || cp -r "$T" "$KUGETSU_KILL_HARNESS_KEEP"

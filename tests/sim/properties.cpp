@@ -1,5 +1,6 @@
 // Property tests over the simulator: the fixed design keeps every invariant for random task
-// counts, caps, starters, seeds and fault plans; the original design is caught, and
+// counts, caps, starters, seeds and fault plans (kills included: every step of a unit of work,
+// its commit too, is a step where a kill may land); the original design is caught, and
 // rapidcheck shrinks the failure to a small schedule.
 #include <catch2/catch.hpp>
 #include <rapidcheck.h>
@@ -99,6 +100,14 @@ TEST_CASE("fixed design: live dev agents never exceed the cap, at any step, unde
     });
 }
 
+TEST_CASE("fixed design: no agent runs without a committed session naming it, at any step, under any faults") {
+    rc::prop("every running agent is recorded", [] {
+        const auto [cap, ex] = random_case();
+        RC_LOG() << describe(ex);
+        RC_ASSERT(count(ex, "unrecorded") == 0u);
+    });
+}
+
 TEST_CASE("fixed design: no task is lost, none runs twice, attempts never exceed the maximum") {
     rc::prop("every task ends exactly once", [] {
         const auto [cap, ex] = random_case();
@@ -113,8 +122,9 @@ TEST_CASE("fixed design: no task is lost, none runs twice, attempts never exceed
     });
 }
 
-TEST_CASE("fixed design: no free slot stays idle while tasks are pending, and events form valid sequences") {
-    rc::prop("no idle slot, valid events", [] {
+TEST_CASE("fixed design: no free slot stays idle while tasks are pending, and every task has exactly the events its "
+          "history implies") {
+    rc::prop("no idle slot, exact events", [] {
         const auto [cap, ex] = random_case();
         RC_LOG() << describe(ex);
         RC_ASSERT(count(ex, "idle_slot") == 0u);

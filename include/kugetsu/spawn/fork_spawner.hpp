@@ -35,11 +35,15 @@
 //   kugetsu-held 2\n            by the supervisor, before it forks the agent (never empty)
 //   kugetsu-exec 2 US\n         by the agent, once it has the go-ahead, just before execve
 //   kugetsu-noexec 2\n          by the agent, as it exits without running the program
-//   kugetsu-exit 2 CODE T US\n  by the supervisor, after reaping the agent: CODE, T = timed
+//   kugetsu-exit 2 CODE T US\n  by the supervisor, once the agent has ended and before it
+//                               reaps it (killed in between, it leaves a zombie whose code a
+//                               subreaper records, see ORPHANS): CODE, T = timed
 //                               out (0|1), US = when the end was seen (realtime microseconds)
 //   kugetsu-exit 1 CODE T\n     by a kugetsu 0.1 supervisor (whose slot is empty before it)
 // So poll() from ANY process answers:
-//   lock held                            -> running (also: a zombie not yet reaped)
+//   lock held                            -> running (also: a zombie not yet reaped); with a
+//                                           held or noexec record, running with `held` set
+//                                           (not released: not to be adopted as started)
 //   lock free, exit record               -> exited, with the code, timed_out and (v2) end time
 //   lock free, held or noexec            -> never_ran (the agent is dead: alive, it holds the lock)
 //   lock free, exec (supervisor killed)  -> running while the agent's identity (pid, start time,
@@ -163,6 +167,20 @@ struct supervisor_hello {
 inline int exit_code_of(int status) noexcept {
     if (WIFEXITED(status)) return WEXITSTATUS(status);
     if (WIFSIGNALED(status)) return 128 + WTERMSIG(status);
+    return -1;
+}
+
+/// Waits until the child `pid` has ended, without reaping it (WNOWAIT): its exit code as
+/// exit_code_of() gives it, -1 if waitid fails. The zombie keeps its status for whoever reaps
+/// it: if the caller dies before it writes the code down, a subreaper can still read it.
+inline int peek_exit_code(pid_t pid) noexcept {
+    siginfo_t si{};
+    for (;;) {
+        if (::waitid(P_PID, static_cast<id_t>(pid), &si, WEXITED | WNOWAIT) == 0) break;
+        if (errno != EINTR) return -1;
+    }
+    if (si.si_code == CLD_EXITED) return si.si_status;
+    if (si.si_code == CLD_KILLED || si.si_code == CLD_DUMPED) return 128 + si.si_status;
     return -1;
 }
 
@@ -713,7 +731,14 @@ private:
         for (;;) {
             if (::flock(fd.get(), LOCK_SH | (block ? 0 : LOCK_NB)) == 0) break;
             if (errno == EINTR) continue;
-            if (errno == EWOULDBLOCK) return {process_state::running, -1};
+            if (errno == EWOULDBLOCK) {
+                // Alive. Still "held" (or "noexec": exiting) in its record: not released, and,
+                // seen by another process than its caller, never to be (its caller died).
+                const auto rec = detail::read_slot_record(fd.get());
+                process_status st{process_state::running, -1};
+                st.held = rec.what == detail::slot_record::kind::held || rec.what == detail::slot_record::kind::noexec;
+                return st;
+            }
             ec = detail::last_error();
             return {process_state::running, -1};
         }
@@ -1149,7 +1174,9 @@ private:
         ::close(sync[0]);
 
         // Supervise: wait for the agent, enforcing the timeout. Its end is stamped when seen.
-        int status = 0;
+        // It is reaped only once its exit record is written: killed in between, this process
+        // leaves a zombie whose code a subreaper (a daemon) still records (record_orphan).
+        int code = -1;
         bool timed_out = false;
         std::int64_t ended_us = 0;
         const int pidfd = static_cast<int>(::syscall(SYS_pidfd_open, agent, 0));
@@ -1157,7 +1184,7 @@ private:
         bool term_sent = false;
         for (;;) {
             if (pidfd < 0 || deadline < 0) {
-                detail::wait_for(agent, &status, 0);
+                code = detail::peek_exit_code(agent);
                 ended_us = detail::realtime_us();
                 break;
             }
@@ -1167,7 +1194,7 @@ private:
             if (r < 0 && errno == EINTR) continue;
             if (r > 0) {
                 ended_us = detail::realtime_us();
-                detail::wait_for(agent, &status, 0);
+                code = detail::peek_exit_code(agent);
                 break;
             }
             if (r == 0 && detail::monotonic_ms() >= deadline) {
@@ -1181,9 +1208,11 @@ private:
                 }
             }
         }
-        // The exit record goes into the slot before the lock is let go.
+        // The exit record goes into the slot before the lock is let go, and before the reaping.
         char rec[64];
-        detail::put_record(slot, rec, detail::exit_record(rec, detail::exit_code_of(status), timed_out, ended_us));
+        detail::put_record(slot, rec, detail::exit_record(rec, code, timed_out, ended_us));
+        int status = 0;
+        detail::wait_for(agent, &status, 0);
         if (pl.hook.size() > 1) {
             bool skip = false;
             if (pl.hook_lock) {

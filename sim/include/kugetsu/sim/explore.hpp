@@ -105,36 +105,53 @@ private:
     bool stop_mode_ = false;
 };
 
-/// Random schedules (seeded) in which the actor that makes the `target`-th commit of the run
-/// (counting steps whose op is "store.commit", from 1) is SIGKILLed just before it (at that
-/// step: the commit never happens) or, with `after`, at its own next step (the commit
-/// happened; what follows it, such as releasing the held agents, does not). target 0: no
-/// kill; commits() then says how many commits the schedule made.
-class commit_kill_chooser : public chooser {
+/// Random schedules (seeded) in which the actor that takes the `target`-th step named `op`
+/// (counting the run's steps whose op is `op`, or `op` then a space and more, such as
+/// "notifier.append 7", from 1) is SIGKILLed just before it (at that
+/// step: it never happens) or, with `after`, at its own next step (it happened; what follows
+/// it does not). target 0: no kill; count() then says how many such steps the schedule had.
+class op_kill_chooser : public chooser {
 public:
-    commit_kill_chooser(std::uint64_t seed, std::uint64_t target, bool after) : rng_(seed), target_(target), after_(after) {}
+    op_kill_chooser(std::string op, std::uint64_t seed, std::uint64_t target, bool after)
+        : op_(std::move(op)), rng_(seed), target_(target), after_(after) {}
     int choose(const std::vector<int>& ready, std::uint64_t) override {
         const int who = ready[static_cast<std::size_t>(rng_.below(ready.size()))];
         kill_ = false;
-        if (who == victim_) {   // its first step after its commit
+        if (who == victim_) {   // its first step after that one
             kill_ = true;
             victim_ = -1;
-        } else if (running && running->get(who).next_op == "store.commit" && ++commits_ == target_) {
+        } else if (running && named(running->get(who).next_op) && ++seen_ == target_) {
             if (after_) victim_ = who;
             else kill_ = true;
         }
         return who;
     }
     bool kill_here(int) override { return kill_; }
-    std::uint64_t commits() const noexcept { return commits_; }
+    std::uint64_t count() const noexcept { return seen_; }
 
 private:
+    bool named(const std::string& next) const {
+        return next.size() >= op_.size() && next.compare(0, op_.size(), op_) == 0 &&
+               (next.size() == op_.size() || next[op_.size()] == ' ');
+    }
+
+    std::string op_;
     rng rng_;
     std::uint64_t target_;
     bool after_;
-    std::uint64_t commits_ = 0;
+    std::uint64_t seen_ = 0;
     int victim_ = -1;
     bool kill_ = false;
+};
+
+/// Kills the actor that makes the `target`-th commit of the run ("store.commit"), just before
+/// it (the unit's writes are lost) or, with `after`, at its next step (the unit committed;
+/// what follows, such as releasing the held agents, does not happen).
+class commit_kill_chooser : public op_kill_chooser {
+public:
+    commit_kill_chooser(std::uint64_t seed, std::uint64_t target, bool after)
+        : op_kill_chooser("store.commit", seed, target, after) {}
+    std::uint64_t commits() const noexcept { return count(); }
 };
 
 struct counterexample {

@@ -523,7 +523,10 @@ public:
     std::uint64_t relay(const event_source& source, std::error_code& ec) {
         ec.clear();
         if (!log_->outbox) return log_->last_seq;
-        if (!w_->acquire_nothrow(lock_kind::events, "notifier.relay")) return log_->last_seq;
+        // Reorderable (see world::choice_nothrow): what a relay appends, and when, changes no
+        // decision of any actor, only what the events file holds, which the end of the run
+        // checks.
+        if (!w_->acquire_nothrow(lock_kind::events, "notifier.relay", /*reorderable=*/true)) return log_->last_seq;
         for (bool more = true; more;) {
             auto batch = source(log_->last_seq, ec);
             if (ec || w_->dying() || batch.empty()) break;

@@ -169,8 +169,9 @@ inline nlohmann::json summary_json(const scenario& sc, const exploration& ex, st
 }
 
 /// What each step of `schedule` did: the operation the chosen actor performed there, as its
-/// choice point names it ("store.list_sessions", "lock", "spawn t3", "begin" for an actor's
-/// first step); a kill as "kill before <op>". One replay; the world records each step's op.
+/// choice point names it ("store.list_sessions", "lock", "spawn t3", "store.commit"; "first
+/// step" when an actor first runs); a kill as "kill before <op>". One replay; the world
+/// records each step's op.
 inline std::vector<std::string> step_ops(const scenario& sc, std::uint64_t seed, const std::vector<int>& schedule,
                                          run_options options = {}) {
     options.keep_trace = false;

@@ -122,7 +122,7 @@ struct actor {
     bool client = true;            ///< a client (starter, enqueuer, PM starter), not a daemon
     std::uint64_t history = 0;     ///< hash of everything it observed
     std::uint64_t seen_events = 0; ///< the world's event count when it last looked
-    std::string next_op = "begin";
+    std::string next_op = "first step";
     process_ref self;
     ucontext_t ctx{};
     std::unique_ptr<char[]> stack;
@@ -290,9 +290,13 @@ public:
     /// or a catch-all, such as a notifier's relay): returns true if the actor dies here. It
     /// must then stop at once and touch nothing shared; it unwinds at its next choice point
     /// or die_if_killed().
-    [[nodiscard]] bool choice_nothrow(std::string op) {
+    /// `reorderable`: a step whose moment changes no decision of any actor (a relay to the
+    /// events file, which only relays and the final check read): with atomic critical
+    /// sections it is not a choice point either, so it runs right after the actor's
+    /// previous step.
+    [[nodiscard]] bool choice_nothrow(std::string op, bool reorderable = false) {
         me().next_op = std::move(op);
-        if (atomic_cs_ && holds_any(current_)) return false;
+        if (atomic_cs_ && (reorderable || holds_any(current_))) return false;
         return switch_out_nothrow();
     }
 
@@ -342,8 +346,8 @@ public:
     }
     /// The same for code that must not throw: false if the actor dies first (it holds
     /// nothing new then).
-    [[nodiscard]] bool acquire_nothrow(lock_kind k, std::string op) {
-        if (choice_nothrow(std::move(op))) return false;
+    [[nodiscard]] bool acquire_nothrow(lock_kind k, std::string op, bool reorderable = false) {
+        if (choice_nothrow(std::move(op), reorderable)) return false;
         int& h = holders_[static_cast<std::size_t>(k)];
         while (h != -1 && h != current_) {
             me().status = actor_status::blocked;
