@@ -40,10 +40,12 @@
 //                      tasks, oldest first (task_dequeued), start them, commit once, release;
 //                      repeat while failed attempts freed slots. No batch-size setting.
 //   reap()             record ended agents (task_completed / task_error with the exit code and
-//                      the time the agent ended), adopt live agents whose start was
-//                      interrupted, return to pending the tasks whose agent never ran (reason
-//                      start_interrupted), enforce timeouts (SIGTERM to the process group,
-//                      SIGKILL after kill_grace), return claims of dead processes to pending.
+//                      the time the agent ended; task_started first for one that ran but was
+//                      never marked running), adopt live agents whose start was interrupted
+//                      (not those still held before exec), return to pending the tasks whose
+//                      agent never ran (reason start_interrupted), enforce timeouts (SIGTERM
+//                      to the process group, SIGKILL after kill_grace), return claims of dead
+//                      processes to pending.
 //   cancel(id)         after a reap: pending/notified -> cancelled; running -> stopped like a
 //                      timeout, then cancelled once reaped.
 //   limits()/set_limits()  the store's limits.
@@ -172,7 +174,7 @@ public:
     start_result start(const task_spec& spec, std::error_code& ec) {
         ec.clear();
         if (check_spec(spec, ec)) return {};
-        return locked(ec, [&]() -> start_result {
+        auto result = locked(ec, [&]() -> start_result {
             reap_report rep;
             reap_locked(rep, ec);
             if (ec) return {};
@@ -224,12 +226,16 @@ public:
                 }
             }
         });
+        // Failed, perhaps at its last commit after a checkpoint committed the claim: the next
+        // reap gives it up (a claim that is not this process's is left alone).
+        if (ec) dropped_.push_back(spec.id);
+        return result;
     }
     start_result start(const task_spec& spec) { return throwing([&](auto& ec) { return start(spec, ec); }); }
 
     start_result start_item(std::string_view id, std::error_code& ec) {
         ec.clear();
-        return locked(ec, [&]() -> start_result {
+        auto result = locked(ec, [&]() -> start_result {
             reap_report rep;
             reap_locked(rep, ec);
             if (ec) return {};
@@ -247,9 +253,10 @@ public:
             const bool full = it->role == role::pm ? rep.pm_live > 0 : rep.live >= lim_.cap;
             if (full) return {start_status::no_slot, *it, {}};   // not an attempt; it stays pending
             auto r = attempt(*it, attempt_kind::dequeued, ec);
-            if (ec) dropped_.push_back(it->id);
             return r;
         });
+        if (ec) dropped_.emplace_back(id);   // as in start()
+        return result;
     }
     start_result start_item(std::string_view id) {
         return throwing([&](auto& ec) { return start_item(id, ec); });
@@ -265,6 +272,10 @@ public:
         ec.clear();
         pass_report report;
         const int commits_before = commits_;
+        // The tasks this pass claimed. If it fails, even at its last commit, they are perhaps
+        // committed as claimed (a checkpoint committed the claims of a batch before a workspace
+        // with effects was prepared): the next reap gives them up.
+        std::vector<std::string> taken;
         locked(ec, [&] {
             reap_report rep;
             reap_locked(rep, ec);
@@ -279,13 +290,13 @@ public:
                 if (items.empty()) break;
                 report.taken += static_cast<int>(items.size());
                 // Claim them all (the attempts counted), then start them together.
-                for (auto& it : items) claim(it, attempt_kind::dequeued, ec);
-                if (ec) return 0;
-                auto results = attempt_all(items, ec);
-                if (ec) {
-                    for (auto& it : items) dropped_.push_back(it.id);   // perhaps claimed: the next reap gives them up
-                    return 0;
+                for (auto& it : items) {
+                    taken.push_back(it.id);
+                    claim(it, attempt_kind::dequeued, ec);
+                    if (ec) return 0;   // (the next claim's write would clear ec: stop at the first)
                 }
+                auto results = attempt_all(items, ec);
+                if (ec) return 0;
                 for (auto& r : results) {
                     if (r.status == start_status::started) {
                         ++report.started;
@@ -297,6 +308,7 @@ public:
             }
             return 0;
         });
+        if (ec) dropped_.insert(dropped_.end(), taken.begin(), taken.end());
         report.commits = commits_ - commits_before;
         return report;
     }
@@ -565,12 +577,26 @@ private:
         for (auto& e : unit_events_) committed_.push_back(std::move(e));
         unit_events_.clear();
         note_quarantined();
-        for (auto& p : forget_after_) forget(p);
+        for (auto& p : forget_after_) {
+            forget(p);
+            std::erase(abandoned_, p);
+        }
         forget_after_.clear();
     }
 
     void abort_unit() noexcept {
-        for (auto& h : held_) spawner_.abandon(h.proc);
+        for (auto& h : held_) {
+            spawner_.abandon(h.proc);
+            // A failed commit may be visible all the same (its fsync failed after COMMIT; a
+            // torn WAL write that was whole): then a session names this agent, which never
+            // ran. Remembered, so that the reap gives its task back instead of recording an
+            // unknown end (the spawner only knows the agent is gone).
+            try {
+                if (abandoned_.size() >= 1024) abandoned_.erase(abandoned_.begin());
+                abandoned_.push_back(h.proc);
+            } catch (...) {
+            }
+        }
         held_.clear();
         unit_events_.clear();
         forget_after_.clear();
@@ -686,7 +712,8 @@ private:
                     enforce_stop(*it, rep, ec);
                     if (ec) return;
                 }
-            } else if (st.state == process_state::never_ran) {
+            } else if (st.state == process_state::never_ran ||
+                       std::find(abandoned_.begin(), abandoned_.end(), s.process) != abandoned_.end()) {
                 interrupted(s, it, ec);
                 if (ec) return;
                 ++rep.interrupted;
@@ -728,7 +755,8 @@ private:
                 add_event(std::move(e), durability::durable, ec);
                 if (ec) return;
             }
-            std::erase(dropped_, it.id);
+            // Not erased from dropped_ here: if this unit fails, the claim must still be given
+            // up by the next reap (the erase_if above drops it once it is no longer ours).
             ++rep.recovered;
         }
     }
@@ -761,6 +789,17 @@ private:
     void finish(const session& s, std::optional<queue_item>& it, const process_status& st, std::error_code& ec) {
         if (it && !is_final(it->state)) {
             auto& item = *it;
+            if (item.state != task_state::running && st.state == process_state::exited) {
+                // It ran, but was never marked running: its starter died after releasing it,
+                // and it ended before a reap could adopt it. Its start is recorded first.
+                // (An end that is gone says nothing of whether it ran: no start for it.)
+                item.state = task_state::running;
+                item.process = s.process;
+                item.started_at = s.started_at;
+                item.owner = {};
+                add_event(make_event(event_type::task_started, item), durability::durable, ec);
+                if (ec) return;
+            }
             const timestamp now = clock_.now();
             item.updated_at = now;
             item.finished_at = st.state == process_state::exited && st.ended_at ? *st.ended_at : now;
@@ -1110,6 +1149,7 @@ private:
     std::vector<event> committed_;         // committed, for notify() after the lock
     std::vector<held_agent> held_;         // spawned held in the open unit: abandoned unless committed
     std::vector<process_ref> forget_after_;  // spawner records to drop once the unit commits
+    std::vector<process_ref> abandoned_;   // held agents abandoned after a failed commit: they never ran
     std::vector<std::string> dropped_;     // claims this object gave up after an error
     std::size_t quarantine_seen_ = 0;
     int commits_ = 0;

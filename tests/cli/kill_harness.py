@@ -5,7 +5,7 @@
 #   kill_harness.py run   DIR HOME KUGETSU PROBE --kills N --tasks M --seed S [--no-lock]
 #       Runs at least M probe tasks over HOME while it SIGKILLs N kugetsu processes, each
 #       caught with work in flight, then stops its daemons and returns once every command it
-#       started has exited. Writes DIR/ids (the task ids, extras included), DIR/created.json
+#       started, and every orphan it adopted as a subreaper, has exited. Writes DIR/ids (the task ids, extras included), DIR/created.json
 #       (which command created each task), DIR/kills.jsonl (one line per kill: victim, phase,
 #       what it cut), DIR/orphans.jsonl (agents whose exit status the driver reaped as a
 #       subreaper: their exit code is lost to kugetsu), DIR/search.json (how the victims were
@@ -19,7 +19,10 @@
 #       with --no-lock: a cap violation was seen) or 1.
 #
 # The harness never writes HOME: it reads state.db through its own read-only connection
-# (file:...?mode=ro; WAL mode, so a reader never waits for a writer and never blocks one).
+# (file:...?mode=ro; WAL mode, so a reader never waits for a writer and never blocks one), and
+# never opens a file of the database otherwise: closing any descriptor of a file drops the
+# process's POSIX locks on it, SQLite's included (so it reads a supervisor's descriptor 5 only
+# once it names a slot in HOME/run).
 #
 # Every random choice comes from the seed, in three independent streams (workload, daemon
 # phases, kills), so that a change in one (a kill finds two victims instead of three) does
@@ -45,7 +48,7 @@ END_EVENTS = ("task_completed", "task_error")
 # Phases (see kill_harness.sh): in the order the summary lists them.
 CALLER_PHASES = ("pass", "spawning", "committed", "releasing", "released", "marking", "locked", "unlocked")
 SUPERVISOR_PHASES = ("setup", "held", "released", "running", "ended", "reaped", "recorded", "noexec")
-HOOK_PHASES = ("starting", "waiting", "reaping", "committed")
+HOOK_PHASES = ("unlocked", "waiting", "reaping", "committed")
 # Phases in which a caller or a supervisor has an agent held before exec (a kill "aimed").
 HELD_PHASES = ("spawning", "committed", "releasing", "setup", "held")
 SYSCALLS = {0: "read", 1: "write", 7: "poll", 17: "pread64", 18: "pwrite64", 35: "nanosleep", 44: "sendto",
@@ -165,8 +168,8 @@ class Driver:
         self.kugetsu = os.path.realpath(a.kugetsu)
         self.comms = {os.path.basename(self.kugetsu)[:15], "exe"}   # the hook runs /proc/self/exe
         self.probe_comm = os.path.basename(os.path.realpath(a.probe))[:15]
-        self.logs = os.path.join(self.home, "logs") + "/"
-        self.run_dir = os.path.join(self.home, "run")
+        self.logs = os.path.join(os.path.realpath(self.home), "logs") + "/"
+        self.run_dir = os.path.join(os.path.realpath(self.home), "run")
         self.work = random.Random(f"{a.seed}/work")
         self.phase = random.Random(f"{a.seed}/phase")
         self.kill_rng = random.Random(f"{a.seed}/kill")
@@ -360,7 +363,12 @@ class Driver:
         hello, then <agent pid>-<start>.slot) and the slot's record, and its agent child."""
         v = {"pid": sup, "slot": None, "record": None, "agent": None, "agent_comm": None, "agent_state": None}
         try:
-            v["slot"] = os.path.basename(os.readlink(f"/proc/{sup}/fd/5"))
+            link = os.readlink(f"/proc/{sup}/fd/5")
+            # Only a slot in HOME/run is opened: a descriptor of state.db opened and closed
+            # here would drop this process's SQLite locks (POSIX locks are per process).
+            name = os.path.basename(link)
+            if os.path.dirname(link) == self.run_dir and (name.endswith(".slot") or name.startswith(".slot.")):
+                v["slot"] = name
         except OSError:
             pass
         if v["slot"]:
@@ -408,7 +416,7 @@ class Driver:
         """The supervisors (children of pid) whose agent is held before exec, or in setup."""
         out = []
         for s in children_of(pid):
-            if self.is_supervisor(s):
+            if (self.is_supervisor(s) or ("",))[0] == "supervisor":
                 v = self.supervisor_view(s)
                 if self.supervisor_phase(v) in ("setup", "held"):
                     out.append(v)
@@ -501,7 +509,7 @@ class Driver:
         """A frozen start, daemon or hook: its locks, system call, supervisors and committed
         claims."""
         cap, wal = self.lock_holders()
-        sups = [self.supervisor_view(s) for s in children_of(pid) if self.is_supervisor(s)]
+        sups = [self.supervisor_view(s) for s in children_of(pid) if (self.is_supervisor(s) or ("",))[0] == "supervisor"]
         return {"cap_lock": cap == pid, "tx": wal == pid, "syscall": syscall_of(pid),
                 "sups": sups, "claims": self.owned_claims(pid, start)}
 
@@ -510,8 +518,8 @@ class Driver:
         if kind == "hook":
             if view["cap_lock"]:
                 return "reaping" if view["tx"] else "committed"
-            return "waiting" if view["syscall"] == "flock" else "starting"
-        if not view["cap_lock"]:
+            return "waiting" if view["syscall"] == "flock" else "unlocked"
+        if not view["cap_lock"] and not self.a.no_lock:   # --no-lock: there is no lock to hold
             return "unlocked"
         claims = view["claims"] or {}
         ran = sum(1 for a in claims.values() if a and fates.get(tuple(a)) == "ran")
@@ -529,7 +537,7 @@ class Driver:
             return "committed"
         if ran:
             return "released"
-        return "locked"
+        return "locked" if view["cap_lock"] else "unlocked"
 
     def in_flight(self, kind, phase, aim):
         if aim and phase not in HELD_PHASES:
@@ -1082,9 +1090,10 @@ def cmd_check(a):
                 v["events"].append(why_ev + ": attempts out of order")
                 break
             last_att = x or last_att
+        pos = {(e["type"], e.get("attempt")): i for i, e in enumerate(evs)}
         for x in started:
-            if x in deq and types.index("task_started") < types.index("task_dequeued"):
-                v["events"].append(why_ev + ": task_started before its dequeue")
+            if ("task_dequeued", x) in pos and pos[("task_started", x)] < pos[("task_dequeued", x)]:
+                v["events"].append(why_ev + f": task_started of attempt {x} before its dequeue")
                 break
         end = next((e for e in reversed(evs) if e["type"] in END_EVENTS), None)
 
