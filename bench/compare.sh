@@ -439,7 +439,7 @@ run_one() {   # run_one RUNNER WORKLOAD ROUND
 # enqueue_fsyncs" to $RESULTS (round 0). strace blocks fatal signals (-I3 with -o), so the
 # daemon (its tracee, strace's child) is signalled, not strace.
 strace_drain() {
-    local name="$1" kb="$2" n="$3" home sum spid dpid i rc=0
+    local name="$1" kb="$2" n="$3" home sum spid dpid="" i p rc=0
     sum="$OUT_DIR/compare-strace-$name.txt"
     home="$(new_home)"
     log "fsync count: $name, $n tasks, daemon under strace -f -c"
@@ -451,7 +451,14 @@ strace_drain() {
         for ((i = 21; i <= n; i++)); do "$kb" enqueue --id "t$i" -- /bin/true >/dev/null; done
         strace -f -c -o "$sum" "$kb" daemon -v 2>"$home.daemon.err" &
         spid=$!
-        for ((i = 0; i < 100; i++)); do dpid="$(ps -o pid= --ppid "$spid" | head -n 1 | tr -d ' ')"; [[ -n "$dpid" ]] && break; sleep 0.05; done
+        # strace's child that runs the daemon (strace forks a short-lived probe child first)
+        for ((i = 0; i < 200; i++)); do
+            for p in $(ps -o pid= --ppid "$spid"); do
+                [[ "$(readlink "/proc/$p/exe" 2>/dev/null)" == "$(readlink -f "$kb")" ]] && { dpid="$p"; break; }
+            done
+            [[ -n "${dpid:-}" ]] && break
+            sleep 0.05
+        done
         [[ -n "$dpid" ]] || { echo "no traced daemon" >&2; exit 1; }
         echo "$dpid" >>"$WORK/daemons"
         timeout "$TIMEOUT" "$kb" wait >/dev/null || rc=$?
