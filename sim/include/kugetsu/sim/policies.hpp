@@ -352,6 +352,7 @@ private:
 
     /// A committed record's hash into the world's store hash.
     void apply(const std::string& key, std::uint64_t hh) {
+        if (key.rfind("s:", 0) == 0) w_->sessions_committed();
         if (!w_->hashing() || key.empty()) return;
         auto& old = sh_->hashes[key];
         const std::uint64_t k = hash_text(key);
@@ -434,7 +435,10 @@ public:
             st.state = w_->actor_alive(a->id) ? process_state::running : process_state::gone;
         } else if (proc* p = w_->find_proc(ref)) {
             switch (p->status) {
-            case proc_status::held:
+            case proc_status::held:   // it holds its slot, and has not started: never adopted as started
+                st.state = process_state::running;
+                st.held = true;
+                break;
             case proc_status::running: st.state = process_state::running; break;
             case proc_status::exited:
                 if (p->parent == w_->current()) {   // our child: waitpid gives the code
@@ -452,7 +456,7 @@ public:
             case proc_status::abandoned: st.state = process_state::never_ran; break;   // held, never released
             }
         }
-        w_->observe(mix(static_cast<std::uint64_t>(st.state), static_cast<std::uint64_t>(st.exit_code + 1)));
+        w_->observe(mix(static_cast<std::uint64_t>(st.state) | (st.held ? 16u : 0u), static_cast<std::uint64_t>(st.exit_code + 1)));
         return st;
     }
 

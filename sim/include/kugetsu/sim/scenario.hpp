@@ -12,7 +12,9 @@
 //   3. no lock around "count sessions, create session, spawn";
 //   4. the daemon spawns all pending tasks at once, in background jobs.
 // Each cause can be fixed alone (`fixes`), to see which fixes matter; with all four fixed the
-// real dispatcher runs.
+// real dispatcher runs. Two deliberately wrong variants of it exist for the negative tests:
+// release_before_commit (held agents released before their sessions commit) and outbox off
+// (the old at-most-once event delivery).
 //
 // Invariants (a violation records its kind and the step):
 //   cap              live dev agents never exceed the cap, at any step
@@ -120,6 +122,7 @@ struct shared {
     int daemon_restarts = 0;
     int peak = 0;
     bool cap_reported = false, dup_reported = false, unrecorded_reported = false;
+    std::uint64_t recording_seen = 0;
 
     sim_store make_store() { return sim_store(w, store, hashes); }
     sim_spawner make_spawner() { return sim_spawner(w, pm_task); }
@@ -412,10 +415,13 @@ inline void check_step(shared& s) {
         s.w.add_violation("duplicate_start", "task " + s.w.ran_twice() + " ran twice");
     }
     // Every running agent is counted: a committed session names it (its task and process).
-    if (!s.unrecorded_reported) {
+    // Looked at again only after an agent started or a commit wrote sessions.
+    if (!s.unrecorded_reported && s.w.recording_changes() != s.recording_seen) {
+        s.recording_seen = s.w.recording_changes();
         std::vector<session> committed;
         bool listed = false;
-        for (auto& [k, p] : s.w.procs()) {
+        for (const auto& entry : s.w.procs()) {
+            const proc& p = entry.second;
             if (p.status != proc_status::running) continue;
             if (!listed) {
                 std::error_code ec;

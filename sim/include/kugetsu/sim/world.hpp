@@ -441,6 +441,7 @@ public:
     void mark_running(proc& p) {
         p.status = proc_status::running;
         p.ran = true;
+        ++recording_changes_;
         if (p.role == role::dev) ++live_dev_;
         if (++ran_[p.task_id] > 1) twice_ = p.task_id;
     }
@@ -449,6 +450,10 @@ public:
         p.status = proc_status::exited;
     }
     int live_dev() const noexcept { return live_dev_; }
+    /// Counts the changes that can leave an agent running unrecorded: an agent starts
+    /// running, a commit writes sessions (the simulated store calls sessions_committed()).
+    std::uint64_t recording_changes() const noexcept { return recording_changes_; }
+    void sessions_committed() noexcept { ++recording_changes_; }
     /// A task whose program ran twice, or "".
     const std::string& ran_twice() const noexcept { return twice_; }
 
@@ -637,6 +642,7 @@ private:
     std::map<std::string, int> ran_;
     std::string twice_;
     int live_dev_ = 0;
+    std::uint64_t recording_changes_ = 0;
     std::vector<int> free_pids_;
     int next_pid_ = 100;
     std::uint64_t start_counter_ = 0;
