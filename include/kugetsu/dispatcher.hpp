@@ -587,10 +587,10 @@ private:
     void abort_unit() noexcept {
         for (auto& h : held_) {
             spawner_.abandon(h.proc);
-            // A failed commit may be visible all the same (its fsync failed after COMMIT; a
-            // torn WAL write that was whole): then a session names this agent, which never
-            // ran. Remembered, so that the reap gives its task back instead of recording an
-            // unknown end (the spawner only knows the agent is gone).
+            // A failed commit may be visible all the same (its fsync failed after COMMIT):
+            // then a session names this agent, which never ran. Remembered, so that the reap
+            // gives its task back instead of recording an unknown end (the spawner only knows
+            // the agent is gone).
             try {
                 if (abandoned_.size() >= 1024) abandoned_.erase(abandoned_.begin());
                 abandoned_.push_back(h.proc);
@@ -945,6 +945,10 @@ private:
             checkpoint(ec);
             if (ec) return {};
         }
+        // Workspaces first, then every agent spawned held at once (a spawner with spawn_many()
+        // forks its supervisors in parallel), then their sessions.
+        std::vector<std::size_t> idx;
+        std::vector<spawn_request> reqs;
         for (std::size_t i = 0; i < items.size(); ++i) {
             auto& it = items[i];
             std::error_code wec;
@@ -955,15 +959,37 @@ private:
                 continue;
             }
             if (dir.empty()) dir = it.workdir;
-            std::error_code sec;
-            const process_ref proc = spawner_.spawn({it.id, it.argv, dir, it.timeout, lim_.kill_grace}, sec);
-            if (sec) {
-                results[i] = attempt_failed(it, describe("spawn", sec, spawner_), ec);
+            idx.push_back(i);
+            reqs.push_back({it.id, it.argv, std::move(dir), it.timeout, lim_.kill_grace});
+        }
+        std::vector<std::error_code> spawned(reqs.size());
+        std::vector<std::string> spawn_why(reqs.size());
+        std::vector<process_ref> procs;
+        if constexpr (requires(std::vector<std::error_code>& e) { spawner_.spawn_many(reqs, e); spawner_.detail_of(0); }) {
+            procs = spawner_.spawn_many(reqs, spawned);
+            for (std::size_t k = 0; k < reqs.size(); ++k)
+                if (spawned[k]) spawn_why[k] = "spawn: " + std::string(spawner_.detail_of(k));
+        } else {
+            for (std::size_t k = 0; k < reqs.size(); ++k) {
+                procs.push_back(spawner_.spawn(reqs[k], spawned[k]));
+                if (spawned[k]) spawn_why[k] = describe("spawn", spawned[k], spawner_);
+            }
+        }
+        for (std::size_t k = 0; k < reqs.size(); ++k) {
+            if (!spawned[k]) held_.push_back({idx[k], procs[k], session{}});   // abandoned if anything below fails
+        }
+        for (std::size_t k = 0; k < reqs.size(); ++k) {
+            const std::size_t i = idx[k];
+            auto& it = items[i];
+            if (spawned[k]) {
+                if (spawn_why[k] == "spawn: ") spawn_why[k] = describe("spawn", spawned[k], spawner_);
+                results[i] = attempt_failed(it, spawn_why[k], ec);
                 if (ec) return {};
                 continue;
             }
-            const session s{session_id_for(it), it.role, it.id, proc, dir, clock_.now()};
-            held_.push_back({i, proc, s});
+            const session s{session_id_for(it), it.role, it.id, procs[k], reqs[k].working_dir, clock_.now()};
+            for (auto& h : held_)
+                if (h.proc == procs[k]) h.s = s;
             store_.put_session(s, ec);
             if (ec) return note_failure("session \"" + s.id + "\"", ec, store_), std::vector<start_result>{};
             need(durability::durable);
@@ -975,12 +1001,22 @@ private:
         if (ec) return {};
         auto held = std::move(held_);
         held_.clear();
-        // Released after the commit. Whatever they teach goes into the next unit.
+        // Released after the commit, all at once when the spawner can. Whatever they teach
+        // goes into the next unit.
         std::vector<std::error_code> released(held.size());
-        for (std::size_t k = 0; k < held.size(); ++k) spawner_.release(held[k].proc, released[k]);
         std::vector<std::string> why(held.size());
-        for (std::size_t k = 0; k < held.size(); ++k)
-            if (released[k]) why[k] = describe("exec", released[k], spawner_);
+        if constexpr (requires(std::vector<process_ref> r, std::vector<std::error_code>& e) { spawner_.release_many(r, e); }) {
+            std::vector<process_ref> refs;
+            for (auto& h : held) refs.push_back(h.proc);
+            spawner_.release_many(refs, released);
+            for (std::size_t k = 0; k < held.size(); ++k)
+                if (released[k]) why[k] = "exec: " + std::string(spawner_.detail_of(k));
+        } else {
+            for (std::size_t k = 0; k < held.size(); ++k) {
+                spawner_.release(held[k].proc, released[k]);
+                if (released[k]) why[k] = describe("exec", released[k], spawner_);
+            }
+        }
         open_unit(ec);
         if (ec) return {};   // the sessions say what ran: the next reap adopts or gives back
         for (std::size_t k = 0; k < held.size(); ++k) {

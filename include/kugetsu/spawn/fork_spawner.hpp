@@ -484,41 +484,102 @@ public:
     /// fork fails.
     process_ref spawn(const spawn_request& r, std::error_code& ec) {
         ec.clear();
-        if (auto e = validate_argv(r.argv)) return fail(ec, e, "invalid argv"), process_ref{};
-        if (!valid_task_id(r.task_id)) return fail(ec, errc::invalid_task_id, "invalid task id"), process_ref{};
-        const std::string program = detail::resolve_program(r.argv.front(), ec);
-        if (ec) return fail(ec, ec, "cannot run \"" + r.argv.front() + "\""), process_ref{};
+        if (!check_dirs(ec)) return {};
+        auto pending = launch(r, ec);
+        if (ec) return {};
+        return await_hello(pending, ec);
+    }
 
+    /// spawn() of several agents at once: every supervisor is forked first, then their
+    /// hellos are read, so the k supervisors fork and hold their agents in parallel (a daemon's
+    /// pass spawns k agents this way). ecs[i] says how request i failed (its ref is then empty).
+    std::vector<process_ref> spawn_many(const std::vector<spawn_request>& rs, std::vector<std::error_code>& ecs) {
+        std::vector<process_ref> refs(rs.size());
+        ecs.assign(rs.size(), {});
+        pending_detail_.assign(rs.size(), {});
+        std::error_code dec;
+        if (!check_dirs(dec)) {
+            for (auto& e : ecs) e = dec;
+            return refs;
+        }
+        std::vector<launched> pending(rs.size());
+        for (std::size_t i = 0; i < rs.size(); ++i) {
+            pending[i] = launch(rs[i], ecs[i]);
+            if (ecs[i]) pending_detail_[i] = detail_;
+        }
+        for (std::size_t i = 0; i < rs.size(); ++i) {
+            if (ecs[i]) continue;
+            refs[i] = await_hello(pending[i], ecs[i]);
+            if (ecs[i]) pending_detail_[i] = detail_;
+        }
+        return refs;
+    }
+
+    /// After spawn_many() or release_many(): why request i failed ("" if it did not).
+    std::string_view detail_of(std::size_t i) const noexcept {
+        return i < pending_detail_.size() ? std::string_view(pending_detail_[i]) : std::string_view();
+    }
+
+private:
+    /// An agent held before exec, waiting for its go-ahead.
+    struct held {
+        detail::unique_fd ctl;   // one byte lets the agent exec; closing it abandons the agent
+        detail::unique_fd err;   // the agent's errno if chdir or exec fails; EOF on exec
+        std::string program;
+        std::string cwd;
+    };
+
+    /// A supervisor forked, its hello not yet read.
+    struct launched {
+        pid_t sup = -1;
+        detail::unique_fd ctl;   // the caller's end of the control socket
+        detail::unique_fd err;   // the read end of the agent's exec-error pipe
+        std::string program;
+        std::string cwd;
+    };
+
+    /// The log and run directories exist, are directories and are private (checked once per
+    /// spawn or batch: whoever can write there could forge an exit status and free a slot).
+    bool check_dirs(std::error_code& ec) {
         for (const std::string* dir : {&log_dir_, &run_dir_}) {
             if (::mkdir(dir->c_str(), 0700) != 0 && errno != EEXIST)
-                return fail(ec, detail::last_error(), "mkdir " + *dir), process_ref{};
-            // Whoever can write here could forge an exit status and free a slot early.
+                return fail(ec, detail::last_error(), "mkdir " + *dir), false;
             auto d = detail::open_path(*dir, O_RDONLY | O_DIRECTORY | O_NOFOLLOW, 0, ec);
             if (!ec) ec = detail::check_private(d.get());
-            if (ec) return fail(ec, ec, *dir), process_ref{};
+            if (ec) return fail(ec, ec, *dir), false;
         }
+        return true;
+    }
+
+    /// Everything of spawn() up to the fork of the supervisor.
+    launched launch(const spawn_request& r, std::error_code& ec) {
+        ec.clear();
+        if (auto e = validate_argv(r.argv)) return fail(ec, e, "invalid argv"), launched{};
+        if (!valid_task_id(r.task_id)) return fail(ec, errc::invalid_task_id, "invalid task id"), launched{};
+        const std::string program = detail::resolve_program(r.argv.front(), ec);
+        if (ec) return fail(ec, ec, "cannot run \"" + r.argv.front() + "\""), launched{};
         const std::string log_path = log_dir_ + "/" + r.task_id + ".log";
         // O_NONBLOCK: a FIFO planted as the log must not hang the spawn (the dispatcher holds
         // its lock); a hard link would send the agent's output into another file.
         auto log = detail::open_path(log_path, O_WRONLY | O_CREAT | O_APPEND | O_NOFOLLOW | O_NONBLOCK, 0600, ec);
-        if (ec) return fail(ec, ec, "open " + log_path), process_ref{};
+        if (ec) return fail(ec, ec, "open " + log_path), launched{};
         {
             struct stat st{};
-            if (::fstat(log.get(), &st) != 0) return fail(ec, detail::last_error(), "fstat " + log_path), process_ref{};
+            if (::fstat(log.get(), &st) != 0) return fail(ec, detail::last_error(), "fstat " + log_path), launched{};
             if (!S_ISREG(st.st_mode) || st.st_nlink != 1 || !detail::is_private(st))
-                return fail(ec, errc::unsafe_state, log_path + ": not a private regular file with one link"), process_ref{};
+                return fail(ec, errc::unsafe_state, log_path + ": not a private regular file with one link"), launched{};
             if (::fcntl(log.get(), F_SETFL, O_WRONLY | O_APPEND) != 0)
-                return fail(ec, detail::last_error(), "fcntl " + log_path), process_ref{};
+                return fail(ec, detail::last_error(), "fcntl " + log_path), launched{};
         }
         auto null = detail::open_path("/dev/null", O_RDONLY, 0, ec);
-        if (ec) return fail(ec, ec, "open /dev/null"), process_ref{};
+        if (ec) return fail(ec, ec, "open /dev/null"), launched{};
 
         int ctl[2];
         if (::socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, ctl) != 0)
-            return fail(ec, detail::last_error(), "socketpair"), process_ref{};
+            return fail(ec, detail::last_error(), "socketpair"), launched{};
         detail::unique_fd ctl_parent(ctl[0]), ctl_child(ctl[1]);
         int err[2];
-        if (::pipe2(err, O_CLOEXEC) != 0) return fail(ec, detail::last_error(), "pipe"), process_ref{};
+        if (::pipe2(err, O_CLOEXEC) != 0) return fail(ec, detail::last_error(), "pipe"), launched{};
         detail::unique_fd err_read(err[0]), err_write(err[1]);
 
         // Everything the supervisor and the agent need, built before fork: they must not allocate.
@@ -549,23 +610,28 @@ public:
         pl.fds = {null.get(), log.get(), ctl_child.get(), err_write.get()};
 
         const pid_t sup = ::fork();
-        if (sup < 0) return fail(ec, detail::last_error(), "fork"), process_ref{};
+        if (sup < 0) return fail(ec, detail::last_error(), "fork"), launched{};
         if (sup == 0) supervise(pl);
+        return {sup, std::move(ctl_parent), std::move(err_read), program, r.working_dir};
+    }
 
-        ctl_child.reset();
-        err_write.reset();
+    /// Reads a launched supervisor's hello: the agent is held.
+    process_ref await_hello(launched& l, std::error_code& ec) {
+        ec.clear();
         detail::supervisor_hello hello{};
-        if (!detail::read_full(ctl_parent.get(), &hello, sizeof hello) || !hello.ok) {
+        if (!detail::read_full(l.ctl.get(), &hello, sizeof hello) || !hello.ok) {
             int status = 0;
-            detail::wait_for(sup, &status, 0);
+            detail::wait_for(l.sup, &status, 0);
             if (hello.error) return fail(ec, detail::errno_code(hello.error), "supervisor: slot in " + run_dir_), process_ref{};
             return fail(ec, errc::spawn_failed, "the supervisor died before the agent was held"), process_ref{};
         }
         process_ref ref{hello.pid, hello.start_time, detail::boot_id()};
-        supervisors_[hello.pid] = sup;
-        held_.emplace(hello.pid, held{std::move(ctl_parent), std::move(err_read), program, r.working_dir});
+        supervisors_[hello.pid] = l.sup;
+        held_.emplace(hello.pid, held{std::move(l.ctl), std::move(l.err), std::move(l.program), std::move(l.cwd)});
         return ref;
     }
+
+public:
 
     /// Lets a held agent exec. Errors: exec or chdir failed (errno, e.g. ENOENT, EACCES,
     /// ENOEXEC). errc::not_held: no such held agent.
@@ -575,10 +641,44 @@ public:
         if (it == held_.end()) return fail(ec, errc::not_held, "release");
         held h = std::move(it->second);
         held_.erase(it);
+        go_ahead(h);
+        exec_result(p, h, ec);
+    }
+
+    /// release() of several agents at once: every go-ahead is sent first, then each exec's
+    /// outcome is read, so the agents exec in parallel. ecs[i] as release()'s ec for refs[i].
+    void release_many(const std::vector<process_ref>& refs, std::vector<std::error_code>& ecs) {
+        ecs.assign(refs.size(), {});
+        pending_detail_.assign(refs.size(), {});
+        std::vector<std::optional<held>> hs(refs.size());
+        for (std::size_t i = 0; i < refs.size(); ++i) {
+            auto it = held_.find(refs[i].pid);
+            if (it == held_.end()) {
+                fail(ecs[i], errc::not_held, "release");
+                pending_detail_[i] = detail_;
+                continue;
+            }
+            hs[i].emplace(std::move(it->second));
+            held_.erase(it);
+            go_ahead(*hs[i]);
+        }
+        for (std::size_t i = 0; i < refs.size(); ++i) {
+            if (!hs[i]) continue;
+            exec_result(refs[i], *hs[i], ecs[i]);
+            if (ecs[i]) pending_detail_[i] = detail_;
+        }
+    }
+
+private:
+    static void go_ahead(held& h) noexcept {
         const char go = 'g';
         for (;;) {
             if (::send(h.ctl.get(), &go, 1, MSG_NOSIGNAL) >= 0 || errno != EINTR) break;
         }
+    }
+
+    /// Reads the agent's exec outcome after its go-ahead: end-of-file = it exec'd.
+    void exec_result(const process_ref& p, held& h, std::error_code& ec) {
         detail::child_failure f{};
         std::size_t got = 0;
         while (got < sizeof f) {
@@ -597,6 +697,8 @@ public:
         fail(ec, detail::errno_code(f.error),
              f.step == 1 ? "chdir \"" + h.cwd + "\"" : "exec \"" + h.program + "\"");
     }
+
+public:
 
     /// Discards a held agent: it exits without running the program, and its supervisor removes
     /// its slot once the agent has said it was abandoned. (An agent that died while held
@@ -695,12 +797,6 @@ public:
     const std::string& last_error_detail() const noexcept { return detail_; }
 
 private:
-    struct held {
-        detail::unique_fd ctl;   // one byte lets the agent exec; closing it abandons the agent
-        detail::unique_fd err;   // the agent's errno if chdir or exec fails; EOF on exec
-        std::string program;
-        std::string cwd;
-    };
 
     struct plan {
         const char* program = nullptr;
@@ -1252,6 +1348,7 @@ private:
     process_ref self_;
     std::uint64_t counter_ = 0;
     std::string detail_;
+    std::vector<std::string> pending_detail_;   // spawn_many / release_many: per request
 };
 
 static_assert(kugetsu::spawner<fork_spawner>);

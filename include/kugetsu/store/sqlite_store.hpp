@@ -91,6 +91,40 @@
 
 namespace kugetsu {
 
+namespace detail {
+
+/// "kugetsu-unix": SQLite's default VFS, but a WAL that already exists is opened without
+/// SQLITE_OPEN_CREATE. The unix VFS fsyncs the directory at the first sync of every journal or
+/// WAL it opened with that flag, i.e. once per process, although the WAL's directory entry
+/// became durable when the WAL was made (sqlite_store makes it, then fsyncs the directory).
+/// Everything else is the default VFS's own code: the files it opens are its files.
+inline const char* sqlite_vfs_name() noexcept {
+    static const char* name = [] () -> const char* {
+        static sqlite3_vfs inner_copy{};
+        static sqlite3_vfs vfs{};
+        sqlite3_vfs* inner = sqlite3_vfs_find(nullptr);
+        if (!inner) return nullptr;
+        inner_copy = *inner;
+        vfs = *inner;
+        vfs.zName = "kugetsu-unix";
+        vfs.pAppData = &inner_copy;
+        vfs.pNext = nullptr;
+        vfs.xOpen = [](sqlite3_vfs* self, sqlite3_filename path, sqlite3_file* f, int flags, int* out) -> int {
+            auto* in = static_cast<sqlite3_vfs*>(self->pAppData);
+            if ((flags & SQLITE_OPEN_WAL) && (flags & SQLITE_OPEN_CREATE) && path) {
+                struct stat st{};
+                if (::lstat(path, &st) == 0 && S_ISREG(st.st_mode)) flags &= ~SQLITE_OPEN_CREATE;
+            }
+            return in->xOpen(in, path, f, flags, out);
+        };
+        if (sqlite3_vfs_register(&vfs, 0) != SQLITE_OK) return nullptr;
+        return vfs.zName;
+    }();
+    return name;
+}
+
+} // namespace detail
+
 struct sqlite_store_options {
     std::chrono::milliseconds busy_timeout{30000};
     bool quarantine = true;       ///< move rows that fail validation aside (else: store_corrupt)
@@ -623,7 +657,8 @@ private:
                                                         "file planted beside the database): refused");
         }
         const int flags = SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOFOLLOW | SQLITE_OPEN_NOMUTEX;
-        int rc = sqlite3_open_v2(path_.c_str(), &db_, flags, opt_.vfs.empty() ? nullptr : opt_.vfs.c_str());
+        const char* vfs = opt_.vfs.empty() ? detail::sqlite_vfs_name() : opt_.vfs.c_str();
+        int rc = sqlite3_open_v2(path_.c_str(), &db_, flags, vfs);
         if (rc != SQLITE_OK) {
             fail_rc(ec, rc, "open");
             return;
@@ -636,8 +671,41 @@ private:
         // another program's database). A read: it waits for no unit.
         std::int64_t version = 0;
         if (!identify(version, ec)) return;
-        if (!exec("PRAGMA journal_mode=WAL", "journal_mode", ec, "wal")) return;
+        // A kugetsu database (or a new one): its WAL is made here, once: an empty file is a WAL with nothing
+        // in it. Its directory entry is made durable now, so no later process needs to.
+        {
+            const std::string wal = path_ + "-wal";
+            struct stat st{};
+            if (::lstat(wal.c_str(), &st) != 0 && errno == ENOENT) {
+                int fd;
+                while ((fd = ::open(wal.c_str(), O_RDWR | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600)) < 0 && errno == EINTR) {}
+                if (fd >= 0) {
+                    ::close(fd);
+                    if (auto d = detail::open_path(dir, O_RDONLY | O_DIRECTORY, 0, ec); !ec) detail::fsync_fd(d.get());
+                    ec.clear();
+                }
+            }
+        }
+        // Switching a new database to WAL needs its exclusive lock for a moment, and SQLite
+        // answers SQLITE_BUSY at once (no busy handler) while another process opening the same
+        // new HOME holds it: retried, as the busy handler would, up to the busy timeout.
+        for (int n = 0;; ++n) {
+            if (exec("PRAGMA journal_mode=WAL", "journal_mode", ec, "wal")) break;
+            if (ec != errc::store_busy || !on_busy(this, n)) return;
+            ec.clear();
+        }
+        busy_since_.reset();
         if (!exec("PRAGMA synchronous=NORMAL", "synchronous", ec)) return;
+        // The WAL outlives every connection, and closing one never checkpoints: a short-lived
+        // process (a `kugetsu start`, a supervisor's reap) then neither creates a WAL (header,
+        // fsync, directory fsync) nor checkpoints and deletes it on its way out (two more
+        // fsyncs). Checkpoints still happen, in the commit that takes the WAL past 1,000
+        // pages, whichever process makes it.
+        {
+            int persist = 1;
+            sqlite3_file_control(db_, "main", SQLITE_FCNTL_PERSIST_WAL, &persist);
+            sqlite3_db_config(db_, SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, 1, nullptr);
+        }
         if (!exec("PRAGMA foreign_keys=OFF", "foreign_keys", ec)) return;
         {
             const std::string bell = path_ + "-bell";
@@ -699,6 +767,13 @@ private:
 
     /// Reads the schema version; false (ec set) if the database is not kugetsu's or is newer.
     bool identify(std::int64_t& version, std::error_code& ec) {
+        // One read transaction (a snapshot): another process may be creating the schema of a
+        // new HOME meanwhile, and its version and its tables must be read from the same state.
+        const bool own = sqlite3_get_autocommit(db_) != 0;
+        if (own && !exec("BEGIN", "identify", ec)) return false;
+        detail::scope_exit end([&] {
+            if (own) sqlite3_exec(db_, "COMMIT", nullptr, nullptr, nullptr);
+        });
         version = pragma_int("user_version", ec);
         if (ec) return false;
         const std::int64_t app = pragma_int("application_id", ec);
