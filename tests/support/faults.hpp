@@ -1,4 +1,6 @@
-// Test support: I/O faults injected through the system-call seam (detail::sys()).
+// Test support: I/O faults injected through kugetsu's system-call seam (detail::sys()), for
+// what writes through it (jsonl_notifier, the workspaces). The store writes through SQLite:
+// its faults go through SQLite's own seam, tests/support/sqlite_faults.hpp.
 //
 // A fault_injector replaces the seam's entries for its lifetime. It counts the calls its
 // fault applies to ("eligible" calls) from the moment it is made, and changes the k-th one
@@ -65,7 +67,7 @@ struct fault_hit {
     bool writable = false;   ///< fd calls: the descriptor was open for writing
     /// A failure of this call loses or risks data unless the operation reports it: a write,
     /// an fsync, a rename or link, a truncate, the close of a written file, the unlink of a
-    /// record (not of a dot-named temp file, nor of an index marker).
+    /// record (not of a dot-named temp file).
     bool must_surface() const {
         switch (c) {
         case call::write:
@@ -74,16 +76,11 @@ struct fault_hit {
         case call::linkat:
         case call::ftruncate: return true;
         case call::close: return writable;
-        case call::unlinkat: return base().rfind('.', 0) != 0 && !index_marker();
+        case call::unlinkat: return base().rfind('.', 0) != 0;
         default: return false;
         }
     }
     std::string base() const { return path.substr(path.rfind('/') + 1); }
-    /// A file_store index marker (pending/ or active/): removing one is a hint that may fail
-    /// (a stale marker is harmless); the tests check instead that none is ever missing.
-    bool index_marker() const {
-        return path.find("/pending/") != std::string::npos || path.find("/active/") != std::string::npos;
-    }
 };
 
 namespace faults_detail {
