@@ -178,7 +178,7 @@ TEST_CASE("a working directory that cannot be entered is reported by release()")
     CHECK(sp.poll(p, ec).state == process_state::never_ran);
 }
 
-TEST_CASE("an abandoned held child never runs the program, and abandon() removes its slot") {
+TEST_CASE("an abandoned held child never runs the program; its slot says so until a sweep finds no session naming it") {
     temp_dir d;
     fork_spawner sp(d / "logs");
     std::error_code ec;
@@ -190,9 +190,15 @@ TEST_CASE("an abandoned held child never runs the program, and abandon() removes
     CHECK(record_of(sp.slot_path(p)).what == record_kind::held);
     sp.abandon(p);
     CHECK_FALSE(std::filesystem::exists(marker));
-    CHECK_FALSE(std::filesystem::exists(sp.slot_path(p)));   // no session will ever name it
     CHECK(kugetsu::detail::read_proc_stat(p.pid, ec) == std::nullopt);   // reaped
-    CHECK(sp.poll(p, ec).state == process_state::gone);
+    // A session made visible by a commit reported failed may name it: it never ran.
+    REQUIRE(std::filesystem::exists(sp.slot_path(p)));
+    CHECK(record_of(sp.slot_path(p)).what == record_kind::noexec);
+    CHECK(sp.poll(p, ec).state == process_state::never_ran);
+    sp.sweep({p});   // named by a session: kept
+    CHECK(std::filesystem::exists(sp.slot_path(p)));
+    sp.sweep({});    // named by none: removed
+    CHECK_FALSE(std::filesystem::exists(sp.slot_path(p)));
     sp.release(p, ec);
     CHECK(ec == errc::not_held);
 }
@@ -835,7 +841,9 @@ TEST_CASE("sweep removes free slots no session names and stale temporary slots, 
     CHECK_FALSE(std::filesystem::exists(at(".slot.999.3")));
     CHECK_FALSE(std::filesystem::exists(at("101-201.slot")));
     CHECK(std::filesystem::exists(sp.slot_path(held)));
-    sp.abandon(held);
+    sp.abandon(held);   // never ran: its slot says so until no session names it
+    CHECK(std::filesystem::exists(sp.slot_path(held)));
+    sp.sweep({});
     CHECK_FALSE(std::filesystem::exists(sp.slot_path(held)));
 }
 

@@ -999,6 +999,7 @@ TEST_CASE("fake_spawner follows the spawner contract: held, released, polled, si
     CHECK_FALSE(st.ended_at);   // the fake does not know when a signal ended it
     auto q = sp.spawn({"t2", {"agent"}, ""}, ec);
     sp.abandon(q);
+    CHECK(sp.poll(q, ec).state == process_state::never_ran);   // once, as a reaped child
     CHECK(sp.poll(q, ec).state == process_state::gone);
     CHECK_FALSE(sp.get(q.pid).ran);
     CHECK(sp.abandoned() == 1);

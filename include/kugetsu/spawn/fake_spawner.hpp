@@ -77,7 +77,7 @@ public:
         std::lock_guard g(s_->m);
         if (auto it = s_->procs.find(p.pid); it != s_->procs.end() && it->second.held) {
             it->second.held = false;
-            it->second.state = process_state::gone;
+            it->second.state = process_state::never_ran;   // as fork_spawner: it never ran
             ++s_->abandoned;
         }
     }

@@ -24,7 +24,7 @@
 // "about to exec" then end-of-file (exec'd), or a report of why the program never ran
 // (abandoned; the caller or the supervisor died; chdir or exec failed), or end-of-file alone
 // (killed while held): it records an end and runs the on-exit command only for an agent that
-// exec'd, and removes the slot only of an agent that was abandoned.
+// exec'd. It never removes the slot: forget() or sweep() does.
 //
 // THE SLOT FILE. The supervisor creates RUN_DIR/<agent pid>-<agent start time>.slot and takes
 // an exclusive flock on it before the agent is forked; the agent inherits that open file (as
@@ -53,8 +53,8 @@
 //   lock free, empty (0.1), or no file   -> running while the identity is alive, else gone
 // The slot file's last close is an inotify IN_CLOSE_WRITE on RUN_DIR: a daemon wakes on it.
 // The file stays after the end (the caller may have committed a session naming the agent)
-// until forget(), which the dispatcher calls once it has committed what happened; only an
-// abandoned agent's supervisor removes it. sweep() removes the free ones no session names, and
+// until forget(), which the dispatcher calls once it has committed what happened (or for an
+// agent it abandoned). sweep() removes the free ones no session names, and
 // the temporary ones (.slot.<pid>.<n>) that supervisors killed during setup left behind.
 //
 // ORPHANS. An agent whose supervisor is killed is given by the kernel to the nearest child
@@ -700,9 +700,11 @@ private:
 
 public:
 
-    /// Discards a held agent: it exits without running the program, and its supervisor removes
-    /// its slot once the agent has said it was abandoned. (An agent that died while held
-    /// cannot say so: its slot stays, never_ran, for forget() or sweep().)
+    /// Discards a held agent: it exits without running the program. Its slot stays, saying
+    /// `noexec` (poll() answers never_ran), until forget() or a sweep() that finds no session
+    /// naming it: a caller may abandon an agent whose session a failed commit made visible
+    /// all the same (its fsync failed after COMMIT), and that session must then find it never
+    /// ran, not an unknown end.
     void abandon(const process_ref& p) noexcept {
         auto it = held_.find(p.pid);
         if (it == held_.end()) return;
@@ -1260,11 +1262,12 @@ private:
             // The caller learns why through its own pipe; there is no end to record and no hook
             // to run (a caller in abandon() waits for this process). The slot stays, saying
             // "noexec" (or "held": killed while held), for whoever committed a session naming
-            // the agent: its reap answers never_ran, then forget() (or sweep()) removes it.
-            // An abandoned agent has no session: its slot goes now.
+            // the agent: its reap answers never_ran, then forget() (or sweep()) removes it. So
+            // does an abandoned one: its session may be visible after all (a commit reported
+            // failed after COMMIT: its fsync failed).
             int status;
             detail::wait_for(agent, &status, 0);
-            if (abandoned) ::unlink(pl.slot_path);
+            (void)abandoned;
             ::_exit(0);
         }
         ::close(sync[0]);
