@@ -1,9 +1,10 @@
 // fuzz/event.cpp: one line of HOME/events.jsonl, as parse_event reads it.
 //
 // Checks: parse_event never throws or crashes; a refusal sets ec and says why; an accepted
-// event names a valid task and keeps its numbers in range; it re-serialises, and the result
-// parses back to an equal event that serialises to the same text (an empty reason is the
-// same as none: it is not written).
+// event names a valid task and keeps its numbers in range (a sequence number, when there is
+// one, 1 to 2^53-1: exact in a double); it re-serialises, and the result parses back to an
+// equal event (its sequence number too) that serialises to the same text (an empty reason is
+// the same as none, and a sequence number 0 the same as none: neither is written).
 #include <cstddef>
 #include <cstdint>
 #include <string>
@@ -18,7 +19,9 @@ namespace {
 
 using namespace kugetsu;
 
-auto fields(const event& e) { return std::tie(e.type, e.task_id, e.time, e.attempt, e.pid, e.exit_code, e.reason); }
+auto fields(const event& e) {
+    return std::tie(e.type, e.task_id, e.time, e.attempt, e.pid, e.exit_code, e.reason, e.seq);
+}
 
 } // namespace
 
@@ -38,6 +41,7 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
     KUGETSU_FUZZ_CHECK(!e->attempt || (*e->attempt >= 0 && *e->attempt <= max_attempts_limit), e->task_id);
     KUGETSU_FUZZ_CHECK(!e->pid || *e->pid > 0, e->task_id);
     KUGETSU_FUZZ_CHECK(!e->exit_code || (*e->exit_code >= -1 && *e->exit_code <= 255), e->task_id);
+    KUGETSU_FUZZ_CHECK(e->seq <= max_event_seq, e->task_id + ": seq " + std::to_string(e->seq));
 
     // As jsonl_notifier writes it.
     const std::string once = nlohmann::json(*e).dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
