@@ -158,47 +158,36 @@ inline import_report import_file_home(const std::string& home, sqlite_store& sto
             store.quarantine_raw(source, task_id, raw, why, ec);
             rep.quarantined.push_back(source + ": " + why);
         };
-        // Tasks.
-        if (auto q = detail::open_at(hfd, "queue", O_RDONLY | O_DIRECTORY | O_NOFOLLOW, 0, oec); !oec) {
-            for (const auto& name : detail::names_in(q.get())) {
+        // Every <id>.json record of a directory: imported, or kept in the quarantine table.
+        auto import_dir = [&](const char* dir, auto parse, auto put, int& count, bool task_ids) {
+            auto d = detail::open_at(hfd, dir, O_RDONLY | O_DIRECTORY | O_NOFOLLOW, 0, oec);
+            if (oec) return;
+            for (const auto& name : detail::names_in(d.get())) {
                 if (name.front() == '.') continue;   // a temp file of a write cut short: never a record
                 std::string why;
-                auto text = detail::read_record_at(q.get(), name.c_str(), why);
-                std::optional<queue_item> it;
+                auto text = detail::read_record_at(d.get(), name.c_str(), why);
+                decltype(parse(std::string(), why)) rec;
                 if (text) {
-                    std::error_code pec;
-                    it = parse_item(*text, pec, why);
-                    if (it && name != it->id + ".json") it.reset(), why = "its name is not <id>.json";
+                    rec = parse(*text, why);
+                    if (rec && name != rec->id + ".json") rec.reset(), why = "its name is not <id>.json";
                 }
                 const std::string id = name.size() > 5 && name.ends_with(".json") ? name.substr(0, name.size() - 5) : "";
-                if (!it) quarantine("queue/" + name, valid_task_id(id) ? id : "", text.value_or(""), why);
-                else {
-                    store.put_item(*it, ec);
-                    ++rep.tasks;
+                if (!rec) {
+                    quarantine(std::string(dir) + "/" + name, task_ids && valid_task_id(id) ? id : "", text.value_or(""), why);
+                } else {
+                    put(*rec);
+                    ++count;
                 }
-                if (ec) return rep;
+                if (ec) return;
             }
-        }
-        // Sessions: live agents stay counted.
-        if (auto s = detail::open_at(hfd, "sessions", O_RDONLY | O_DIRECTORY | O_NOFOLLOW, 0, oec); !oec) {
-            for (const auto& name : detail::names_in(s.get())) {
-                if (name.front() == '.') continue;
-                std::string why;
-                auto text = detail::read_record_at(s.get(), name.c_str(), why);
-                std::optional<session> se;
-                if (text) {
-                    std::error_code pec;
-                    se = parse_session(*text, pec, why);
-                    if (se && name != se->id + ".json") se.reset(), why = "its name is not <id>.json";
-                }
-                if (!se) quarantine("sessions/" + name, "", text.value_or(""), why);
-                else {
-                    store.put_session(*se, ec);
-                    ++rep.sessions;
-                }
-                if (ec) return rep;
-            }
-        }
+        };
+        // Tasks, then sessions (live agents stay counted).
+        import_dir("queue", [](const std::string& t, std::string& why) { std::error_code pec; return parse_item(t, pec, why); },
+                   [&](const queue_item& it) { store.put_item(it, ec); }, rep.tasks, true);
+        if (ec) return rep;
+        import_dir("sessions", [](const std::string& t, std::string& why) { std::error_code pec; return parse_session(t, pec, why); },
+                   [&](const session& se) { store.put_session(se, ec); }, rep.sessions, false);
+        if (ec) return rep;
         // Events, in file order.
         {
             std::string why;

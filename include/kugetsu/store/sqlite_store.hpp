@@ -243,15 +243,8 @@ public:
 
     void create_item(const queue_item& it, std::error_code& ec) {
         write_unit(ec, [&] {
-            if (!check_id(it.id, ec)) return;
-            sqlite3_stmt* s = prepare(stmt::insert_task, ec);
-            if (!s) return;
-            const std::string rec = record_of(it);
-            bind_text(s, 1, it.id);
-            sqlite3_bind_int(s, 2, static_cast<int>(it.state));
-            sqlite3_bind_int64(s, 3, us(it.enqueued_at));
-            bind_text(s, 4, rec);
-            const int rc = step_done(s);
+            const int rc = write_task(stmt::insert_task, it, ec);
+            if (ec) return;
             if (rc == SQLITE_CONSTRAINT_PRIMARYKEY || rc == SQLITE_CONSTRAINT_UNIQUE) {
                 ec = errc::duplicate_task;
                 detail_ = path_ + ": a task \"" + it.id + "\" already exists";
@@ -263,15 +256,8 @@ public:
 
     void put_item(const queue_item& it, std::error_code& ec) {
         write_unit(ec, [&] {
-            if (!check_id(it.id, ec)) return;
-            sqlite3_stmt* s = prepare(stmt::upsert_task, ec);
-            if (!s) return;
-            const std::string rec = record_of(it);
-            bind_text(s, 1, it.id);
-            sqlite3_bind_int(s, 2, static_cast<int>(it.state));
-            sqlite3_bind_int64(s, 3, us(it.enqueued_at));
-            bind_text(s, 4, rec);
-            if (const int rc = step_done(s); rc != SQLITE_DONE) fail_rc(ec, rc, "write task \"" + it.id + "\"");
+            const int rc = write_task(stmt::upsert_task, it, ec);
+            if (!ec && rc != SQLITE_DONE) fail_rc(ec, rc, "write task \"" + it.id + "\"");
         });
     }
 
@@ -895,6 +881,20 @@ private:
         write();
         if (ec) return rollback();
         commit(durability::durable, ec);
+    }
+
+    /// Binds a task row (id, state, enqueue time, record) to an insert or upsert and steps it:
+    /// SQLite's result (ec only for an invalid id or a failed prepare).
+    int write_task(stmt which, const queue_item& it, std::error_code& ec) {
+        if (!check_id(it.id, ec)) return SQLITE_MISUSE;
+        sqlite3_stmt* s = prepare(which, ec);
+        if (!s) return SQLITE_MISUSE;
+        const std::string rec = record_of(it);
+        bind_text(s, 1, it.id);
+        sqlite3_bind_int(s, 2, static_cast<int>(it.state));
+        sqlite3_bind_int64(s, 3, us(it.enqueued_at));
+        bind_text(s, 4, rec);
+        return step_done(s);
     }
 
     template <class Bind, class Each>
