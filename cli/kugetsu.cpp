@@ -394,6 +394,11 @@ int cmd_daemon(const globals& g, bool once, bool verbose) {
         }
         auto plan = d.next_wake(ec);
         if (ec) report(ec, d.last_error_detail());
+        // Idle now, and outside the critical section: the WAL goes into the database here.
+        if (pass && d.store().checkpoint_due()) {
+            std::error_code cec;
+            d.store().checkpoint(cec);
+        }
         const auto why = w.wait(plan.deadline, plan.owners, plan.agents, ec);
         if (why == watcher::wake::signal) {
             if (verbose) std::cerr << "kugetsu daemon: " << ::strsignal(w.last_signal()) << ": exiting; agents run on\n";
