@@ -95,7 +95,8 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
     }
     int chosen = 0;
     for (const CLI::App* c :
-         {cl.enqueue, cl.start, cl.daemon, cl.status, cl.wait, cl.cancel, cl.logs, cl.events, cl.reap})
+         {cl.enqueue, cl.start, cl.daemon, cl.status, cl.wait, cl.cancel, cl.logs, cl.events, cl.reap, cl.config,
+          cl.check})
         chosen += bool(*c);
     KUGETSU_FUZZ_CHECK(chosen == 1, what + ": " + std::to_string(chosen) + " commands");
 
@@ -116,6 +117,15 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
     KUGETSU_FUZZ_CHECK(!g.opt.validate(), "dispatcher_options refused");
     KUGETSU_FUZZ_CHECK(g.lock_enabled == (env_values[6] != "1"), "KUGETSU_TEST_NO_LOCK");
     KUGETSU_FUZZ_CHECK(g.barrier == env_values[7], "KUGETSU_TEST_BARRIER");
+    // A limit the environment names is expected of HOME, with that value; one it does not is not.
+    KUGETSU_FUZZ_CHECK(bool(g.expect.cap) == !env_values[3].empty() && (!g.expect.cap || *g.expect.cap == g.opt.cap),
+                       "MAX_CONCURRENT_AGENTS expectation");
+    KUGETSU_FUZZ_CHECK(bool(g.expect.max_attempts) == !env_values[4].empty() &&
+                           (!g.expect.max_attempts || *g.expect.max_attempts == g.opt.max_attempts),
+                       "KUGETSU_MAX_ATTEMPTS expectation");
+    KUGETSU_FUZZ_CHECK(bool(g.expect.kill_grace) == !env_values[5].empty() &&
+                           (!g.expect.kill_grace || *g.expect.kill_grace == g.opt.kill_grace),
+                       "KUGETSU_KILL_GRACE expectation");
 
     if (*cl.enqueue) check_spec(cl.enqueue_flags, false, what);
     if (*cl.start) check_spec(cl.start_flags, true, what);
