@@ -61,6 +61,7 @@ int exit_code_for(const std::error_code& ec) {
     if (ec.category() == kugetsu::category()) {
         switch (static_cast<errc>(ec.value())) {
         case errc::invalid_limit:
+        case errc::task_active:
         case errc::limits_mismatch: return ex_usage;
         case errc::invalid_task_id:
         case errc::invalid_argv:
@@ -266,8 +267,26 @@ std::string seconds_text(duration d) {
 
 // ---- output ---------------------------------------------------------------------------------
 
+nlohmann::json opt_time_json(const std::optional<timestamp>& t) {
+    return t ? nlohmann::json(format_rfc3339(*t)) : nlohmann::json(nullptr);
+}
+
+/// A task in status --json: its current run, then "run" (its number, 1 for a task never
+/// restarted) and "runs": the earlier runs that are kept, oldest first.
 nlohmann::json task_json(const queue_item& it) {
+    auto runs = nlohmann::json::array();
+    for (const auto& r : it.runs)
+        runs.push_back({{"state", to_string(r.state)},
+                        {"attempts", r.attempts},
+                        {"pid", r.process ? nlohmann::json(r.process.pid) : nlohmann::json(nullptr)},
+                        {"exit_code", r.exit_code ? nlohmann::json(*r.exit_code) : nlohmann::json(nullptr)},
+                        {"enqueued_at", format_rfc3339(r.enqueued_at)},
+                        {"started_at", opt_time_json(r.started_at)},
+                        {"finished_at", opt_time_json(r.finished_at)},
+                        {"last_error", r.last_error}});
     return {{"id", it.id},
+            {"run", static_cast<std::int64_t>(it.restarts) + 1},
+            {"runs", std::move(runs)},
             {"role", to_string(it.role)},
             {"state", to_string(it.state)},
             {"attempts", it.attempts},
@@ -595,6 +614,78 @@ int cmd_cancel(const globals& g, const std::string& id, bool no_wait) {
     });
 }
 
+/// An id from the command line as it may be quoted in a message: at most 160 bytes, control
+/// characters and bytes past ASCII as \xHH, so the message stays on one line.
+std::string shown_id(std::string_view id) {
+    std::string out;
+    for (unsigned char c : id.substr(0, 160)) {
+        if (c < 0x20 || c >= 0x7f || c == '"' || c == '\\') {
+            char hex[5];
+            std::snprintf(hex, sizeof hex, "\\x%02x", c);
+            out += hex;
+        } else {
+            out += static_cast<char>(c);
+        }
+    }
+    return id.size() > 160 ? out + "..." : out;
+}
+
+/// The first id that is not a task id, as an error (exit 65); 0 if all are.
+int check_ids(const std::vector<std::string>& ids) {
+    for (const auto& id : ids)
+        if (!valid_task_id(id))
+            return report(errc::invalid_task_id, "\"" + shown_id(id) + "\" is not a task id (1-128 of [A-Za-z0-9._-], "
+                                                 "not starting with '.')");
+    return ex_ok;
+}
+
+int cmd_restart(const globals& g, const std::vector<std::string>& ids) {
+    if (int bad = check_ids(ids)) return bad;
+    auto d = open_home(g);
+    quarantine_guard watch_quarantine(d.store());
+    std::error_code ec;
+    const auto items = d.restart(ids, ec);
+    if (ec) return report(ec, d.last_error_detail());
+    warn_notifier(d);
+    for (const auto& it : items) std::cout << it.id << " pending (run " << it.restarts + 1 << ")\n";
+    return ex_ok;
+}
+
+int cmd_retry(const globals& g) {
+    auto d = open_home(g);
+    quarantine_guard watch_quarantine(d.store());
+    std::error_code ec;
+    const auto items = d.restart_all(task_state::error, ec);
+    if (ec) return report(ec, d.last_error_detail());
+    warn_notifier(d);
+    for (const auto& it : items) std::cout << it.id << " pending (run " << it.restarts + 1 << ")\n";
+    if (items.empty()) std::cerr << "kugetsu: no task in state error\n";
+    return ex_ok;
+}
+
+int cmd_remove(const globals& g, const std::vector<std::string>& ids) {
+    if (int bad = check_ids(ids)) return bad;
+    auto d = open_home(g);
+    quarantine_guard watch_quarantine(d.store());
+    std::error_code ec;
+    const auto items = d.remove(ids, ec);
+    if (ec) return report(ec, d.last_error_detail());
+    warn_notifier(d);
+    // The tasks are gone (committed): their logs go too, so that a new task of the same id
+    // starts a log of its own. A log that cannot be removed is said, and kept.
+    const home_layout h{g.home};
+    int status = ex_ok;
+    for (const auto& it : items) {
+        const std::string log = h.logs() + "/" + it.id + ".log";
+        if (::unlink(log.c_str()) != 0 && errno != ENOENT) {
+            std::cerr << "kugetsu: " << log << ": " << std::strerror(errno) << " (the task is removed; its log is kept)\n";
+            status = ex_ioerr;
+        }
+        std::cout << it.id << " removed (was " << to_string(it.state) << ")\n";
+    }
+    return status;
+}
+
 /// Copies what was appended to `path` since `offset` to stdout.
 void copy_new(const std::string& path, off_t& offset) {
     const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK);
@@ -753,6 +844,9 @@ int main(int argc, char** argv) {
         if (*cl.reap) return cmd_reap(g, cl.quiet);
         if (*cl.config) return cmd_config(g, cl.config_args);
         if (*cl.check) return cmd_check(g);
+        if (*cl.restart) return cmd_restart(g, cl.restart_ids);
+        if (*cl.retry) return cmd_retry(g);
+        if (*cl.remove) return cmd_remove(g, cl.remove_ids);
     } catch (const cli::usage_error& e) {
         std::cerr << "kugetsu: " << e.what() << "\n";
         return ex_usage;

@@ -171,7 +171,7 @@ struct task_flags {
 };
 
 inline void add_task_flags(CLI::App* c, task_flags& f, bool with_role) {
-    f.id_option = c->add_option("--id", f.id, "Task id: 1-128 of [A-Za-z0-9._-], not starting with '.' (default: generated)");
+    f.id_option = c->add_option("--id", f.id, "Task id: 1-128 of [A-Za-z0-9._-], not starting with '.' or '-' (default: generated)");
     c->add_option("--timeout", f.timeout, "Stop the agent after this many seconds (SIGTERM, then SIGKILL)");
     c->add_option("--worktree", f.worktree, "Run the agent in a new git worktree of REPO (branch kugetsu/<id>)");
     if (with_role)
@@ -201,6 +201,8 @@ struct command_line {
     std::string events_since;
     bool quiet = false;
     std::vector<std::string> config_args;
+    std::vector<std::string> restart_ids, remove_ids;
+    bool retry_failed = false;
 
     CLI::App* enqueue = nullptr;
     CLI::App* start = nullptr;
@@ -213,6 +215,9 @@ struct command_line {
     CLI::App* reap = nullptr;
     CLI::App* config = nullptr;
     CLI::App* check = nullptr;
+    CLI::App* restart = nullptr;
+    CLI::App* retry = nullptr;
+    CLI::App* remove = nullptr;
 
     command_line() {
         app.require_subcommand(1);
@@ -253,6 +258,15 @@ struct command_line {
         config->add_option("setting", config_args, "cap N | max-attempts N | kill-grace SECONDS")->expected(0, 2);
 
         check = app.add_subcommand("check", "Check HOME's database: SQLite's integrity check and every row");
+
+        restart = app.add_subcommand("restart", "Run finished tasks again under the same ids (fresh attempts; "
+                                                "earlier runs kept); all or none");
+        restart->add_option("id", restart_ids, "Task ids (completed, error or cancelled)")->required();
+        retry = app.add_subcommand("retry", "Run again every task that ended in error (as restart)");
+        retry->add_flag("--failed", retry_failed, "Every task in state error (required)")->required();
+        remove = app.add_subcommand("remove", "Delete pending or finished tasks and their logs (events stay); "
+                                              "all or none");
+        remove->add_option("id", remove_ids, "Task ids (not notified or running)")->required();
     }
     command_line(const command_line&) = delete;
     command_line& operator=(const command_line&) = delete;

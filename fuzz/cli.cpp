@@ -48,7 +48,7 @@ void check_spec(const cli::task_flags& f, bool is_start, const std::string& what
                            what + ": " + e.what());
         return;
     }
-    KUGETSU_FUZZ_CHECK(valid_task_id(s.id), what + ": id " + s.id);
+    KUGETSU_FUZZ_CHECK(valid_new_task_id(s.id), what + ": id " + s.id);
     KUGETSU_FUZZ_CHECK(s.role == role::pm || s.id != pm_session_id, what);
     KUGETSU_FUZZ_CHECK(is_start || s.role == role::dev, what);
     KUGETSU_FUZZ_CHECK(f.role == "dev" || f.role == "pm", what + ": role " + f.role);
@@ -96,7 +96,7 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
     int chosen = 0;
     for (const CLI::App* c :
          {cl.enqueue, cl.start, cl.daemon, cl.status, cl.wait, cl.cancel, cl.logs, cl.events, cl.reap, cl.config,
-          cl.check})
+          cl.check, cl.restart, cl.retry, cl.remove})
         chosen += bool(*c);
     KUGETSU_FUZZ_CHECK(chosen == 1, what + ": " + std::to_string(chosen) + " commands");
 

@@ -844,6 +844,9 @@ private:
             g = g_ended;
             end_type_[ut] = e.type;
             break;
+        case event_type::task_removed:
+            KUGETSU_FUZZ_CHECK(false, w_.where() + ": " + what() + ": task_removed, and nothing removes a task");
+            break;
         }
     }
 

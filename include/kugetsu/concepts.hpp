@@ -190,6 +190,14 @@ concept store = requires(S& s, const S& cs, const queue_item& it, const session&
     { s.put_limits(lim, ec) } -> std::same_as<void>;
 };
 
+/// A store that can delete a task: `s.remove_item(id, ec)` deletes it in the unit (or in a
+/// unit of its own), and does nothing if there is none. Its events stay in the outbox.
+/// Needed by dispatcher::remove() only.
+template <class S>
+concept store_with_removal = store<S> && requires(S& s, std::string_view id, std::error_code& ec) {
+    { s.remove_item(id, ec) } -> std::same_as<void>;
+};
+
 /// A record a store moved aside because it failed validation (see the store concept).
 struct quarantined_record {
     std::string task_id;      ///< the task it was about, if its key says ("" if not)

@@ -48,6 +48,9 @@
 //                      processes to pending.
 //   cancel(id)         after a reap: pending/notified -> cancelled; running -> stopped like a
 //                      timeout, then cancelled once reaped.
+//   restart(ids)       finished tasks pending again, fresh attempts, their last runs kept;
+//                      task_queued (reason restarted). restart_all(error): every failed one.
+//   remove(ids)        pending or finished tasks deleted; task_removed (reason: their state).
 //   limits()/set_limits()  the store's limits.
 //
 // A failed attempt (workspace, spawn or exec failure, or a start interrupted before exec)
@@ -60,6 +63,8 @@
 
 #include <algorithm>
 #include <chrono>
+#include <climits>
+#include <cstdint>
 #include <exception>
 #include <optional>
 #include <string>
@@ -361,6 +366,94 @@ public:
     }
     queue_item cancel(std::string_view id) { return throwing([&](auto& ec) { return cancel(id, ec); }); }
 
+    /// Finished tasks (completed, error or cancelled) queued again under the same ids, all in
+    /// one unit: each pending, with a fresh attempt budget, enqueued now (behind the tasks
+    /// already pending, in the order given), its last run kept in `runs` (the oldest dropped
+    /// past max_kept_runs); task_queued, reason "restarted". If one is unknown
+    /// (errc::unknown_task) or not finished (errc::task_active), none is restarted and
+    /// last_error_detail() names it. Returns the tasks as they are now.
+    std::vector<queue_item> restart(const std::vector<std::string>& ids, std::error_code& ec) {
+        auto refusal = [](const queue_item& it) {
+            return is_final(it.state) ? std::string()
+                                      : "task \"" + it.id + "\" is " + std::string(to_string(it.state)) +
+                                            ": only a finished task can be restarted";
+        };
+        return for_tasks("restart", ids, ec, refusal, [&](queue_item& it, std::error_code& e) { requeue(it, e); });
+    }
+
+    /// Every task in final state `st` (error: `kugetsu retry --failed`) restarted, as
+    /// restart() does, oldest first, in one unit. errc::invalid_transition if `st` is not final.
+    std::vector<queue_item> restart_all(task_state st, std::error_code& ec) {
+        ec.clear();
+        if (!is_final(st)) {
+            ec = errc::invalid_transition;
+            detail_ = "only finished tasks can be restarted, not " + std::string(to_string(st)) + " ones";
+            return {};
+        }
+        return locked(ec, [&]() -> std::vector<queue_item> {
+            reap_report rep;
+            reap_locked(rep, ec);
+            if (ec) return {};
+            auto items = store_.items_in_state(st, SIZE_MAX, ec);
+            if (ec) return note_failure("tasks " + std::string(to_string(st)), ec, store_), std::vector<queue_item>{};
+            for (auto& it : items) {
+                requeue(it, ec);
+                if (ec) return {};
+            }
+            return items;
+        });
+    }
+
+    std::vector<queue_item> restart_all(task_state st) {
+        return throwing([&](auto& ec) { return restart_all(st, ec); });
+    }
+    std::vector<queue_item> restart(const std::vector<std::string>& ids) {
+        return throwing([&](auto& ec) { return restart(ids, ec); });
+    }
+    queue_item restart(std::string_view id, std::error_code& ec) {
+        auto v = restart(std::vector<std::string>{std::string(id)}, ec);
+        return v.empty() ? queue_item{} : std::move(v.front());
+    }
+    queue_item restart(std::string_view id) { return throwing([&](auto& ec) { return restart(id, ec); }); }
+
+    /// Deletes pending or finished tasks, all in one unit (their events stay); task_removed,
+    /// reason: the state it had. If one is unknown (errc::unknown_task) or taken or running
+    /// (errc::task_active), none is removed. Returns the tasks as they were.
+    std::vector<queue_item> remove(const std::vector<std::string>& ids, std::error_code& ec)
+        requires store_with_removal<Store>
+    {
+        auto refusal = [](const queue_item& it) {
+            return it.state != task_state::notified && it.state != task_state::running
+                       ? std::string()
+                       : "task \"" + it.id + "\" is " + std::string(to_string(it.state)) +
+                             ": cancel it first, or wait until it ends";
+        };
+        return for_tasks("remove", ids, ec, refusal, [&](queue_item& it, std::error_code& e) {
+            need(durability::durable);
+            store_.remove_item(it.id, e);
+            if (e) return note_failure("remove \"" + it.id + "\"", e, store_);
+            auto ev = make_event(event_type::task_removed, it);
+            ev.reason = std::string(to_string(it.state));
+            add_event(std::move(ev), durability::durable, e);
+        });
+    }
+    std::vector<queue_item> remove(const std::vector<std::string>& ids)
+        requires store_with_removal<Store>
+    {
+        return throwing([&](auto& ec) { return remove(ids, ec); });
+    }
+    queue_item remove(std::string_view id, std::error_code& ec)
+        requires store_with_removal<Store>
+    {
+        auto v = remove(std::vector<std::string>{std::string(id)}, ec);
+        return v.empty() ? queue_item{} : std::move(v.front());
+    }
+    queue_item remove(std::string_view id)
+        requires store_with_removal<Store>
+    {
+        return throwing([&](auto& ec) { return remove(id, ec); });
+    }
+
     // ---- limits -------------------------------------------------------------------------
 
     /// From now on every operation fails with errc::limits_mismatch, changing nothing, while
@@ -505,6 +598,68 @@ private:
             detail_ = refusal_detail_;
         }
         return r;
+    }
+
+    /// restart() and remove(): after a reap, reads every task named; if one is unknown or
+    /// `refusal(task)` says why it may not be changed, refuses (nothing of them changed; the
+    /// reap stands); else `change`s each, in the same unit. A name given twice counts once.
+    template <class R, class F>
+    std::vector<queue_item> for_tasks(const char* what, const std::vector<std::string>& ids, std::error_code& ec,
+                                      R&& refusal, F&& change) {
+        ec.clear();
+        return locked(ec, [&]() -> std::vector<queue_item> {
+            std::vector<queue_item> items;
+            reap_report rep;
+            reap_locked(rep, ec);   // a task whose agent has just ended is finished
+            if (ec) return {};
+            for (const auto& id : ids) {
+                if (std::any_of(items.begin(), items.end(), [&](const queue_item& o) { return o.id == id; })) continue;
+                auto it = store_.get_item(id, ec);
+                if (ec) return note_failure(std::string(what) + " \"" + id + "\"", ec, store_), std::vector<queue_item>{};
+                if (!it) return refuse(errc::unknown_task, "no task \"" + id + "\""), std::vector<queue_item>{};
+                if (auto why = refusal(*it); !why.empty()) return refuse(errc::task_active, std::move(why)), std::vector<queue_item>{};
+                items.push_back(std::move(*it));
+            }
+            for (auto& it : items) {
+                change(it, ec);
+                if (ec) return {};
+            }
+            return items;
+        });
+    }
+
+    /// restart(): a finished task pending again, its run kept; task_queued (restarted).
+    void requeue(queue_item& it, std::error_code& e) {
+        past_run run;
+        run.attempts = it.attempts;
+        run.state = it.state;
+        run.process = it.process;
+        run.enqueued_at = it.enqueued_at;
+        run.started_at = it.started_at;
+        run.finished_at = it.finished_at;
+        run.exit_code = it.exit_code;
+        run.last_error = it.last_error;
+        if (it.runs.size() >= max_kept_runs) it.runs.erase(it.runs.begin());
+        it.runs.push_back(std::move(run));
+        it.restarts = it.restarts < INT_MAX ? it.restarts + 1 : INT_MAX;
+        it.state = task_state::pending;
+        it.attempts = 0;
+        it.process = {};
+        it.owner = {};
+        // Distinct and growing, so that tasks restarted together keep the order given.
+        it.enqueued_at = it.updated_at = std::max(clock_.now(), last_requeue_ + duration(1));
+        last_requeue_ = it.enqueued_at;
+        it.started_at.reset();
+        it.finished_at.reset();
+        it.term_sent_at.reset();
+        it.kill_sent = false;
+        it.stop_reason.clear();
+        it.exit_code.reset();
+        it.last_error.clear();
+        if (!put_item(it, durability::durable, e)) return;
+        auto ev = make_event(event_type::task_queued, it);
+        ev.reason = "restarted";
+        add_event(std::move(ev), durability::durable, e);
     }
 
     /// Refuses the operation without undoing the unit's other writes (the reap before it).
@@ -1194,6 +1349,7 @@ private:
     std::string notifier_detail_;
     std::error_code refusal_;
     std::string refusal_detail_;
+    timestamp last_requeue_{};   // restart(): the enqueue time it gave last
 };
 
 } // namespace kugetsu

@@ -15,7 +15,7 @@ namespace kugetsu {
 
 enum class errc : int {
     // 1xx: bad input
-    invalid_task_id = 101,   ///< id empty, too long, bad character, or starts with '.'
+    invalid_task_id = 101,   ///< id empty, too long, bad character, starts with '.' (or '-': a new task)
     invalid_argv = 102,      ///< empty argv, empty argv[0], or an argument containing NUL
     invalid_limit = 103,     ///< cap, attempts or timeout out of range
     invalid_record = 104,    ///< a JSON record with a missing, extra or wrong-typed field
@@ -26,6 +26,7 @@ enum class errc : int {
     unknown_task = 202,      ///< no task with this id
     invalid_transition = 203, ///< the task is not in a state that allows the operation
     pm_already_running = 204, ///< a PM agent is already live
+    task_active = 205,       ///< the task is taken or running: remove or restart it once it has ended
     // 3xx: failures of a step
     workspace_failed = 301,  ///< the workspace could not be prepared
     spawn_failed = 302,      ///< the agent could not be started (exec failed, no such program)
@@ -45,7 +46,7 @@ public:
     std::string message(int v) const override {
         switch (static_cast<errc>(v)) {
         case errc::invalid_task_id:
-            return "invalid task id (1-128 of [A-Za-z0-9._-], not starting with '.')";
+            return "invalid task id (1-128 of [A-Za-z0-9._-], not starting with '.', nor with '-' for a new task)";
         case errc::invalid_argv: return "invalid command (argv empty, too large, or an argument with NUL or invalid UTF-8)";
         case errc::invalid_limit: return "limit out of range";
         case errc::invalid_record: return "invalid record";
@@ -55,6 +56,7 @@ public:
         case errc::unknown_task: return "no such task";
         case errc::invalid_transition: return "task is not in a state that allows this";
         case errc::pm_already_running: return "a PM agent is already running";
+        case errc::task_active: return "the task is taken or running";
         case errc::workspace_failed: return "workspace could not be prepared";
         case errc::spawn_failed: return "agent could not be started";
         case errc::attempts_exhausted: return "all attempts failed";

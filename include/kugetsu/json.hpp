@@ -8,6 +8,7 @@
 // wrong type or an out-of-range value, or if it has a field kugetsu does not know.
 #pragma once
 
+#include <climits>
 #include <cstdio>
 #include <ctime>
 #include <optional>
@@ -125,6 +126,20 @@ inline void to_json(nlohmann::json& j, const queue_item& it) {
          {"stop_reason", it.stop_reason},
          {"exit_code", it.exit_code ? nlohmann::json(*it.exit_code) : nlohmann::json(nullptr)},
          {"last_error", it.last_error}};
+    // Only for a task that was restarted: the record of one that never was stays as it was.
+    if (it.restarts) j["restarts"] = it.restarts;
+    if (!it.runs.empty()) {
+        auto& runs = j["runs"] = nlohmann::json::array();
+        for (const auto& r : it.runs)
+            runs.push_back({{"attempts", r.attempts},
+                            {"state", to_string(r.state)},
+                            {"process", detail::opt_ref(r.process)},
+                            {"enqueued_at", format_rfc3339(r.enqueued_at)},
+                            {"started_at", detail::opt_time(r.started_at)},
+                            {"finished_at", detail::opt_time(r.finished_at)},
+                            {"exit_code", r.exit_code ? nlohmann::json(*r.exit_code) : nlohmann::json(nullptr)},
+                            {"last_error", r.last_error}});
+    }
 }
 
 inline void to_json(nlohmann::json& j, const session& s) {
@@ -184,6 +199,13 @@ public:
             return nullptr;
         }
         return &*it;
+    }
+    /// A field that may be absent (nullptr then), as those later versions added.
+    const nlohmann::json* optional_field(const char* name) {
+        if (!ok()) return nullptr;
+        used_.insert(name);
+        auto it = j_.find(name);
+        return it == j_.end() ? nullptr : &*it;
     }
     const nlohmann::json* nullable(const char* name) {
         auto* f = field(name);
@@ -348,6 +370,30 @@ inline std::optional<queue_item> parse_item(const nlohmann::json& j, std::error_
     it.last_error = o.string("last_error", 65536);
     if (o.ok() && it.state == task_state::running && !it.process)
         o.fail(errc::invalid_record, "a running item has no \"process\"");
+    if (auto* n = o.optional_field("restarts")) it.restarts = o.integer<int>(n, "restarts", 1, INT_MAX);
+    if (auto* runs = o.optional_field("runs"); runs && o.ok()) {
+        if (!runs->is_array() || runs->size() > max_kept_runs || runs->size() > static_cast<std::size_t>(it.restarts))
+            o.wrong("runs", "an array of at most max_kept_runs runs, and no more than \"restarts\"");
+        else
+            for (std::size_t i = 0; i < runs->size() && o.ok(); ++i) {
+                std::error_code rec;
+                std::string rwhy;
+                detail::strict_object r((*runs)[i], rec, rwhy);
+                past_run pr;
+                pr.attempts = r.integer<int>("attempts", 0, max_attempts_limit);
+                if (auto st = parse_task_state(r.string("state", 16)); st && is_final(*st)) pr.state = *st;
+                else if (r.ok()) r.wrong("state", "a final task state");
+                pr.process = detail::read_ref(r.nullable("process"), "process", rec, rwhy);
+                pr.enqueued_at = r.time("enqueued_at");
+                pr.started_at = r.opt_time("started_at");
+                pr.finished_at = r.opt_time("finished_at");
+                if (auto* e = r.nullable("exit_code")) pr.exit_code = r.integer<int>(e, "exit_code", -1, 255);
+                pr.last_error = r.string("last_error", 65536);
+                r.no_unknown_fields();
+                if (rec) o.fail(errc::invalid_record, "field \"runs\"[" + std::to_string(i) + "]: " + rwhy);
+                else it.runs.push_back(std::move(pr));
+            }
+    }
     o.no_unknown_fields();
     if (ec) return std::nullopt;
     return it;

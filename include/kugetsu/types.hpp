@@ -66,6 +66,22 @@ struct task_spec {
     std::string workdir{};             ///< where the agent runs when the workspace prepares none ("" = inherit)
 };
 
+/// A run of a task that has been restarted: what its item said when it was restarted.
+struct past_run {
+    int attempts = 0;
+    task_state state = task_state::completed;   ///< final: completed, error or cancelled
+    process_ref process;               ///< its last agent, if one started
+    timestamp enqueued_at{};
+    std::optional<timestamp> started_at;
+    std::optional<timestamp> finished_at;
+    std::optional<int> exit_code;
+    std::string last_error;
+    friend bool operator==(const past_run&, const past_run&) = default;
+};
+
+/// The earlier runs an item keeps (restart() drops the oldest past this many).
+inline constexpr std::size_t max_kept_runs = 100;
+
 /// A task as the store keeps it.
 struct queue_item {
     std::string id;
@@ -88,6 +104,9 @@ struct queue_item {
     std::string stop_reason;                ///< why it is being stopped: "timeout", "cancelled"
     std::optional<int> exit_code;
     std::string last_error;            ///< empty: none
+    int restarts = 0;                  ///< times restart() ran it again (this is run restarts + 1)
+    std::vector<past_run> runs;        ///< the earlier runs, oldest first (at most max_kept_runs)
+    friend bool operator==(const queue_item&, const queue_item&) = default;
 };
 
 /// One live agent. Dev sessions are keyed by task id; the PM's by pm_session_id.
@@ -100,7 +119,7 @@ struct session {
     timestamp started_at{};
 };
 
-enum class event_type { task_queued, task_dequeued, task_started, task_completed, task_error };
+enum class event_type { task_queued, task_dequeued, task_started, task_completed, task_error, task_removed };
 
 /// A notification. Optional fields are written only when known. An event a store has
 /// committed carries its sequence number: its stable id, unique in that store and growing
@@ -141,6 +160,7 @@ constexpr std::string_view to_string(event_type t) noexcept {
     case event_type::task_started: return "task_started";
     case event_type::task_completed: return "task_completed";
     case event_type::task_error: return "task_error";
+    case event_type::task_removed: return "task_removed";
     }
     return "?";
 }
@@ -160,7 +180,7 @@ inline std::optional<task_state> parse_task_state(std::string_view s) noexcept {
 
 inline std::optional<event_type> parse_event_type(std::string_view s) noexcept {
     for (auto t : {event_type::task_queued, event_type::task_dequeued, event_type::task_started,
-                   event_type::task_completed, event_type::task_error})
+                   event_type::task_completed, event_type::task_error, event_type::task_removed})
         if (to_string(t) == s) return t;
     return std::nullopt;
 }
@@ -263,9 +283,16 @@ struct limits {
     friend bool operator==(const limits&, const limits&) = default;
 };
 
+/// An id a new task may take: a valid_task_id() that does not start with '-', so that no
+/// command line can mistake it for an option. (Older stores may hold such ids: they are
+/// still read, and every command takes them after `--`.)
+constexpr bool valid_new_task_id(std::string_view id) noexcept {
+    return valid_task_id(id) && id.front() != '-';
+}
+
 /// Checks a spec before it enters the queue.
 inline std::error_code validate(const task_spec& s) noexcept {
-    if (!valid_task_id(s.id)) return errc::invalid_task_id;
+    if (!valid_new_task_id(s.id)) return errc::invalid_task_id;
     if (s.role == role::dev && s.id == pm_session_id) return errc::reserved_task_id;
     if (auto ec = validate_argv(s.argv)) return ec;
     if (auto ec = validate_timeout(s.timeout)) return ec;

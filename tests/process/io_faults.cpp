@@ -899,7 +899,7 @@ TEST_CASE("creating a sqlite_store under a fault at every call fails with an err
             const auto rep = v.check(ec);
             REQUIRE_FALSE(ec);
             CHECK(rep.ok());
-            CHECK(raw_rows(v.handle(), "PRAGMA user_version") == "1\t\n");
+            CHECK(raw_rows(v.handle(), "PRAGMA user_version") == std::to_string(sqlite_store::schema_version) + "\t\n");
             const auto got = v.get_limits(ec);
             REQUIRE_FALSE(ec);
             if (!limits_ec) {   // accepted: there

@@ -32,7 +32,7 @@ const std::vector<std::string> ids{"a", "b", "c", "d", "e"};
 const std::vector<task_state> states{task_state::pending, task_state::notified, task_state::running,
                                      task_state::completed, task_state::error, task_state::cancelled};
 const std::vector<event_type> event_types{event_type::task_queued, event_type::task_dequeued, event_type::task_started,
-                                          event_type::task_completed, event_type::task_error};
+                                          event_type::task_completed, event_type::task_error, event_type::task_removed};
 
 struct record {
     task_state state;

@@ -492,6 +492,38 @@ TEST_CASE("sqlite_store refuses a database of a newer schema version with unsupp
     CHECK_THROWS_AS(sqlite_store(d / "state.db").open(), kugetsu::error);
 }
 
+TEST_CASE("sqlite_store migrates a version-1 database forward, keeping every task, session and event") {
+    temp_dir d;
+    std::error_code ec;
+    {
+        sqlite_store s(d / "state.db");
+        s.open();
+        queue_item it;
+        it.id = "old";
+        it.argv = {"true"};
+        s.create_item(it, ec);
+        REQUIRE_FALSE(ec);
+        event e;
+        e.task_id = "old";
+        s.append_event(e, ec);
+        REQUIRE_FALSE(ec);
+    }
+    {
+        raw_db r(d / "state.db");
+        r.exec("PRAGMA user_version=1");
+    }
+    sqlite_store s(d / "state.db");
+    s.open(ec);
+    REQUIRE_FALSE(ec);
+    {
+        raw_db r(d / "state.db");
+        CHECK(r.count("PRAGMA user_version") == sqlite_store::schema_version);
+    }
+    CHECK(s.get_item("old", ec));
+    CHECK(s.events_after(0, 10, ec).size() == 1);
+    CHECK(s.check(ec).ok());
+}
+
 TEST_CASE("sqlite_store refuses a file that is not a SQLite database, or another program's database, and never writes it") {
     temp_dir d;
     const std::string db = d / "state.db";

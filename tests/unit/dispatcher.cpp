@@ -1100,3 +1100,216 @@ TEST_CASE("over sqlite_store, a corrupt task row is quarantined with a task_erro
     CHECK(d.store().list_sessions(ec).empty());
     CHECK(d.store().quarantine_rows(ec).size() == 2);
 }
+
+// ---- restart, retry, remove (issue 13) -----------------------------------------------------
+
+TEST_CASE("restart runs a finished task again under its id: fresh attempts, behind the pending tasks, its last run kept") {
+    rig r(dispatcher_options{1, 3, 1s});
+    r.d.start(r.spec("done"));
+    const int first_pid = r.item("done").process.pid;
+    r.clock.advance(1s);
+    r.spawner.exit(first_pid, 0);
+    r.d.reap();
+    REQUIRE(r.item("done").state == task_state::completed);
+    r.clock.advance(1s);
+    r.d.enqueue(r.spec("waiting"));
+    r.clock.advance(1s);
+    const auto before = r.item("done");
+    const auto it = r.d.restart("done");
+    CHECK(it.state == task_state::pending);
+    CHECK(it.attempts == 0);
+    CHECK(it.restarts == 1);
+    CHECK_FALSE(it.exit_code);
+    CHECK_FALSE(it.started_at);
+    CHECK_FALSE(it.finished_at);
+    CHECK_FALSE(it.process);
+    REQUIRE(it.runs.size() == 1);
+    CHECK(it.runs[0].state == task_state::completed);
+    CHECK(it.runs[0].attempts == 1);
+    CHECK(it.runs[0].exit_code == 0);
+    CHECK(it.runs[0].process.pid == first_pid);
+    CHECK(it.runs[0].started_at == before.started_at);
+    CHECK(it.runs[0].finished_at == before.finished_at);
+    CHECK(it.runs[0].enqueued_at == before.enqueued_at);
+    CHECK(it.enqueued_at > r.item("waiting").enqueued_at);
+    CHECK(r.item("done") == it);
+    CHECK(r.last_of("done")->type == event_type::task_queued);
+    CHECK(r.last_of("done")->reason == "restarted");
+    // cap 1: the task that was waiting goes first, then the restarted one.
+    CHECK(r.d.process_queue().taken == 1);
+    CHECK(r.item("waiting").state == task_state::running);
+    r.spawner.exit(r.item("waiting").process.pid, 0);
+    CHECK(r.d.process_queue().taken == 1);
+    CHECK(r.item("done").state == task_state::running);
+    CHECK(r.item("done").process.pid != first_pid);
+    r.spawner.exit(r.item("done").process.pid, 3);
+    r.d.reap();
+    CHECK(r.item("done").state == task_state::error);
+    CHECK(r.item("done").exit_code == 3);
+    CHECK(r.item("done").runs.size() == 1);   // the run that ended is the item itself
+    CHECK(r.types_of("done") == std::vector<std::string>{"task_started", "task_completed", "task_queued", "task_dequeued",
+                                                         "task_started", "task_error"});
+}
+
+TEST_CASE("restart takes error and cancelled tasks too, and refuses the others, all or none") {
+    rig r;
+    r.d.enqueue(r.spec("cancelled"));
+    r.d.cancel("cancelled");
+    r.d.start(r.spec("failed"));
+    r.spawner.exit(r.item("failed").process.pid, 1);
+    r.d.start(r.spec("running"));
+    r.d.enqueue(r.spec("pending"));
+    r.d.reap();
+    const auto events_before = r.events->size();
+    std::error_code ec;
+    for (const char* busy : {"running", "pending"}) {
+        INFO(busy);
+        auto got = r.d.restart(std::vector<std::string>{"cancelled", busy, "failed"}, ec);
+        CHECK(ec == errc::task_active);
+        CHECK(got.empty());
+        CHECK_THAT(r.d.last_error_detail(), Catch::Contains(busy));
+        CHECK(r.item("cancelled").state == task_state::cancelled);
+        CHECK(r.item("failed").state == task_state::error);
+        CHECK(r.item("cancelled").restarts == 0);
+    }
+    r.d.restart(std::vector<std::string>{"cancelled", "nosuch"}, ec);
+    CHECK(ec == errc::unknown_task);
+    CHECK_THAT(r.d.last_error_detail(), Catch::Contains("nosuch"));
+    CHECK(r.item("cancelled").state == task_state::cancelled);
+    CHECK(r.events->size() == events_before);
+    // Given twice, restarted once; in the order given.
+    auto got = r.d.restart(std::vector<std::string>{"failed", "cancelled", "failed"}, ec);
+    REQUIRE_FALSE(ec);
+    REQUIRE(got.size() == 2);
+    CHECK(got[0].id == "failed");
+    CHECK(got[1].id == "cancelled");
+    CHECK(got[0].enqueued_at < got[1].enqueued_at);
+    CHECK(r.item("failed").state == task_state::pending);
+    CHECK(r.item("failed").runs.at(0).exit_code == 1);
+    CHECK(r.item("cancelled").runs.at(0).state == task_state::cancelled);
+    CHECK(r.events->size() == events_before + 2);
+}
+
+TEST_CASE("restart_all(error) restarts every failed task and nothing else; a state that is not final is refused") {
+    rig r(dispatcher_options{4, 3, 1s});
+    for (auto id : {"e1", "ok", "e2"}) r.d.start(r.spec(id));
+    r.spawner.exit(r.item("e1").process.pid, 1);
+    r.spawner.exit(r.item("ok").process.pid, 0);
+    r.spawner.exit(r.item("e2").process.pid, 9);
+    r.d.enqueue(r.spec("p"));
+    auto got = r.d.restart_all(task_state::error);
+    REQUIRE(got.size() == 2);
+    CHECK(r.item("e1").state == task_state::pending);
+    CHECK(r.item("e2").state == task_state::pending);
+    CHECK(r.item("ok").state == task_state::completed);
+    CHECK(r.item("p").restarts == 0);
+    CHECK(r.d.restart_all(task_state::error).empty());
+    std::error_code ec;
+    r.d.restart_all(task_state::pending, ec);
+    CHECK(ec == errc::invalid_transition);
+}
+
+TEST_CASE("a task restarted past max_kept_runs keeps the last runs and counts them all") {
+    rig r;
+    r.d.enqueue(r.spec("t"));
+    const int n = static_cast<int>(max_kept_runs) + 5;
+    for (int i = 0; i < n; ++i) {
+        r.clock.advance(1s);
+        r.d.cancel("t");
+        r.d.restart("t");
+    }
+    const auto it = r.item("t");
+    CHECK(it.restarts == n);
+    REQUIRE(it.runs.size() == max_kept_runs);
+    CHECK(it.runs.front().enqueued_at > r.clock.now() - std::chrono::seconds(n));   // the oldest dropped
+    CHECK(it.runs.back().state == task_state::cancelled);
+}
+
+TEST_CASE("remove deletes pending and finished tasks with task_removed, refuses running ones, all or none; the id is free again") {
+    rig r;
+    r.d.enqueue(r.spec("p"));
+    r.d.start(r.spec("done"));
+    r.spawner.exit(r.item("done").process.pid, 0);
+    r.d.start(r.spec("run"));
+    std::error_code ec;
+    auto got = r.d.remove(std::vector<std::string>{"p", "run"}, ec);
+    CHECK(ec == errc::task_active);
+    CHECK_THAT(r.d.last_error_detail(), Catch::Contains("\"run\" is running"));
+    CHECK(got.empty());
+    CHECK(r.item("p").state == task_state::pending);
+    r.d.remove(std::vector<std::string>{"p", "ghost"}, ec);
+    CHECK(ec == errc::unknown_task);
+    CHECK(r.item("p").state == task_state::pending);
+    got = r.d.remove(std::vector<std::string>{"p", "done"}, ec);
+    REQUIRE_FALSE(ec);
+    REQUIRE(got.size() == 2);
+    CHECK(got[1].state == task_state::completed);   // as it was
+    CHECK_FALSE(r.store.get_item("p", ec));
+    CHECK_FALSE(r.store.get_item("done", ec));
+    CHECK(r.last_of("p")->type == event_type::task_removed);
+    CHECK(r.last_of("p")->reason == "pending");
+    CHECK(r.last_of("done")->reason == "completed");
+    CHECK(r.store.list_items(ec).size() == 1);
+    CHECK(r.d.process_queue().taken == 0);   // the removed pending task never runs
+    r.d.enqueue(r.spec("p"));                // a new task, with nothing of the old one
+    CHECK(r.item("p").restarts == 0);
+    CHECK(r.d.process_queue().taken == 1);
+}
+
+TEST_CASE("memory_store: a task removed in an open unit is gone for that unit only, and a rollback keeps it") {
+    memory_store a;
+    memory_store b = a;   // copies share the state, not the unit
+    std::error_code ec;
+    queue_item it;
+    it.id = "x";
+    it.argv = {"true"};
+    a.create_item(it, ec);
+    a.begin(ec);
+    a.remove_item("x", ec);
+    CHECK_FALSE(a.get_item("x", ec));
+    CHECK(a.items_in_state(task_state::pending, 10, ec).empty());
+    CHECK(b.get_item("x", ec));
+    a.rollback();
+    CHECK(a.get_item("x", ec));
+    a.begin(ec);
+    a.remove_item("x", ec);
+    a.create_item(it, ec);   // the id is free in the unit
+    CHECK_FALSE(ec);
+    a.remove_item("x", ec);
+    a.commit(durability::durable, ec);
+    CHECK_FALSE(b.get_item("x", ec));
+    CHECK(b.items_in_state(task_state::pending, 10, ec).empty());
+    CHECK(b.list_items(ec).empty());
+}
+
+TEST_CASE("over sqlite_store, restart keeps its runs in the record and remove deletes the row") {
+    kugetsu::test::temp_dir home;
+    fake_spawner sp;
+    basic_dispatcher d(null_lock{}, sp, null_notifier{}, sqlite_store(home / "state.db"), manual_clock{},
+                       null_workspace{}, dispatcher_options{2, 3, 1s});
+    d.start(task_spec{"a", {"agent"}, role::dev, {}, {}, {}, {}});
+    std::error_code ec;
+    const int pid = d.store().get_item("a", ec)->process.pid;
+    sp.exit(pid, 4);
+    d.restart("a");
+    {
+        sqlite_store other(home / "state.db");
+        auto it = other.get_item("a", ec);
+        REQUIRE_FALSE(ec);
+        REQUIRE(it);
+        CHECK(it->state == task_state::pending);
+        CHECK(it->restarts == 1);
+        REQUIRE(it->runs.size() == 1);
+        CHECK(it->runs[0].exit_code == 4);
+        CHECK(it->runs[0].process.pid == pid);
+        CHECK(it->runs[0].state == task_state::error);
+    }
+    d.remove("a");
+    sqlite_store other(home / "state.db");
+    CHECK_FALSE(other.get_item("a", ec));
+    CHECK_FALSE(ec);
+    const auto evs = other.events_after(0, 100, ec);
+    REQUIRE_FALSE(evs.empty());
+    CHECK(evs.back().type == event_type::task_removed);
+    CHECK(evs.back().reason == "pending");
+}

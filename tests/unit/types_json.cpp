@@ -47,6 +47,13 @@ TEST_CASE("task ids allow letters, digits, dot, underscore and dash, 1 to 128 ch
     CHECK_FALSE(valid_task_id("new\nline"));
     CHECK_FALSE(valid_task_id("space here"));
     CHECK_FALSE(valid_task_id("ünicode"));
+    // A new task may not start with '-' (a command line would take it for an option); an
+    // older store's task that does is still read.
+    CHECK(valid_task_id("-x"));
+    CHECK_FALSE(valid_new_task_id("-x"));
+    CHECK_FALSE(valid_new_task_id("--"));
+    CHECK(valid_new_task_id("x-"));
+    CHECK(validate(task_spec{"-x", {"true"}}) == errc::invalid_task_id);
 }
 
 TEST_CASE("a task spec is refused with the error that names what is wrong") {
@@ -251,4 +258,52 @@ TEST_CASE("error codes have a category, a message and stable values") {
     CHECK(std::error_code(errc::store_busy).value() == 308);
     CHECK(std::error_code(errc::limits_mismatch).value() == 309);
     CHECK(std::error_code(errc::limits_mismatch).message().find("limits") != std::string::npos);
+}
+
+TEST_CASE("a restarted item's runs survive a JSON round trip; an item never restarted has no such fields") {
+    queue_item it = sample_item();
+    {
+        const json j = it;
+        CHECK_FALSE(j.contains("runs"));
+        CHECK_FALSE(j.contains("restarts"));
+    }
+    past_run r1;
+    r1.attempts = 3;
+    r1.state = task_state::error;
+    r1.process = {77, 5, "b"};
+    r1.enqueued_at = *parse_rfc3339("2026-11-27T10:00:00Z");
+    r1.started_at = *parse_rfc3339("2026-11-27T10:00:01Z");
+    r1.finished_at = *parse_rfc3339("2026-11-27T10:00:02Z");
+    r1.exit_code = 2;
+    r1.last_error = "exit 2";
+    past_run r2;
+    r2.state = task_state::cancelled;
+    r2.enqueued_at = *parse_rfc3339("2026-11-27T11:00:00Z");
+    it.runs = {r1, r2};
+    it.restarts = 5;   // the earliest runs dropped
+    const json j = it;
+    std::error_code ec;
+    std::string why;
+    auto back = parse_item(j.dump(), ec, why);
+    INFO(why);
+    REQUIRE(back);
+    CHECK(*back == it);
+
+    auto refuse = [&](auto mutate, std::string_view field) {
+        json k = j;
+        mutate(k);
+        std::error_code e;
+        std::string w;
+        CHECK_FALSE(parse_item(k, e, w));
+        CHECK(e == errc::invalid_record);
+        INFO(w);
+        CHECK(w.find(field) != std::string::npos);
+    };
+    refuse([](json& k) { k["runs"][0]["state"] = "running"; }, "runs\"[0]: field \"state\"");
+    refuse([](json& k) { k["runs"][1]["surprise"] = 1; }, "surprise");
+    refuse([](json& k) { k["runs"][1]["exit_code"] = 300; }, "exit_code");
+    refuse([](json& k) { k["runs"] = json::object(); }, "runs");
+    refuse([](json& k) { k["restarts"] = 1; }, "runs");   // more runs than restarts
+    refuse([](json& k) { k["restarts"] = 0; }, "restarts");
+    refuse([](json& k) { k["runs"] = json::array(); for (std::size_t i = 0; i <= max_kept_runs; ++i) k["runs"].push_back(json(k.at("runs").size())); k["restarts"] = 1000; }, "runs");
 }

@@ -80,6 +80,11 @@ public:
         if (!unit_) return;
         std::lock_guard g(s_->m);
         auto& u = *unit_;
+        for (auto& id : u.removed)
+            if (auto i = s_->items.find(id); i != s_->items.end()) {
+                s_->by_state[index(i->second.state)].erase(order_key(i->second));
+                s_->items.erase(i);
+            }
         for (auto& [id, it] : u.items) {
             auto [i, fresh] = s_->items.try_emplace(id, it);
             if (!fresh) {
@@ -109,17 +114,26 @@ public:
 
     void create_item(const queue_item& it, std::error_code& ec) {
         auto_unit(ec, [&](unit& u) {
-            if (u.items.count(it.id) || s_->items.count(it.id)) ec = errc::duplicate_task;
+            if (u.items.count(it.id) || (s_->items.count(it.id) && !u.removed.count(it.id))) ec = errc::duplicate_task;
             else u.items.insert_or_assign(it.id, it);
         });
     }
     void put_item(const queue_item& it, std::error_code& ec) {
         auto_unit(ec, [&](unit& u) { u.items.insert_or_assign(it.id, it); });
     }
+    /// Deletes the task (committed: items removed before the unit's writes are applied).
+    void remove_item(std::string_view id, std::error_code& ec) {
+        auto_unit(ec, [&](unit& u) {
+            if (auto i = u.items.find(id); i != u.items.end()) u.items.erase(i);
+            u.removed.emplace(id);
+        });
+    }
     std::optional<queue_item> get_item(std::string_view id, std::error_code& ec) const {
         ec.clear();
-        if (unit_)
+        if (unit_) {
             if (auto i = unit_->items.find(id); i != unit_->items.end()) return i->second;
+            if (unit_->removed.count(id)) return std::nullopt;
+        }
         std::lock_guard g(s_->m);
         auto i = s_->items.find(id);
         if (i == s_->items.end()) return std::nullopt;
@@ -132,7 +146,7 @@ public:
             std::lock_guard g(s_->m);
             v.reserve(s_->items.size());
             for (auto& [k, it] : s_->items)
-                if (!unit_ || !unit_->items.count(k)) v.push_back(it);
+                if (!unit_ || (!unit_->items.count(k) && !unit_->removed.count(k))) v.push_back(it);
         }
         if (unit_)
             for (auto& [k, it] : unit_->items) v.push_back(it);
@@ -146,7 +160,7 @@ public:
             std::lock_guard g(s_->m);
             for (const auto& [t, id] : s_->by_state[index(st)]) {   // oldest first
                 if (v.size() >= limit) break;
-                if (unit_ && unit_->items.count(id)) continue;   // its unit's version decides
+                if (unit_ && (unit_->items.count(id) || unit_->removed.count(id))) continue;   // its unit decides
                 v.push_back(s_->items.find(id)->second);
             }
         }
@@ -234,6 +248,7 @@ private:
     /// The writes of an open unit, seen only by this object until commit.
     struct unit {
         std::map<std::string, queue_item, std::less<>> items;
+        std::set<std::string, std::less<>> removed;   // deleted in the unit (then maybe created again: items)
         std::map<std::string, std::optional<session>, std::less<>> sessions;   // nullopt: removed
         std::vector<event> events;
         std::optional<limits> lim;
@@ -260,6 +275,6 @@ private:
     std::optional<unit> unit_;
 };
 
-static_assert(kugetsu::store<memory_store>);
+static_assert(kugetsu::store_with_removal<memory_store>);
 
 } // namespace kugetsu

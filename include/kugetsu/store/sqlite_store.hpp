@@ -138,7 +138,7 @@ struct sqlite_store_options {
 class sqlite_store {
 public:
     /// The schema version this code writes (PRAGMA user_version).
-    static constexpr int schema_version = 1;
+    static constexpr int schema_version = 2;
     /// PRAGMA application_id of a kugetsu database: "KUGS".
     static constexpr std::int32_t application_id = 0x4b554753;
 
@@ -289,6 +289,16 @@ public:
         write_unit(ec, [&] {
             const int rc = write_task(stmt::upsert_task, it, ec);
             if (!ec && rc != SQLITE_DONE) fail_rc(ec, rc, "write task \"" + it.id + "\"");
+        });
+    }
+
+    /// Deletes the task's row (its events stay).
+    void remove_item(std::string_view id, std::error_code& ec) {
+        write_unit(ec, [&] {
+            sqlite3_stmt* s = prepare(stmt::remove_task, ec);
+            if (!s) return;
+            bind_text(s, 1, id);
+            if (const int rc = step_done(s); rc != SQLITE_DONE) fail_rc(ec, rc, "remove task \"" + std::string(id) + "\"");
         });
     }
 
@@ -593,7 +603,7 @@ private:
     enum class stmt : std::size_t {
         begin, commit, rollback, insert_task, upsert_task, get_task, list_tasks, tasks_in_state,
         upsert_session, delete_session, list_sessions, insert_event, events_after, get_limits, put_limits,
-        get_meta, put_meta, insert_quarantine, delete_task, delete_event, list_quarantine, data_version, count_
+        get_meta, put_meta, insert_quarantine, delete_task, delete_event, list_quarantine, data_version, remove_task, count_
     };
 
     static const char* sql_of(stmt s) noexcept {
@@ -631,6 +641,7 @@ private:
         case stmt::delete_event: return "DELETE FROM events WHERE seq = ?1";
         case stmt::list_quarantine: return "SELECT n, source, ifnull(task_id, ''), why, at_us FROM quarantine ORDER BY n";
         case stmt::data_version: return "PRAGMA data_version";
+        case stmt::remove_task: return "DELETE FROM tasks WHERE id = ?1";
         case stmt::count_: break;
         }
         return "";
@@ -763,6 +774,9 @@ private:
             "CREATE TABLE events(seq INTEGER PRIMARY KEY AUTOINCREMENT, task_id TEXT NOT NULL, record TEXT NOT NULL);"
             "CREATE TABLE quarantine(n INTEGER PRIMARY KEY AUTOINCREMENT, source TEXT NOT NULL, task_id TEXT,"
             " raw BLOB, why TEXT NOT NULL, at_us INTEGER NOT NULL);",
+            // 1 -> 2: task records may hold "restarts" and "runs" (restart), and events may be
+            // task_removed: no table changes, but a version-1 program must not read them.
+            "",
         };
         static_assert(std::size(steps) == schema_version);
         for (std::int64_t v = version; v < schema_version; ++v) {
@@ -1157,5 +1171,6 @@ private:
 
 static_assert(kugetsu::store<sqlite_store>);
 static_assert(kugetsu::store_with_quarantine<sqlite_store>);
+static_assert(kugetsu::store_with_removal<sqlite_store>);
 
 } // namespace kugetsu

@@ -467,6 +467,7 @@ inline std::string check_events(const std::vector<event>& events, const queue_it
             if (stage == 2) return "a second end event";
             stage = 2;
             break;
+        case event_type::task_removed: return "task_removed, and no scenario removes a task";
         }
     }
     if (is_final(it.state) && stage != 2 && !kills) return "no end event";
@@ -512,6 +513,7 @@ inline std::string check_events_exact(const std::vector<event>& held, const queu
             ++ends;
             if (i + 1 != evs.size()) return "an event after its end event (" + history + ")";
             break;
+        case event_type::task_removed: return "task_removed, and no scenario removes a task (" + history + ")";
         }
     }
     if (q != (queued ? 1 : 0))

@@ -1,0 +1,88 @@
+#!/usr/bin/env bash
+# restart, retry --failed, remove: finished tasks run again under their ids with their
+# history kept; tasks are removed with their logs; running tasks and bad ids are refused
+# with exit 64/65 and nothing changed.
+source "$(dirname "$0")/lib.sh"
+
+# A snapshot of what a refusal must not change: every task's id, state, run and attempts.
+snapshot() { json_get "sorted((t['id'], t['state'], t['run'], t['attempts']) for t in j['tasks'])"; }
+
+expect_rc 0 ku start --id ok -- sh -c 'echo run-ok'
+expect_rc 0 ku start --id bad -- sh -c 'echo run-bad; exit 3'
+expect_rc 1 ku wait ok bad
+[ "$(state ok)" = completed ] && [ "$(state bad)" = error ] || fail "ok $(state ok), bad $(state bad)"
+expect_rc 0 ku enqueue --id queued -- true
+expect_rc 0 ku config cap 1
+expect_rc 0 ku start --id busy -- sleep 60
+
+# restart: a running or pending task refuses the whole call (64), naming it; nothing changes.
+before=$(snapshot)
+expect_rc 64 ku restart ok busy
+grep -q '"busy" is running' "$T/err" || fail "restart of a running task said: $(cat "$T/err")"
+expect_rc 64 ku restart queued
+grep -q '"queued" is pending' "$T/err" || fail "restart of a pending task said: $(cat "$T/err")"
+expect_rc 65 ku restart ok nosuch
+grep -q 'no task "nosuch"' "$T/err" || fail "restart of an unknown task said: $(cat "$T/err")"
+expect_rc 65 ku restart ok 'a/b'
+grep -q '"a/b" is not a task id' "$T/err" || fail "restart of a bad id said: $(cat "$T/err")"
+expect_rc 65 ku restart "$(printf 'x\ny')"
+[ "$(wc -l <"$T/err")" -eq 1 ] || fail "an id with a newline broke the message over lines: $(cat "$T/err")"
+[ "$(snapshot)" = "$before" ] || fail "a refused restart changed: $before -> $(snapshot)"
+expect_rc 64 ku retry
+grep -q -- '--failed' "$T/err" || fail "retry without --failed said: $(cat "$T/err")"
+
+# restart ok: pending again as run 2, with run 1 in status --json; it runs again.
+expect_rc 0 ku restart ok
+[ "$(cat "$T/out")" = "ok pending (run 2)" ] || fail "restart printed: $(cat "$T/out")"
+[ "$(json_get "next(t['run'] for t in j['tasks'] if t['id']=='ok')")" = 2 ] || fail "run number"
+[ "$(json_get "[(r['state'], r['exit_code'], r['attempts']) for t in j['tasks'] if t['id']=='ok' for r in t['runs']]")" = "[('completed', 0, 1)]" ] \
+    || fail "runs of ok: $(json_get "[t['runs'] for t in j['tasks'] if t['id']=='ok']")"
+[ "$(events_of task_queued ok)" = 1 ] || fail "ok was queued $(events_of task_queued ok) times before its restart"
+ku events | grep '"task_id":"ok"' | grep -q '"reason":"restarted"' || fail "no task_queued (restarted) event"
+expect_rc 0 ku cancel busy
+expect_rc 0 ku config cap 3
+expect_rc 0 ku daemon --once
+expect_rc 0 ku wait ok queued
+expect_rc 0 ku logs ok
+[ "$(grep -c run-ok "$T/out")" -eq 2 ] || fail "the log of ok does not hold both runs: $(cat "$T/out")"
+
+# retry --failed: every task in error, and only those; its exit code goes with run 1.
+expect_rc 0 ku retry --failed
+[ "$(cat "$T/out")" = "bad pending (run 2)" ] || fail "retry printed: $(cat "$T/out")"
+[ "$(state ok)" = completed ] || fail "retry touched ok: $(state ok)"
+[ "$(json_get "[r['exit_code'] for t in j['tasks'] if t['id']=='bad' for r in t['runs']]")" = "[3]" ] || fail "runs of bad"
+expect_rc 0 ku daemon --once
+expect_rc 1 ku wait bad
+expect_rc 0 ku restart bad ok   # all or none, and both at once
+expect_rc 0 ku retry --failed   # nothing failed now
+grep -q 'no task in state error' "$T/err" || fail "retry with nothing to do said: $(cat "$T/err")"
+
+# remove: pending and finished tasks and their logs; a running one refuses the whole call.
+expect_rc 0 ku start --id live -- sleep 60
+expect_rc 0 ku daemon --once
+expect_rc 1 ku wait ok bad
+before=$(snapshot)
+expect_rc 64 ku remove queued live
+grep -q '"live" is running' "$T/err" || fail "remove of a running task said: $(cat "$T/err")"
+[ "$(snapshot)" = "$before" ] || fail "a refused remove changed: $before -> $(snapshot)"
+[ -e "$KUGETSU_HOME/logs/queued.log" ] || fail "a refused remove deleted a log"
+expect_rc 0 ku remove queued busy
+printf 'queued removed (was completed)\nbusy removed (was cancelled)\n' | cmp -s - "$T/out" || fail "remove printed: $(cat "$T/out")"
+[ ! -e "$KUGETSU_HOME/logs/queued.log" ] || fail "the log of a removed task is still there"
+json_get "[t['id'] for t in j['tasks']]" | grep -q "'queued'" && fail "queued is still listed"
+[ "$(events_of task_removed queued)" = 1 ] || fail "no task_removed event for queued"
+expect_rc 65 ku remove queued
+# The id is free again: a new task, run 1.
+expect_rc 0 ku enqueue --id queued -- true
+[ "$(json_get "next(t['run'] for t in j['tasks'] if t['id']=='queued')")" = 1 ] || fail "a new task took the old runs"
+
+# Ids that start with '-' are refused for new tasks, with the reason, whatever the spelling.
+for spelling in --id=-x "--id -x"; do
+    # shellcheck disable=SC2086
+    expect_rc 65 ku enqueue $spelling -- true
+    grep -q "nor with '-' for a new task" "$T/err" || fail "enqueue $spelling said: $(cat "$T/err")"
+done
+expect_rc 65 ku start --id -y -- true
+expect_rc 65 ku remove -- -x
+grep -q 'no task "-x"' "$T/err" || fail "remove -- -x said: $(cat "$T/err")"
+echo ok
