@@ -53,8 +53,21 @@ using cli::globals;
 using cli::task_flags;
 
 // sysexits.h
-constexpr int ex_ok = 0, ex_failed = 1, ex_usage = 64, ex_dataerr = 65, ex_software = 70, ex_ioerr = 74,
-              ex_tempfail = 75, ex_noperm = 77;
+constexpr int ex_ok = 0, ex_failed = 1, ex_usage = 64, ex_dataerr = 65, ex_noinput = 66, ex_software = 70,
+              ex_ioerr = 74, ex_tempfail = 75, ex_noperm = 77;
+
+/// A read-only command (status, wait, logs, events, check, config without a setting) given a
+/// HOME that does not exist: exit 66, and no HOME is created.
+struct no_home : std::runtime_error {
+    using std::runtime_error::runtime_error;
+};
+
+/// Read-only commands call this first: they never create HOME.
+void require_home(const std::string& home) {
+    struct stat st{};
+    if (::lstat(home.c_str(), &st) == 0 || errno != ENOENT) return;   // anything else: the open says what is wrong
+    throw no_home(home + ": no such state directory (nothing was ever queued there; check --home or KUGETSU_HOME)");
+}
 
 /// The process's exit code for an error.
 int exit_code_for(const std::error_code& ec) {
@@ -463,6 +476,7 @@ int cmd_reap(const globals& g, bool quiet) {
 }
 
 int cmd_status(const globals& g, bool json) {
+    require_home(g.home);
     auto d = open_home(g);
     quarantine_guard watch_quarantine(d.store());
     std::error_code ec;
@@ -558,6 +572,7 @@ int until(const globals& g, cli_dispatcher& d, Done done, const std::string& als
 }
 
 int cmd_wait(const globals& g, std::vector<std::string> ids) {
+    require_home(g.home);
     auto d = open_home(g);
     quarantine_guard watch_quarantine(d.store());
     std::error_code ec;
@@ -708,6 +723,7 @@ void copy_new(const std::string& path, off_t& offset) {
 }
 
 int cmd_logs(const globals& g, const std::string& id, bool follow) {
+    require_home(g.home);
     auto d = open_home(g);
     quarantine_guard watch_quarantine(d.store());
     std::error_code ec;
@@ -736,6 +752,7 @@ int cmd_logs(const globals& g, const std::string& id, bool follow) {
 }
 
 int cmd_events(const globals& g, bool follow, const std::string& since_text) {
+    require_home(g.home);
     std::uint64_t since = 0;
     if (!since_text.empty()) {
         char* end = nullptr;
@@ -773,6 +790,7 @@ int cmd_events(const globals& g, bool follow, const std::string& since_text) {
 }
 
 int cmd_config(const globals& g, const std::vector<std::string>& args) {
+    if (args.empty()) require_home(g.home);
     auto d = open_home(g, /*expect=*/false);
     quarantine_guard watch_quarantine(d.store());
     std::error_code ec;
@@ -793,6 +811,7 @@ int cmd_config(const globals& g, const std::vector<std::string>& args) {
 }
 
 int cmd_check(const globals& g) {
+    require_home(g.home);
     std::error_code ec;
     std::string why;
     // Opened without the dispatcher: a check reads, repairs nothing, and needs no limits.
@@ -820,8 +839,15 @@ int cmd_check(const globals& g) {
 int main(int argc, char** argv) {
     cli::command_line cl;
     CLI::App& app = cl.app;
+    if (auto bad = cli::unknown_command(app, std::vector<std::string>(argv + 1, argv + argc))) {
+        std::cerr << "kugetsu: \"" << shown_id(*bad) << "\" is not a command (commands: " << cli::command_names(app)
+                  << ")\nRun 'kugetsu --help'.\n";
+        return ex_usage;
+    }
     try {
         app.parse(argc, argv);
+    } catch (const CLI::CallForVersion& e) {
+        return app.exit(e);
     } catch (const CLI::CallForHelp& e) {
         return app.exit(e);
     } catch (const CLI::CallForAllHelp& e) {
@@ -850,6 +876,9 @@ int main(int argc, char** argv) {
     } catch (const cli::usage_error& e) {
         std::cerr << "kugetsu: " << e.what() << "\n";
         return ex_usage;
+    } catch (const no_home& e) {
+        std::cerr << "kugetsu: " << e.what() << "\n";
+        return ex_noinput;
     } catch (const kugetsu::error& e) {
         return report(e.code(), e.what());
     } catch (const std::system_error& e) {

@@ -18,6 +18,7 @@
 #include <cstring>
 #include <ctime>
 #include <functional>
+#include <optional>
 #include <random>
 #include <stdexcept>
 #include <string>
@@ -30,6 +31,7 @@
 #include <CLI/CLI.hpp>
 #include <kugetsu/dispatcher.hpp>
 #include <kugetsu/types.hpp>
+#include <kugetsu/version.hpp>
 
 namespace kugetsu::cli {
 
@@ -221,6 +223,7 @@ struct command_line {
 
     command_line() {
         app.require_subcommand(1);
+        app.set_version_flag("--version", std::string("kugetsu ") + kugetsu::version, "Print the version and exit");
         app.add_option("--home", home, "State directory (default: $KUGETSU_HOME, else ${XDG_STATE_HOME:-~/.local/state}/kugetsu)");
 
         enqueue = app.add_subcommand("enqueue", "Add a pending task; the daemon starts it when a slot is free");
@@ -271,5 +274,34 @@ struct command_line {
     command_line(const command_line&) = delete;
     command_line& operator=(const command_line&) = delete;
 };
+
+} // namespace kugetsu::cli
+
+namespace kugetsu::cli {
+
+/// The word where a command was expected, if it names none (`kugetsu foo`): CLI11 would only
+/// say that the argument was not expected. Options before it (--home DIR, -h) are skipped.
+inline std::optional<std::string> unknown_command(const CLI::App& app, const std::vector<std::string>& args) {
+    for (std::size_t i = 0; i < args.size(); ++i) {
+        const std::string& a = args[i];
+        if (a == "--home") {
+            ++i;
+            continue;
+        }
+        if (a.empty() || a.front() == '-') continue;   // --home=DIR, -h, --help, --version: CLI11's
+        for (const CLI::App* c : app.get_subcommands([](const CLI::App*) { return true; }))
+            if (c->get_name() == a) return std::nullopt;
+        return a;
+    }
+    return std::nullopt;
+}
+
+/// "enqueue, start, ...": the commands, in the order of --help.
+inline std::string command_names(const CLI::App& app) {
+    std::string out;
+    for (const CLI::App* c : app.get_subcommands([](const CLI::App*) { return true; }))
+        out += (out.empty() ? "" : ", ") + c->get_name();
+    return out;
+}
 
 } // namespace kugetsu::cli

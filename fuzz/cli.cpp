@@ -88,11 +88,15 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
     cli::command_line cl;
     std::vector<const char*> argv{"kugetsu"};
     for (const auto& a : args) argv.push_back(a.c_str());
+    // main() refuses a word that names no command before CLI11 parses: CLI11 must never accept
+    // a command line that this says has an unknown command.
+    const auto unknown = cli::unknown_command(cl.app, args);
     try {
         cl.app.parse(static_cast<int>(argv.size()), argv.data());
-    } catch (const CLI::ParseError&) {   // includes --help (CLI::CallForHelp)
+    } catch (const CLI::ParseError&) {   // includes --help (CLI::CallForHelp) and --version
         return 0;
     }
+    KUGETSU_FUZZ_CHECK(!unknown, what + ": parsed, yet \"" + unknown.value_or("") + "\" was called an unknown command");
     int chosen = 0;
     for (const CLI::App* c :
          {cl.enqueue, cl.start, cl.daemon, cl.status, cl.wait, cl.cancel, cl.logs, cl.events, cl.reap, cl.config,

@@ -11,6 +11,8 @@ packages=(
     libboost-dev librange-v3-dev nlohmann-json3-dev
     librapidcheck-dev catch2 libbenchmark-dev libcli11-dev
     libsqlite3-dev sqlite3
+    # the man page (help2man), and a shell to check the zsh completion with
+    help2man zsh
     # clang's libFuzzer and sanitizer runtimes (scripts/fuzz.sh) are in libclang-rt-14-dev,
     # which clang-14 only recommends: --no-install-recommends below would leave it out.
     clang-14 libclang-rt-14-dev

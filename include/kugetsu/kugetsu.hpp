@@ -27,6 +27,7 @@
 #include "spawn/fork_spawner.hpp"
 #include "store/memory_store.hpp"
 #include "types.hpp"
+#include "version.hpp"
 #include "workspace/directory_workspace.hpp"
 #include "workspace/git_worktree_workspace.hpp"
 #include "workspace/null_workspace.hpp"

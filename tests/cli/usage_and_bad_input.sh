@@ -142,8 +142,10 @@ expect_rc 0 ku status
 ln -s "$KUGETSU_HOME" "$T/link"
 expect_rc 77 ku --home "$T/link" status; names "$T/link"
 
-# An unusable home is an I/O error naming the path.
-expect_rc 74 ku --home /proc/kugetsu-cannot-be-here status; names /proc/kugetsu-cannot-be-here
+# An unusable home is an I/O error naming the path (for status, which never creates one, it
+# does not exist: 66).
+expect_rc 74 ku --home /proc/kugetsu-cannot-be-here enqueue -- true; names /proc/kugetsu-cannot-be-here
+expect_rc 66 ku --home /proc/kugetsu-cannot-be-here status; names /proc/kugetsu-cannot-be-here
 touch "$T/file"
 expect_rc 74 ku --home "$T/file/home" enqueue -- true
 echo ok

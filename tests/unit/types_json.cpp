@@ -3,6 +3,7 @@
 
 #include <kugetsu/json.hpp>
 #include <kugetsu/types.hpp>
+#include <kugetsu/version.hpp>
 
 using namespace kugetsu;
 using nlohmann::json;
@@ -306,4 +307,10 @@ TEST_CASE("a restarted item's runs survive a JSON round trip; an item never rest
     refuse([](json& k) { k["restarts"] = 1; }, "runs");   // more runs than restarts
     refuse([](json& k) { k["restarts"] = 0; }, "restarts");
     refuse([](json& k) { k["runs"] = json::array(); for (std::size_t i = 0; i <= max_kept_runs; ++i) k["runs"].push_back(json(k.at("runs").size())); k["restarts"] = 1000; }, "runs");
+}
+
+TEST_CASE("the version string is the version numbers") {
+    CHECK(std::string(kugetsu::version) == std::to_string(KUGETSU_VERSION_MAJOR) + "." +
+                                               std::to_string(KUGETSU_VERSION_MINOR) + "." +
+                                               std::to_string(KUGETSU_VERSION_PATCH));
 }

@@ -1,0 +1,74 @@
+#!/usr/bin/env bash
+# --version, an unknown command, read-only commands on a HOME that does not exist, the bash
+# and zsh completions, and the man page. Needs COMPLETIONS (the directory of the completion
+# scripts) and MANPAGE (the generated kugetsu.1) in the environment besides lib.sh's.
+source "$(dirname "$0")/lib.sh"
+: "${COMPLETIONS:?directory of kugetsu.bash and _kugetsu}" "${MANPAGE:?path of the generated kugetsu.1}"
+src=$(cd "$(dirname "$0")/../.." && pwd)
+
+# --version: the version of include/kugetsu/version.hpp.
+want=$(sed -n 's/^#define KUGETSU_VERSION_STRING "\(.*\)"$/\1/p' "$src/include/kugetsu/version.hpp")
+expect_rc 0 ku --version
+[ "$(cat "$T/out")" = "kugetsu $want" ] || fail "--version printed '$(cat "$T/out")', expected 'kugetsu $want'"
+
+# An unknown command is named as such, with the commands there are, wherever it comes.
+for args in "foo" "--home $T/h foo" "--home=$T/h foo bar"; do
+    # shellcheck disable=SC2086
+    expect_rc 64 ku $args
+    grep -q '^kugetsu: "foo" is not a command (commands: enqueue, start, ' "$T/err" || fail "kugetsu $args said: $(cat "$T/err")"
+done
+expect_rc 64 ku "$(printf 'a\nb')"
+[ "$(grep -c . "$T/err")" -eq 2 ] || fail "an unknown command with a newline broke the message: $(cat "$T/err")"
+expect_rc 64 ku
+grep -q 'subcommand is required' "$T/err" || fail "no command said: $(cat "$T/err")"
+
+# Read-only commands never create HOME: one that does not exist is exit 66, naming it.
+missing="$T/never-made"
+for cmd in status "wait" "logs x" events check config; do
+    # shellcheck disable=SC2086
+    expect_rc 66 ku --home "$missing" $cmd
+    grep -q "$missing: no such state directory" "$T/err" || fail "$cmd said: $(cat "$T/err")"
+    [ ! -e "$missing" ] || fail "$cmd created $missing"
+done
+expect_rc 0 ku --home "$missing" config cap 2   # a setting is a write: it creates HOME
+[ -d "$missing" ] || fail "config cap 2 did not create HOME"
+
+# bash completion: commands, options, and the ids of the HOME named on the line.
+expect_rc 0 ku enqueue --id alpha -- true
+expect_rc 0 ku enqueue --id beta -- true
+expect_rc 0 ku --home "$missing" enqueue --id other -- true
+complete_line() {   # complete_line WORD...: the completions of the last word
+    bash -c '
+        source "$1"; shift
+        COMP_WORDS=("$@"); COMP_CWORD=$(($# - 1))
+        _kugetsu
+        printf "%s\n" "${COMPREPLY[@]}" | sort' _ "$COMPLETIONS/kugetsu.bash" "$KUGETSU" "$@"
+}
+[ "$(complete_line re | tr "\n" " ")" = "reap remove restart retry " ] || fail "commands for 're': $(complete_line re)"
+got=$(complete_line "" | tr '\n' ' ')
+for c in enqueue start daemon status wait cancel logs events reap config check restart retry remove; do
+    case " $got" in *" $c "*) ;; *) fail "completion lacks the command $c: $got" ;; esac
+done
+[ "$(complete_line enqueue --ti)" = "--timeout" ] || fail "options of enqueue for --ti: $(complete_line enqueue --ti)"
+[ "$(complete_line remove "" | tr '\n' ' ')" = "alpha beta " ] || fail "ids for remove: $(complete_line remove "")"
+[ "$(complete_line --home "$missing" restart "")" = "other" ] || fail "ids of --home: $(complete_line --home "$missing" restart "")"
+[ "$(complete_line config "" | tr '\n' ' ')" = "cap kill-grace max-attempts " ] || fail "config settings"
+[ -z "$(complete_line --home "$T/none" wait "")" ] || fail "ids of a HOME that does not exist"
+[ ! -e "$T/none" ] || fail "completion created a HOME"
+
+# zsh: the completion function parses (zsh -n), and is a #compdef file.
+if command -v zsh >/dev/null; then
+    zsh -n "$COMPLETIONS/_kugetsu" || fail "_kugetsu does not parse"
+    head -1 "$COMPLETIONS/_kugetsu" | grep -qx '#compdef kugetsu' || fail "_kugetsu is not a #compdef file"
+else
+    echo "zsh is not installed: only the bash completion was run"
+fi
+
+# The man page: generated from the help text, with a section for every command.
+[ -s "$MANPAGE" ] || fail "no man page at $MANPAGE"
+grep -q "^\.TH KUGETSU \"1\"" "$MANPAGE" || fail "the man page has no .TH KUGETSU 1"
+for c in $(ku --help | sed -n '/^Subcommands:/,/^$/{s/^  \([a-z][a-z-]*\) .*/\1/p}'); do
+    grep -qx "\.SS $c" "$MANPAGE" || fail "the man page has no section for $c"
+done
+grep -q "kugetsu $want" "$MANPAGE" || fail "the man page does not give version $want"
+echo ok
