@@ -194,9 +194,9 @@ if D and ev:
         "supervisor's exit → the daemon wakes (inotify; includes the daemon still busy with the previous pass)",
         "wake-up → cap lock held",
         "lock → first fork (BEGIN, limits, reap: sessions, slot files, ends recorded, claims)",
-        "first fork → fdatasync (k supervisors forked and their hellos awaited one after another, sessions, WAL writes)",
+        "first fork → fdatasync (k supervisors forked, then their hellos collected, sessions, WAL writes)",
         "fdatasync (the pass's one durable sync)",
-        "fdatasync → the last new agent's exec (k go-aheads, one after another)",
+        "fdatasync → the last new agent's exec (k go-aheads sent, then the exec reports read)",
         "last exec → unlock (its exec report, the second commit: running marks)",
         "unlock → asleep again (events relayed to events.jsonl, next_wake)"))
     keys = list(ph)
