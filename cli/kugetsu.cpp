@@ -654,27 +654,18 @@ int check_ids(const std::vector<std::string>& ids) {
     return ex_ok;
 }
 
-int cmd_restart(const globals& g, const std::vector<std::string>& ids) {
-    if (int bad = check_ids(ids)) return bad;
+/// restart ID... , or retry --failed (`failed`: every task in state error).
+int cmd_restart(const globals& g, const std::vector<std::string>& ids, bool failed) {
+    if (!failed)
+        if (int bad = check_ids(ids)) return bad;
     auto d = open_home(g);
     quarantine_guard watch_quarantine(d.store());
     std::error_code ec;
-    const auto items = d.restart(ids, ec);
+    const auto items = failed ? d.restart_all(task_state::error, ec) : d.restart(ids, ec);
     if (ec) return report(ec, d.last_error_detail());
     warn_notifier(d);
     for (const auto& it : items) std::cout << it.id << " pending (run " << it.restarts + 1 << ")\n";
-    return ex_ok;
-}
-
-int cmd_retry(const globals& g) {
-    auto d = open_home(g);
-    quarantine_guard watch_quarantine(d.store());
-    std::error_code ec;
-    const auto items = d.restart_all(task_state::error, ec);
-    if (ec) return report(ec, d.last_error_detail());
-    warn_notifier(d);
-    for (const auto& it : items) std::cout << it.id << " pending (run " << it.restarts + 1 << ")\n";
-    if (items.empty()) std::cerr << "kugetsu: no task in state error\n";
+    if (failed && items.empty()) std::cerr << "kugetsu: no task in state error\n";
     return ex_ok;
 }
 
@@ -870,8 +861,8 @@ int main(int argc, char** argv) {
         if (*cl.reap) return cmd_reap(g, cl.quiet);
         if (*cl.config) return cmd_config(g, cl.config_args);
         if (*cl.check) return cmd_check(g);
-        if (*cl.restart) return cmd_restart(g, cl.restart_ids);
-        if (*cl.retry) return cmd_retry(g);
+        if (*cl.restart) return cmd_restart(g, cl.restart_ids, false);
+        if (*cl.retry) return cmd_restart(g, {}, true);
         if (*cl.remove) return cmd_remove(g, cl.remove_ids);
     } catch (const cli::usage_error& e) {
         std::cerr << "kugetsu: " << e.what() << "\n";

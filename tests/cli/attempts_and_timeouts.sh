@@ -13,6 +13,18 @@ grep -q 'attempt 3/3' "$T/err" || fail "start did not say which attempt failed: 
 grep '"task_id":"nope"' "$KUGETSU_HOME/events.jsonl" | grep -q '"reason":"attempts_exhausted"' ||
     fail "task_error of nope lacks reason attempts_exhausted"
 
+# Each failed attempt is written in the task's log too, and says that a retry cannot help.
+expect_rc 0 ku logs nope
+[ "$(grep -c '^kugetsu: exec "/nonexistent/agent": No such file or directory (a retry fails the same way until that is fixed)$' "$T/out")" -eq 3 ] ||
+    fail "the log of nope: $(cat "$T/out")"
+json_get "next(t['last_error'] for t in j['tasks'] if t['id']=='nope')" | grep -q 'a retry fails the same way' ||
+    fail "last_error of nope: $(json_get "next(t['last_error'] for t in j['tasks'] if t['id']=='nope')")"
+# A program that is not on PATH: found out before the fork, and written in the log the same way.
+expect_rc 1 ku start --id nopath -- kugetsu-no-such-program --flag
+expect_rc 0 ku logs nopath
+[ "$(grep -c '^kugetsu: cannot run "kugetsu-no-such-program": No such file or directory (a retry' "$T/out")" -eq 3 ] ||
+    fail "the log of nopath: $(cat "$T/out")"
+
 # The daemon: the same, and the failed attempts return the task to pending in between.
 printf 'not a program\n' >"$T/script"; chmod 0644 "$T/script"
 expect_rc 0 ku enqueue --id noexec -- "$T/script"
@@ -22,6 +34,8 @@ expect_rc 0 ku daemon --once
 [ "$(events_of task_dequeued noexec)" -eq 3 ] || fail "expected 3 task_dequeued for noexec"
 json_get "next(t['last_error'] for t in j['tasks'] if t['id']=='noexec')" | grep -q 'Permission denied' ||
     fail "last_error does not say why"
+expect_rc 0 ku logs noexec
+[ "$(grep -c "^kugetsu: exec \"$T/script\": Permission denied" "$T/out")" -eq 3 ] || fail "the log of noexec: $(cat "$T/out")"
 
 # Timeouts, enforced by the supervisor: `start` returns at once, no daemon runs.
 expect_rc 0 ku config kill-grace 0.2   # HOME keeps its limits: changed for every process

@@ -29,6 +29,27 @@ queue_item sample_item() {
     it.last_error = "exec: No such file";
     return it;
 }
+
+/// `it` written as JSON text and read back (which must work).
+queue_item round_trip(const queue_item& it) {
+    std::error_code ec;
+    std::string why;
+    auto back = parse_item(json(it).dump(), ec, why);
+    INFO(why);
+    REQUIRE(back);
+    CHECK_FALSE(ec);
+    return *back;
+}
+
+/// parse_item refuses `j` with `expected`, and its reason names `field`.
+void check_refused(const json& j, errc expected, std::string_view field) {
+    std::error_code ec;
+    std::string why;
+    CHECK_FALSE(parse_item(j, ec, why));
+    CHECK(ec == expected);
+    INFO(why);
+    CHECK(why.find(field) != std::string::npos);
+}
 } // namespace
 
 TEST_CASE("task ids allow letters, digits, dot, underscore and dash, 1 to 128 characters") {
@@ -110,12 +131,7 @@ TEST_CASE("RFC 3339 timestamps round-trip in UTC with microseconds") {
 TEST_CASE("a queue item survives a JSON round trip unchanged") {
     const queue_item it = sample_item();
     const json j = it;
-    std::error_code ec;
-    std::string why;
-    auto back = parse_item(j.dump(), ec, why);
-    INFO(why);
-    REQUIRE(back);
-    CHECK_FALSE(ec);
+    const auto back = std::optional<queue_item>(round_trip(it));
     CHECK(back->id == it.id);
     CHECK(back->argv == it.argv);
     CHECK(back->timeout == it.timeout);
@@ -140,12 +156,7 @@ TEST_CASE("a queue item with a missing, extra or wrong-typed field is refused, n
     auto refuse = [&](auto mutate, errc expected, std::string_view field) {
         json j = good;
         mutate(j);
-        std::error_code ec;
-        std::string why;
-        CHECK_FALSE(parse_item(j, ec, why));
-        CHECK(ec == expected);
-        INFO(why);
-        CHECK(why.find(field) != std::string::npos);
+        check_refused(j, expected, field);
     };
     refuse([](json& j) { j.erase("state"); }, errc::invalid_record, "state");
     refuse([](json& j) { j["surprise"] = 1; }, errc::invalid_record, "surprise");
@@ -283,22 +294,12 @@ TEST_CASE("a restarted item's runs survive a JSON round trip; an item never rest
     it.runs = {r1, r2};
     it.restarts = 5;   // the earliest runs dropped
     const json j = it;
-    std::error_code ec;
-    std::string why;
-    auto back = parse_item(j.dump(), ec, why);
-    INFO(why);
-    REQUIRE(back);
-    CHECK(*back == it);
+    CHECK(round_trip(it) == it);
 
     auto refuse = [&](auto mutate, std::string_view field) {
         json k = j;
         mutate(k);
-        std::error_code e;
-        std::string w;
-        CHECK_FALSE(parse_item(k, e, w));
-        CHECK(e == errc::invalid_record);
-        INFO(w);
-        CHECK(w.find(field) != std::string::npos);
+        check_refused(k, errc::invalid_record, field);
     };
     refuse([](json& k) { k["runs"][0]["state"] = "running"; }, "runs\"[0]: field \"state\"");
     refuse([](json& k) { k["runs"][1]["surprise"] = 1; }, "surprise");
@@ -306,7 +307,11 @@ TEST_CASE("a restarted item's runs survive a JSON round trip; an item never rest
     refuse([](json& k) { k["runs"] = json::object(); }, "runs");
     refuse([](json& k) { k["restarts"] = 1; }, "runs");   // more runs than restarts
     refuse([](json& k) { k["restarts"] = 0; }, "restarts");
-    refuse([](json& k) { k["runs"] = json::array(); for (std::size_t i = 0; i <= max_kept_runs; ++i) k["runs"].push_back(json(k.at("runs").size())); k["restarts"] = 1000; }, "runs");
+    refuse([](json& k) {
+        k["runs"] = json::array();
+        for (std::size_t i = 0; i <= max_kept_runs; ++i) k["runs"].push_back(json::object());
+        k["restarts"] = 1000;
+    }, "runs");   // more than max_kept_runs
 }
 
 TEST_CASE("the version string is the version numbers") {

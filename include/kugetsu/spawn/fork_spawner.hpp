@@ -90,6 +90,7 @@
 #pragma once
 
 #include <algorithm>
+#include <cstdio>
 #include <cerrno>
 #include <csignal>
 #include <cstdint>
@@ -527,6 +528,7 @@ private:
         detail::unique_fd err;   // the agent's errno if chdir or exec fails; EOF on exec
         std::string program;
         std::string cwd;
+        std::string log;         // the task's log, which is told why the program did not run
     };
 
     /// A supervisor forked, its hello not yet read.
@@ -536,6 +538,7 @@ private:
         detail::unique_fd err;   // the read end of the agent's exec-error pipe
         std::string program;
         std::string cwd;
+        std::string log;
     };
 
     /// The log and run directories exist, are directories and are private (checked once per
@@ -556,9 +559,9 @@ private:
         ec.clear();
         if (auto e = validate_argv(r.argv)) return fail(ec, e, "invalid argv"), launched{};
         if (!valid_task_id(r.task_id)) return fail(ec, errc::invalid_task_id, "invalid task id"), launched{};
-        const std::string program = detail::resolve_program(r.argv.front(), ec);
-        if (ec) return fail(ec, ec, "cannot run \"" + r.argv.front() + "\""), launched{};
         const std::string log_path = log_dir_ + "/" + r.task_id + ".log";
+        const std::string program = detail::resolve_program(r.argv.front(), ec);
+        if (ec) return cannot_run(ec, ec, "cannot run \"" + r.argv.front() + "\"", log_path), launched{};
         // O_NONBLOCK: a FIFO planted as the log must not hang the spawn (the dispatcher holds
         // its lock); a hard link would send the agent's output into another file.
         auto log = detail::open_path(log_path, O_WRONLY | O_CREAT | O_APPEND | O_NOFOLLOW | O_NONBLOCK, 0600, ec);
@@ -612,7 +615,7 @@ private:
         const pid_t sup = ::fork();
         if (sup < 0) return fail(ec, detail::last_error(), "fork"), launched{};
         if (sup == 0) supervise(pl);
-        return {sup, std::move(ctl_parent), std::move(err_read), program, r.working_dir};
+        return {sup, std::move(ctl_parent), std::move(err_read), program, r.working_dir, log_path};
     }
 
     /// Reads a launched supervisor's hello: the agent is held.
@@ -627,7 +630,8 @@ private:
         }
         process_ref ref{hello.pid, hello.start_time, detail::boot_id()};
         supervisors_[hello.pid] = l.sup;
-        held_.emplace(hello.pid, held{std::move(l.ctl), std::move(l.err), std::move(l.program), std::move(l.cwd)});
+        held_.emplace(hello.pid, held{std::move(l.ctl), std::move(l.err), std::move(l.program), std::move(l.cwd),
+                                      std::move(l.log)});
         return ref;
     }
 
@@ -694,8 +698,38 @@ private:
         if (got != sizeof f) return fail(ec, errc::spawn_failed, "the agent died before exec");
         if (f.step == 3) return fail(ec, errc::spawn_failed, "the supervisor died before the agent could start");
         if (f.step == 5) return fail(ec, detail::errno_code(f.error), "write the slot of the agent");
-        fail(ec, detail::errno_code(f.error),
-             f.step == 1 ? "chdir \"" + h.cwd + "\"" : "exec \"" + h.program + "\"");
+        cannot_run(ec, detail::errno_code(f.error), f.step == 1 ? "chdir \"" + h.cwd + "\"" : "exec \"" + h.program + "\"",
+                   h.log);
+    }
+
+    /// The program cannot be run (not found, not executable, its directory missing): the
+    /// attempt fails, and the task's log says why (`kugetsu logs` shows it beside the record's
+    /// last_error). When the cause is in the file system, the reason says that another attempt
+    /// fails the same way unless it changes: the attempt is still counted.
+    void cannot_run(std::error_code& ec, std::error_code e, const std::string& what, const std::string& log) {
+        fail(ec, e, what);
+        if (e == std::errc::no_such_file_or_directory || e == std::errc::permission_denied ||
+            e == std::errc::executable_format_error || e == std::errc::not_a_directory)
+            detail_ += " (a retry fails the same way until that is fixed)";
+        note_in_log(log, detail_);
+    }
+
+    /// Appends "kugetsu: LINE" to a task's log. Best effort (the record says it anyway): a log
+    /// that cannot be opened, or is not a private regular file with one link, is left alone.
+    static void note_in_log(const std::string& path, const std::string& line) noexcept {
+        const int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC, 0600);
+        if (fd < 0) return;
+        struct stat st{};
+        if (::fstat(fd, &st) == 0 && S_ISREG(st.st_mode) && st.st_nlink == 1 && detail::is_private(st)) {
+            char buf[1024];
+            int n = std::snprintf(buf, sizeof buf, "kugetsu: %s\n", line.c_str());
+            if (n >= static_cast<int>(sizeof buf)) {   // cut, and still one whole line
+                n = static_cast<int>(sizeof buf) - 1;
+                buf[n - 1] = '\n';
+            }
+            if (n > 0) detail::write_full(fd, buf, static_cast<std::size_t>(n));
+        }
+        ::close(fd);
     }
 
 public:
