@@ -250,6 +250,9 @@ cli_dispatcher open_home(const globals& g, bool expect = true) {
         for (auto& q : imported.quarantined) std::cerr << "kugetsu: import: " << q << "\n";
     }
     fork_spawner spawner(h.logs(), h.run());
+    // Unsafe log or run directories are refused up front, before anything is recorded (every
+    // spawn would refuse them, attempt after attempt).
+    if (!spawner.check_dirs(ec)) throw error(ec, spawner.last_error_detail());
     // The supervisor of each agent records its end at once through `kugetsu reap`, unless a
     // daemon (which holds daemon.lock) is there to do it.
     spawner.set_on_exit({"/proc/self/exe", "--home", g.home, "reap", "--quiet"}, h.daemon_lock());

@@ -138,6 +138,28 @@ chmod 0666 "$KUGETSU_HOME/state.db"
 expect_rc 77 ku status; names state.db
 chmod 0600 "$KUGETSU_HOME/state.db"
 expect_rc 0 ku status
+# A log or run directory that others may write is refused up front (77, naming it and the test
+# it failed), before the task is recorded: no task, no attempt.
+tasks_in_db() { sqlite3 "$KUGETSU_HOME/state.db" "select count(*) from tasks"; }
+n=$(tasks_in_db)
+for d in logs run; do
+    chmod 0770 "$KUGETSU_HOME/$d"
+    expect_rc 77 ku enqueue --id unsafe-$d -- true
+    grep -q "$KUGETSU_HOME/$d: mode 0770: writable by its group" "$T/err" || fail "unsafe $d said: $(cat "$T/err")"
+    [ "$(grep -c . "$T/err")" -eq 1 ] || fail "unsafe $d: more than one line: $(cat "$T/err")"
+    expect_rc 77 ku start --id unsafe-$d -- true
+    chmod 0702 "$KUGETSU_HOME/$d"
+    expect_rc 77 ku daemon --once
+    grep -q "mode 0702: writable by others" "$T/err" || fail "unsafe $d (others) said: $(cat "$T/err")"
+    chmod 0700 "$KUGETSU_HOME/$d"
+    if [ "$(id -u)" = 0 ]; then   # root can give it away: another user's directory
+        chown 65534 "$KUGETSU_HOME/$d"
+        expect_rc 77 ku enqueue --id unsafe-$d -- true
+        grep -q "$KUGETSU_HOME/$d: owned by uid 65534, not by this user (uid 0)" "$T/err" || fail "foreign $d said: $(cat "$T/err")"
+        chown 0 "$KUGETSU_HOME/$d"
+    fi
+    [ "$(tasks_in_db)" = "$n" ] || fail "a task was recorded with an unsafe $d"
+done
 # A HOME that is a symbolic link: refused, naming the link.
 ln -s "$KUGETSU_HOME" "$T/link"
 expect_rc 77 ku --home "$T/link" status; names "$T/link"

@@ -10,6 +10,7 @@
 #include <cerrno>
 #include <cstddef>
 #include <cstdint>
+#include <cstdio>
 #include <string>
 #include <string_view>
 #include <system_error>
@@ -256,6 +257,21 @@ inline std::error_code atomic_write_at(int dirfd, const std::string& name, std::
 /// dispatcher.
 inline bool is_private(const struct stat& st) noexcept {
     return st.st_uid == ::geteuid() && !(st.st_mode & (S_IWGRP | S_IWOTH));
+}
+
+/// Why a file is not is_private(), naming the test it failed; "" if it is private.
+inline std::string why_not_private(const struct stat& st) {
+    char buf[128];
+    if (st.st_uid != ::geteuid()) {
+        std::snprintf(buf, sizeof buf, "owned by uid %u, not by this user (uid %u)", static_cast<unsigned>(st.st_uid),
+                      static_cast<unsigned>(::geteuid()));
+        return buf;
+    }
+    const bool group = st.st_mode & S_IWGRP, others = st.st_mode & S_IWOTH;
+    if (!group && !others) return {};
+    std::snprintf(buf, sizeof buf, "mode %04o: writable by %s", static_cast<unsigned>(st.st_mode & 07777),
+                  group && others ? "its group and others" : group ? "its group" : "others");
+    return buf;
 }
 
 /// errc::unsafe_state unless the open file `fd` is_private(); errno if fstat fails.

@@ -541,18 +541,6 @@ private:
         std::string log;
     };
 
-    /// The log and run directories exist, are directories and are private (checked once per
-    /// spawn or batch: whoever can write there could forge an exit status and free a slot).
-    bool check_dirs(std::error_code& ec) {
-        for (const std::string* dir : {&log_dir_, &run_dir_}) {
-            if (::mkdir(dir->c_str(), 0700) != 0 && errno != EEXIST)
-                return fail(ec, detail::last_error(), "mkdir " + *dir), false;
-            auto d = detail::open_path(*dir, O_RDONLY | O_DIRECTORY | O_NOFOLLOW, 0, ec);
-            if (!ec) ec = detail::check_private(d.get());
-            if (ec) return fail(ec, ec, *dir), false;
-        }
-        return true;
-    }
 
     /// Everything of spawn() up to the fork of the supervisor.
     launched launch(const spawn_request& r, std::error_code& ec) {
@@ -636,6 +624,29 @@ private:
     }
 
 public:
+
+    /// The log and run directories exist (made 0700 if missing), are directories and are
+    /// private: whoever can write there could forge an exit status and free a slot. Checked
+    /// by every spawn; a caller checks it first to refuse before it records anything.
+    /// Errors: errc::unsafe_state (last_error_detail() names the directory and the test it
+    /// failed: its owner or its mode), errno.
+    bool check_dirs(std::error_code& ec) {
+        ec.clear();
+        for (const std::string* dir : {&log_dir_, &run_dir_}) {
+            if (::mkdir(dir->c_str(), 0700) != 0 && errno != EEXIST)
+                return fail(ec, detail::last_error(), "mkdir " + *dir), false;
+            auto d = detail::open_path(*dir, O_RDONLY | O_DIRECTORY | O_NOFOLLOW, 0, ec);
+            if (ec) return fail(ec, ec, *dir), false;
+            struct stat st{};
+            if (::fstat(d.get(), &st) != 0) return fail(ec, detail::last_error(), "fstat " + *dir), false;
+            if (auto why = detail::why_not_private(st); !why.empty()) {
+                ec = errc::unsafe_state;
+                detail_ = *dir + ": " + why + " (kugetsu refuses it: whoever may write there could forge an agent's end)";
+                return false;
+            }
+        }
+        return true;
+    }
 
     /// Lets a held agent exec. Errors: exec or chdir failed (errno, e.g. ENOENT, EACCES,
     /// ENOEXEC). errc::not_held: no such held agent.
