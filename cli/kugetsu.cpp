@@ -21,6 +21,8 @@
 // is already running); 77 the state directory or a file in it belongs to another user or is
 // writable by others; 70 internal error; 128+N: wait, cancel or logs -f interrupted by
 // signal N (events -f exits 0 when interrupted).
+#include <algorithm>
+#include <array>
 #include <cerrno>
 #include <chrono>
 #include <cstdio>
@@ -44,6 +46,7 @@
 #include <kugetsu/kugetsu.hpp>
 #include <kugetsu/watcher.hpp>
 
+#include "format.hpp"
 #include "options.hpp"
 
 namespace {
@@ -146,6 +149,31 @@ std::string no_task(sqlite_store& store, const std::string& id) {
             msg += "; its record failed validation (" + q.why + ") and is kept in " + store.path() +
                    ", table quarantine, row " + std::to_string(q.n);
     return msg;
+}
+
+/// An id from the command line as it may be quoted in a message: at most 160 bytes, control
+/// characters and bytes past ASCII as \xHH, so the message stays on one line.
+std::string shown_id(std::string_view id) {
+    std::string out;
+    for (unsigned char c : id.substr(0, 160)) {
+        if (c < 0x20 || c >= 0x7f || c == '"' || c == '\\') {
+            char hex[5];
+            std::snprintf(hex, sizeof hex, "\\x%02x", c);
+            out += hex;
+        } else {
+            out += static_cast<char>(c);
+        }
+    }
+    return id.size() > 160 ? out + "..." : out;
+}
+
+/// The first id that is not a task id, as an error (exit 65); 0 if all are.
+int check_ids(const std::vector<std::string>& ids) {
+    for (const auto& id : ids)
+        if (!valid_task_id(id))
+            return report(errc::invalid_task_id, "\"" + shown_id(id) + "\" is not a task id (1-128 of [A-Za-z0-9._-], "
+                                                 "not starting with '.')");
+    return ex_ok;
 }
 
 // ---- test hooks ---------------------------------------------------------------------------
@@ -478,7 +506,17 @@ int cmd_reap(const globals& g, bool quiet) {
     return ex_ok;
 }
 
-int cmd_status(const globals& g, bool json) {
+int cmd_status(const globals& g, bool json, const std::vector<std::string>& ids, const std::vector<std::string>& states) {
+    // The filters first: a bad one is a usage error whatever HOME holds.
+    std::vector<task_state> wanted_states;
+    for (const auto& name : states) {
+        auto st = parse_task_state(name);
+        if (!st)
+            throw cli::usage_error("--state \"" + shown_id(name) +
+                                   "\" is not a state (pending, notified, running, completed, error, cancelled)");
+        wanted_states.push_back(*st);
+    }
+    if (int bad = check_ids(ids)) return bad;
     require_home(g.home);
     auto d = open_home(g);
     quarantine_guard watch_quarantine(d.store());
@@ -488,11 +526,24 @@ int cmd_status(const globals& g, bool json) {
     const auto lim = d.current_limits();
     const auto sessions = d.store().list_sessions(ec);
     if (ec) return report(ec, "sessions: " + std::string(d.store().last_error_detail()));
-    const auto items = d.store().list_items(ec);
+    const auto all = d.store().list_items(ec);
     if (ec) return report(ec, "queue: " + std::string(d.store().last_error_detail()));
     const auto quarantined = d.store().quarantine_rows(ec);
     if (ec) return report(ec, "quarantine: " + std::string(d.store().last_error_detail()));
     d.flush_events();   // a row quarantined by these reads: its event goes out now
+    for (const auto& id : ids)
+        if (std::none_of(all.begin(), all.end(), [&](const queue_item& it) { return it.id == id; }))
+            return report(errc::unknown_task, no_task(d.store(), id));
+    // The counts are of every task; the list, of those the filters keep.
+    std::array<std::size_t, 6> counts{};
+    for (const auto& it : all) ++counts[static_cast<std::size_t>(it.state)];
+    std::vector<queue_item> items;
+    for (const auto& it : all)
+        if ((ids.empty() || std::find(ids.begin(), ids.end(), it.id) != ids.end()) &&
+            (wanted_states.empty() || std::find(wanted_states.begin(), wanted_states.end(), it.state) != wanted_states.end()))
+            items.push_back(it);
+    constexpr task_state state_order[] = {task_state::pending,   task_state::notified, task_state::running,
+                                          task_state::completed, task_state::error,    task_state::cancelled};
     if (json) {
         nlohmann::json j = {{"cap", lim.cap},
                             {"max_attempts", lim.max_attempts},
@@ -500,8 +551,10 @@ int cmd_status(const globals& g, bool json) {
                             {"live", rep.live},
                             {"pm_live", rep.pm_live},
                             {"quarantined", quarantined.size()},
+                            {"counts", nlohmann::json::object()},
                             {"sessions", nlohmann::json::array()},
                             {"tasks", nlohmann::json::array()}};
+        for (auto st : state_order) j["counts"][std::string(to_string(st))] = counts[static_cast<std::size_t>(st)];
         for (auto& s : sessions) j["sessions"].push_back(session_json(s));
         for (auto& it : items) j["tasks"].push_back(task_json(it));
         std::cout << j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) << "\n";
@@ -510,23 +563,52 @@ int cmd_status(const globals& g, bool json) {
     std::printf("home %s\ncap %d (max attempts %d, kill grace %s s): %d dev agent%s live, PM %s\n", g.home.c_str(),
                 lim.cap, lim.max_attempts, seconds_text(lim.kill_grace).c_str(), rep.live, rep.live == 1 ? "" : "s",
                 rep.pm_live ? "live" : "not running");
+    std::string summary;
+    for (auto st : state_order)
+        if (counts[static_cast<std::size_t>(st)] || st == task_state::pending || st == task_state::running)
+            summary += (summary.empty() ? "" : ", ") + std::to_string(counts[static_cast<std::size_t>(st)]) + " " +
+                       std::string(to_string(st));
+    std::printf("tasks: %s\n", summary.c_str());
     if (!quarantined.empty())
         std::printf("%zu record%s kept in the quarantine table (kugetsu check lists them)\n", quarantined.size(),
                     quarantined.size() == 1 ? "" : "s");
     if (items.empty()) {
-        std::printf("no tasks\n");
+        std::printf(all.empty() ? "no tasks\n" : "no task matches\n");
         return ex_ok;
     }
-    std::printf("%-32s %-4s %-10s %-8s %-8s %-5s %s\n", "TASK", "ROLE", "STATE", "ATTEMPTS", "PID", "EXIT", "COMMAND");
-    for (auto& it : items) {
-        std::string cmd;
-        for (auto& a : it.argv) cmd += (cmd.empty() ? "" : " ") + a;
-        if (cmd.size() > 60) cmd = cmd.substr(0, 57) + "...";
-        std::printf("%-32s %-4s %-10s %d/%-6d %-8s %-5s %s\n", it.id.c_str(), std::string(to_string(it.role)).c_str(),
-                    std::string(to_string(it.state)).c_str(), it.attempts, it.max_attempts,
-                    it.process ? std::to_string(it.process.pid).c_str() : "-",
-                    it.exit_code ? std::to_string(*it.exit_code).c_str() : "-", cmd.c_str());
-        if (!it.last_error.empty()) std::printf("    %s\n", it.last_error.c_str());
+    // Columns: the ids as wide as the widest (at most 32), the command gets what the terminal
+    // leaves (all of it when not on a terminal), the state coloured on a terminal.
+    const std::size_t width = cli::terminal_width(std::getenv("COLUMNS"));
+    const bool colour = cli::use_colour(std::getenv("NO_COLOR"));
+    std::size_t id_w = 4;
+    for (const auto& it : items) id_w = std::max(id_w, std::min<std::size_t>(cli::text_width(it.id), 32));
+    const auto now = std::chrono::time_point_cast<std::chrono::microseconds>(std::chrono::system_clock::now());
+    const std::string tail = " ROLE STATE     RUN ATTEMPTS PID      EXIT AGE     TIME    ";
+    // A narrow terminal narrows the ids first (to 8), so that the command keeps 10 columns.
+    if (width && id_w + tail.size() + 10 > width) id_w = std::max<std::size_t>(8, width > tail.size() + 10 ? width - tail.size() - 10 : 0);
+    const std::string head = cli::pad("TASK", id_w) + tail;
+    const std::size_t cmd_w = width == 0 ? 0 : width >= head.size() + 10 ? width - head.size() : 10;
+    std::printf("%sCOMMAND\n", head.c_str());
+    for (const auto& it : items) {
+        char attempts[24], run[16];
+        std::snprintf(attempts, sizeof attempts, "%d/%d", it.attempts, it.max_attempts);
+        std::snprintf(run, sizeof run, "%lld", static_cast<long long>(it.restarts) + 1);
+        const std::string age = cli::human_duration(now - it.enqueued_at);
+        std::string took = "-";
+        if (it.started_at) took = cli::human_duration((it.finished_at ? *it.finished_at : now) - *it.started_at);
+        const std::string state(to_string(it.state));
+        const char* c = colour ? cli::state_colour(it.state) : "";
+        std::string line = cli::pad(cli::fit(it.id, id_w), id_w) + " " + cli::pad(to_string(it.role), 4) + " " +
+                           (*c ? std::string(c) + cli::pad(state, 9) + "\033[0m" : cli::pad(state, 9)) + " " +
+                           cli::pad(run, 3) + " " + cli::pad(attempts, 8) + " " +
+                           cli::pad(it.process ? std::to_string(it.process.pid) : "-", 8) + " " +
+                           cli::pad(it.exit_code ? std::to_string(*it.exit_code) : "-", 4) + " " + cli::pad(age, 7) + " " +
+                           cli::pad(took, 7) + " " + cli::fit(cli::shell_join(it.argv), cmd_w);
+        std::printf("%s\n", line.c_str());
+        if (!it.last_error.empty() && it.state == task_state::error)
+            std::printf("    %s\n", cli::fit(it.last_error, width > 4 ? width - 4 : 0).c_str());
+        else if (!it.last_error.empty() && !is_final(it.state))
+            std::printf("    last error: %s\n", cli::fit(it.last_error, width > 16 ? width - 16 : 0).c_str());
     }
     return ex_ok;
 }
@@ -630,31 +712,6 @@ int cmd_cancel(const globals& g, const std::string& id, bool no_wait) {
         std::cout << id << " " << to_string(cur->state) << "\n";
         return ex_ok;
     });
-}
-
-/// An id from the command line as it may be quoted in a message: at most 160 bytes, control
-/// characters and bytes past ASCII as \xHH, so the message stays on one line.
-std::string shown_id(std::string_view id) {
-    std::string out;
-    for (unsigned char c : id.substr(0, 160)) {
-        if (c < 0x20 || c >= 0x7f || c == '"' || c == '\\') {
-            char hex[5];
-            std::snprintf(hex, sizeof hex, "\\x%02x", c);
-            out += hex;
-        } else {
-            out += static_cast<char>(c);
-        }
-    }
-    return id.size() > 160 ? out + "..." : out;
-}
-
-/// The first id that is not a task id, as an error (exit 65); 0 if all are.
-int check_ids(const std::vector<std::string>& ids) {
-    for (const auto& id : ids)
-        if (!valid_task_id(id))
-            return report(errc::invalid_task_id, "\"" + shown_id(id) + "\" is not a task id (1-128 of [A-Za-z0-9._-], "
-                                                 "not starting with '.')");
-    return ex_ok;
 }
 
 /// restart ID... , or retry --failed (`failed`: every task in state error).
@@ -856,7 +913,7 @@ int main(int argc, char** argv) {
         if (*cl.enqueue) return cmd_enqueue(g, cl.enqueue_flags);
         if (*cl.start) return cmd_start(g, cl.start_flags);
         if (*cl.daemon) return cmd_daemon(g, cl.once, cl.verbose);
-        if (*cl.status) return cmd_status(g, cl.json);
+        if (*cl.status) return cmd_status(g, cl.json, cl.status_ids, cl.status_states);
         if (*cl.wait) return cmd_wait(g, cl.wait_ids);
         if (*cl.cancel) return cmd_cancel(g, cl.cancel_id, cl.no_wait);
         if (*cl.logs) return cmd_logs(g, cl.logs_id, cl.follow_logs);

@@ -204,6 +204,7 @@ struct command_line {
     bool quiet = false;
     std::vector<std::string> config_args;
     std::vector<std::string> restart_ids, remove_ids;
+    std::vector<std::string> status_ids, status_states;
     bool retry_failed = false;
 
     CLI::App* enqueue = nullptr;
@@ -235,8 +236,13 @@ struct command_line {
         daemon->add_flag("--once", once, "One pass, then exit");
         daemon->add_flag("-v,--verbose", verbose, "Say what each pass did, on stderr");
 
-        status = app.add_subcommand("status", "Live agents and every task, with state, attempts and PID");
+        status = app.add_subcommand("status", "Live agents, counts per state, and the tasks (all, or those named), "
+                                              "with state, attempts, PID, age and time");
         status->add_flag("--json", json, "As one JSON object");
+        status->add_option("id", status_ids, "Only these tasks");
+        status->add_option("--state", status_states, "Only tasks in this state (pending, notified, running, completed, "
+                                                     "error, cancelled); repeat or separate with commas")
+            ->delimiter(',');
 
         wait = app.add_subcommand("wait", "Block until the tasks (default: all) are completed, error or cancelled; "
                                           "exit 0 if all completed, else 1");

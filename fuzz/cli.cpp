@@ -22,6 +22,7 @@
 
 #include "../cli/options.hpp"
 #include "check.hpp"
+#include "../cli/format.hpp"
 
 namespace {
 
@@ -88,6 +89,15 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
     cli::command_line cl;
     std::vector<const char*> argv{"kugetsu"};
     for (const auto& a : args) argv.push_back(a.c_str());
+    // What status prints of a command: one line, and never wider than asked.
+    {
+        const std::string shown = cli::shell_join(args);
+        KUGETSU_FUZZ_CHECK(shown.find('\n') == std::string::npos && shown.find('\r') == std::string::npos,
+                           what + ": a quoted command spans lines");
+        for (std::size_t w : {1u, 10u, 57u})
+            KUGETSU_FUZZ_CHECK(cli::text_width(cli::fit(shown, w)) <= w, what + ": fit() wider than " + std::to_string(w));
+        KUGETSU_FUZZ_CHECK(cli::fit(shown, 0) == shown, what + ": fit(0) changed the text");
+    }
     // main() refuses a word that names no command before CLI11 parses: CLI11 must never accept
     // a command line that this says has an unknown command.
     const auto unknown = cli::unknown_command(cl.app, args);

@@ -71,4 +71,46 @@ for c in $(ku --help | sed -n '/^Subcommands:/,/^$/{s/^  \([a-z][a-z-]*\) .*/\1/
     grep -qx "\.SS $c" "$MANPAGE" || fail "the man page has no section for $c"
 done
 grep -q "kugetsu $want" "$MANPAGE" || fail "the man page does not give version $want"
+# status: a summary line of every task, filters, columns that fit, the command with its quoting,
+# colours only on a terminal and without NO_COLOR.
+export KUGETSU_HOME="$T/st"
+expect_rc 0 ku enqueue --id quoted -- echo 'fix the bug' "it's" "$(printf 'two\nlines')"
+expect_rc 0 ku start --id failed -- sh -c 'exit 3'
+expect_rc 1 ku wait failed
+expect_rc 0 ku start --id "$(printf 'w%.0s' $(seq 1 40))" -- true
+expect_rc 0 ku wait "$(printf 'w%.0s' $(seq 1 40))"
+expect_rc 0 ku status
+grep -qx 'tasks: 1 pending, 0 running, 1 completed, 1 error' "$T/out" || fail "summary line: $(cat "$T/out")"
+cat >"$T/want-quoted" <<'TXT'
+echo 'fix the bug' 'it'\''s' 'two\x0alines'
+TXT
+grep "^quoted " "$T/out" | grep -qF -- "$(cat "$T/want-quoted")" || fail "quoting: $(grep ^quoted "$T/out")"
+grep -q "^failed .*error .* 3 " "$T/out" || fail "failed row: $(grep ^failed "$T/out")"
+grep -q "^w\{31\}… " "$T/out" || fail "a long id is not cut to 32 columns: $(grep ^w "$T/out")"
+! grep -q $'\033' "$T/out" || fail "colours in piped output"
+COLUMNS=80 ku status >"$T/narrow" 3>&- 4>&-
+python3 - "$T/narrow" <<'PY' || fail "lines wider than COLUMNS=80: $(cat "$T/narrow")"
+import sys
+rows = [l for l in open(sys.argv[1], encoding="utf-8").read().splitlines() if l.startswith(("quoted", "failed", "w"))]
+assert len(rows) == 3 and all(len(l) <= 80 for l in rows), [len(l) for l in rows]
+assert any(l.endswith("\u2026") for l in rows), rows
+PY
+expect_rc 0 ku status failed
+[ "$(grep -c '^\(quoted\|failed\|w\)' "$T/out")" -eq 1 ] || fail "status failed listed: $(cat "$T/out")"
+expect_rc 0 ku status --state pending,error
+[ "$(grep -c '^\(quoted\|failed\|w\)' "$T/out")" -eq 2 ] || fail "--state pending,error listed: $(cat "$T/out")"
+expect_rc 0 ku status --state cancelled
+grep -qx 'no task matches' "$T/out" || fail "an empty filter said: $(cat "$T/out")"
+expect_rc 64 ku status --state bogus
+grep -q '"bogus" is not a state' "$T/err" || fail "--state bogus said: $(cat "$T/err")"
+expect_rc 65 ku status nosuch
+grep -q 'no task "nosuch"' "$T/err" || fail "status nosuch said: $(cat "$T/err")"
+got=$(json_get "j['counts']['error'], j['counts']['pending'], len(j['tasks'])")
+[ "$got" = "1 1 3" ] || fail "status --json counts: $got"
+if command -v script >/dev/null; then
+    script -qec "$KUGETSU status" /dev/null >"$T/tty" </dev/null
+    grep -q $'\033\[31merror' "$T/tty" || fail "no colour on a terminal: $(cat -v "$T/tty")"
+    NO_COLOR=1 script -qec "$KUGETSU status" /dev/null >"$T/tty" </dev/null
+    ! grep -q $'\033' "$T/tty" || fail "colour with NO_COLOR: $(cat -v "$T/tty")"
+fi
 echo ok
