@@ -2,16 +2,19 @@
 // daemon, watch it. Built on the library's public API (and plain POSIX); docs/cli.md is its
 // manual.
 //
-//   kugetsu [--home DIR] enqueue [--id ID] [--timeout S] [--worktree REPO] -- CMD [ARG...]
-//   kugetsu [--home DIR] start [--id ID] [--role dev|pm] [--timeout S] [--worktree REPO] -- CMD...
+//   kugetsu [--home DIR] enqueue [--id ID] [--timeout S] [--worktree REPO] [--group G] [--priority N]
+//                                [--after ID...] -- CMD [ARG...]
+//   kugetsu [--home DIR] start [--id ID] [--role dev|pm] [--timeout S] [--worktree REPO] [--group G]
+//                              [--wait] -- CMD...
+//   kugetsu [--home DIR] pause|resume [--group G]
 //   kugetsu [--home DIR] daemon [--once] [--verbose]
-//   kugetsu [--home DIR] status [--json]
+//   kugetsu [--home DIR] status [--json] [--state S] [--group G] [ID...]
 //   kugetsu [--home DIR] wait [ID...]
 //   kugetsu [--home DIR] cancel ID [--no-wait]
 //   kugetsu [--home DIR] logs ID [--follow]
 //   kugetsu [--home DIR] events [--follow] [--since SEQ]
 //   kugetsu [--home DIR] reap [--quiet]
-//   kugetsu [--home DIR] config [cap N | max-attempts N | kill-grace S]
+//   kugetsu [--home DIR] config [cap N | max-attempts N | kill-grace S | group G cap N|none]
 //   kugetsu [--home DIR] check
 //
 // Exit status (sysexits.h): 0 success; 1 the task failed (start: every attempt failed;
@@ -84,6 +87,8 @@ int exit_code_for(const std::error_code& ec) {
         case errc::invalid_record:
         case errc::unsupported_version:
         case errc::reserved_task_id:
+        case errc::invalid_group:
+        case errc::dependency_cycle:
         case errc::duplicate_task:
         case errc::unknown_task:
         case errc::invalid_transition:
@@ -338,6 +343,9 @@ nlohmann::json task_json(const queue_item& it) {
             {"pid", it.process ? nlohmann::json(it.process.pid) : nlohmann::json(nullptr)},
             {"exit_code", it.exit_code ? nlohmann::json(*it.exit_code) : nlohmann::json(nullptr)},
             {"argv", it.argv},
+            {"priority", it.priority},
+            {"group", it.group.empty() ? nlohmann::json(nullptr) : nlohmann::json(it.group)},
+            {"after", it.after},
             {"enqueued_at", format_rfc3339(it.enqueued_at)},
             {"started_at", it.started_at ? nlohmann::json(format_rfc3339(*it.started_at)) : nlohmann::json(nullptr)},
             {"finished_at", it.finished_at ? nlohmann::json(format_rfc3339(*it.finished_at)) : nlohmann::json(nullptr)},
@@ -363,27 +371,6 @@ int cmd_enqueue(const globals& g, const task_flags& f) {
     if (ec) return report(ec, d.last_error_detail());
     warn_notifier(d);
     std::cout << it.id << "\n";
-    return ex_ok;
-}
-
-int cmd_start(const globals& g, const task_flags& f) {
-    auto d = open_home(g);
-    quarantine_guard watch_quarantine(d.store());
-    std::error_code ec;
-    const auto spec = f.spec();
-    const auto r = d.start(spec, ec);
-    if (ec == errc::pm_already_running) {
-        std::cerr << "kugetsu: no free slot: a PM agent is already running\n";
-        return ex_tempfail;
-    }
-    if (ec) return report(ec, d.last_error_detail());
-    if (r.status == start_status::no_slot) {
-        std::cerr << "kugetsu: no free slot: the cap (" << d.current_limits().cap
-                  << " dev agents) is reached; nothing was started or recorded\n";
-        return ex_tempfail;
-    }
-    warn_notifier(d);
-    std::cout << r.item.id << " " << r.item.process.pid << "\n";
     return ex_ok;
 }
 
@@ -506,16 +493,20 @@ int cmd_reap(const globals& g, bool quiet) {
     return ex_ok;
 }
 
-int cmd_status(const globals& g, bool json, const std::vector<std::string>& ids, const std::vector<std::string>& states) {
+int cmd_status(const globals& g, bool json, const std::vector<std::string>& ids, const std::vector<std::string>& states,
+               const std::vector<std::string>& groups) {
     // The filters first: a bad one is a usage error whatever HOME holds.
     std::vector<task_state> wanted_states;
     for (const auto& name : states) {
         auto st = parse_task_state(name);
         if (!st)
             throw cli::usage_error("--state \"" + shown_id(name) +
-                                   "\" is not a state (pending, notified, running, completed, error, cancelled)");
+                                   "\" is not a state (waiting, pending, notified, running, completed, error, cancelled)");
         wanted_states.push_back(*st);
     }
+    for (const auto& gname : groups)
+        if (!valid_group_name(gname))
+            return report(errc::invalid_group, "--group \"" + shown_id(gname) + "\": " + make_error_code(errc::invalid_group).message());
     if (int bad = check_ids(ids)) return bad;
     require_home(g.home);
     auto d = open_home(g);
@@ -530,20 +521,34 @@ int cmd_status(const globals& g, bool json, const std::vector<std::string>& ids,
     if (ec) return report(ec, "queue: " + std::string(d.store().last_error_detail()));
     const auto quarantined = d.store().quarantine_rows(ec);
     if (ec) return report(ec, "quarantine: " + std::string(d.store().last_error_detail()));
+    const auto sched = d.store().get_schedule(ec);
+    if (ec) return report(ec, d.store().last_error_detail());
     d.flush_events();   // a row quarantined by these reads: its event goes out now
     for (const auto& id : ids)
         if (std::none_of(all.begin(), all.end(), [&](const queue_item& it) { return it.id == id; }))
             return report(errc::unknown_task, no_task(d.store(), id));
     // The counts are of every task; the list, of those the filters keep.
-    std::array<std::size_t, 6> counts{};
+    std::array<std::size_t, std::size(all_task_states)> counts{};
     for (const auto& it : all) ++counts[static_cast<std::size_t>(it.state)];
     std::vector<queue_item> items;
     for (const auto& it : all)
         if ((ids.empty() || std::find(ids.begin(), ids.end(), it.id) != ids.end()) &&
-            (wanted_states.empty() || std::find(wanted_states.begin(), wanted_states.end(), it.state) != wanted_states.end()))
+            (wanted_states.empty() || std::find(wanted_states.begin(), wanted_states.end(), it.state) != wanted_states.end()) &&
+            (groups.empty() || std::find(groups.begin(), groups.end(), it.group) != groups.end()))
             items.push_back(it);
-    constexpr task_state state_order[] = {task_state::pending,   task_state::notified, task_state::running,
-                                          task_state::completed, task_state::error,    task_state::cancelled};
+    const auto& state_order = all_task_states;
+    // The groups: those with a policy, those of a task, and those asked for.
+    std::vector<std::string> group_names;
+    for (const auto& [name, p] : sched.groups) group_names.push_back(name);
+    for (const auto& it : all)
+        if (!it.group.empty()) group_names.push_back(it.group);
+    for (const auto& gname : groups) group_names.push_back(gname);
+    std::sort(group_names.begin(), group_names.end());
+    group_names.erase(std::unique(group_names.begin(), group_names.end()), group_names.end());
+    auto live_in = [&](const std::string& gname) {
+        const auto n = rep.group_live.find(gname);
+        return n == rep.group_live.end() ? 0 : n->second;
+    };
     if (json) {
         nlohmann::json j = {{"cap", lim.cap},
                             {"max_attempts", lim.max_attempts},
@@ -551,10 +556,21 @@ int cmd_status(const globals& g, bool json, const std::vector<std::string>& ids,
                             {"live", rep.live},
                             {"pm_live", rep.pm_live},
                             {"quarantined", quarantined.size()},
+                            {"paused", sched.paused},
+                            {"groups", nlohmann::json::object()},
                             {"counts", nlohmann::json::object()},
                             {"sessions", nlohmann::json::array()},
                             {"tasks", nlohmann::json::array()}};
         for (auto st : state_order) j["counts"][std::string(to_string(st))] = counts[static_cast<std::size_t>(st)];
+        for (const auto& gname : group_names) {
+            const auto p = sched.group(gname);
+            std::size_t pending = 0;
+            for (const auto& it : all) pending += it.group == gname && it.state == task_state::pending;
+            j["groups"][gname] = {{"cap", p.cap ? nlohmann::json(*p.cap) : nlohmann::json(nullptr)},
+                                  {"paused", p.paused},
+                                  {"live", live_in(gname)},
+                                  {"pending", pending}};
+        }
         for (auto& s : sessions) j["sessions"].push_back(session_json(s));
         for (auto& it : items) j["tasks"].push_back(task_json(it));
         std::cout << j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) << "\n";
@@ -568,7 +584,16 @@ int cmd_status(const globals& g, bool json, const std::vector<std::string>& ids,
         if (counts[static_cast<std::size_t>(st)] || st == task_state::pending || st == task_state::running)
             summary += (summary.empty() ? "" : ", ") + std::to_string(counts[static_cast<std::size_t>(st)]) + " " +
                        std::string(to_string(st));
-    std::printf("tasks: %s\n", summary.c_str());
+    std::printf("tasks: %s%s\n", summary.c_str(), sched.paused ? "; the queue is PAUSED (kugetsu resume)" : "");
+    if (!group_names.empty()) {
+        std::string line;
+        for (const auto& gname : group_names) {
+            const auto p = sched.group(gname);
+            line += (line.empty() ? "" : ", ") + gname + " " + std::to_string(live_in(gname)) + "/" +
+                    (p.cap ? std::to_string(*p.cap) : std::string("-")) + (p.paused ? " paused" : "");
+        }
+        std::printf("groups (live/cap): %s\n", line.c_str());
+    }
     if (!quarantined.empty())
         std::printf("%zu record%s kept in the quarantine table (kugetsu check lists them)\n", quarantined.size(),
                     quarantined.size() == 1 ? "" : "s");
@@ -583,7 +608,16 @@ int cmd_status(const globals& g, bool json, const std::vector<std::string>& ids,
     std::size_t id_w = 4;
     for (const auto& it : items) id_w = std::max(id_w, std::min<std::size_t>(cli::text_width(it.id), 32));
     const auto now = std::chrono::time_point_cast<std::chrono::microseconds>(std::chrono::system_clock::now());
-    const std::string tail = " ROLE STATE     RUN ATTEMPTS PID      EXIT AGE     TIME    ";
+    // GROUP and PRI only when a task listed has one.
+    std::size_t group_w = 0;
+    bool with_priority = false;
+    for (const auto& it : items) {
+        if (!it.group.empty()) group_w = std::max(group_w, std::min<std::size_t>(std::max<std::size_t>(it.group.size(), 5), 16));
+        with_priority = with_priority || it.priority != 0;
+    }
+    const std::string tail = " ROLE STATE     RUN ATTEMPTS PID      EXIT AGE     TIME    " +
+                             (group_w ? cli::pad("GROUP", group_w) + " " : std::string()) +
+                             (with_priority ? std::string("PRI     ") : std::string());
     // A narrow terminal narrows the ids first (to 8), so that the command keeps 10 columns.
     if (width && id_w + tail.size() + 10 > width) id_w = std::max<std::size_t>(8, width > tail.size() + 10 ? width - tail.size() - 10 : 0);
     const std::string head = cli::pad("TASK", id_w) + tail;
@@ -603,12 +637,20 @@ int cmd_status(const globals& g, bool json, const std::vector<std::string>& ids,
                            cli::pad(run, 3) + " " + cli::pad(attempts, 8) + " " +
                            cli::pad(it.process ? std::to_string(it.process.pid) : "-", 8) + " " +
                            cli::pad(it.exit_code ? std::to_string(*it.exit_code) : "-", 4) + " " + cli::pad(age, 7) + " " +
-                           cli::pad(took, 7) + " " + cli::fit(cli::shell_join(it.argv), cmd_w);
+                           cli::pad(took, 7) + " " +
+                           (group_w ? cli::pad(cli::fit(it.group.empty() ? "-" : it.group, group_w), group_w) + " " : std::string()) +
+                           (with_priority ? cli::pad(std::to_string(it.priority), 7) + " " : std::string()) +
+                           cli::fit(cli::shell_join(it.argv), cmd_w);
         std::printf("%s\n", line.c_str());
         if (!it.last_error.empty() && it.state == task_state::error)
             std::printf("    %s\n", cli::fit(it.last_error, width > 4 ? width - 4 : 0).c_str());
         else if (!it.last_error.empty() && !is_final(it.state))
             std::printf("    last error: %s\n", cli::fit(it.last_error, width > 16 ? width - 16 : 0).c_str());
+        if (it.state == task_state::waiting) {
+            std::string names;
+            for (const auto& a : it.after) names += (names.empty() ? "" : " ") + a;
+            std::printf("    after: %s\n", cli::fit(names, width > 11 ? width - 11 : 0).c_str());
+        }
     }
     return ex_ok;
 }
@@ -654,6 +696,55 @@ int until(const globals& g, cli_dispatcher& d, Done done, const std::string& als
         }
         if (w.wait(plan.deadline, plan.owners, plan.agents, ec) == watcher::wake::signal) return 128 + w.last_signal();
     }
+}
+
+/// Why start() left a task unstarted, for its message.
+std::string not_started(cli_dispatcher& d, const task_spec& spec, start_status st) {
+    if (st == start_status::paused) {
+        std::error_code ec;
+        const auto sc = d.store().get_schedule(ec);
+        return !ec && !sc.paused && !spec.group.empty() ? "group \"" + spec.group + "\" is paused (kugetsu resume --group " + spec.group + ")"
+                                                        : std::string("the queue is paused (kugetsu resume)");
+    }
+    std::string why = "no free slot: ";
+    std::error_code ec;
+    const auto sc = d.store().get_schedule(ec);
+    const auto gcap = spec.group.empty() || ec ? std::nullopt : sc.group(spec.group).cap;
+    const auto rep_live = d.reap(ec);
+    if (gcap && !ec) {
+        const auto n = rep_live.group_live.find(spec.group);
+        if (n != rep_live.group_live.end() && n->second >= *gcap)
+            return why + "group \"" + spec.group + "\" has its cap of " + std::to_string(*gcap) + " live";
+    }
+    return why + "the cap (" + std::to_string(d.current_limits().cap) + " dev agents) is reached";
+}
+
+int cmd_start(const globals& g, const task_flags& f, bool wait) {
+    auto d = open_home(g);
+    quarantine_guard watch_quarantine(d.store());
+    const auto spec = f.spec();
+    auto attempt = [&]() -> int {
+        std::error_code ec;
+        const auto r = d.start(spec, ec);
+        if (ec == errc::pm_already_running) {
+            if (wait) return -1;
+            std::cerr << "kugetsu: no free slot: a PM agent is already running\n";
+            return ex_tempfail;
+        }
+        if (ec) return report(ec, d.last_error_detail());
+        if (r.status == start_status::no_slot || r.status == start_status::paused) {
+            if (wait) return -1;
+            std::cerr << "kugetsu: " << not_started(d, spec, r.status) << "; nothing was started or recorded\n";
+            return ex_tempfail;
+        }
+        warn_notifier(d);
+        std::cout << r.item.id << " " << r.item.process.pid << "\n";
+        return ex_ok;
+    };
+    if (!wait) return attempt();
+    // --wait: tried again whenever HOME changes (a commit rings the bell, an agent's end closes
+    // its slot file); in between it sleeps. Interrupted, it has changed nothing.
+    return until(g, d, attempt);
 }
 
 int cmd_wait(const globals& g, std::vector<std::string> ids) {
@@ -840,7 +931,46 @@ int cmd_events(const globals& g, bool follow, const std::string& since_text) {
     }
 }
 
+int cmd_pause(const globals& g, const std::string& group, bool pause) {
+    if (!group.empty() && !valid_group_name(group))
+        return report(errc::invalid_group, "--group \"" + shown_id(group) + "\": " + make_error_code(errc::invalid_group).message());
+    auto d = open_home(g);
+    quarantine_guard watch_quarantine(d.store());
+    std::error_code ec;
+    const auto sc = pause ? d.pause(group, ec) : d.resume(group, ec);
+    if (ec) return report(ec, d.last_error_detail());
+    const char* verb = pause ? "paused" : "resumed";
+    if (group.empty()) std::printf("queue %s\n", verb);
+    else std::printf("group %s %s%s\n", group.c_str(), verb, sc.paused ? " (the whole queue is still paused)" : "");
+    return ex_ok;
+}
+
+/// The groups of the schedule as `config` prints them: "group G cap N[ paused]".
+void print_groups(const queue_schedule& sc) {
+    if (sc.paused) std::printf("paused\n");
+    for (const auto& [name, p] : sc.groups)
+        std::printf("group %s cap %s%s\n", name.c_str(), p.cap ? std::to_string(*p.cap).c_str() : "none",
+                    p.paused ? " paused" : "");
+}
+
 int cmd_config(const globals& g, const std::vector<std::string>& args) {
+    if (!args.empty() && args[0] == "group") {
+        if (args.size() != 4 || args[2] != "cap")
+            throw cli::usage_error("config group: give a group, \"cap\" and a value: group G cap N|none");
+        if (!valid_group_name(args[1]))
+            return report(errc::invalid_group, "group \"" + shown_id(args[1]) + "\": " + make_error_code(errc::invalid_group).message());
+        std::optional<int> cap;
+        if (args[3] != "none") cap = cli::parse_int("group " + args[1] + " cap", args[3], 1, max_cap);
+        auto d = open_home(g, /*expect=*/false);
+        quarantine_guard watch_quarantine(d.store());
+        std::error_code ec;
+        const auto sc = d.set_group_cap(args[1], cap, ec);
+        if (ec) return report(ec, d.last_error_detail());
+        const auto p = sc.group(args[1]);
+        std::printf("group %s cap %s%s\n", args[1].c_str(), p.cap ? std::to_string(*p.cap).c_str() : "none",
+                    p.paused ? " paused" : "");
+        return ex_ok;
+    }
     if (args.empty()) require_home(g.home);
     auto d = open_home(g, /*expect=*/false);
     quarantine_guard watch_quarantine(d.store());
@@ -848,16 +978,20 @@ int cmd_config(const globals& g, const std::vector<std::string>& args) {
     auto lim = d.limits(ec);
     if (ec) return report(ec, d.last_error_detail());
     if (!args.empty()) {
-        if (args.size() != 2) throw cli::usage_error("config: give a setting and a value: cap N | max-attempts N | kill-grace S");
+        if (args.size() != 2)
+            throw cli::usage_error("config: give a setting and a value: cap N | max-attempts N | kill-grace S | group G cap N|none");
         const auto env = [&](const char* name) -> const char* { return name == std::string_view("V") ? args[1].c_str() : nullptr; };
         if (args[0] == "cap") lim.cap = cli::env_int(env, "V", 0, 1, max_cap);
         else if (args[0] == "max-attempts") lim.max_attempts = cli::env_int(env, "V", 0, 1, max_attempts_limit);
         else if (args[0] == "kill-grace") lim.kill_grace = cli::parse_seconds("kill-grace", args[1], /*allow_zero=*/true);
-        else throw cli::usage_error("config: unknown setting \"" + args[0] + "\" (cap, max-attempts, kill-grace)");
+        else throw cli::usage_error("config: unknown setting \"" + shown_id(args[0]) + "\" (cap, max-attempts, kill-grace, group)");
         d.set_limits(lim, ec);
         if (ec) return report(ec, d.last_error_detail());
     }
     std::printf("cap %d\nmax-attempts %d\nkill-grace %s\n", lim.cap, lim.max_attempts, seconds_text(lim.kill_grace).c_str());
+    const auto sc = d.store().get_schedule(ec);
+    if (ec) return report(ec, d.store().last_error_detail());
+    print_groups(sc);
     return ex_ok;
 }
 
@@ -911,9 +1045,9 @@ int main(int argc, char** argv) {
     try {
         const globals g = load_globals(cl.home);
         if (*cl.enqueue) return cmd_enqueue(g, cl.enqueue_flags);
-        if (*cl.start) return cmd_start(g, cl.start_flags);
+        if (*cl.start) return cmd_start(g, cl.start_flags, cl.start_wait);
         if (*cl.daemon) return cmd_daemon(g, cl.once, cl.verbose);
-        if (*cl.status) return cmd_status(g, cl.json, cl.status_ids, cl.status_states);
+        if (*cl.status) return cmd_status(g, cl.json, cl.status_ids, cl.status_states, cl.status_groups);
         if (*cl.wait) return cmd_wait(g, cl.wait_ids);
         if (*cl.cancel) return cmd_cancel(g, cl.cancel_id, cl.no_wait);
         if (*cl.logs) return cmd_logs(g, cl.logs_id, cl.follow_logs);
@@ -924,6 +1058,8 @@ int main(int argc, char** argv) {
         if (*cl.restart) return cmd_restart(g, cl.restart_ids, false);
         if (*cl.retry) return cmd_restart(g, {}, true);
         if (*cl.remove) return cmd_remove(g, cl.remove_ids);
+        if (*cl.pause) return cmd_pause(g, cl.pause_group, true);
+        if (*cl.resume) return cmd_pause(g, cl.resume_group, false);
     } catch (const cli::usage_error& e) {
         std::cerr << "kugetsu: " << e.what() << "\n";
         return ex_usage;

@@ -15,6 +15,7 @@
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
+#include <algorithm>
 #include <cstring>
 #include <ctime>
 #include <functional>
@@ -75,6 +76,16 @@ inline int env_int(const environment& env, const char* name, int def, int lo, in
         throw usage_error(std::string(name) + "=\"" + v + "\" is not a whole number in " + std::to_string(lo) +
                           ".." + std::to_string(hi));
     return static_cast<int>(n);
+}
+
+/// A whole number in lo..hi given as option `what` (digits, with '-' for a negative one).
+inline int parse_int(const std::string& what, const std::string& v, int lo, int hi) {
+    const auto env = [&](const char*) -> const char* { return v.c_str(); };
+    try {
+        return env_int(env, "V", lo, lo, hi);
+    } catch (const usage_error&) {
+        throw usage_error(what + " \"" + v + "\" is not a whole number in " + std::to_string(lo) + ".." + std::to_string(hi));
+    }
 }
 
 /// A number of seconds (decimals allowed), rounded up to whole milliseconds.
@@ -153,6 +164,9 @@ struct task_flags {
     std::string timeout;
     std::string worktree;
     std::string role = "dev";
+    std::string priority;
+    std::string group;
+    std::vector<std::string> after;
     std::vector<std::string> argv;
     const CLI::Option* id_option = nullptr;
 
@@ -166,16 +180,40 @@ struct task_flags {
         if (!timeout.empty()) s.timeout = parse_seconds("--timeout", timeout);
         if (!worktree.empty()) s.repo = absolute(worktree);
         s.workdir = current_dir();
+        if (!priority.empty()) s.priority = parse_int("--priority", priority, -max_priority, max_priority);
+        if (!group.empty() && !valid_group_name(group))
+            throw error(errc::invalid_group, "--group \"" + group.substr(0, 80) + "\"");
+        s.group = group;
+        for (const auto& a : after) {
+            if (!valid_task_id(a))
+                throw error(errc::invalid_task_id, "--after \"" + a.substr(0, 160) + "\": not a task id");
+            if (std::find(s.after.begin(), s.after.end(), a) == s.after.end()) s.after.push_back(a);
+        }
+        if (s.after.size() > max_after_count)
+            throw usage_error("--after names " + std::to_string(s.after.size()) + " tasks (at most " +
+                              std::to_string(max_after_count) + ")");
         if (auto ec = validate(s); ec == errc::invalid_task_id || ec == errc::reserved_task_id)
             throw error(ec, "--id \"" + s.id.substr(0, 160) + "\"");
+        if (std::find(s.after.begin(), s.after.end(), s.id) != s.after.end())
+            throw error(errc::dependency_cycle, "--after \"" + s.id + "\" names the task itself");
+        if (s.role == role::pm && !s.group.empty()) throw usage_error("--group: the PM agent belongs to no group");
         return s;
     }
 };
 
-inline void add_task_flags(CLI::App* c, task_flags& f, bool with_role) {
+inline void add_task_flags(CLI::App* c, task_flags& f, bool queued) {
+    const bool with_role = !queued;
     f.id_option = c->add_option("--id", f.id, "Task id: 1-128 of [A-Za-z0-9._-], not starting with '.' or '-' (default: generated)");
     c->add_option("--timeout", f.timeout, "Stop the agent after this many seconds (SIGTERM, then SIGKILL)");
     c->add_option("--worktree", f.worktree, "Run the agent in a new git worktree of REPO (branch kugetsu/<id>)");
+    c->add_option("--group", f.group, "Its group: the group's cap and pause apply (kugetsu config group G cap N)");
+    if (queued) {
+        c->add_option("--priority", f.priority, "Higher runs first (-1000000..1000000, default 0); equal: enqueue order");
+        c->add_option("--after", f.after, "Run only once these tasks have completed (if one fails, this one ends "
+                                          "error, dependency_failed); repeat or separate with commas")
+            ->delimiter(',')
+            ->allow_extra_args(false);   // one value (a comma list) per use: `--after a -- CMD` keeps its `--`
+    }
     if (with_role)
         c->add_option("--role", f.role, "dev (counts toward the cap) or pm (the one project-manager agent)")
             ->check(CLI::IsMember({"dev", "pm"}));
@@ -206,6 +244,9 @@ struct command_line {
     std::vector<std::string> restart_ids, remove_ids;
     std::vector<std::string> status_ids, status_states;
     bool retry_failed = false;
+    bool start_wait = false;
+    std::string pause_group, resume_group;
+    std::vector<std::string> status_groups;
 
     CLI::App* enqueue = nullptr;
     CLI::App* start = nullptr;
@@ -221,6 +262,8 @@ struct command_line {
     CLI::App* restart = nullptr;
     CLI::App* retry = nullptr;
     CLI::App* remove = nullptr;
+    CLI::App* pause = nullptr;
+    CLI::App* resume = nullptr;
 
     command_line() {
         app.require_subcommand(1);
@@ -228,9 +271,10 @@ struct command_line {
         app.add_option("--home", home, "State directory (default: $KUGETSU_HOME, else ${XDG_STATE_HOME:-~/.local/state}/kugetsu)");
 
         enqueue = app.add_subcommand("enqueue", "Add a pending task; the daemon starts it when a slot is free");
-        add_task_flags(enqueue, enqueue_flags, false);
+        add_task_flags(enqueue, enqueue_flags, /*queued=*/true);
         start = app.add_subcommand("start", "Start an agent now if a slot is free (else exit 75, nothing recorded)");
-        add_task_flags(start, start_flags, true);
+        add_task_flags(start, start_flags, /*queued=*/false);
+        start->add_flag("--wait", start_wait, "No free slot, or paused: wait until it can start (instead of exit 75)");
 
         daemon = app.add_subcommand("daemon", "Run the queue: start tasks whenever a slot frees or a task arrives");
         daemon->add_flag("--once", once, "One pass, then exit");
@@ -240,9 +284,13 @@ struct command_line {
                                               "with state, attempts, PID, age and time");
         status->add_flag("--json", json, "As one JSON object");
         status->add_option("id", status_ids, "Only these tasks");
-        status->add_option("--state", status_states, "Only tasks in this state (pending, notified, running, completed, "
-                                                     "error, cancelled); repeat or separate with commas")
-            ->delimiter(',');
+        status->add_option("--state", status_states, "Only tasks in this state (waiting, pending, notified, running, "
+                                                     "completed, error, cancelled); repeat or separate with commas")
+            ->delimiter(',')
+            ->allow_extra_args(false);   // one value (a comma list) per use: `--after a -- CMD` keeps its `--`
+        status->add_option("--group", status_groups, "Only tasks of this group; repeat or separate with commas")
+            ->delimiter(',')
+            ->allow_extra_args(false);   // one value (a comma list) per use: `--after a -- CMD` keeps its `--`
 
         wait = app.add_subcommand("wait", "Block until the tasks (default: all) are completed, error or cancelled; "
                                           "exit 0 if all completed, else 1");
@@ -263,8 +311,10 @@ struct command_line {
         reap = app.add_subcommand("reap", "Record the ends of agents that have exited (supervisors run this)");
         reap->add_flag("-q,--quiet", quiet, "Print nothing");
 
-        config = app.add_subcommand("config", "Show HOME's limits, or change one: cap N, max-attempts N, kill-grace S");
-        config->add_option("setting", config_args, "cap N | max-attempts N | kill-grace SECONDS")->expected(0, 2);
+        config = app.add_subcommand("config", "Show HOME's limits and groups, or change one: cap N, max-attempts N, "
+                                              "kill-grace S, group G cap N|none");
+        config->add_option("setting", config_args, "cap N | max-attempts N | kill-grace SECONDS | group G cap N|none")
+            ->expected(0, 4);
 
         check = app.add_subcommand("check", "Check HOME's database: SQLite's integrity check and every row");
 
@@ -276,6 +326,10 @@ struct command_line {
         remove = app.add_subcommand("remove", "Delete pending or finished tasks and their logs (events stay); "
                                               "all or none");
         remove->add_option("id", remove_ids, "Task ids (not notified or running)")->required();
+        pause = app.add_subcommand("pause", "Start no new agents (the whole queue, or one group); running ones go on");
+        pause->add_option("--group", pause_group, "Only this group");
+        resume = app.add_subcommand("resume", "Start agents again after pause (the whole queue, or one group)");
+        resume->add_option("--group", resume_group, "Only this group");
     }
     command_line(const command_line&) = delete;
     command_line& operator=(const command_line&) = delete;

@@ -234,6 +234,11 @@ public:
         return fails(ec) ? std::vector<event>{} : inner_.events_after(seq, limit, ec);
     }
     std::optional<limits> get_limits(std::error_code& ec) { return fails(ec) ? std::nullopt : inner_.get_limits(ec); }
+    std::vector<queue_item> runnable(std::size_t limit, const std::vector<std::string>& skip, std::error_code& ec) {
+        return fails(ec) ? std::vector<queue_item>{} : inner_.runnable(limit, skip, ec);
+    }
+    queue_schedule get_schedule(std::error_code& ec) { return fails(ec) ? queue_schedule{} : inner_.get_schedule(ec); }
+    void put_schedule(const queue_schedule& sc, std::error_code& ec) { write(ec, world::limits_bit, [&] { inner_.put_schedule(sc, ec); }); }
 
 private:
     bool fails(std::error_code& ec) {

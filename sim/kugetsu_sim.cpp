@@ -57,7 +57,11 @@ idle slot).
                        fix3 the lock, fix4 one pass takes only the free slots); or a
                        deliberately wrong variant of fixed: fixed+release-before-commit
                        (held agents released before their sessions commit),
-                       fixed+at-most-once-events (no outbox: a killed process loses events)
+                       fixed+at-most-once-events (no outbox: a killed process loses events);
+                       fixed+scheduling: groups with caps, priorities, dependencies and a
+                       pauser, with their invariants (group_cap, dependency, paused,
+                       priority); its wrong variants, each caught: +ignore-group-caps,
+                       +ignore-pause, +wrong-priority, +ignore-dependencies
   --seed N             the seed of agent durations, faults and exploration (default 1)
   --explore MODE       random (the default), pct, exhaustive, or commit-kills (for each
                        commit of a random schedule, the committing process killed just
@@ -150,13 +154,29 @@ void parse_design(std::string_view text, ks::scenario& sc) {
         sc.fixed = {true, true, true, true};
         sc.release_before_commit = false;
         sc.outbox = true;
+        sc.scheduling = sc.ignore_group_caps = sc.ignore_pause = sc.wrong_priority = sc.ignore_dependencies = false;
         for (std::size_t i = 1; i < parts.size(); ++i) {
-            if (parts[i] == "release-before-commit" && !sc.release_before_commit) sc.release_before_commit = true;
-            else if (parts[i] == "at-most-once-events" && sc.outbox) sc.outbox = false;
-            else
-                throw usage_error("--design: unknown or repeated part '" + std::string(parts[i]) + "' in '" +
-                                  std::string(text) + "' (expected release-before-commit or at-most-once-events)");
+            auto once = [&](bool& flag, bool value) {
+                if (flag == value) return false;
+                flag = value;
+                return true;
+            };
+            const auto p = parts[i];
+            const bool ok = (p == "release-before-commit" && once(sc.release_before_commit, true)) ||
+                            (p == "at-most-once-events" && once(sc.outbox, false)) ||
+                            (p == "scheduling" && once(sc.scheduling, true)) ||
+                            (p == "ignore-group-caps" && once(sc.ignore_group_caps, true)) ||
+                            (p == "ignore-pause" && once(sc.ignore_pause, true)) ||
+                            (p == "wrong-priority" && once(sc.wrong_priority, true)) ||
+                            (p == "ignore-dependencies" && once(sc.ignore_dependencies, true));
+            if (!ok)
+                throw usage_error("--design: unknown or repeated part '" + std::string(p) + "' in '" + std::string(text) +
+                                  "' (expected release-before-commit, at-most-once-events, scheduling, ignore-group-caps, "
+                                  "ignore-pause, wrong-priority or ignore-dependencies)");
         }
+        if ((sc.ignore_group_caps || sc.ignore_pause || sc.wrong_priority || sc.ignore_dependencies) && !sc.scheduling)
+            throw usage_error("--design: ignore-group-caps, ignore-pause, wrong-priority and ignore-dependencies are "
+                              "variants of fixed+scheduling");
         return;
     }
     sc.release_before_commit = false;

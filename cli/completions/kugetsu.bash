@@ -52,11 +52,15 @@ _kugetsu() {
         mapfile -t COMPREPLY < <(compgen -W "$(_kugetsu_options "$prog" "$cmd")" -- "$cur")
         return
     fi
+    if [ "$prev" = --after ]; then
+        mapfile -t COMPREPLY < <(compgen -W "$(_kugetsu_ids "$prog" "$home")" -- "$cur")
+        return
+    fi
     case $cmd in
-        wait | cancel | logs | restart | remove)
+        wait | cancel | logs | restart | remove | status)
             mapfile -t COMPREPLY < <(compgen -W "$(_kugetsu_ids "$prog" "$home")" -- "$cur") ;;
         config)
-            [ "$prev" = config ] && mapfile -t COMPREPLY < <(compgen -W "cap max-attempts kill-grace" -- "$cur") ;;
+            [ "$prev" = config ] && mapfile -t COMPREPLY < <(compgen -W "cap max-attempts kill-grace group" -- "$cur") ;;
         start)
             [ "$prev" = --role ] && mapfile -t COMPREPLY < <(compgen -W "dev pm" -- "$cur") ;;
     esac

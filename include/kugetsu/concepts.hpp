@@ -142,7 +142,8 @@ concept durable_notifier = notifier<N> && requires(N& n, const event_source& src
 /// sessions written and final states are always in a durable commit.
 enum class durability { durable, visible };
 
-/// Store: the durable state: queue items, sessions, the events outbox and the queue's limits.
+/// Store: the durable state: queue items, sessions, the events outbox, the queue's limits and
+/// its schedule (pause, group caps).
 ///
 /// A UNIT OF WORK. `s.begin(ec)` opens one; every write until `s.commit(d, ec)` is invisible
 /// to every other store object and process, and becomes visible, all of it at once, when the
@@ -160,6 +161,10 @@ enum class durability { durable, visible };
 /// - items_in_state returns at most `limit` items of that state, oldest first (enqueued_at,
 ///   then id), and costs O(limit) whatever the number of tasks in other states: a pass
 ///   never reads finished tasks;
+/// - runnable(limit, skip) returns at most `limit` pending items whose group is not in
+///   `skip`, higher priority first, then oldest (enqueued_at, then id); it costs O(limit)
+///   plus the pending items of skipped groups it passes over;
+/// - get_schedule returns the schedule last put (a default one, nothing paused, if none);
 /// - append_event adds the event to the outbox in the unit and returns its sequence number
 ///   (the event's own seq is ignored): committed events have distinct numbers, growing in
 ///   commit order, never reused; events_after(seq, limit) returns up to `limit` committed
@@ -170,7 +175,8 @@ enum class durability { durable, visible };
 ///   "quarantined", in the unit that moved it) or is an error (errc::store_corrupt) naming it.
 template <class S>
 concept store = requires(S& s, const S& cs, const queue_item& it, const session& se, const event& e,
-                         const limits& lim, std::string_view id, task_state st, std::size_t limit,
+                         const limits& lim, const queue_schedule& sched, const std::vector<std::string>& skip,
+                         std::string_view id, task_state st, std::size_t limit,
                          std::uint64_t seq, durability d, std::error_code& ec) {
     { s.begin(ec) } -> std::same_as<void>;
     { s.commit(d, ec) } -> std::same_as<void>;
@@ -188,6 +194,9 @@ concept store = requires(S& s, const S& cs, const queue_item& it, const session&
     { s.events_after(seq, limit, ec) } -> std::same_as<std::vector<event>>;
     { s.get_limits(ec) } -> std::same_as<std::optional<limits>>;
     { s.put_limits(lim, ec) } -> std::same_as<void>;
+    { s.runnable(limit, skip, ec) } -> std::same_as<std::vector<queue_item>>;
+    { s.get_schedule(ec) } -> std::same_as<queue_schedule>;
+    { s.put_schedule(sched, ec) } -> std::same_as<void>;
 };
 
 /// A store that can delete a task: `s.remove_item(id, ec)` deletes it in the unit (or in a

@@ -31,21 +31,29 @@
 // reported by last_notifier_error(), and the events stay in the store.
 //
 // Operations (each in two forms: `ec&`, and throwing kugetsu::error):
-//   enqueue(spec)      pending; task_queued, in one unit. Takes no lock.
-//   start(spec)        a new task now: no free slot -> start_status::no_slot, nothing of it
+//   enqueue(spec)      pending (waiting if it runs --after tasks not all completed; error,
+//                      dependency_failed, if one of them failed); task_queued, in one unit.
+//                      Unknown dependencies and cycles are refused. Takes no lock.
+//   start(spec)        a new task now: no free slot (HOME's cap or its group's) ->
+//                      start_status::no_slot, paused -> start_status::paused, nothing of it
 //                      written; otherwise up to max_attempts attempts in the foreground; if all
-//                      fail, the task is error and ec is errc::attempts_exhausted.
+//                      fail, the task is error and ec is errc::attempts_exhausted. It does not
+//                      wait behind pending tasks (it is run now or not at all).
 //   start_item(id)     one attempt at a pending task; no slot -> start_status::no_slot.
-//   process_queue()    in one critical section: free = cap - live; take up to `free` pending
-//                      tasks, oldest first (task_dequeued), start them, commit once, release;
-//                      repeat while failed attempts freed slots. No batch-size setting.
-//   reap()             record ended agents (task_completed / task_error with the exit code and
+//   process_queue()    in one critical section: free = cap - live; take up to `free` runnable
+//                      tasks (pending, their group neither paused nor at its cap), higher
+//                      priority first, then oldest (task_dequeued), start them, commit once,
+//                      release; repeat while failed attempts freed slots. No batch-size
+//                      setting. Nothing while the queue is paused.
+//   pause/resume(g)    the whole queue, or group g; set_group_cap(g, n): the schedule.
+//   reap()             (every operation reaps first) record ended agents (task_completed / task_error with the exit code and
 //                      the time the agent ended; task_started first for one that ran but was
 //                      never marked running), adopt live agents whose start was interrupted
 //                      (not those still held before exec), return to pending the tasks whose
 //                      agent never ran (reason start_interrupted), enforce timeouts (SIGTERM
 //                      to the process group, SIGKILL after kill_grace), return claims of dead
-//                      processes to pending.
+//                      processes to pending; then settle waiting tasks whose dependencies
+//                      ended (pending, or error with reason dependency_failed).
 //   cancel(id)         after a reap: pending/notified -> cancelled; running -> stopped like a
 //                      timeout, then cancelled once reaped.
 //   restart(ids)       finished tasks pending again, fresh attempts, their last runs kept;
@@ -66,6 +74,7 @@
 #include <climits>
 #include <cstdint>
 #include <exception>
+#include <map>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -95,7 +104,8 @@ struct limit_expectations {
 
 enum class start_status {
     started,   ///< an agent runs; item.state == running
-    no_slot,   ///< the cap is reached: not an error, not an attempt
+    no_slot,   ///< the cap (HOME's or the task's group's) is reached: not an error, not an attempt
+    paused,    ///< the queue or the task's group is paused: not an error, not an attempt
     failed,    ///< the attempt failed; item is pending again, or error if attempts ran out
 };
 
@@ -107,6 +117,7 @@ struct start_result {
 
 struct reap_report {
     int live = 0;        ///< live dev agents
+    std::map<std::string, int> group_live;   ///< live dev agents per group ("" : none)
     int pm_live = 0;     ///< live PM agents (0 or 1)
     int finished = 0;    ///< agents whose end was recorded
     int adopted = 0;     ///< live agents whose interrupted start was completed
@@ -151,6 +162,7 @@ public:
 
     queue_item enqueue(const task_spec& spec, std::error_code& ec) {
         ec.clear();
+        detail_.clear();
         if (check_spec(spec, ec)) return {};
         if (spec.role == role::pm) {
             ec = errc::invalid_transition;
@@ -163,9 +175,15 @@ public:
             open_unit(ec);
             if (!ec) {
                 it = make_item(spec);
-                store_.create_item(it, ec);
-                if (ec) note_failure("enqueue \"" + spec.id + "\"", ec, store_);
-                else add_event(make_event(event_type::task_queued, it), durability::durable, ec);
+                if (!it.after.empty()) check_dependencies(it, ec);
+                if (!ec) store_.create_item(it, ec);
+                if (ec) {
+                    if (detail_.empty()) note_failure("enqueue \"" + spec.id + "\"", ec, store_);
+                } else {
+                    add_event(make_event(event_type::task_queued, it), durability::durable, ec);
+                    // Its dependencies may have ended already: it is pending, or failed, at once.
+                    if (!ec && it.state == task_state::waiting) settle_waiting(it, ec);
+                }
             }
             close_unit(ec);
         }
@@ -196,9 +214,31 @@ public:
                     refuse(errc::pm_already_running, "a PM agent is already running");
                     return {};
                 }
-            } else if (rep.live >= lim_.cap) {
-                if (taken()) return {};
-                return {start_status::no_slot, make_item(spec), {}};
+            } else {
+                auto sched = store_.get_schedule(ec);
+                if (ec) return note_failure("schedule", ec, store_), start_result{};
+                if (sched.holds(spec.group)) {
+                    if (taken()) return {};
+                    return {start_status::paused, make_item(spec), {}};
+                }
+                if (rep.live >= lim_.cap || group_full(sched, rep.group_live, spec.group)) {
+                    if (taken()) return {};
+                    return {start_status::no_slot, make_item(spec), {}};
+                }
+                if (!spec.after.empty()) {
+                    if (taken()) return {};
+                    queue_item probe = make_item(spec);
+                    const auto dep = dependencies_of(probe, ec);
+                    if (ec) return {};
+                    if (dep.missing.empty() && dep.failed.empty() && dep.unfinished.empty()) {
+                        // all completed: it may start now
+                    } else {
+                        refuse(dep.missing.empty() ? errc::invalid_transition : errc::unknown_task,
+                               "start \"" + spec.id + "\": " + dep.describe() +
+                                   (dep.missing.empty() && dep.failed.empty() ? " (enqueue it with --after to wait)" : ""));
+                        return {};
+                    }
+                }
             }
             queue_item it = make_item(spec);
             // Claimed from birth, with its first attempt counted: committed with its session,
@@ -252,8 +292,15 @@ public:
             }
             if (it->state != task_state::pending) {
                 refuse(errc::invalid_transition,
-                       "task \"" + it->id + "\" is " + std::string(to_string(it->state)) + ", not pending");
+                       "task \"" + it->id + "\" is " + std::string(to_string(it->state)) + ", not pending" +
+                           (it->state == task_state::waiting ? " (it waits for the tasks it runs after)" : ""));
                 return {start_status::failed, *it, detail_};
+            }
+            if (it->role == role::dev) {
+                auto sched = store_.get_schedule(ec);
+                if (ec) return note_failure("schedule", ec, store_), start_result{};
+                if (sched.holds(it->group)) return {start_status::paused, *it, {}};
+                if (group_full(sched, rep.group_live, it->group)) return {start_status::no_slot, *it, {}};
             }
             const bool full = it->role == role::pm ? rep.pm_live > 0 : rep.live >= lim_.cap;
             if (full) return {start_status::no_slot, *it, {}};   // not an attempt; it stays pending
@@ -287,27 +334,27 @@ public:
             if (ec) return 0;
             report.finished = rep.finished;
             report.live_before = rep.live;
+            const auto sched = store_.get_schedule(ec);
+            if (ec) return note_failure("schedule", ec, store_), 0;
+            if (sched.paused) return 0;
             int live = rep.live;
+            auto group_live = rep.group_live;
             while (live < lim_.cap) {
                 const int free = lim_.cap - live;
-                auto items = pending_dev(static_cast<std::size_t>(free), ec);
+                // Taken and claimed (the attempts counted), then started together.
+                auto items = take_runnable(static_cast<std::size_t>(free), sched, group_live, taken, ec);
                 if (ec) return 0;
                 if (items.empty()) break;
                 report.taken += static_cast<int>(items.size());
-                // Claim them all (the attempts counted), then start them together.
-                for (auto& it : items) {
-                    taken.push_back(it.id);
-                    claim(it, attempt_kind::dequeued, ec);
-                    if (ec) return 0;   // (the next claim's write would clear ec: stop at the first)
-                }
                 auto results = attempt_all(items, ec);
                 if (ec) return 0;
-                for (auto& r : results) {
-                    if (r.status == start_status::started) {
+                for (std::size_t i = 0; i < results.size(); ++i) {
+                    if (results[i].status == start_status::started) {
                         ++report.started;
                         ++live;
                     } else {
                         ++report.failed;
+                        --group_live[items[i].group];
                     }
                 }
             }
@@ -347,7 +394,8 @@ public:
                 refuse(errc::unknown_task, "no task \"" + std::string(id) + "\"");
                 return {};
             }
-            if (it->state == task_state::pending || it->state == task_state::notified) {
+            if (it->state == task_state::pending || it->state == task_state::notified ||
+                it->state == task_state::waiting) {
                 it->state = task_state::cancelled;
                 it->owner = {};
                 it->finished_at = it->updated_at = clock_.now();
@@ -378,7 +426,8 @@ public:
                                       : "task \"" + it.id + "\" is " + std::string(to_string(it.state)) +
                                             ": only a finished task can be restarted";
         };
-        return for_tasks("restart", ids, ec, refusal, [&](queue_item& it, std::error_code& e) { requeue(it, e); });
+        return for_tasks("restart", ids, ec, refusal, [&](queue_item& it, std::error_code& e) { requeue(it, e); },
+                         [&](std::error_code& e) { resolve_waiting(e); });
     }
 
     /// Every task in final state `st` (error: `kugetsu retry --failed`) restarted, as
@@ -400,6 +449,7 @@ public:
                 requeue(it, ec);
                 if (ec) return {};
             }
+            resolve_waiting(ec);
             return items;
         });
     }
@@ -452,6 +502,49 @@ public:
         requires store_with_removal<Store>
     {
         return throwing([&](auto& ec) { return remove(id, ec); });
+    }
+
+    // ---- the schedule ---------------------------------------------------------------------
+
+    /// The store's schedule (pause, group caps), as committed.
+    queue_schedule schedule(std::error_code& ec) {
+        ec.clear();
+        return locked(ec, [&]() -> queue_schedule {
+            auto sc = store_.get_schedule(ec);
+            if (ec) note_failure("schedule", ec, store_);
+            return sc;
+        });
+    }
+    queue_schedule schedule() { return throwing([&](auto& ec) { return schedule(ec); }); }
+
+    /// Pauses the whole queue (group ""), or one group: no dev agent starts while it is
+    /// paused (start() says start_status::paused); running agents are left alone.
+    queue_schedule pause(const std::string& group, std::error_code& ec) { return set_paused(group, true, ec); }
+    queue_schedule pause(const std::string& group = {}) {
+        return throwing([&](auto& ec) { return pause(group, ec); });
+    }
+    queue_schedule resume(const std::string& group, std::error_code& ec) { return set_paused(group, false, ec); }
+    queue_schedule resume(const std::string& group = {}) {
+        return throwing([&](auto& ec) { return resume(group, ec); });
+    }
+
+    /// A group's own cap (1..4096; none: only HOME's applies). Within HOME's cap: all groups
+    /// together never run more than it. Lowering it stops nothing.
+    queue_schedule set_group_cap(const std::string& group, std::optional<int> cap, std::error_code& ec) {
+        if (!valid_group_name(group)) return bad_group(group, ec);
+        if (cap && validate_cap(*cap)) {
+            ec = errc::invalid_limit;
+            detail_ = "group \"" + group + "\": cap must be 1.." + std::to_string(max_cap) + " (got " + std::to_string(*cap) + ")";
+            return {};
+        }
+        return change_schedule([&](queue_schedule& sc) {
+            auto p = sc.group(group);
+            p.cap = cap;
+            sc.set_group(group, p);
+        }, ec);
+    }
+    queue_schedule set_group_cap(const std::string& group, std::optional<int> cap) {
+        return throwing([&](auto& ec) { return set_group_cap(group, cap, ec); });
     }
 
     // ---- limits -------------------------------------------------------------------------
@@ -600,12 +693,31 @@ private:
         return r;
     }
 
+    queue_schedule set_paused(const std::string& group, bool paused, std::error_code& ec) {
+        if (!group.empty() && !valid_group_name(group)) return bad_group(group, ec);
+        return change_schedule([&](queue_schedule& sc) {
+            if (group.empty()) {
+                sc.paused = paused;
+                return;
+            }
+            auto p = sc.group(group);
+            p.paused = paused;
+            sc.set_group(group, p);
+        }, ec);
+    }
+
+    queue_schedule bad_group(const std::string& group, std::error_code& ec) {
+        ec = errc::invalid_group;
+        detail_ = "group \"" + group.substr(0, 80) + "\": " + ec.message();
+        return {};
+    }
+
     /// restart() and remove(): after a reap, reads every task named; if one is unknown or
     /// `refusal(task)` says why it may not be changed, refuses (nothing of them changed; the
     /// reap stands); else `change`s each, in the same unit. A name given twice counts once.
-    template <class R, class F>
+    template <class R, class F, class Then = void (*)(std::error_code&)>
     std::vector<queue_item> for_tasks(const char* what, const std::vector<std::string>& ids, std::error_code& ec,
-                                      R&& refusal, F&& change) {
+                                      R&& refusal, F&& change, Then&& then = [](std::error_code&) {}) {
         ec.clear();
         return locked(ec, [&]() -> std::vector<queue_item> {
             std::vector<queue_item> items;
@@ -624,6 +736,7 @@ private:
                 change(it, ec);
                 if (ec) return {};
             }
+            then(ec);
             return items;
         });
     }
@@ -642,7 +755,8 @@ private:
         if (it.runs.size() >= max_kept_runs) it.runs.erase(it.runs.begin());
         it.runs.push_back(std::move(run));
         it.restarts = it.restarts < INT_MAX ? it.restarts + 1 : INT_MAX;
-        it.state = task_state::pending;
+        // One that runs after others waits for them again (resolve_waiting() decides at once).
+        it.state = it.after.empty() ? task_state::pending : task_state::waiting;
         it.attempts = 0;
         it.process = {};
         it.owner = {};
@@ -849,6 +963,7 @@ private:
             if (ec) return note_failure("session \"" + s.id + "\"", ec, store_);
             if (st.state == process_state::running) {
                 ++(s.role == role::dev ? rep.live : rep.pm_live);
+                if (s.role == role::dev) ++rep.group_live[it ? it->group : std::string()];
                 if (it && !is_final(it->state) && it->state != task_state::running && !st.held) {
                     // Its starter died between committing the session and marking the item.
                     // (Not while its agent is still held: that one never runs, and the reap
@@ -914,6 +1029,8 @@ private:
             // up by the next reap (the erase_if above drops it once it is no longer ours).
             ++rep.recovered;
         }
+        // The ends recorded above (here or by any process since) decide waiting tasks.
+        resolve_waiting(ec);
     }
 
     /// Timeout and cancel: SIGTERM to the process group, SIGKILL after the grace period.
@@ -1247,21 +1364,167 @@ private:
         return {start_status::failed, it, detail_};
     }
 
-    /// Up to `free` pending dev tasks, oldest first. (A PM task is never pending, but if one
-    /// were, it must not use up the tasks fetched.)
-    std::vector<queue_item> pending_dev(std::size_t free, std::error_code& ec) {
-        std::size_t want = free;
-        for (;;) {
-            auto items = store_.items_in_state(task_state::pending, want, ec);
+    /// True if group g has a cap and `live` agents of it reach it.
+    static bool group_full(const queue_schedule& sched, const std::map<std::string, int>& live, const std::string& g) {
+        if (g.empty()) return false;
+        const auto cap = sched.group(g).cap;
+        if (!cap) return false;
+        const auto n = live.find(g);
+        return n != live.end() && n->second >= *cap;
+    }
+
+    /// Takes up to `free` runnable dev tasks (pending; their group neither paused nor at its
+    /// cap, counting those taken here), higher priority first, then oldest, and claims each
+    /// (task_dequeued). The store skips the groups known to be held or full; a group that
+    /// fills up within a batch is skipped from the next fetch on.
+    std::vector<queue_item> take_runnable(std::size_t free, const queue_schedule& sched, std::map<std::string, int>& group_live,
+                                          std::vector<std::string>& taken, std::error_code& ec) {
+        std::vector<queue_item> out;
+        while (out.size() < free) {
+            std::vector<std::string> skip;
+            for (const auto& [g, p] : sched.groups)
+                if (p.paused || group_full(sched, group_live, g)) skip.push_back(g);
+            const std::size_t want = free - out.size();
+            auto batch = store_.runnable(want, skip, ec);
             if (ec) return note_failure("queue", ec, store_), std::vector<queue_item>{};
-            const std::size_t got = items.size();
-            std::erase_if(items, [](auto& i) { return i.role != role::dev; });
-            if (items.size() >= free || got < want) {
-                if (items.size() > free) items.resize(free);
-                return items;
+            bool took = false, passed_over = false;
+            for (auto& it : batch) {
+                if (out.size() >= free) break;
+                if (it.role != role::dev || sched.holds(it.group) || group_full(sched, group_live, it.group)) {
+                    passed_over = true;   // (a PM task is never pending; if one were, it is not taken)
+                    continue;
+                }
+                taken.push_back(it.id);
+                claim(it, attempt_kind::dequeued, ec);
+                if (ec) return {};   // (the next claim's write would clear ec: stop at the first)
+                ++group_live[it.group];
+                out.push_back(std::move(it));
+                took = true;
             }
-            want += free - items.size();
+            // All of them seen (a short batch with none passed over), or nothing more to take.
+            if (!took || (batch.size() < want && !passed_over)) break;
         }
+        return out;
+    }
+
+    // ---- dependencies -------------------------------------------------------------------
+
+    /// What a task's dependencies are now.
+    struct dependency_state {
+        std::vector<std::string> missing, failed, unfinished;   // quoted names; failed: with their state
+        std::string describe() const {
+            auto list = [](const std::vector<std::string>& v) {
+                std::string s;
+                for (std::size_t i = 0; i < v.size() && i < 5; ++i) s += (i ? ", " : "") + v[i];
+                if (v.size() > 5) s += " and " + std::to_string(v.size() - 5) + " more";
+                return s;
+            };
+            if (!missing.empty()) return "no task " + list(missing) + " (named by --after)";
+            if (!failed.empty()) return "dependency " + list(failed) + " did not complete";
+            return "waiting for " + list(unfinished);
+        }
+    };
+
+    dependency_state dependencies_of(const queue_item& it, std::error_code& ec) {
+        dependency_state d;
+        for (const auto& id : it.after) {
+            auto dep = store_.get_item(id, ec);
+            if (ec) return note_failure("dependency \"" + id + "\" of \"" + it.id + "\"", ec, store_), d;
+            const std::string name = "\"" + id + "\"";
+            if (!dep) d.missing.push_back(name);
+            else if (dep->state == task_state::error || dep->state == task_state::cancelled)
+                d.failed.push_back(name + " (" + std::string(to_string(dep->state)) + ")");
+            else if (dep->state != task_state::completed) d.unfinished.push_back(name);
+        }
+        return d;
+    }
+
+    /// enqueue(): every task named by --after exists, and none of them waits, directly or
+    /// not, for this one (a cycle: possible only if this id was removed and is used again).
+    void check_dependencies(const queue_item& it, std::error_code& ec) {
+        std::vector<std::string> seen, todo = it.after;
+        while (!todo.empty()) {
+            const std::string id = std::move(todo.back());
+            todo.pop_back();
+            if (std::find(seen.begin(), seen.end(), id) != seen.end()) continue;
+            seen.push_back(id);
+            auto dep = store_.get_item(id, ec);
+            if (ec) return note_failure("enqueue \"" + it.id + "\"", ec, store_);
+            const bool direct = std::find(it.after.begin(), it.after.end(), id) != it.after.end();
+            if (!dep) {
+                if (!direct) continue;   // removed long ago: that task fails, not this one's check
+                ec = errc::unknown_task;
+                detail_ = "enqueue \"" + it.id + "\": no task \"" + id + "\" (named by --after)";
+                return;
+            }
+            if (dep->state != task_state::waiting && !direct) continue;   // only waiting tasks can still wait
+            for (const auto& next : dep->after) {
+                if (next == it.id) {
+                    ec = errc::dependency_cycle;
+                    detail_ = "enqueue \"" + it.id + "\": \"" + id + "\" already runs after \"" + it.id + "\": a cycle";
+                    return;
+                }
+                todo.push_back(next);
+            }
+        }
+    }
+
+    /// A waiting task whose dependencies all completed becomes pending; one whose dependency
+    /// ended in error or was cancelled (or was removed) ends error, reason dependency_failed.
+    /// Returns true if it changed.
+    bool settle_waiting(queue_item& it, std::error_code& ec) {
+        const auto dep = dependencies_of(it, ec);
+        if (ec) return false;
+        if (!dep.unfinished.empty() && dep.missing.empty() && dep.failed.empty()) return false;
+        it.updated_at = clock_.now();
+        if (dep.missing.empty() && dep.failed.empty()) {
+            it.state = task_state::pending;
+            // Visible: if it is lost, the next reap decides the same again.
+            return put_item(it, durability::visible, ec);
+        }
+        it.state = task_state::error;
+        it.finished_at = it.updated_at;
+        it.last_error = "dependency_failed: " + dep.describe();
+        if (!put_item(it, durability::durable, ec)) return false;
+        auto e = make_event(event_type::task_error, it);
+        e.reason = "dependency_failed";
+        add_event(std::move(e), durability::durable, ec);
+        return !ec;
+    }
+
+    /// Settles every waiting task, again while that changes one (a chain fails at once).
+    void resolve_waiting(std::error_code& ec) {
+        constexpr auto all = static_cast<std::size_t>(-1);
+        for (;;) {
+            auto waiting = store_.items_in_state(task_state::waiting, all, ec);
+            if (ec) return note_failure("queue", ec, store_);
+            bool changed = false;
+            for (auto& it : waiting) {
+                changed |= settle_waiting(it, ec);
+                if (ec) return;
+            }
+            if (!changed) return;
+        }
+    }
+
+    // ---- the schedule -------------------------------------------------------------------
+
+    template <class F>
+    queue_schedule change_schedule(F&& f, std::error_code& ec) {
+        ec.clear();
+        return locked(ec, [&]() -> queue_schedule {
+            auto sched = store_.get_schedule(ec);
+            if (ec) return note_failure("schedule", ec, store_), queue_schedule{};
+            f(sched);
+            if (auto v = sched.validate()) {
+                refuse(static_cast<errc>(v.value()), "schedule: a group name or cap out of range");
+                return {};
+            }
+            store_.put_schedule(sched, ec);
+            if (ec) return note_failure("schedule", ec, store_), queue_schedule{};
+            need(durability::durable);
+            return sched;
+        });
     }
 
     // ---- helpers ------------------------------------------------------------------------
@@ -1287,6 +1550,10 @@ private:
         it.max_attempts = spec.max_attempts.value_or(lim_.max_attempts);
         it.repo = spec.repo;
         it.workdir = spec.workdir;
+        it.priority = spec.priority;
+        it.group = spec.group;
+        it.after = spec.after;
+        it.state = it.after.empty() ? task_state::pending : task_state::waiting;
         it.enqueued_at = it.updated_at = clock_.now();
         return it;
     }

@@ -21,6 +21,8 @@ enum class errc : int {
     invalid_record = 104,    ///< a JSON record with a missing, extra or wrong-typed field
     unsupported_version = 105, ///< a record written by an unknown format version
     reserved_task_id = 106,  ///< a dev task may not be called "pm-agent"
+    invalid_group = 107,     ///< a group name that is not a valid id (at most 64 characters)
+    dependency_cycle = 108,  ///< --after would make a task wait for itself
     // 2xx: state conflicts
     duplicate_task = 201,    ///< a task with this id already exists
     unknown_task = 202,      ///< no task with this id
@@ -52,6 +54,8 @@ public:
         case errc::invalid_record: return "invalid record";
         case errc::unsupported_version: return "unsupported record version";
         case errc::reserved_task_id: return "task id is reserved";
+        case errc::invalid_group: return "invalid group name (1-64 of [A-Za-z0-9._-], not starting with '.' or '-')";
+        case errc::dependency_cycle: return "the dependencies would form a cycle";
         case errc::duplicate_task: return "a task with this id already exists";
         case errc::unknown_task: return "no such task";
         case errc::invalid_transition: return "task is not in a state that allows this";

@@ -126,7 +126,10 @@ inline void to_json(nlohmann::json& j, const queue_item& it) {
          {"stop_reason", it.stop_reason},
          {"exit_code", it.exit_code ? nlohmann::json(*it.exit_code) : nlohmann::json(nullptr)},
          {"last_error", it.last_error}};
-    // Only for a task that was restarted: the record of one that never was stays as it was.
+    // Only when set: the record of a task that uses none of them stays as it was.
+    if (it.priority) j["priority"] = it.priority;
+    if (!it.group.empty()) j["group"] = it.group;
+    if (!it.after.empty()) j["after"] = it.after;
     if (it.restarts) j["restarts"] = it.restarts;
     if (!it.runs.empty()) {
         auto& runs = j["runs"] = nlohmann::json::array();
@@ -370,6 +373,32 @@ inline std::optional<queue_item> parse_item(const nlohmann::json& j, std::error_
     it.last_error = o.string("last_error", 65536);
     if (o.ok() && it.state == task_state::running && !it.process)
         o.fail(errc::invalid_record, "a running item has no \"process\"");
+    if (auto* n = o.optional_field("priority")) it.priority = o.integer<int>(n, "priority", -max_priority, max_priority);
+    if (auto* g = o.optional_field("group"); g && o.ok()) {
+        if (!g->is_string() || !valid_group_name(g->get_ref<const std::string&>()))
+            o.wrong("group", "a group name");
+        else
+            it.group = g->get<std::string>();
+    }
+    if (auto* a = o.optional_field("after"); a && o.ok()) {
+        if (!a->is_array() || a->empty() || a->size() > max_after_count) {
+            o.wrong("after", "a non-empty array of at most 1024 task ids");
+        } else {
+            for (auto& x : *a) {
+                if (!x.is_string() || !valid_task_id(x.get_ref<const std::string&>())) {
+                    o.wrong("after", "an array of task ids");
+                    break;
+                }
+                it.after.push_back(x.get<std::string>());
+            }
+            if (o.ok() && validate_schedule_fields(it.priority, it.group, it.after))
+                o.wrong("after", "a list of distinct task ids");
+            if (o.ok() && std::find(it.after.begin(), it.after.end(), it.id) != it.after.end())
+                o.fail(errc::dependency_cycle, "field \"after\" names the task itself");
+        }
+    }
+    if (o.ok() && it.role == role::pm && (!it.group.empty() || !it.after.empty()))
+        o.fail(errc::invalid_record, "a PM task has no \"group\" or \"after\"");
     if (auto* n = o.optional_field("restarts")) it.restarts = o.integer<int>(n, "restarts", 1, INT_MAX);
     if (auto* runs = o.optional_field("runs"); runs && o.ok()) {
         if (!runs->is_array() || runs->size() > max_kept_runs || runs->size() > static_cast<std::size_t>(it.restarts))
@@ -447,6 +476,46 @@ inline std::optional<event> parse_event(const nlohmann::json& j, std::error_code
     o.no_unknown_fields();
     if (ec) return std::nullopt;
     return e;
+}
+
+/// The queue's schedule: {"paused": bool, "groups": {"NAME": {"cap": N|null, "paused": bool}}}.
+inline void to_json(nlohmann::json& j, const queue_schedule& s) {
+    j = {{"paused", s.paused}, {"groups", nlohmann::json::object()}};
+    for (const auto& [name, p] : s.groups)
+        j["groups"][name] = {{"cap", p.cap ? nlohmann::json(*p.cap) : nlohmann::json(nullptr)}, {"paused", p.paused}};
+}
+
+inline std::optional<queue_schedule> parse_schedule(const nlohmann::json& j, std::error_code& ec, std::string& why) {
+    ec.clear();
+    why.clear();
+    detail::strict_object o(j, ec, why);
+    queue_schedule s;
+    s.paused = o.boolean("paused");
+    if (auto* g = o.field("groups"); g && o.ok()) {
+        if (!g->is_object() || g->size() > 4096) return o.wrong("groups", "an object of at most 4096 groups"), std::nullopt;
+        for (auto it = g->begin(); it != g->end() && o.ok(); ++it) {
+            if (!valid_group_name(it.key())) {
+                o.fail(errc::invalid_group, "field \"groups\": \"" + detail::utf8_prefix(it.key(), 64) + "\" is not a group name");
+                break;
+            }
+            std::error_code gec;
+            std::string gwhy;
+            detail::strict_object go(it.value(), gec, gwhy);
+            group_policy p;
+            if (auto* c = go.nullable("cap")) p.cap = go.integer<int>(c, "cap", 1, max_cap);
+            p.paused = go.boolean("paused");
+            go.no_unknown_fields();
+            if (gec) o.fail(errc::invalid_record, "group \"" + it.key() + "\": " + gwhy);
+            else s.set_group(it.key(), p);
+        }
+    }
+    o.no_unknown_fields();
+    if (ec) return std::nullopt;
+    return s;
+}
+inline std::optional<queue_schedule> parse_schedule(std::string_view text, std::error_code& ec, std::string& why) {
+    auto j = detail::parse_text(text, ec, why);
+    return j ? parse_schedule(*j, ec, why) : std::nullopt;
 }
 
 template <class T>

@@ -8,7 +8,8 @@
 //
 //   state      | meaning                                   | next
 //   -----------+-------------------------------------------+------------------------------
-//   pending    | waiting for a slot                        | notified, running, cancelled
+//   waiting    | enqueued --after tasks not all completed  | pending, error, cancelled
+//   pending    | runnable, waiting for a slot              | notified, running, cancelled
 //   notified   | taken by a daemon pass, start in progress | running, pending, error, cancelled
 //   running    | an agent process is live (has a session)  | completed, error
 //   completed  | the agent exited 0                        | (final)
@@ -16,11 +17,13 @@
 //   cancelled  | cancelled before it ran                   | (final)
 #pragma once
 
+#include <algorithm>
 #include <chrono>
 #include <cstdint>
 #include <optional>
 #include <string>
 #include <string_view>
+#include <utility>
 #include <vector>
 
 #include "error.hpp"
@@ -38,7 +41,13 @@ inline constexpr int record_version = 1;
 inline constexpr std::string_view pm_session_id = "pm-agent";
 
 enum class role { dev, pm };
-enum class task_state { pending, notified, running, completed, error, cancelled };
+/// (waiting is last so that the numbers of the others, which stores may keep, are unchanged.)
+enum class task_state { pending, notified, running, completed, error, cancelled, waiting };
+
+/// Every state, in the order status lists them.
+inline constexpr task_state all_task_states[] = {task_state::waiting,   task_state::pending, task_state::notified,
+                                                 task_state::running,   task_state::completed, task_state::error,
+                                                 task_state::cancelled};
 
 constexpr bool is_final(task_state s) noexcept {
     return s == task_state::completed || s == task_state::error || s == task_state::cancelled;
@@ -64,6 +73,9 @@ struct task_spec {
     std::optional<int> max_attempts{}; ///< none: the dispatcher's default
     std::string repo{};                ///< source of the workspace (a git repository), may be empty
     std::string workdir{};             ///< where the agent runs when the workspace prepares none ("" = inherit)
+    int priority = 0;                  ///< higher runs first among runnable tasks (-1000000..1000000)
+    std::string group{};               ///< its group ("" = none): the group's cap and pause apply
+    std::vector<std::string> after{};  ///< tasks that must have completed before it may run
 };
 
 /// A run of a task that has been restarted: what its item said when it was restarted.
@@ -93,6 +105,9 @@ struct queue_item {
     task_state state = task_state::pending;
     std::string repo;
     std::string workdir;               ///< see task_spec::workdir
+    int priority = 0;                  ///< see task_spec::priority
+    std::string group;                 ///< see task_spec::group
+    std::vector<std::string> after;    ///< see task_spec::after
     process_ref process;               ///< the agent (state running), or the last one
     process_ref owner;                 ///< the kugetsu process that marked it notified
     timestamp enqueued_at{};
@@ -149,6 +164,7 @@ constexpr std::string_view to_string(task_state s) noexcept {
     case task_state::completed: return "completed";
     case task_state::error: return "error";
     case task_state::cancelled: return "cancelled";
+    case task_state::waiting: return "waiting";
     }
     return "?";
 }
@@ -172,8 +188,7 @@ inline std::optional<role> parse_role(std::string_view s) noexcept {
 }
 
 inline std::optional<task_state> parse_task_state(std::string_view s) noexcept {
-    for (auto st : {task_state::pending, task_state::notified, task_state::running,
-                    task_state::completed, task_state::error, task_state::cancelled})
+    for (auto st : all_task_states)
         if (to_string(st) == s) return st;
     return std::nullopt;
 }
@@ -195,6 +210,8 @@ inline constexpr std::size_t max_argv_bytes = 1 << 20;
 inline constexpr int max_attempts_limit = 100;
 inline constexpr int max_cap = 4096;
 inline constexpr duration max_timeout = std::chrono::hours(24 * 365);
+inline constexpr int max_priority = 1000000;         ///< priorities are -max_priority..max_priority
+inline constexpr std::size_t max_after_count = 1024; ///< tasks one task may wait for
 
 /// A task id: 1 to 128 of letters, digits, '.', '_', '-', not starting with '.'.
 /// Such an id is safe as a file name: no '/', no "..", no NUL, no control character.
@@ -283,6 +300,73 @@ struct limits {
     friend bool operator==(const limits&, const limits&) = default;
 };
 
+/// A group name: what a task id may be (a new one: valid_new_task_id), at most 64 characters.
+constexpr bool valid_group_name(std::string_view g) noexcept {
+    return g.size() <= 64 && valid_task_id(g) && g.front() != '-';
+}
+
+/// Priority, group and dependencies (each a valid task id, none twice): errc::invalid_limit,
+/// invalid_group or invalid_task_id naming the first that is wrong.
+inline std::error_code validate_schedule_fields(int priority, std::string_view group,
+                                                const std::vector<std::string>& after) noexcept {
+    if (priority < -max_priority || priority > max_priority) return errc::invalid_limit;
+    if (!group.empty() && !valid_group_name(group)) return errc::invalid_group;
+    if (after.size() > max_after_count) return errc::invalid_limit;
+    for (std::size_t i = 0; i < after.size(); ++i) {
+        if (!valid_task_id(after[i])) return errc::invalid_task_id;
+        for (std::size_t j = 0; j < i; ++j)
+            if (after[j] == after[i]) return errc::invalid_task_id;
+    }
+    return {};
+}
+
+/// What a group may be told: its own cap (within HOME's) and whether it is paused.
+struct group_policy {
+    std::optional<int> cap;   ///< live dev agents of the group at most (1..4096); none: HOME's cap only
+    bool paused = false;
+    friend bool operator==(const group_policy&, const group_policy&) = default;
+};
+
+/// How the queue is scheduled besides the limits: paused or not, and the groups' caps and
+/// pauses. Kept in the store with the limits, so that every process obeys the same.
+struct queue_schedule {
+    bool paused = false;                                      ///< the whole queue: no new dev starts
+    std::vector<std::pair<std::string, group_policy>> groups; ///< sorted by name, no default entries
+
+    /// The group's policy (a default one if it has none).
+    group_policy group(std::string_view g) const {
+        for (const auto& [name, p] : groups)
+            if (name == g) return p;
+        return {};
+    }
+    /// Sets a group's policy, keeping the list sorted and free of default entries.
+    void set_group(const std::string& g, const group_policy& p) {
+        auto at = std::lower_bound(groups.begin(), groups.end(), g, [](const auto& e, const std::string& k) { return e.first < k; });
+        const bool found = at != groups.end() && at->first == g;
+        if (p == group_policy{}) {
+            if (found) groups.erase(at);
+        } else if (found) {
+            at->second = p;
+        } else {
+            groups.insert(at, {g, p});
+        }
+    }
+    /// True if a dev task of group g may not start now.
+    bool holds(std::string_view g) const { return paused || (!g.empty() && group(g).paused); }
+
+    std::error_code validate() const noexcept {
+        for (std::size_t i = 0; i < groups.size(); ++i) {
+            const auto& [name, p] = groups[i];
+            if (name.empty() || !valid_group_name(name)) return errc::invalid_group;
+            if (i > 0 && !(groups[i - 1].first < name)) return errc::invalid_group;
+            if (p.cap)
+                if (auto ec = validate_cap(*p.cap)) return ec;
+        }
+        return {};
+    }
+    friend bool operator==(const queue_schedule&, const queue_schedule&) = default;
+};
+
 /// An id a new task may take: a valid_task_id() that does not start with '-', so that no
 /// command line can mistake it for an option. (Older stores may hold such ids: they are
 /// still read, and every command takes them after `--`.)
@@ -301,6 +385,10 @@ inline std::error_code validate(const task_spec& s) noexcept {
     for (const std::string* path : {&s.repo, &s.workdir})
         if (path->size() > 4096 || path->find('\0') != std::string::npos || !valid_utf8(*path))
             return errc::invalid_record;
+    if (auto ec = validate_schedule_fields(s.priority, s.group, s.after)) return ec;
+    for (const auto& a : s.after)
+        if (a == s.id) return errc::dependency_cycle;
+    if (s.role == role::pm && (!s.group.empty() || !s.after.empty())) return errc::invalid_transition;
     return {};
 }
 

@@ -65,6 +65,6 @@ python3 -c 'import json,sys; [json.loads(l) for l in open(sys.argv[1])]' "$T/fol
 # status: the human table names every task; --json has the documented fields.
 expect_rc 0 ku status
 for id in env later busy chatty watched; do grep -q "^$id " "$T/out" || fail "status lacks $id"; done
-json_get "sorted(j.keys())" | grep -q "'cap', 'counts', 'kill_grace_ms', 'live', 'max_attempts', 'pm_live', 'quarantined', 'sessions', 'tasks'" || fail "status --json keys: $(json_get "sorted(j.keys())")"
+json_get "sorted(j.keys())" | grep -q "'cap', 'counts', 'groups', 'kill_grace_ms', 'live', 'max_attempts', 'paused', 'pm_live', 'quarantined', 'sessions', 'tasks'" || fail "status --json keys: $(json_get "sorted(j.keys())")"
 json_get "sorted(j['tasks'][0].keys())" | grep -q "'attempts'.*'id'.*'pid'.*'state'" || fail "task fields"
 echo ok

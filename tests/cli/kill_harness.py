@@ -179,6 +179,8 @@ class Driver:
         self.orphans = []
         self.anomalies = []
         self.created = {}
+        self.sched = {}        # task -> (start flags, enqueue flags): its group, priority, --after
+        self.after = {}        # task -> the task it runs after (if queued with --after)
         self.search = collections.Counter()
         self.store = Store(self.home, timeout=0.05)   # short: a frozen writer must not stall it
         self.err = open(os.path.join(self.dir, "commands.err"), "ab")
@@ -209,15 +211,36 @@ class Driver:
     def agent(self, task_sleep_ms, extra=()):
         d = self.dir
         return ["--", self.a.probe, f"{d}/counter", "--sleep", str(task_sleep_ms),
-                "--record-start", f"{d}/runs", "--record", f"{d}/ends", *extra]
+                "--record-start", f"{d}/runs", "--record", f"{d}/ends", "--stamp", f"{d}/stamps", *extra]
+
+    def enqueue_argv(self, task):
+        start_flags, enqueue_flags = self.sched.get(task, ([], []))
+        extra = ["--also", f"{self.dir}/counter-g"] if "--group" in enqueue_flags else []
+        return ["enqueue", "--id", task] + enqueue_flags + self.agent(self.sleep_of[task], extra)
 
     def submit(self, task):
         ms = self.work.randint(10, 120)
         self.sleep_of[task] = ms
-        if self.work.random() < 0.7:
-            self.launch("start", task, ["start", "--id", task] + self.agent(ms))
+        # The schedule in the mix (drawn for every task, used by whichever command creates it):
+        # group g, a priority, --after a task that exists (start never takes --after).
+        group = self.work.random() < 0.3
+        prio = self.work.randint(-2, 2) if self.work.random() < 0.5 else None
+        dep = self.work.choice(sorted(self.created)) if self.created and self.work.random() < 0.25 else None
+        start_flags = ["--group", "g"] if group and not self.a.no_lock else []
+        enqueue_flags = list(start_flags)
+        if not self.a.no_lock:
+            if prio is not None:
+                enqueue_flags += ["--priority", str(prio)]
+            if dep is not None:
+                enqueue_flags += ["--after", dep]
+        self.sched[task] = (start_flags, enqueue_flags)
+        extra = ["--also", f"{self.dir}/counter-g"] if start_flags else []
+        if self.work.random() < 0.7 and "--after" not in enqueue_flags:
+            self.launch("start", task, ["start", "--id", task] + start_flags + self.agent(ms, extra))
         else:
-            self.launch("enqueue", task, ["enqueue", "--id", task] + self.agent(ms))
+            if "--after" in enqueue_flags:
+                self.after[task] = dep
+            self.launch("enqueue", task, self.enqueue_argv(task))
 
     def reap_children(self):
         self.reap_orphans()
@@ -234,8 +257,7 @@ class Driver:
                 self.created[c.task] = "start"
                 return
             if rc == 75 or c.killed:   # no free slot, or killed: queue it (it may exist: 65)
-                self.launch("enqueue", c.task, ["enqueue", "--id", c.task] + self.agent(self.sleep_of[c.task]),
-                            after_kill=c.killed)
+                self.launch("enqueue", c.task, self.enqueue_argv(c.task), after_kill=c.killed)
                 return
         elif c.kind == "enqueue":
             if rc == 0:
@@ -246,8 +268,7 @@ class Driver:
                 if c.after_kill:
                     return
             if rc == 75:   # the store was busy: an anomaly (below), but the task must exist
-                self.launch("enqueue", c.task, ["enqueue", "--id", c.task] + self.agent(self.sleep_of[c.task]),
-                            after_kill=c.after_kill)
+                self.launch("enqueue", c.task, self.enqueue_argv(c.task), after_kill=c.after_kill)
         elif c.kind == "daemon":
             # Stopped by SIGTERM: it exits 0, or dies of the signal if it came before the
             # daemon took its signals (slow starts, e.g. under ASan). Either is a clean stop.
@@ -851,6 +872,8 @@ class Driver:
             f.write("".join(t + "\n" for t in ids))
         with open(os.path.join(self.dir, "created.json"), "w") as f:
             json.dump(self.created, f, sort_keys=True)
+        with open(os.path.join(self.dir, "after.json"), "w") as f:
+            json.dump(self.after, f, sort_keys=True)
         with open(os.path.join(self.dir, "kills.jsonl"), "w") as f:
             f.write("".join(json.dumps(k, sort_keys=True) + "\n" for k in self.kills))
         with open(os.path.join(self.dir, "orphans.jsonl"), "w") as f:
@@ -920,7 +943,17 @@ def cmd_check(a):
     except (OSError, ValueError):
         search = {}
     runs = collections.Counter(read_lines(f"{d}/runs"))
-    v = {"cap": [], "lost": [], "duplicate": [], "state": [], "events": []}
+    try:
+        with open(f"{d}/after.json") as f:
+            after = json.load(f)
+    except (OSError, ValueError):
+        after = {}
+    stamps = collections.defaultdict(list)   # (task, "start"|"end") -> monotonic ns
+    for line in read_lines(f"{d}/stamps"):
+        parts = line.split()
+        if len(parts) == 3:
+            stamps[(parts[0], parts[1])].append(int(parts[2]))
+    v = {"cap": [], "lost": [], "duplicate": [], "state": [], "events": [], "schedule": []}
 
     # The store, read-only.
     store = Store(home, timeout=5)
@@ -953,6 +986,13 @@ def cmd_check(a):
 
     if peak > a.cap:
         v["cap"].append(f"the agents saw {peak} live at once (cap {a.cap})")
+    try:
+        with open(f"{d}/counter-g") as f:
+            _, group_peak, group_total = (int(x) for x in f.read().split())
+    except (OSError, ValueError):
+        group_peak = group_total = 0
+    if group_peak > 1 and not a.no_lock:
+        v["cap"].append(f"the agents of group g saw {group_peak} live at once (its cap 1)")
 
     # What the kills did to each task (kills.jsonl, written by judge()).
     cut = collections.Counter()        # attempts cut before exec (each costs at most one attempt)
@@ -1120,6 +1160,12 @@ def cmd_check(a):
             # (killed between reaping the agent and writing the record).
             if r != 1 or not post[t] or not lost_code:
                 v["state"].append(why)
+        elif rec["state"] == "error" and reason == "dependency_failed":
+            ends["dependency_failed"] += 1
+            # Never tried: the task it runs after ended error or cancelled.
+            dep = tasks.get(after.get(t, ""), {}).get("state")
+            if r != 0 or att != 0 or dep not in ("error", "cancelled"):
+                v["schedule"].append(why + f": dependency_failed, its dependency {after.get(t)} is {dep}")
         elif rec["state"] == "error" and reason in ("start_interrupted", "attempts_exhausted"):
             ends[reason] += 1
             # Never ran, every attempt cut before exec.
@@ -1132,6 +1178,17 @@ def cmd_check(a):
         else:
             ends[rec["state"]] += 1
             v["state"].append(why)
+
+    # Dependencies: a task queued --after another ran only after that one's agent ended, and
+    # that one completed (one monotonic clock for every agent's stamps).
+    for t, dep in after.items():
+        if runs[t] == 0:
+            continue
+        if tasks.get(dep, {}).get("state") != "completed":
+            v["schedule"].append(f"{t}: ran, and {dep}, which it runs after, is {tasks.get(dep, {}).get('state')}")
+        elif not stamps[(dep, "end")] or min(stamps[(t, "start")], default=0) <= max(stamps[(dep, "end")]):
+            v["schedule"].append(f"{t}: started before {dep}, which it runs after, ended")
+    ends["after"] = len(after)
 
     # Leftovers: slot files in HOME/run after the final reap (temporary ones of supervisors
     # killed during setup included), sessions in the store.
@@ -1161,12 +1218,14 @@ def cmd_check(a):
           f"aimed at held agents {aimed}, hit {aimed_hit}; victims let go {search.get('let_go', 0)}), "
           f"tasks {len(ids)}{f' ({extra} extra)' if extra > 0 else ''} (completed {ends['completed']}, "
           f"exit_unknown {ends['exit_unknown']}, start_interrupted {ends['start_interrupted']}, "
-          f"attempts_exhausted {ends['attempts_exhausted']}, never-ran errors {ends['never_ran_error']} "
+          f"attempts_exhausted {ends['attempts_exhausted']}, dependency_failed {ends['dependency_failed']}, "
+          f"never-ran errors {ends['never_ran_error']} "
           f"[all attempts cut: {ends['never_ran_error_legit']}], retried {ends['retried']}), "
-          f"runs {sum(runs.values())}, peak {peak} (cap {a.cap}), orphans reaped by the harness {len(orphans)}, "
+          f"runs {sum(runs.values())}, peak {peak} (cap {a.cap}), group g peak {group_peak} (cap 1, "
+          f"{group_total} runs), run after another {ends['after']}, orphans reaped by the harness {len(orphans)}, "
           f"events {len(store_events)} (file {len(file_events)}), "
           f"violations: cap {nviol['cap']}, lost {nviol['lost']}, duplicate {nviol['duplicate']}, "
-          f"state {nviol['state']}, events {nviol['events']}; "
+          f"state {nviol['state']}, events {nviol['events']}, schedule {nviol['schedule']}; "
           f"left: slot files {len(left)}, sessions {len(sessions)}; wall {a.wall} s: {verdict}")
     for k, x in v.items():
         for line in x[:20]:

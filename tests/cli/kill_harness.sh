@@ -24,6 +24,13 @@
 #              event (task_completed or task_error), last; attempt numbers never go back. So
 #              an interrupted attempt leaves nothing but its dequeue.
 #   state      each task ended as the kills that touched it allow (below).
+#   schedule   groups, priorities and dependencies are in the mix (not with --no-lock): about
+#              a third of the tasks are in group g (cap 1; their agents also count themselves
+#              in a counter of their own, whose peak must stay at 1); a queued task may have a
+#              priority (-2..2) and may run --after a task already created. One that ran did
+#              so only after its dependency completed (the agents stamp start and end with one
+#              monotonic clock); one whose dependency failed ended error, dependency_failed,
+#              with no attempt and no run.
 #
 #   kill_harness.sh [--kills N] [--tasks M] [--seed S] [--long] [--no-lock] [--strict]
 #
@@ -146,6 +153,7 @@ echo "kill_harness: seed $seed, $kills kills, $tasks tasks, cap $cap${no_lock:+,
 began=$SECONDS
 # HOME's limits, stored in HOME (the environment sets none: lib.sh unsets them).
 ku config cap "$cap" >/dev/null && ku config max-attempts "$attempts" >/dev/null || fail "kugetsu config"
+ku config group g cap 1 >/dev/null || fail "kugetsu config group"
 common=(--kills "$kills" --tasks "$tasks" --seed "$seed" --cap "$cap" $no_lock)
 
 # 1. The workload and the kills. Without the lock, state may be lost for good: stop waiting

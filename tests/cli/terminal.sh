@@ -44,7 +44,7 @@ complete_line() {   # complete_line WORD...: the completions of the last word
         _kugetsu
         printf "%s\n" "${COMPREPLY[@]}" | sort' _ "$COMPLETIONS/kugetsu.bash" "$KUGETSU" "$@"
 }
-[ "$(complete_line re | tr "\n" " ")" = "reap remove restart retry " ] || fail "commands for 're': $(complete_line re)"
+[ "$(complete_line re | tr "\n" " ")" = "reap remove restart resume retry " ] || fail "commands for 're': $(complete_line re)"
 got=$(complete_line "" | tr '\n' ' ')
 for c in enqueue start daemon status wait cancel logs events reap config check restart retry remove; do
     case " $got" in *" $c "*) ;; *) fail "completion lacks the command $c: $got" ;; esac
@@ -52,7 +52,8 @@ done
 [ "$(complete_line enqueue --ti)" = "--timeout" ] || fail "options of enqueue for --ti: $(complete_line enqueue --ti)"
 [ "$(complete_line remove "" | tr '\n' ' ')" = "alpha beta " ] || fail "ids for remove: $(complete_line remove "")"
 [ "$(complete_line --home "$missing" restart "")" = "other" ] || fail "ids of --home: $(complete_line --home "$missing" restart "")"
-[ "$(complete_line config "" | tr '\n' ' ')" = "cap kill-grace max-attempts " ] || fail "config settings"
+[ "$(complete_line config "" | tr '\n' ' ')" = "cap group kill-grace max-attempts " ] || fail "config settings"
+[ "$(complete_line enqueue --after "" | tr '\n' ' ')" = "alpha beta " ] || fail "ids for --after: $(complete_line enqueue --after "")"
 [ -z "$(complete_line --home "$T/none" wait "")" ] || fail "ids of a HOME that does not exist"
 [ ! -e "$T/none" ] || fail "completion created a HOME"
 

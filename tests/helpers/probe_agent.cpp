@@ -2,7 +2,7 @@
 // agents itself, independently of the dispatcher.
 //
 //   kugetsu-probe-agent COUNTER [--ready FIFO] [--hold FIFO] [--sleep MS] [--record FILE]
-//                       [--record-start FILE] [--exit N]
+//                       [--record-start FILE] [--exit N] [--also COUNTER2] [--stamp FILE]
 //
 // COUNTER holds "live peak total". On start the agent takes an flock on it, increments live
 // and total, raises peak, and writes it back; with --ready it then writes one byte to that
@@ -12,7 +12,10 @@
 // "$KUGETSU_TASK_ID\n" to FILE (one O_APPEND write: a log of every run); then it decrements
 // live and exits N (default 0). With --record-start it appends "$KUGETSU_TASK_ID\n" to FILE
 // as soon as it has counted itself in (before --ready): a run is logged even if it never
-// ends, so a log of starts shows an agent that ran twice whatever happened after.
+// ends, so a log of starts shows an agent that ran twice whatever happened after. With --also
+// it counts itself in COUNTER2 too (a group's own peak). With --stamp it appends
+// "ID start NS" when it has counted itself in and "ID end NS" before it counts itself out
+// (CLOCK_MONOTONIC nanoseconds: one clock for every agent of the machine).
 #include <cerrno>
 #include <cstdio>
 #include <cstdlib>
@@ -60,12 +63,24 @@ void append_task_id(const char* path) {
     ::close(fd);
 }
 
+/// Appends "$KUGETSU_TASK_ID WHAT NS\n" (CLOCK_MONOTONIC) to path in one O_APPEND write.
+void stamp(const char* path, const char* what) {
+    const char* id = std::getenv("KUGETSU_TASK_ID");
+    timespec now{};
+    ::clock_gettime(CLOCK_MONOTONIC, &now);
+    const std::string line = std::string(id ? id : "?") + " " + what + " " +
+                             std::to_string(static_cast<long long>(now.tv_sec) * 1000000000LL + now.tv_nsec) + "\n";
+    const int fd = ::open(path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600);
+    if (fd < 0 || ::write(fd, line.data(), line.size()) != static_cast<ssize_t>(line.size())) die("stamp");
+    ::close(fd);
+}
+
 } // namespace
 
 int main(int argc, char** argv) {
     if (argc < 2) {
         std::fprintf(stderr, "usage: kugetsu-probe-agent COUNTER [--ready FIFO] [--hold FIFO] [--sleep MS] "
-                             "[--record FILE] [--record-start FILE] [--exit N]\n");
+                             "[--record FILE] [--record-start FILE] [--exit N] [--also COUNTER2] [--stamp FILE]\n");
         return 64;
     }
     const char* counter = argv[1];
@@ -73,6 +88,8 @@ int main(int argc, char** argv) {
     const char* ready = nullptr;
     const char* record = nullptr;
     const char* record_start = nullptr;
+    const char* also = nullptr;
+    const char* stamps = nullptr;
     long sleep_ms = 0;
     int code = 0;
     for (int i = 2; i + 1 < argc; i += 2) {
@@ -83,8 +100,12 @@ int main(int argc, char** argv) {
         else if (opt == "--sleep") sleep_ms = std::atol(argv[i + 1]);
         else if (opt == "--record") record = argv[i + 1];
         else if (opt == "--record-start") record_start = argv[i + 1];
+        else if (opt == "--also") also = argv[i + 1];
+        else if (opt == "--stamp") stamps = argv[i + 1];
     }
     update(counter, +1);
+    if (also) update(also, +1);
+    if (stamps) stamp(stamps, "start");
     if (record_start) append_task_id(record_start);
     // Open the hold FIFO before saying "ready": the test closes its end only after every
     // agent is ready, so no agent can miss the release. O_NONBLOCK: opening for reading
@@ -115,6 +136,8 @@ int main(int argc, char** argv) {
         while (::nanosleep(&ts, &ts) != 0 && errno == EINTR) {}
     }
     if (record) append_task_id(record);
+    if (stamps) stamp(stamps, "end");
+    if (also) update(also, -1);
     update(counter, -1);
     return code;
 }

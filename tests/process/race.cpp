@@ -62,6 +62,11 @@ public:
     }
     std::optional<limits> get_limits(std::error_code& ec) { return inner_.get_limits(ec); }
     void put_limits(const limits& l, std::error_code& ec) { inner_.put_limits(l, ec); }
+    std::vector<queue_item> runnable(std::size_t n, const std::vector<std::string>& skip, std::error_code& ec) {
+        return inner_.runnable(n, skip, ec);
+    }
+    queue_schedule get_schedule(std::error_code& ec) { return inner_.get_schedule(ec); }
+    void put_schedule(const queue_schedule& sc, std::error_code& ec) { inner_.put_schedule(sc, ec); }
 
 private:
     sqlite_store inner_;

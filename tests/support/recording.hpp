@@ -133,6 +133,14 @@ public:
         return inner_.events_after(seq, limit, ec);
     }
     std::optional<limits> get_limits(std::error_code& ec) { return inner_.get_limits(ec); }
+    std::vector<queue_item> runnable(std::size_t limit, const std::vector<std::string>& skip, std::error_code& ec) {
+        return inner_.runnable(limit, skip, ec);
+    }
+    queue_schedule get_schedule(std::error_code& ec) { return inner_.get_schedule(ec); }
+    void put_schedule(const queue_schedule& sc, std::error_code& ec) {
+        inner_.put_schedule(sc, ec);
+        if (!ec) wrote("put_schedule");
+    }
     void put_limits(const limits& l, std::error_code& ec) {
         inner_.put_limits(l, ec);
         if (!ec) wrote("put_limits " + std::to_string(l.cap));

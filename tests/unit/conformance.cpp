@@ -329,6 +329,64 @@ TEMPLATE_TEST_CASE("store: append_event numbers events from 1, growing, and even
     CHECK(seqs(all_events_of(o, 4)) == got);
 }
 
+TEMPLATE_TEST_CASE("store: runnable gives pending tasks by priority then age, skips groups, and sees the unit",
+                   "[store]", memory_fixture, sqlite_fixture) {
+    TestType f;
+    auto& s = f.store();
+    auto o = f.other();
+    std::error_code ec;
+    auto with = [](queue_item it, int priority, std::string group) {
+        it.priority = priority;
+        it.group = std::move(group);
+        return it;
+    };
+    s.put_item(with(item("old-low", task_state::pending, 1), -1, ""), ec);
+    s.put_item(with(item("new-high", task_state::pending, 9), 4, "gpu"), ec);
+    s.put_item(with(item("b-mid", task_state::pending, 5), 0, "cpu"), ec);
+    s.put_item(with(item("a-mid", task_state::pending, 5), 0, ""), ec);
+    s.put_item(with(item("run-high", task_state::running, 0), 9, ""), ec);
+    s.put_item(with(item("wait-high", task_state::waiting, 0), 9, ""), ec);
+    CHECK(ids(s.runnable(10, {}, ec)) == std::vector<std::string>{"new-high", "a-mid", "b-mid", "old-low"});
+    CHECK(ids(s.runnable(2, {}, ec)) == std::vector<std::string>{"new-high", "a-mid"});
+    CHECK(ids(s.runnable(10, {"gpu", "cpu"}, ec)) == std::vector<std::string>{"a-mid", "old-low"});
+    CHECK(ids(s.runnable(10, {""}, ec)) == std::vector<std::string>{"new-high", "b-mid"});
+    CHECK(s.runnable(0, {}, ec).empty());
+    CHECK(ids(s.items_in_state(task_state::waiting, 10, ec)) == std::vector<std::string>{"wait-high"});
+    // In a unit: its own writes count (a claim leaves the list, a new task joins it); others
+    // see the committed order until the commit.
+    s.begin(ec);
+    s.put_item(with(item("new-high", task_state::notified, 9), 4, "gpu"), ec);
+    s.put_item(with(item("urgent", task_state::pending, 10), 7, "x"), ec);
+    CHECK(ids(s.runnable(3, {}, ec)) == std::vector<std::string>{"urgent", "a-mid", "b-mid"});
+    CHECK(ids(o.runnable(1, {}, ec)) == std::vector<std::string>{"new-high"});
+    s.commit(durability::durable, ec);
+    CHECK(ids(o.runnable(1, {}, ec)) == std::vector<std::string>{"urgent"});
+    CHECK_FALSE(ec);
+}
+
+TEMPLATE_TEST_CASE("store: the schedule is a default one until put, and is seen by others at commit",
+                   "[store][unit]", memory_fixture, sqlite_fixture) {
+    TestType f;
+    auto& s = f.store();
+    auto o = f.other();
+    std::error_code ec;
+    CHECK(s.get_schedule(ec) == queue_schedule{});
+    CHECK_FALSE(ec);
+    queue_schedule sc;
+    sc.paused = true;
+    sc.set_group("gpu", {2, false});
+    sc.set_group("docs", {std::nullopt, true});
+    s.begin(ec);
+    s.put_schedule(sc, ec);
+    CHECK(s.get_schedule(ec) == sc);
+    CHECK(o.get_schedule(ec) == queue_schedule{});
+    s.commit(durability::durable, ec);
+    CHECK(o.get_schedule(ec) == sc);
+    CHECK(o.get_schedule(ec).group("gpu").cap == 2);
+    CHECK(o.get_schedule(ec).holds("docs"));
+    CHECK_FALSE(ec);
+}
+
 TEMPLATE_TEST_CASE("store: get_limits is empty until put_limits has been committed", "[store][unit]", memory_fixture,
                    sqlite_fixture) {
     TestType f;
@@ -509,8 +567,10 @@ TEST_CASE("sqlite_store migrates a version-1 database forward, keeping every tas
         REQUIRE_FALSE(ec);
     }
     {
+        // Back to version 1's shape: without version 3's columns and index.
         raw_db r(d / "state.db");
-        r.exec("PRAGMA user_version=1");
+        r.exec("DROP INDEX tasks_runnable; ALTER TABLE tasks DROP COLUMN priority; ALTER TABLE tasks DROP COLUMN grp;"
+               "PRAGMA user_version=1");
     }
     sqlite_store s(d / "state.db");
     s.open(ec);
@@ -518,10 +578,40 @@ TEST_CASE("sqlite_store migrates a version-1 database forward, keeping every tas
     {
         raw_db r(d / "state.db");
         CHECK(r.count("PRAGMA user_version") == sqlite_store::schema_version);
+        CHECK(r.count("SELECT count(*) FROM pragma_table_info('tasks') WHERE name IN ('priority', 'grp')") == 2);
     }
     CHECK(s.get_item("old", ec));
     CHECK(s.events_after(0, 10, ec).size() == 1);
     CHECK(s.check(ec).ok());
+    // The migrated store schedules: a new task with a priority runs before the old one.
+    queue_item hi;
+    hi.id = "new";
+    hi.argv = {"true"};
+    hi.priority = 3;
+    hi.group = "g";
+    s.create_item(hi, ec);
+    REQUIRE_FALSE(ec);
+    const auto order = s.runnable(10, {}, ec);
+    REQUIRE(order.size() == 2);
+    CHECK(order[0].id == "new");
+    CHECK(s.runnable(10, {"g"}, ec).size() == 1);
+}
+
+TEST_CASE("sqlite_store answers store_corrupt for a schedule it cannot read, naming it, and keeps it") {
+    temp_dir d;
+    std::error_code ec;
+    sqlite_store s(d / "state.db");
+    s.open();
+    {
+        raw_db r(d / "state.db");
+        r.exec("INSERT INTO meta(key, value) VALUES('schedule', '{\"paused\": 1, \"groups\": {}}')");
+    }
+    s.get_schedule(ec);
+    CHECK(ec == errc::store_corrupt);
+    CHECK(has(s.last_error_detail(), "meta \"schedule\""));
+    CHECK(has(s.last_error_detail(), "paused"));
+    raw_db r(d / "state.db");
+    CHECK(r.count("SELECT count(*) FROM meta WHERE key = 'schedule'") == 1);
 }
 
 TEST_CASE("sqlite_store refuses a file that is not a SQLite database, or another program's database, and never writes it") {
@@ -580,9 +670,9 @@ TEST_CASE("sqlite_store moves a task row that fails validation to quarantine, wi
     const auto events_before = s.events_after(0, 100, ec).size();
     {
         raw_db r(d / "state.db");
-        r.exec("INSERT INTO tasks VALUES('bad-json', 0, 3, '{\"version\": 1, \"kind\": \"queue_item\"')");
-        r.exec("INSERT INTO tasks VALUES('bad-id', 0, 4, " + quoted(record_of(item("someone-else", task_state::pending, 4))) + ")");
-        r.exec("INSERT INTO tasks VALUES('bad-state', 2, 5, " + quoted(record_of(item("bad-state", task_state::pending, 5))) + ")");
+        r.exec("INSERT INTO tasks(id, state, enqueued_us, record) VALUES('bad-json', 0, 3, '{\"version\": 1, \"kind\": \"queue_item\"')");
+        r.exec("INSERT INTO tasks(id, state, enqueued_us, record) VALUES('bad-id', 0, 4, " + quoted(record_of(item("someone-else", task_state::pending, 4))) + ")");
+        r.exec("INSERT INTO tasks(id, state, enqueued_us, record) VALUES('bad-state', 2, 5, " + quoted(record_of(item("bad-state", task_state::pending, 5))) + ")");
     }
     struct expect {
         std::string id, why;
@@ -643,7 +733,7 @@ TEST_CASE("sqlite_store with quarantine off answers store_corrupt naming the row
     REQUIRE_FALSE(ec);
     {
         raw_db r(d / "state.db");
-        r.exec("INSERT INTO tasks VALUES('bad', 0, 3, '{')");
+        r.exec("INSERT INTO tasks(id, state, enqueued_us, record) VALUES('bad', 0, 3, '{')");
     }
     s.list_items(ec);
     CHECK(ec == errc::store_corrupt);
@@ -715,7 +805,7 @@ TEST_CASE("sqlite_store check() runs the integrity check and reports every bad r
     CHECK(r0.events == 1);
     {
         raw_db r(d / "state.db");
-        r.exec("INSERT INTO tasks VALUES('bad-task', 0, 3, 'nope')");
+        r.exec("INSERT INTO tasks(id, state, enqueued_us, record) VALUES('bad-task', 0, 3, 'nope')");
         r.exec("INSERT INTO sessions VALUES('bad-session', 'bad-session', '{}')");
         r.exec("INSERT INTO events(task_id, record) VALUES('x', '{\"type\": 7}')");
         // A record that carries its own number: the row's key is its number, so readers refuse it.

@@ -1313,3 +1313,163 @@ TEST_CASE("over sqlite_store, restart keeps its runs in the record and remove de
     CHECK(evs.back().type == event_type::task_removed);
     CHECK(evs.back().reason == "pending");
 }
+
+// ---- scheduling: priorities, groups, dependencies, pause ---------------------------------------
+
+namespace {
+task_spec sched_spec(std::string id, int priority = 0, std::string group = {}, std::vector<std::string> after = {}) {
+    task_spec s{std::move(id), {"agent"}, role::dev, {}, {}, {}};
+    s.priority = priority;
+    s.group = std::move(group);
+    s.after = std::move(after);
+    return s;
+}
+std::vector<std::string> running_ids(rig& r) {
+    std::error_code ec;
+    std::vector<std::string> v;
+    for (auto& it : r.store.items_in_state(task_state::running, SIZE_MAX, ec)) v.push_back(it.id);
+    std::sort(v.begin(), v.end());
+    return v;
+}
+} // namespace
+
+TEST_CASE("a pass takes higher priorities first, and equal priorities in enqueue order") {
+    rig r(dispatcher_options{2, 3, 1s});
+    r.d.enqueue(sched_spec("low", -5));
+    r.clock.advance(1ms);
+    r.d.enqueue(sched_spec("mid1", 0));
+    r.clock.advance(1ms);
+    r.d.enqueue(sched_spec("high", 7));
+    r.clock.advance(1ms);
+    r.d.enqueue(sched_spec("mid2", 0));
+    CHECK(r.d.process_queue().started == 2);
+    CHECK(running_ids(r) == std::vector<std::string>{"high", "mid1"});
+    r.spawner.exit(r.spawner.pid_of("high"), 0);
+    r.d.process_queue();
+    CHECK(running_ids(r) == std::vector<std::string>{"mid1", "mid2"});
+    CHECK(r.item("low").state == task_state::pending);
+}
+
+TEST_CASE("a group's cap holds within HOME's cap, and other groups take the slots it leaves") {
+    rig r(dispatcher_options{3, 3, 1s});
+    r.d.set_group_cap("gpu", 1);
+    for (auto id : {"g1", "g2", "g3"}) r.d.enqueue(sched_spec(id, 10, "gpu"));
+    r.d.enqueue(sched_spec("c1", 0, "cpu"));
+    r.d.enqueue(sched_spec("n1"));
+    r.d.enqueue(sched_spec("n2"));
+    const auto rep = r.d.process_queue();
+    CHECK(rep.started == 3);
+    CHECK(running_ids(r) == std::vector<std::string>{"c1", "g1", "n1"});
+    CHECK(r.d.reap().group_live.at("gpu") == 1);
+    // start() obeys the group's cap too, and says no_slot without recording anything
+    r.spawner.exit(r.spawner.pid_of("n1"), 0);
+    CHECK(r.d.start(sched_spec("g9", 0, "gpu")).status == start_status::no_slot);
+    std::error_code ec;
+    CHECK_FALSE(r.store.get_item("g9", ec));
+    // a cap of none lifts it; an out-of-range cap or a bad name changes nothing
+    r.d.set_group_cap("gpu", 0, ec);
+    CHECK(ec == errc::invalid_limit);
+    r.d.set_group_cap("-x", 1, ec);
+    CHECK(ec == errc::invalid_group);
+    CHECK(r.d.schedule().group("gpu").cap == 1);
+    r.d.set_group_cap("gpu", std::nullopt);
+    CHECK(r.d.schedule().groups.empty());
+    r.d.process_queue();
+    CHECK(running_ids(r) == std::vector<std::string>{"c1", "g1", "g2"});
+}
+
+TEST_CASE("pause stops new starts, queue-wide or for a group, and leaves running agents alone") {
+    rig r(dispatcher_options{3, 3, 1s});
+    r.d.enqueue(sched_spec("a1", 0, "a"));
+    r.d.process_queue();
+    r.d.pause();
+    r.d.enqueue(sched_spec("a2", 0, "a"));
+    r.d.enqueue(sched_spec("b1", 0, "b"));
+    CHECK(r.d.process_queue().taken == 0);
+    CHECK(r.d.start(sched_spec("x")).status == start_status::paused);
+    CHECK(running_ids(r) == std::vector<std::string>{"a1"});   // still running
+    r.d.resume();
+    r.d.pause("a");
+    CHECK(r.d.start(sched_spec("a3", 0, "a")).status == start_status::paused);
+    r.d.process_queue();
+    CHECK(running_ids(r) == std::vector<std::string>{"a1", "b1"});
+    r.d.resume("a");
+    CHECK(r.d.schedule() == queue_schedule{});
+    r.d.process_queue();
+    CHECK(running_ids(r) == std::vector<std::string>{"a1", "a2", "b1"});
+}
+
+TEST_CASE("dependencies: a task waits for its dependencies, runs once all completed, fails when one fails") {
+    rig r(dispatcher_options{3, 3, 1s});
+    r.d.enqueue(sched_spec("build"));
+    r.d.enqueue(sched_spec("lint"));
+    CHECK(r.d.enqueue(sched_spec("test", 0, {}, {"build", "lint"})).state == task_state::waiting);
+    CHECK(r.d.enqueue(sched_spec("deploy", 9, {}, {"test"})).state == task_state::waiting);
+    r.d.process_queue();
+    CHECK(running_ids(r) == std::vector<std::string>{"build", "lint"});
+    r.spawner.exit(r.spawner.pid_of("build"), 0);
+    r.d.process_queue();
+    CHECK(r.item("test").state == task_state::waiting);
+    r.spawner.exit(r.spawner.pid_of("lint"), 0);
+    r.d.process_queue();
+    CHECK(running_ids(r) == std::vector<std::string>{"test"});
+    CHECK(r.item("deploy").state == task_state::waiting);
+    r.spawner.exit(r.spawner.pid_of("test"), 3);
+    r.d.reap();
+    const auto deploy = r.item("deploy");
+    CHECK(deploy.state == task_state::error);
+    CHECK(deploy.attempts == 0);
+    CHECK(deploy.last_error.find("\"test\" (error)") != std::string::npos);
+    REQUIRE(r.last_of("deploy"));
+    CHECK(r.last_of("deploy")->reason == "dependency_failed");
+    // start_item refuses a waiting task; a task enqueued after a completed one is pending at once
+    r.d.enqueue(sched_spec("w", 0, {}, {"deploy"}));
+    CHECK(r.item("w").state == task_state::error);   // its dependency already failed
+    CHECK(r.d.enqueue(sched_spec("ok", 0, {}, {"build"})).state == task_state::pending);
+}
+
+TEST_CASE("dependencies: unknown tasks and cycles are refused at enqueue, and nothing changes") {
+    rig r;
+    std::error_code ec;
+    r.d.enqueue(sched_spec("a", 0, {}, {"nope"}), ec);
+    CHECK(ec == errc::unknown_task);
+    CHECK(r.d.last_error_detail().find("\"nope\"") != std::string::npos);
+    r.d.enqueue(sched_spec("self", 0, {}, {"self"}), ec);
+    CHECK(ec == errc::dependency_cycle);
+    // a cycle through a removed id used again: b waits for a; a is removed and enqueued after b
+    r.d.enqueue(sched_spec("x"));
+    r.d.enqueue(sched_spec("a", 0, {}, {"x"}));
+    r.d.enqueue(sched_spec("b", 0, {}, {"a"}));
+    r.d.remove(std::vector<std::string>{"a"});
+    r.d.enqueue(sched_spec("a", 0, {}, {"b"}), ec);
+    CHECK(ec == errc::dependency_cycle);
+    CHECK(r.d.last_error_detail().find("cycle") != std::string::npos);
+    std::error_code lec;
+    CHECK(r.store.list_items(lec).size() == 2);
+    // the task whose dependency was removed fails at the next reap, naming it
+    r.d.reap();
+    CHECK(r.item("b").state == task_state::error);
+    CHECK(r.item("b").last_error.find("no task \"a\"") != std::string::npos);
+    // bad fields are refused by validate()
+    CHECK(validate(sched_spec("p", max_priority + 1)) == errc::invalid_limit);
+    CHECK(validate(sched_spec("p", 0, "-g")) == errc::invalid_group);
+    CHECK(validate(sched_spec("p", 0, {}, {"a", "a"})) == errc::invalid_task_id);
+}
+
+TEST_CASE("restart of a failed chain runs it again in order, and cancel ends a waiting task") {
+    rig r(dispatcher_options{3, 3, 1s});
+    r.d.enqueue(sched_spec("one"));
+    r.d.enqueue(sched_spec("two", 0, {}, {"one"}));
+    r.d.enqueue(sched_spec("three", 0, {}, {"two"}));
+    r.d.process_queue();
+    r.spawner.exit(r.spawner.pid_of("one"), 1);
+    r.d.reap();
+    CHECK(r.item("two").state == task_state::error);
+    CHECK(r.item("three").state == task_state::error);   // a chain fails at once
+    r.d.restart(std::vector<std::string>{"three", "two", "one"});   // any order
+    CHECK(r.item("one").state == task_state::pending);
+    CHECK(r.item("two").state == task_state::waiting);
+    CHECK(r.item("three").state == task_state::waiting);
+    r.d.cancel("three");
+    CHECK(r.item("three").state == task_state::cancelled);
+}

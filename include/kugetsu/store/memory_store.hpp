@@ -29,6 +29,7 @@
 #include <set>
 #include <string>
 #include <string_view>
+#include <tuple>
 #include <vector>
 
 #include "../concepts.hpp"
@@ -39,6 +40,10 @@ namespace detail {
 /// Oldest first: enqueue time, then id.
 inline bool older(const queue_item& a, const queue_item& b) noexcept {
     return a.enqueued_at != b.enqueued_at ? a.enqueued_at < b.enqueued_at : a.id < b.id;
+}
+/// The order in which runnable tasks are taken: higher priority first, then older.
+inline bool runs_before(const queue_item& a, const queue_item& b) noexcept {
+    return a.priority != b.priority ? a.priority > b.priority : older(a, b);
 }
 } // namespace detail
 
@@ -82,16 +87,17 @@ public:
         auto& u = *unit_;
         for (auto& id : u.removed)
             if (auto i = s_->items.find(id); i != s_->items.end()) {
-                s_->by_state[index(i->second.state)].erase(order_key(i->second));
+                unindex(i->second);
                 s_->items.erase(i);
             }
         for (auto& [id, it] : u.items) {
             auto [i, fresh] = s_->items.try_emplace(id, it);
             if (!fresh) {
-                s_->by_state[index(i->second.state)].erase(order_key(i->second));
+                unindex(i->second);
                 i->second = it;
             }
             s_->by_state[index(it.state)].insert(order_key(it));
+            if (it.state == task_state::pending) s_->runnable.insert(rank_key(it));
         }
         for (auto& [id, se] : u.sessions) {
             if (se) s_->sessions.insert_or_assign(id, *se);
@@ -99,6 +105,7 @@ public:
         }
         for (auto& e : u.events) s_->events.push_back(std::move(e));
         if (u.lim) s_->lim = u.lim;
+        if (u.sched) s_->sched = u.sched;
         end_unit();
     }
 
@@ -173,6 +180,30 @@ public:
         return v;
     }
 
+    /// Pending tasks whose group is not in `skip`, higher priority first, then oldest.
+    std::vector<queue_item> runnable(std::size_t limit, const std::vector<std::string>& skip, std::error_code& ec) const {
+        ec.clear();
+        auto skipped = [&](const std::string& g) { return std::find(skip.begin(), skip.end(), g) != skip.end(); };
+        std::vector<queue_item> v;
+        {
+            std::lock_guard g(s_->m);
+            for (const auto& k : s_->runnable) {
+                if (v.size() >= limit) break;
+                const auto& id = std::get<2>(k);
+                if (unit_ && (unit_->items.count(id) || unit_->removed.count(id))) continue;   // its unit decides
+                const auto& it = s_->items.find(id)->second;
+                if (!skipped(it.group)) v.push_back(it);
+            }
+        }
+        if (unit_) {
+            for (auto& [k, it] : unit_->items)
+                if (it.state == task_state::pending && !skipped(it.group)) v.push_back(it);
+            std::sort(v.begin(), v.end(), detail::runs_before);
+            if (v.size() > limit) v.resize(limit);
+        }
+        return v;
+    }
+
     // ---- sessions -------------------------------------------------------------------------
 
     void put_session(const session& se, std::error_code& ec) {
@@ -225,12 +256,29 @@ public:
     void put_limits(const limits& l, std::error_code& ec) {
         auto_unit(ec, [&](unit& u) { u.lim = l; });
     }
+    queue_schedule get_schedule(std::error_code& ec) const {
+        ec.clear();
+        if (unit_ && unit_->sched) return *unit_->sched;
+        std::lock_guard g(s_->m);
+        return s_->sched.value_or(queue_schedule{});
+    }
+    void put_schedule(const queue_schedule& sc, std::error_code& ec) {
+        auto_unit(ec, [&](unit& u) { u.sched = sc; });
+    }
 
 private:
     /// (enqueued_at, id): the order of detail::older.
     using key = std::pair<timestamp, std::string>;
     static key order_key(const queue_item& it) { return {it.enqueued_at, it.id}; }
-    static constexpr std::size_t state_count = static_cast<std::size_t>(task_state::cancelled) + 1;
+    /// (-priority, enqueued_at, id): the order of detail::runs_before.
+    using rkey = std::tuple<int, timestamp, std::string>;
+    static rkey rank_key(const queue_item& it) { return {-it.priority, it.enqueued_at, it.id}; }
+    static constexpr std::size_t state_count = static_cast<std::size_t>(task_state::waiting) + 1;
+
+    void unindex(const queue_item& it) {   // with s_->m held
+        s_->by_state[index(it.state)].erase(order_key(it));
+        if (it.state == task_state::pending) s_->runnable.erase(rank_key(it));
+    }
     static std::size_t index(task_state s) noexcept { return static_cast<std::size_t>(s); }
 
     struct state {
@@ -241,8 +289,10 @@ private:
         std::map<std::string, session, std::less<>> sessions;
         /// The ids in each state, oldest first: a pass reads only the few it takes.
         std::array<std::set<key>, state_count> by_state;
+        std::set<rkey> runnable;        // the pending ones, in the order they are taken
         std::vector<event> events;      // events[i].seq == i + 1
         std::optional<limits> lim;
+        std::optional<queue_schedule> sched;
     };
 
     /// The writes of an open unit, seen only by this object until commit.
@@ -252,6 +302,7 @@ private:
         std::map<std::string, std::optional<session>, std::less<>> sessions;   // nullopt: removed
         std::vector<event> events;
         std::optional<limits> lim;
+        std::optional<queue_schedule> sched;
     };
 
     /// Runs a write in the open unit, or in a unit of its own.

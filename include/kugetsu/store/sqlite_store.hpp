@@ -138,7 +138,7 @@ struct sqlite_store_options {
 class sqlite_store {
 public:
     /// The schema version this code writes (PRAGMA user_version).
-    static constexpr int schema_version = 2;
+    static constexpr int schema_version = 3;
     /// PRAGMA application_id of a kugetsu database: "KUGS".
     static constexpr std::int32_t application_id = 0x4b554753;
 
@@ -331,6 +331,24 @@ public:
         return v;
     }
 
+    std::vector<queue_item> runnable(std::size_t limit, const std::vector<std::string>& skip, std::error_code& ec) {
+        std::vector<queue_item> v;
+        if (limit == 0) {
+            ec.clear();
+            return v;
+        }
+        const auto lim = limit > static_cast<std::size_t>(INT64_MAX) ? INT64_MAX : static_cast<std::int64_t>(limit);
+        const std::string groups = nlohmann::json(skip).dump();
+        read_tasks(ec, stmt::runnable,
+                   [&](sqlite3_stmt* s) {
+                       sqlite3_bind_int(s, 1, static_cast<int>(task_state::pending));
+                       sqlite3_bind_int64(s, 2, lim);
+                       bind_text(s, 3, groups);
+                   },
+                   [&](queue_item&& it) { v.push_back(std::move(it)); });
+        return v;
+    }
+
     // ---- sessions -------------------------------------------------------------------------
 
     void put_session(const session& se, std::error_code& ec) {
@@ -477,6 +495,29 @@ public:
         });
     }
 
+    /// The schedule: meta "schedule" (a default one if none). A value that cannot be read is
+    /// errc::store_corrupt naming it (it is kept as it is).
+    queue_schedule get_schedule(std::error_code& ec) {
+        const std::string text = get_meta("schedule", ec);
+        if (ec || text.empty()) return {};
+        std::string why;
+        auto sc = parse_schedule(std::string_view(text), ec, why);
+        if (!sc || sc->validate()) {
+            ec = errc::store_corrupt;
+            detail_ = path_ + ": meta \"schedule\" cannot be read: " + (why.empty() ? "a value out of range" : why);
+            return {};
+        }
+        return *sc;
+    }
+    void put_schedule(const queue_schedule& sc, std::error_code& ec) {
+        if (sc.validate()) {
+            ec = errc::invalid_group;
+            detail_ = path_ + ": a schedule with an invalid group or cap";
+            return;
+        }
+        put_meta("schedule", nlohmann::json(sc).dump(), ec);
+    }
+
     // ---- beyond the concept -----------------------------------------------------------------
 
     const std::vector<quarantined_record>& quarantined() const noexcept { return quarantined_; }
@@ -603,7 +644,8 @@ private:
     enum class stmt : std::size_t {
         begin, commit, rollback, insert_task, upsert_task, get_task, list_tasks, tasks_in_state,
         upsert_session, delete_session, list_sessions, insert_event, events_after, get_limits, put_limits,
-        get_meta, put_meta, insert_quarantine, delete_task, delete_event, list_quarantine, data_version, remove_task, count_
+        get_meta, put_meta, insert_quarantine, delete_task, delete_event, list_quarantine, data_version, remove_task,
+        runnable, count_
     };
 
     static const char* sql_of(stmt s) noexcept {
@@ -611,11 +653,12 @@ private:
         case stmt::begin: return "BEGIN IMMEDIATE";
         case stmt::commit: return "COMMIT";
         case stmt::rollback: return "ROLLBACK";
-        case stmt::insert_task: return "INSERT INTO tasks(id, state, enqueued_us, record) VALUES(?1, ?2, ?3, ?4)";
+        case stmt::insert_task:
+            return "INSERT INTO tasks(id, state, enqueued_us, record, priority, grp) VALUES(?1, ?2, ?3, ?4, ?5, ?6)";
         case stmt::upsert_task:
-            return "INSERT INTO tasks(id, state, enqueued_us, record) VALUES(?1, ?2, ?3, ?4) "
+            return "INSERT INTO tasks(id, state, enqueued_us, record, priority, grp) VALUES(?1, ?2, ?3, ?4, ?5, ?6) "
                    "ON CONFLICT(id) DO UPDATE SET state = excluded.state, enqueued_us = excluded.enqueued_us, "
-                   "record = excluded.record";
+                   "record = excluded.record, priority = excluded.priority, grp = excluded.grp";
         case stmt::get_task: return "SELECT id, state, record FROM tasks WHERE id = ?1";
         case stmt::list_tasks: return "SELECT id, state, record FROM tasks ORDER BY enqueued_us, id";
         case stmt::tasks_in_state:
@@ -642,6 +685,9 @@ private:
         case stmt::list_quarantine: return "SELECT n, source, ifnull(task_id, ''), why, at_us FROM quarantine ORDER BY n";
         case stmt::data_version: return "PRAGMA data_version";
         case stmt::remove_task: return "DELETE FROM tasks WHERE id = ?1";
+        case stmt::runnable:
+            return "SELECT id, state, record FROM tasks WHERE state = ?1 AND grp NOT IN (SELECT value FROM json_each(?3)) "
+                   "ORDER BY priority DESC, enqueued_us, id LIMIT ?2";
         case stmt::count_: break;
         }
         return "";
@@ -777,6 +823,12 @@ private:
             // 1 -> 2: task records may hold "restarts" and "runs" (restart), and events may be
             // task_removed: no table changes, but a version-1 program must not read them.
             "",
+            // 2 -> 3: scheduling. Records may hold "priority", "group" and "after", and be in
+            // state waiting (6); the schedule is meta "schedule". The columns copy the record's
+            // priority and group, so that a pass reads pending tasks in the order it takes them.
+            "ALTER TABLE tasks ADD COLUMN priority INTEGER NOT NULL DEFAULT 0;"
+            "ALTER TABLE tasks ADD COLUMN grp TEXT NOT NULL DEFAULT '';"
+            "CREATE INDEX tasks_runnable ON tasks(state, priority DESC, enqueued_us, id);",
         };
         static_assert(std::size(steps) == schema_version);
         for (std::int64_t v = version; v < schema_version; ++v) {
@@ -945,6 +997,8 @@ private:
         sqlite3_bind_int(s, 2, static_cast<int>(it.state));
         sqlite3_bind_int64(s, 3, us(it.enqueued_at));
         bind_text(s, 4, rec);
+        sqlite3_bind_int(s, 5, it.priority);
+        bind_text(s, 6, it.group);
         return step_done(s);
     }
 

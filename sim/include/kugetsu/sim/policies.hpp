@@ -18,6 +18,7 @@
 
 #include <algorithm>
 #include <map>
+#include <functional>
 #include <memory>
 #include <string>
 #include <utility>
@@ -67,6 +68,15 @@ struct store_shared {
     /// A deliberately wrong design (negative tests only): the commit of a unit that wrote a
     /// session takes effect only at the next begin(), after the held agents were released.
     bool release_before_commit = false;
+    /// Deliberately wrong designs (negative tests only), each a store that misleads the real
+    /// dispatcher: group caps read as absent, pauses read as lifted, runnable tasks given
+    /// oldest first whatever their priority, and dependencies read as completed.
+    bool ignore_group_caps = false;
+    bool ignore_pause = false;
+    bool wrong_priority = false;
+    bool ignore_dependencies = false;
+    /// Called with the committing store (its reads see the unit) just before each commit.
+    std::function<void(memory_store&)> before_commit;
 };
 
 /// The store: the real memory_store, with SQLite's unit of work modelled in the world.
@@ -127,6 +137,7 @@ public:
         ec.clear();
         if (!in_unit()) return;
         w_->choice("store.commit");
+        if (sh_ && sh_->before_commit) sh_->before_commit(s_);   // the unit, as it is about to commit
         if (sh_ && sh_->release_before_commit && wrote_session_) {
             deferred_ = true;   // the wrong variant: it answers as if committed
             w_->trace(w_->current(), "commit", "deferred past the release (a deliberately wrong design)");
@@ -188,8 +199,12 @@ public:
         return v;
     }
     std::vector<queue_item> items_in_state(task_state st, std::size_t limit, std::error_code& ec) {
-        w_->choice("store.items_in_state " + std::string(to_string(st)));
+        // The waiting tasks every reap reads: inside a unit (exclusive, and rolled back if
+        // the process dies before its commit) a read is not a step of its own.
+        if (!(st == task_state::waiting && in_unit())) w_->choice("store.items_in_state " + std::string(to_string(st)));
         auto v = s_.items_in_state(st, limit, ec);
+        if (st == task_state::waiting && sh_ && sh_->ignore_dependencies)   // a deliberately wrong design
+            for (auto& it : v) it.after.clear();
         w_->observe(v.size());
         for (auto& it : v) w_->observe(record_hash(it));
         return v;
@@ -255,6 +270,52 @@ public:
             return std::pair{std::string("l"), limits_hash(l)};
         });
         w_->trace(w_->current(), "put_limits", "cap " + std::to_string(l.cap));
+    }
+
+    std::vector<queue_item> runnable(std::size_t limit, const std::vector<std::string>& skip, std::error_code& ec) {
+        w_->choice("store.runnable");
+        auto v = s_.runnable(limit, skip, ec);
+        if (sh_ && sh_->wrong_priority) {   // a deliberately wrong design: oldest first
+            auto all = s_.runnable(static_cast<std::size_t>(-1), skip, ec);
+            std::sort(all.begin(), all.end(), kugetsu::detail::older);
+            if (all.size() > limit) all.resize(limit);
+            v = std::move(all);
+        }
+        w_->observe(v.size());
+        for (auto& it : v) w_->observe(record_hash(it));
+        return v;
+    }
+    /// Inside a unit, not a step of its own (as items_in_state(waiting)).
+    queue_schedule get_schedule(std::error_code& ec) {
+        if (!in_unit()) w_->choice("store.get_schedule");
+        auto sc = s_.get_schedule(ec);
+        if (sh_ && sh_->ignore_group_caps)   // a deliberately wrong design
+            for (auto& g : sc.groups) g.second.cap.reset();
+        if (sh_ && sh_->ignore_pause) {      // a deliberately wrong design
+            sc.paused = false;
+            for (auto& g : sc.groups) g.second.paused = false;
+        }
+        w_->observe(schedule_hash(sc));
+        return sc;
+    }
+    void put_schedule(const queue_schedule& sc, std::error_code& ec) {
+        write("store.put_schedule", ec, [&] {
+            s_.put_schedule(sc, ec);
+            return std::pair{std::string("q"), schedule_hash(sc)};
+        });
+        if (!ec) {   // a daemon wakes for it (the bell rings at every commit)
+            if (in_unit()) created_ = true;
+            else w_->notify_event();
+        }
+        w_->trace(w_->current(), "put_schedule", std::string(sc.paused ? "paused" : "running") + ", " +
+                                                     std::to_string(sc.groups.size()) + " groups");
+    }
+    static std::uint64_t schedule_hash(const queue_schedule& sc) {
+        std::uint64_t h = sc.paused ? 0x9e37 : 0x7f4a;
+        for (const auto& [g, p] : sc.groups)
+            h = h * 1099511628211ull ^ std::hash<std::string>{}(g) ^ (static_cast<std::uint64_t>(p.cap.value_or(0)) << 1) ^
+                (p.paused ? 1u : 0u);
+        return h;
     }
 
     memory_store& inner() noexcept { return s_; }

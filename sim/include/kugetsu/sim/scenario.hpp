@@ -25,7 +25,22 @@
 //   events           fixed design: after dropping copies (the same seq), each task has exactly
 //                    the events its history implies, and the events file holds every event
 //                    the store committed; legacy: each task's events form a valid sequence
-//   idle_slot        when the daemon goes to sleep, no slot is free while tasks are pending
+//   idle_slot        when the daemon goes to sleep, no slot is free while tasks are runnable
+//                    (pending, their group neither paused nor at its cap)
+//
+// Scheduling (`scheduling`, fixed design only): the queued tasks are in groups "a" and "b"
+// with caps of their own (1 and 2), have priorities, and some run after others (t4 after t1,
+// and every third from t6 on after the one before it); the starters' tasks are in group b; a
+// pauser pauses and resumes the queue, then group a. More invariants:
+//   group_cap        no group's live dev agents exceed its cap, at any step
+//   dependency       no agent of a task runs unless every task it runs after has completed
+//   paused           no agent begins to run while the committed schedule holds its group
+//   priority         at each commit of a unit that took pending tasks (their attempts
+//                    counted), no task left pending outranks one taken (higher priority, or
+//                    equal and older) that could have had its slot: in the same group, or in
+//                    a group neither paused nor at its cap at that commit
+// Each has a deliberately wrong design that must be caught (negative tests): a store that
+// hides group caps, hides pauses, gives runnable tasks oldest first, or hides dependencies.
 #pragma once
 
 #include <array>
@@ -64,6 +79,20 @@ struct scenario {
     /// commit of the unit that wrote the sessions takes effect only after the held agents
     /// were released.
     bool release_before_commit = false;
+    /// Groups, priorities, dependencies and a pauser (see the header); fixed design only.
+    bool scheduling = false;
+    int group_a_cap = 1, group_b_cap = 2;
+    /// Deliberately wrong variants of scheduling (negative tests), see store_shared.
+    bool ignore_group_caps = false, ignore_pause = false, wrong_priority = false, ignore_dependencies = false;
+
+    /// Scheduling: the group, priority and dependencies of queued task t<i>.
+    static std::string group_of(int i) { return i % 2 ? "a" : "b"; }
+    static int priority_of(int i) { return (i * 7) % 3; }
+    static std::vector<std::string> after_of(int i) {
+        if (i == 4) return {"t1"};
+        if (i >= 6 && i % 3 == 0) return {"t" + std::to_string(i - 1)};
+        return {};
+    }
 
     bool all_fixed() const noexcept { return fixed[0] && fixed[1] && fixed[2] && fixed[3]; }
     std::string design() const {
@@ -71,6 +100,11 @@ struct scenario {
             std::string s = "fixed";
             if (release_before_commit) s += "+release-before-commit";
             if (!outbox) s += "+at-most-once-events";
+            if (scheduling) s += "+scheduling";
+            if (ignore_group_caps) s += "+ignore-group-caps";
+            if (ignore_pause) s += "+ignore-pause";
+            if (wrong_priority) s += "+wrong-priority";
+            if (ignore_dependencies) s += "+ignore-dependencies";
             return s;
         }
         std::string s = "legacy";
@@ -122,6 +156,7 @@ struct shared {
     int daemon_restarts = 0;
     int peak = 0;
     bool cap_reported = false, dup_reported = false, unrecorded_reported = false;
+    bool group_reported = false, dependency_reported = false, paused_reported = false, priority_reported = false;
     std::uint64_t recording_seen = 0;
 
     sim_store make_store() { return sim_store(w, store, hashes); }
@@ -134,8 +169,25 @@ struct shared {
         s.argv = {"agent", "--task"};
         s.timeout = sc.timeout;
         s.max_attempts = sc.max_attempts;
+        if (sc.scheduling) {
+            if (s.id.front() == 't') {
+                const int i = std::stoi(s.id.substr(1));
+                s.group = scenario::group_of(i);
+                s.priority = scenario::priority_of(i);
+                s.after = scenario::after_of(i);
+            } else if (s.id.front() == 's') {
+                s.group = "b";
+            }
+        }
         return s;
     }
+    /// Scheduling: the group of a task's agent ("" : none), and its cap (0: none).
+    std::string group_of_task(const std::string& id) const { return sc.scheduling ? task(id).group : std::string(); }
+    int group_cap(const std::string& g) const {
+        return g == "a" ? sc.group_a_cap : g == "b" ? sc.group_b_cap : 0;
+    }
+    std::set<std::pair<std::string, int>> seen_running;   // agents already checked by `paused`
+    int resumers = 0;
     task_spec pm_spec() const {
         task_spec s = task(pm_task);
         s.role = role::pm;
@@ -347,10 +399,20 @@ inline int unfinished(memory_store& store) {
     return n;
 }
 
-inline int pending_count(memory_store& store) {
+/// Live dev agents of group g as counted_live counts them.
+inline int counted_live_in(world& w, int sleeper, const shared& s, const std::string& g);
+
+/// Pending dev tasks that could start now: their group neither paused nor at its cap.
+inline int runnable_count(shared& s, int sleeper) {
     std::error_code ec;
+    const auto sched = s.store.get_schedule(ec);
     int n = 0;
-    for (auto& it : store.items_in_state(task_state::pending, static_cast<std::size_t>(-1), ec)) n += it.role == role::dev;
+    for (auto& it : s.store.items_in_state(task_state::pending, static_cast<std::size_t>(-1), ec)) {
+        if (it.role != role::dev || sched.holds(it.group)) continue;
+        const int gcap = s.group_cap(it.group);
+        if (gcap > 0 && counted_live_in(s.w, sleeper, s, it.group) >= gcap) continue;
+        ++n;
+    }
     return n;
 }
 
@@ -360,6 +422,16 @@ inline int counted_live(world& w, int sleeper) {
     int n = 0;
     for (auto& [k, p] : w.procs()) {
         if (p.role != role::dev) continue;
+        if (p.status == proc_status::held || p.status == proc_status::running) ++n;
+        else if (p.status == proc_status::exited && p.parent != sleeper && w.actor_alive(p.parent)) ++n;
+    }
+    return n;
+}
+
+inline int counted_live_in(world& w, int sleeper, const shared& s, const std::string& g) {
+    int n = 0;
+    for (auto& [k, p] : w.procs()) {
+        if (p.role != role::dev || s.group_of_task(p.task_id) != g) continue;
         if (p.status == proc_status::held || p.status == proc_status::running) ++n;
         else if (p.status == proc_status::exited && p.parent != sleeper && w.actor_alive(p.parent)) ++n;
     }
@@ -390,8 +462,8 @@ inline void daemon_body(shared& s) {
         // About to sleep: no slot may stay free while tasks are pending (unless another
         // process is inside the critical section right now, about to take it).
         const int me = w.current();
-        if (w.lock_holder() == -1 && pending_count(s.store) > 0 && counted_live(w, me) < s.sc.cap) {
-            s.w.add_violation("idle_slot", std::to_string(pending_count(s.store)) + " pending, " +
+        if (w.lock_holder() == -1 && runnable_count(s, me) > 0 && counted_live(w, me) < s.sc.cap) {
+            s.w.add_violation("idle_slot", std::to_string(runnable_count(s, me)) + " runnable, " +
                                                std::to_string(counted_live(w, me)) + " live, cap " +
                                                std::to_string(s.sc.cap));
         }
@@ -401,9 +473,88 @@ inline void daemon_body(shared& s) {
     }
 }
 
+/// Scheduling's per-step invariants: group caps, dependencies, pauses.
+inline void check_schedule_step(shared& s) {
+    std::map<std::string, int> live;
+    for (const auto& [k, p] : s.w.procs()) {
+        if (p.role != role::dev || (p.status != proc_status::held && p.status != proc_status::running)) continue;
+        const std::string g = s.group_of_task(p.task_id);
+        ++live[g];
+        if (p.status != proc_status::running) continue;
+        if (!s.dependency_reported) {
+            std::error_code ec;
+            for (const auto& dep : s.task(p.task_id).after) {
+                const auto d = s.store.get_item(dep, ec);
+                if (!d || d->state != task_state::completed) {
+                    s.dependency_reported = true;
+                    s.w.add_violation("dependency", "task " + p.task_id + " runs, and " + dep + ", which it runs after, is " +
+                                                        (d ? std::string(to_string(d->state)) : std::string("missing")));
+                    break;
+                }
+            }
+        }
+        if (!s.paused_reported && s.seen_running.insert({p.task_id, p.ref.pid}).second) {
+            std::error_code ec;
+            const auto sched = s.store.get_schedule(ec);
+            if (sched.holds(g)) {
+                s.paused_reported = true;
+                s.w.add_violation("paused", "task " + p.task_id + " began to run while " +
+                                                (sched.paused ? std::string("the queue") : "group " + g) + " was paused");
+            }
+        }
+    }
+    for (const auto& [g, n] : live) {
+        const int gcap = s.group_cap(g);
+        if (gcap > 0 && n > gcap && !s.group_reported) {
+            s.group_reported = true;
+            s.w.add_violation("group_cap", std::to_string(n) + " live dev agents in group " + g + ", its cap " +
+                                               std::to_string(gcap));
+        }
+    }
+}
+
+/// Scheduling's commit-time invariant: priorities among runnable tasks (see the header).
+/// `unit` reads the unit about to commit; s.store, what was committed before it.
+inline void check_priorities(shared& s, memory_store& unit) {
+    if (s.priority_reported) return;
+    std::error_code ec;
+    const auto before = s.store.list_items(ec);
+    std::map<std::string, queue_item> was;
+    for (const auto& it : before) was.emplace(it.id, it);
+    std::vector<queue_item> taken, left;
+    for (const auto& it : unit.list_items(ec)) {
+        const auto w = was.find(it.id);
+        if (w == was.end()) continue;
+        if (it.attempts > w->second.attempts) {
+            if (w->second.state == task_state::pending) taken.push_back(it);
+        } else if (it.state == task_state::pending) {
+            left.push_back(it);   // pending before, or made pending by this unit (its dependencies completed)
+        }
+    }
+    if (taken.empty() || left.empty()) return;
+    const auto sched = unit.get_schedule(ec);
+    std::map<std::string, int> live;
+    for (const auto& se : unit.list_sessions(ec))
+        if (se.role == role::dev) ++live[s.group_of_task(se.task_id)];
+    auto has_room = [&](const std::string& g) {
+        const int gcap = s.group_cap(g);
+        return !sched.holds(g) && (gcap == 0 || live[g] < gcap);
+    };
+    for (const auto& u : left)
+        for (const auto& t : taken)
+            if (kugetsu::detail::runs_before(u, t) && !sched.holds(u.group) && (u.group == t.group || has_room(u.group))) {
+                s.priority_reported = true;
+                s.w.add_violation("priority", "task " + t.id + " (priority " + std::to_string(t.priority) +
+                                                  ") was taken while " + u.id + " (priority " + std::to_string(u.priority) +
+                                                  ", older or higher) stayed pending and could have run");
+                return;
+            }
+}
+
 /// The per-step invariants: the cap, no agent running unrecorded, no task's program running
 /// twice.
 inline void check_step(shared& s) {
+    if (s.sc.scheduling) check_schedule_step(s);
     const int live = s.w.live_dev();
     s.peak = std::max(s.peak, live);
     if (live > s.sc.cap && !s.cap_reported) {
@@ -569,6 +720,18 @@ inline run_result run(const scenario& sc, std::uint64_t seed, chooser& ch, const
     s.pm_task = "pm-1";
     s.log->outbox = sc.outbox;
     s.hashes->release_before_commit = sc.release_before_commit;
+    s.hashes->ignore_group_caps = sc.ignore_group_caps;
+    s.hashes->ignore_pause = sc.ignore_pause;
+    s.hashes->wrong_priority = sc.wrong_priority;
+    s.hashes->ignore_dependencies = sc.ignore_dependencies;
+    if (sc.scheduling) {
+        s.hashes->before_commit = [&s](memory_store& unit) { detail::check_priorities(s, unit); };
+        queue_schedule groups;   // HOME's group caps, set before anything runs
+        groups.set_group("a", {sc.group_a_cap, false});
+        groups.set_group("b", {sc.group_b_cap, false});
+        std::error_code ec;
+        s.store.put_schedule(groups, ec);
+    }
     run_result r;
     r.design = sc.design();
     r.cap = sc.cap;
@@ -590,6 +753,16 @@ inline run_result run(const scenario& sc, std::uint64_t seed, chooser& ch, const
                 }
             });
         w.add_actor("daemon", [&s] { detail::daemon_body(s); }, /*client=*/false);
+        if (s.sc.scheduling && fixed)
+            w.add_actor("pauser", [&s] {
+                auto d = detail::make_fixed(s);
+                std::error_code ec;
+                d.pause({}, ec);
+                d.resume({}, ec);
+                d.pause("a", ec);
+                d.resume("a", ec);
+                s.w.die_if_killed();
+            });
         for (int k = 1; k <= s.sc.starters; ++k)
             w.add_actor("starter-" + std::to_string(k), [&s, fixed, k] {
                 const auto spec = s.task("s" + std::to_string(k));
@@ -623,6 +796,17 @@ inline run_result run(const scenario& sc, std::uint64_t seed, chooser& ch, const
     if (!sc.enqueue_first) start_others();
     w.on_killed = [&s, start_others](const actor& a) {
         if (a.name == "enqueuer" && s.sc.enqueue_first) start_others();   // the rest still runs
+        // A pauser killed while the queue is paused: someone resumes it (as a user would).
+        if ((a.name == "pauser" || a.name.rfind("resumer", 0) == 0) && s.resumers < 8) {
+            ++s.resumers;
+            s.w.add_actor("resumer-" + std::to_string(s.resumers), [&s] {
+                auto d = detail::make_fixed(s);
+                std::error_code ec;
+                d.resume({}, ec);
+                d.resume("a", ec);
+                s.w.die_if_killed();
+            });
+        }
         if (!a.client && s.daemon_restarts < s.sc.max_daemon_restarts) {   // a supervisor restarts it
             ++s.daemon_restarts;
             s.w.add_actor("daemon-" + std::to_string(s.daemon_restarts + 1), [&s] { detail::daemon_body(s); }, false);

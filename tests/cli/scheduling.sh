@@ -1,0 +1,152 @@
+#!/usr/bin/env bash
+# Scheduling from the command line: --priority orders the queue, groups hold their own caps
+# (config group G cap N), --after waits for dependencies and fails with dependency_failed,
+# pause/resume (queue-wide and per group), start --wait waits instead of exit 75 (and an
+# interrupted one leaves nothing), status --group and the summary line; each new option's
+# bad input is refused with 64 or 65 and changes nothing.
+source "$(dirname "$0")/lib.sh"
+
+snapshot() { json_get "sorted((t['id'], t['state'], t['attempts']) for t in j['tasks'])"; }
+order() {   # the tasks in the order they started
+    python3 -c 'import json,sys; print(" ".join(e["task_id"] for e in map(json.loads, open(sys.argv[1])) if e["type"]=="task_started"))' \
+        "$KUGETSU_HOME/events.jsonl"
+}
+
+expect_rc 0 ku config cap 1
+
+# --priority: higher first, equal in enqueue order; the daemon runs one at a time (cap 1).
+for spec in "low:-3" "a:0" "high:5" "b:0" "top:5"; do
+    expect_rc 0 ku enqueue --id "${spec%%:*}" --priority "${spec#*:}" -- true
+done
+expect_rc 0 ku daemon --once
+within 10 state_is high completed
+for _ in 1 2 3 4; do expect_rc 0 ku daemon --once; ku wait "$(order | awk '{print $NF}')" >/dev/null; done
+[ "$(order)" = "high top a b low" ] || fail "started in the order: $(order)"
+expect_rc 0 ku status --json
+python3 -c 'import json,sys; j=json.load(open(sys.argv[1])); t={x["id"]:x for x in j["tasks"]}; assert t["high"]["priority"]==5 and t["low"]["priority"]==-3 and t["a"]["group"] is None, j' "$T/out" \
+    || fail "priorities in status --json: $(cat "$T/out")"
+
+# Bad input for each new option: a clear error, 64 or 65, nothing recorded.
+before=$(snapshot)
+expect_rc 64 ku enqueue --id x1 --priority high -- true
+grep -q -- '--priority "high" is not a whole number in -1000000..1000000' "$T/err" || fail "bad priority said: $(cat "$T/err")"
+expect_rc 64 ku enqueue --id x1 --priority 1000001 -- true
+expect_rc 65 ku enqueue --id x1 --group 'g/1' -- true
+grep -q -- '--group "g/1"' "$T/err" || fail "bad group said: $(cat "$T/err")"
+[ "$(wc -l <"$T/err")" -eq 1 ] || fail "two lines: $(cat "$T/err")"
+expect_rc 65 ku enqueue --id x1 --after nosuch -- true
+grep -q 'no task "nosuch" (named by --after)' "$T/err" || fail "unknown dependency said: $(cat "$T/err")"
+expect_rc 65 ku enqueue --id x1 --after x1 -- true
+grep -q -- '--after "x1" names the task itself' "$T/err" || fail "self dependency said: $(cat "$T/err")"
+expect_rc 65 ku enqueue --id x1 --after '../a' -- true
+expect_rc 64 ku config group g1 cap 0
+expect_rc 64 ku config group g1 cap many
+expect_rc 64 ku config group g1 size 2
+expect_rc 64 ku config group -g cap 2
+expect_rc 65 ku config group 'a b' cap 2
+grep -q 'group "a b": invalid group name' "$T/err" || fail "bad group name said: $(cat "$T/err")"
+expect_rc 65 ku pause --group 'a b'
+expect_rc 65 ku status --group 'a/b'
+expect_rc 64 ku status --state sleeping
+[ "$(snapshot)" = "$before" ] || fail "refused input changed the queue: $before -> $(snapshot)"
+expect_rc 0 ku config
+! grep -q group "$T/out" || fail "a refused config group was recorded: $(cat "$T/out")"
+
+# Groups: gpu has a cap of 1 within HOME's cap of 3; the other tasks take the other slots.
+expect_rc 0 ku config cap 3
+expect_rc 0 ku config group gpu cap 1
+[ "$(cat "$T/out")" = "group gpu cap 1" ] || fail "config group printed: $(cat "$T/out")"
+open_fifos
+agent=("$PROBE" "$T/counter" --ready "$T/ready" --hold "$T/hold")
+for i in 1 2 3; do expect_rc 0 ku enqueue --id "g$i" --group gpu --priority 9 -- "${agent[@]}"; done
+expect_rc 0 ku enqueue --id c1 --group cpu -- "${agent[@]}"
+expect_rc 0 ku enqueue --id n1 -- "${agent[@]}"
+expect_rc 0 ku daemon --once
+await_ready 3
+[ "$(json_get "sorted(t['id'] for t in j['tasks'] if t['state']=='running')")" = "['c1', 'g1', 'n1']" ] \
+    || fail "running: $(json_get "sorted(t['id'] for t in j['tasks'] if t['state']=='running')")"
+expect_rc 0 ku status
+grep -q '^groups (live/cap): cpu 1/-, gpu 1/1$' "$T/out" || fail "status groups line: $(cat "$T/out")"
+grep -q 'GROUP' "$T/out" && grep -q 'PRI' "$T/out" || fail "status columns: $(head -5 "$T/out")"
+expect_rc 0 ku status --group gpu --state pending
+[ "$(grep -c '^g[23] ' "$T/out")" = 2 ] && ! grep -q '^c1 ' "$T/out" || fail "status --group gpu --state pending: $(cat "$T/out")"
+expect_rc 0 ku status --json --group gpu
+python3 -c 'import json,sys; j=json.load(open(sys.argv[1])); g=j["groups"]["gpu"]; assert (g["cap"],g["live"],g["pending"],g["paused"])==(1,1,2,False), g; assert [t["id"] for t in j["tasks"]]==["g1","g2","g3"]' "$T/out" \
+    || fail "status --json groups: $(cat "$T/out")"
+# start obeys the group's cap: exit 75 naming the group, nothing recorded.
+expect_rc 75 ku start --id g9 --group gpu -- true
+grep -q 'group "gpu" has its cap of 1 live; nothing was started or recorded' "$T/err" || fail "start in a full group said: $(cat "$T/err")"
+expect_rc 65 ku status g9
+
+# pause: nothing starts (daemon or start), running agents go on; resume lets them start.
+expect_rc 0 ku pause
+[ "$(cat "$T/out")" = "queue paused" ] || fail "pause printed: $(cat "$T/out")"
+expect_rc 75 ku start --id p1 -- true
+grep -q 'the queue is paused (kugetsu resume); nothing was started or recorded' "$T/err" || fail "start while paused said: $(cat "$T/err")"
+expect_rc 0 ku status
+grep -q 'the queue is PAUSED' "$T/out" || fail "status while paused: $(sed -n 3p "$T/out")"
+release_agents
+ku wait c1 n1 g1 >/dev/null
+expect_rc 0 ku daemon --once
+[ "$(json_get "sum(t['state']=='running' for t in j['tasks'])")" = 0 ] || fail "a task started while paused"
+expect_rc 0 ku resume
+expect_rc 0 ku pause --group gpu
+[ "$(cat "$T/out")" = "group gpu paused" ] || fail "pause --group printed: $(cat "$T/out")"
+expect_rc 0 ku daemon --once
+[ "$(state g2)" = pending ] || fail "g2 started while its group was paused: $(state g2)"
+expect_rc 0 ku config
+grep -q '^group gpu cap 1 paused$' "$T/out" || fail "config with a paused group: $(cat "$T/out")"
+expect_rc 0 ku resume --group gpu
+# (the agents now exit at once: the hold FIFO's writer is closed)
+expect_rc 0 ku daemon --once
+ku wait g2 >/dev/null
+expect_rc 0 ku daemon --once
+ku wait g3 >/dev/null || fail "g3 did not run after resume"
+expect_rc 0 ku config group gpu cap none
+[ "$(cat "$T/out")" = "group gpu cap none" ] || fail "config group cap none printed: $(cat "$T/out")"
+
+# --after: waits, runs after its dependencies completed, fails with dependency_failed.
+expect_rc 0 ku enqueue --id dep-ok -- sh -c 'sleep 0.2'
+expect_rc 0 ku enqueue --id dep-bad -- sh -c 'exit 4'
+expect_rc 0 ku enqueue --id child --after dep-ok -- sh -c true --after-the-separator
+expect_rc 0 ku enqueue --id orphan --after dep-ok,dep-bad -- true
+expect_rc 0 ku enqueue --id grandchild --after orphan -- true
+[ "$(state child)" = waiting ] && [ "$(state grandchild)" = waiting ] || fail "child $(state child), grandchild $(state grandchild)"
+expect_rc 0 ku status child
+grep -q '^    after: dep-ok$' "$T/out" || fail "status of a waiting task: $(cat "$T/out")"
+ku_bg daemon
+expect_rc 1 ku wait child orphan grandchild
+[ "$(state child)" = completed ] || fail "child ended $(state child)"
+for t in orphan grandchild; do
+    [ "$(state $t)" = error ] || fail "$t ended $(state $t)"
+    [ "$(json_get "next(t['attempts'] for t in j['tasks'] if t['id']=='$t')")" = 0 ] || fail "$t made attempts"
+done
+[ "$(events_of task_error orphan)" = 1 ] || fail "orphan: $(events_of task_error orphan) task_error events"
+grep '"task_id":"orphan"' "$KUGETSU_HOME/events.jsonl" | grep -q '"reason":"dependency_failed"' || fail "no dependency_failed event for orphan"
+grep -q 'kugetsu: task orphan: error: dependency_failed: dependency "dep-bad" (error) did not complete' "$T/err" \
+    || fail "wait said: $(cat "$T/err")"
+python3 - "$KUGETSU_HOME/events.jsonl" <<'PY' || fail "child started before dep-ok ended"
+import json, sys
+ev = [json.loads(l) for l in open(sys.argv[1])]
+end = next(e["seq"] for e in ev if e["task_id"] == "dep-ok" and e["type"] == "task_completed")
+start = next(e["seq"] for e in ev if e["task_id"] == "child" and e["type"] == "task_started")
+assert start > end, (start, end)
+PY
+
+# start --wait: waits for a free slot instead of exit 75, then starts; interrupted, it
+# leaves nothing behind.
+expect_rc 0 ku config cap 1
+expect_rc 0 ku start --id blocker -- sleep 1
+expect_rc 0 ku start --wait --id waiter -- true
+grep -q '^waiter [0-9]*$' "$T/out" || fail "start --wait printed: $(cat "$T/out")"
+[ "$(state blocker)" = completed ] || fail "start --wait started before the slot was free: blocker $(state blocker)"
+expect_rc 0 ku start --id blocker2 -- sleep 30
+"$KUGETSU" start --wait --id never -- true 3>&- 4>&- 2>"$T/wait.err" &
+waiter=$!
+sleep 0.5
+kill -INT "$waiter"
+rc=0; wait "$waiter" || rc=$?
+[ "$rc" -eq 130 ] || fail "start --wait interrupted exited $rc: $(cat "$T/wait.err")"
+expect_rc 65 ku status never
+expect_rc 0 ku cancel blocker2
+echo "scheduling: ok"
