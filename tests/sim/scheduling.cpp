@@ -103,3 +103,27 @@ TEST_CASE("negative: each scheduling check catches a design that breaks it") {
         CHECK(found);
     }
 }
+
+TEST_CASE("fixed+scheduling: the exhaustive search (6 tasks, 1 starter, the pauser) finds no violation; each wrong "
+          "design is found by it") {
+    const auto sc = scheduling(6, 3, 1, {});
+    const auto ex = explore_exhaustive(sc, 1);
+    INFO(describe(ex) << " states " << ex.states);
+    CHECK(ex.complete);
+    CHECK(ex.violating == 0u);
+    CHECK(ex.peak_live == 3);
+    CHECK(ex.states > 1000u);
+    struct wrong {
+        const char* kind;
+        bool scenario::*flag;
+    };
+    for (const auto& w : {wrong{"group_cap", &scenario::ignore_group_caps}, wrong{"paused", &scenario::ignore_pause},
+                          wrong{"priority", &scenario::wrong_priority},
+                          wrong{"dependency", &scenario::ignore_dependencies}}) {
+        auto bad = sc;
+        bad.*(w.flag) = true;
+        const auto found = explore_exhaustive(bad, 1);
+        INFO(bad.design() << ": " << describe(found));
+        CHECK(count(found, w.kind) > 0u);
+    }
+}
