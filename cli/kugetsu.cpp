@@ -3,7 +3,7 @@
 // manual.
 //
 //   kugetsu [--home DIR] enqueue [--id ID] [--timeout S] [--worktree REPO] [--group G] [--priority N]
-//                                [--after ID...] -- CMD [ARG...]
+//                                [--after ID...] [--retries N [--backoff S]] -- CMD [ARG...]
 //   kugetsu [--home DIR] start [--id ID] [--role dev|pm] [--timeout S] [--worktree REPO] [--group G]
 //                              [--wait] -- CMD...
 //   kugetsu [--home DIR] pause|resume [--group G]
@@ -346,6 +346,9 @@ nlohmann::json task_json(const queue_item& it) {
             {"priority", it.priority},
             {"group", it.group.empty() ? nlohmann::json(nullptr) : nlohmann::json(it.group)},
             {"after", it.after},
+            {"retries", it.retries},
+            {"retried", it.retried},
+            {"not_before", opt_time_json(it.not_before)},
             {"enqueued_at", format_rfc3339(it.enqueued_at)},
             {"started_at", it.started_at ? nlohmann::json(format_rfc3339(*it.started_at)) : nlohmann::json(nullptr)},
             {"finished_at", it.finished_at ? nlohmann::json(format_rfc3339(*it.finished_at)) : nlohmann::json(nullptr)},
@@ -646,7 +649,9 @@ int cmd_status(const globals& g, bool json, const std::vector<std::string>& ids,
             std::printf("    %s\n", cli::fit(it.last_error, width > 4 ? width - 4 : 0).c_str());
         else if (!it.last_error.empty() && !is_final(it.state))
             std::printf("    last error: %s\n", cli::fit(it.last_error, width > 16 ? width - 16 : 0).c_str());
-        if (it.state == task_state::waiting) {
+        if (it.state == task_state::waiting && it.not_before && *it.not_before > now)
+            std::printf("    retry in %s\n", cli::human_duration(*it.not_before - now).c_str());
+        else if (it.state == task_state::waiting) {
             std::string names;
             for (const auto& a : it.after) names += (names.empty() ? "" : " ") + a;
             std::printf("    after: %s\n", cli::fit(names, width > 11 ? width - 11 : 0).c_str());

@@ -167,6 +167,8 @@ struct task_flags {
     std::string priority;
     std::string group;
     std::vector<std::string> after;
+    std::string retries;
+    std::string backoff;
     std::vector<std::string> argv;
     const CLI::Option* id_option = nullptr;
 
@@ -189,6 +191,13 @@ struct task_flags {
                 throw error(errc::invalid_task_id, "--after \"" + a.substr(0, 160) + "\": not a task id");
             if (std::find(s.after.begin(), s.after.end(), a) == s.after.end()) s.after.push_back(a);
         }
+        if (!retries.empty()) s.retries = parse_int("--retries", retries, 0, max_retries);
+        if (!backoff.empty()) {
+            s.backoff = parse_seconds("--backoff", backoff, /*allow_zero=*/true);
+            if (*s.backoff > max_backoff)
+                throw usage_error("--backoff \"" + backoff + "\" is more than a day (86400 s)");
+        }
+        if (s.backoff && s.retries == 0) throw usage_error("--backoff needs --retries N (N > 0)");
         if (s.after.size() > max_after_count)
             throw usage_error("--after names " + std::to_string(s.after.size()) + " tasks (at most " +
                               std::to_string(max_after_count) + ")");
@@ -213,6 +222,10 @@ inline void add_task_flags(CLI::App* c, task_flags& f, bool queued) {
                                           "error, dependency_failed); repeat or separate with commas")
             ->delimiter(',')
             ->allow_extra_args(false);   // one value (a comma list) per use: `--after a -- CMD` keeps its `--`
+        c->add_option("--retries", f.retries, "Run it again after a non-zero exit or a timeout, up to N times "
+                                              "(0..100, default 0: only failed starts are retried)");
+        c->add_option("--backoff", f.backoff, "Seconds before the first retry, doubling for each next one up to "
+                                              "an hour (default 1)");
     }
     if (with_role)
         c->add_option("--role", f.role, "dev (counts toward the cap) or pm (the one project-manager agent)")

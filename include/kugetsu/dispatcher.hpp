@@ -592,7 +592,7 @@ public:
 
     /// What a process that waits for work (a daemon) must wake for besides changes to the
     /// store: the earliest deadline of a running agent (its timeout, or the end of the grace
-    /// after SIGTERM), and the processes whose death changes a decision: the running agents
+    /// after SIGTERM) or of a retry's backoff, and the processes whose death changes a decision: the running agents
     /// (a slot frees) and the owners of claims (the claim is recovered).
     struct wake_plan {
         std::optional<timestamp> deadline;
@@ -622,6 +622,10 @@ public:
             else if (!it.term_sent_at && !it.stop_reason.empty()) earliest(it.updated_at);
             else if (!it.term_sent_at && it.timeout && it.started_at) earliest(*it.started_at + *it.timeout);
         }
+        const auto waiting = store_.items_in_state(task_state::waiting, all, ec);
+        if (ec) return note_failure("queue", ec, store_), w;
+        for (const auto& it : waiting)
+            if (it.not_before) earliest(*it.not_before);   // a retry becomes runnable
         const process_ref me = spawner_.self();
         for (const auto& it : claimed) {
             if (it.owner && it.owner != me) w.owners.push_back(it.owner);
@@ -743,9 +747,28 @@ private:
 
     /// restart(): a finished task pending again, its run kept; task_queued (restarted).
     void requeue(queue_item& it, std::error_code& e) {
+        next_run(it, it.state);
+        it.retried = 0;   // a fresh budget of retries too
+        it.not_before.reset();
+        // One that runs after others waits for them again (resolve_waiting() decides at once).
+        it.state = it.after.empty() ? task_state::pending : task_state::waiting;
+        // Distinct and growing, so that tasks restarted together keep the order given.
+        it.enqueued_at = it.updated_at = std::max(clock_.now(), last_requeue_ + duration(1));
+        last_requeue_ = it.enqueued_at;
+        it.last_error.clear();
+        if (!put_item(it, durability::durable, e)) return;
+        auto ev = make_event(event_type::task_queued, it);
+        ev.reason = "restarted";
+        add_event(std::move(ev), durability::durable, e);
+    }
+
+    /// Keeps the item's run (ended `how`) in `runs` (the oldest dropped past max_kept_runs)
+    /// and clears what belongs to a run: attempts, process, times, exit code. The caller sets
+    /// the state, the times and last_error of the next run.
+    static void next_run(queue_item& it, task_state how) {
         past_run run;
         run.attempts = it.attempts;
-        run.state = it.state;
+        run.state = how;
         run.process = it.process;
         run.enqueued_at = it.enqueued_at;
         run.started_at = it.started_at;
@@ -755,25 +778,15 @@ private:
         if (it.runs.size() >= max_kept_runs) it.runs.erase(it.runs.begin());
         it.runs.push_back(std::move(run));
         it.restarts = it.restarts < INT_MAX ? it.restarts + 1 : INT_MAX;
-        // One that runs after others waits for them again (resolve_waiting() decides at once).
-        it.state = it.after.empty() ? task_state::pending : task_state::waiting;
         it.attempts = 0;
         it.process = {};
         it.owner = {};
-        // Distinct and growing, so that tasks restarted together keep the order given.
-        it.enqueued_at = it.updated_at = std::max(clock_.now(), last_requeue_ + duration(1));
-        last_requeue_ = it.enqueued_at;
         it.started_at.reset();
         it.finished_at.reset();
         it.term_sent_at.reset();
         it.kill_sent = false;
         it.stop_reason.clear();
         it.exit_code.reset();
-        it.last_error.clear();
-        if (!put_item(it, durability::durable, e)) return;
-        auto ev = make_event(event_type::task_queued, it);
-        ev.reason = "restarted";
-        add_event(std::move(ev), durability::durable, e);
     }
 
     /// Refuses the operation without undoing the unit's other writes (the reap before it).
@@ -1100,6 +1113,20 @@ private:
                                   "or it ran before a reboot); finished_at is when the end was noticed";
             }
             remove_workspace(item);
+            if (item.state == task_state::error && (e.reason == "exit_code" || e.reason == "timeout") &&
+                item.retried < item.retries) {
+                // Retried: this run is kept, and the task waits out its backoff (resolve_waiting
+                // makes it pending then); task_queued, reason retry, with this run's exit code.
+                ++item.retried;
+                const std::string why = item.last_error;
+                next_run(item, task_state::error);
+                item.state = task_state::waiting;
+                item.not_before = now + retry_delay(item.backoff, item.retried);
+                item.last_error = "run " + std::to_string(item.restarts) + " " + why + "; retry " +
+                                  std::to_string(item.retried) + "/" + std::to_string(item.retries);
+                e.type = event_type::task_queued;
+                e.reason = "retry";
+            }
             if (!put_item(item, durability::durable, ec)) return;
             add_event(std::move(e), durability::durable, ec);
             if (ec) return;
@@ -1473,12 +1500,14 @@ private:
     /// ended in error or was cancelled (or was removed) ends error, reason dependency_failed.
     /// Returns true if it changed.
     bool settle_waiting(queue_item& it, std::error_code& ec) {
+        if (it.not_before && clock_.now() < *it.not_before) return false;   // a retry's backoff
         const auto dep = dependencies_of(it, ec);
         if (ec) return false;
         if (!dep.unfinished.empty() && dep.missing.empty() && dep.failed.empty()) return false;
         it.updated_at = clock_.now();
         if (dep.missing.empty() && dep.failed.empty()) {
             it.state = task_state::pending;
+            it.not_before.reset();
             // Visible: if it is lost, the next reap decides the same again.
             return put_item(it, durability::visible, ec);
         }
@@ -1553,6 +1582,8 @@ private:
         it.priority = spec.priority;
         it.group = spec.group;
         it.after = spec.after;
+        it.retries = spec.retries;
+        it.backoff = spec.backoff;
         it.state = it.after.empty() ? task_state::pending : task_state::waiting;
         it.enqueued_at = it.updated_at = clock_.now();
         return it;

@@ -130,6 +130,10 @@ inline void to_json(nlohmann::json& j, const queue_item& it) {
     if (it.priority) j["priority"] = it.priority;
     if (!it.group.empty()) j["group"] = it.group;
     if (!it.after.empty()) j["after"] = it.after;
+    if (it.retries) j["retries"] = it.retries;
+    if (it.backoff) j["backoff_ms"] = it.backoff->count() / 1000;
+    if (it.retried) j["retried"] = it.retried;
+    if (it.not_before) j["not_before"] = format_rfc3339(*it.not_before);
     if (it.restarts) j["restarts"] = it.restarts;
     if (!it.runs.empty()) {
         auto& runs = j["runs"] = nlohmann::json::array();
@@ -397,6 +401,13 @@ inline std::optional<queue_item> parse_item(const nlohmann::json& j, std::error_
                 o.fail(errc::dependency_cycle, "field \"after\" names the task itself");
         }
     }
+    if (auto* n = o.optional_field("retries")) it.retries = o.integer<int>(n, "retries", 1, max_retries);
+    if (auto* n = o.optional_field("backoff_ms"))
+        it.backoff = std::chrono::milliseconds(o.integer<std::int64_t>(
+            n, "backoff_ms", 0, std::chrono::duration_cast<std::chrono::milliseconds>(max_backoff).count()));
+    if (auto* n = o.optional_field("retried")) it.retried = o.integer<int>(n, "retried", 1, max_retries);
+    if (o.ok() && it.retried > it.retries) o.wrong("retried", "at most \"retries\"");
+    if (auto* n = o.optional_field("not_before"); n && o.ok()) it.not_before = o.time(n, "not_before");
     if (o.ok() && it.role == role::pm && (!it.group.empty() || !it.after.empty()))
         o.fail(errc::invalid_record, "a PM task has no \"group\" or \"after\"");
     if (auto* n = o.optional_field("restarts")) it.restarts = o.integer<int>(n, "restarts", 1, INT_MAX);

@@ -8,7 +8,8 @@
 //
 //   state      | meaning                                   | next
 //   -----------+-------------------------------------------+------------------------------
-//   waiting    | enqueued --after tasks not all completed  | pending, error, cancelled
+//   waiting    | enqueued --after tasks not all completed, | pending, error, cancelled
+//              | or a retry's backoff not over             |
 //   pending    | runnable, waiting for a slot              | notified, running, cancelled
 //   notified   | taken by a daemon pass, start in progress | running, pending, error, cancelled
 //   running    | an agent process is live (has a session)  | completed, error
@@ -76,6 +77,8 @@ struct task_spec {
     int priority = 0;                  ///< higher runs first among runnable tasks (-1000000..1000000)
     std::string group{};               ///< its group ("" = none): the group's cap and pause apply
     std::vector<std::string> after{};  ///< tasks that must have completed before it may run
+    int retries = 0;                   ///< runs again after a non-zero exit or a timeout, this many times (0..100)
+    std::optional<duration> backoff{}; ///< the delay before the first retry (doubling after; none: 1 s)
 };
 
 /// A run of a task that has been restarted: what its item said when it was restarted.
@@ -108,6 +111,10 @@ struct queue_item {
     int priority = 0;                  ///< see task_spec::priority
     std::string group;                 ///< see task_spec::group
     std::vector<std::string> after;    ///< see task_spec::after
+    int retries = 0;                   ///< see task_spec::retries
+    std::optional<duration> backoff;   ///< see task_spec::backoff
+    int retried = 0;                   ///< retries made since it was enqueued or restarted (each a run, kept in `runs`)
+    std::optional<timestamp> not_before;   ///< waiting for a retry: runnable from then on
     process_ref process;               ///< the agent (state running), or the last one
     process_ref owner;                 ///< the kugetsu process that marked it notified
     timestamp enqueued_at{};
@@ -119,7 +126,7 @@ struct queue_item {
     std::string stop_reason;                ///< why it is being stopped: "timeout", "cancelled"
     std::optional<int> exit_code;
     std::string last_error;            ///< empty: none
-    int restarts = 0;                  ///< times restart() ran it again (this is run restarts + 1)
+    int restarts = 0;                  ///< times it was run again, by restart() or a retry (this is run restarts + 1)
     std::vector<past_run> runs;        ///< the earlier runs, oldest first (at most max_kept_runs)
     friend bool operator==(const queue_item&, const queue_item&) = default;
 };
@@ -212,6 +219,19 @@ inline constexpr int max_cap = 4096;
 inline constexpr duration max_timeout = std::chrono::hours(24 * 365);
 inline constexpr int max_priority = 1000000;         ///< priorities are -max_priority..max_priority
 inline constexpr std::size_t max_after_count = 1024; ///< tasks one task may wait for
+inline constexpr int max_retries = 100;
+inline constexpr duration max_backoff = std::chrono::hours(24);
+inline constexpr duration default_backoff = std::chrono::seconds(1);
+inline constexpr duration max_retry_delay = std::chrono::hours(1);   ///< doubling stops here
+
+/// The delay before retry number `n` (1, 2, ...): base, 2 base, 4 base, ... at most
+/// max_retry_delay (or base, if larger).
+constexpr duration retry_delay(std::optional<duration> backoff, int n) noexcept {
+    const duration base = backoff.value_or(default_backoff);
+    duration d = base;
+    for (int i = 1; i < n && d < max_retry_delay; ++i) d *= 2;
+    return d > max_retry_delay && base <= max_retry_delay ? max_retry_delay : d;
+}
 
 /// A task id: 1 to 128 of letters, digits, '.', '_', '-', not starting with '.'.
 /// Such an id is safe as a file name: no '/', no "..", no NUL, no control character.
@@ -386,6 +406,9 @@ inline std::error_code validate(const task_spec& s) noexcept {
         if (path->size() > 4096 || path->find('\0') != std::string::npos || !valid_utf8(*path))
             return errc::invalid_record;
     if (auto ec = validate_schedule_fields(s.priority, s.group, s.after)) return ec;
+    if (s.retries < 0 || s.retries > max_retries) return errc::invalid_limit;
+    if (s.backoff && (s.backoff->count() < 0 || *s.backoff > max_backoff || s.backoff->count() % 1000 != 0))
+        return errc::invalid_limit;
     for (const auto& a : s.after)
         if (a == s.id) return errc::dependency_cycle;
     if (s.role == role::pm && (!s.group.empty() || !s.after.empty())) return errc::invalid_transition;

@@ -149,4 +149,34 @@ rc=0; wait "$waiter" || rc=$?
 [ "$rc" -eq 130 ] || fail "start --wait interrupted exited $rc: $(cat "$T/wait.err")"
 expect_rc 65 ku status never
 expect_rc 0 ku cancel blocker2
+# --retries: a non-zero exit runs the task again after its backoff (doubling), its runs kept;
+# the daemon wakes for the backoff's end by itself.
+expect_rc 0 ku config cap 3
+before=$(snapshot)
+expect_rc 64 ku enqueue --id r0 --retries -1 -- true
+expect_rc 64 ku enqueue --id r0 --retries 101 -- true
+grep -q -- '--retries "101" is not a whole number in 0..100' "$T/err" || fail "bad --retries said: $(cat "$T/err")"
+expect_rc 64 ku enqueue --id r0 --retries 2 --backoff soon -- true
+expect_rc 64 ku enqueue --id r0 --backoff 1 -- true
+grep -q -- '--backoff needs --retries' "$T/err" || fail "--backoff alone said: $(cat "$T/err")"
+expect_rc 64 ku enqueue --id r0 --retries 1 --backoff 90000 -- true
+[ "$(snapshot)" = "$before" ] || fail "refused --retries/--backoff changed the queue"
+expect_rc 0 ku enqueue --id flaky --retries 3 --backoff 0.2 -- sh -c 'echo x >>"$0"; [ "$(wc -l <"$0")" -ge 3 ]' "$T/flaky.count"
+expect_rc 0 ku wait flaky
+[ "$(wc -l <"$T/flaky.count")" = 3 ] || fail "flaky ran $(wc -l <"$T/flaky.count") times"
+[ "$(json_get "next((t['run'], t['retried'], [r['exit_code'] for r in t['runs']]) for t in j['tasks'] if t['id']=='flaky')")" = "(3, 2, [1, 1])" ] \
+    || fail "flaky in status --json: $(json_get "[t for t in j['tasks'] if t['id']=='flaky']")"
+[ "$(grep '"task_id":"flaky"' "$KUGETSU_HOME/events.jsonl" | grep -c '"reason":"retry"')" = 2 ] || fail "retry events of flaky"
+python3 - "$KUGETSU_HOME/events.jsonl" <<'PY' || fail "the retries did not wait out their backoff (0.2 s, then 0.4 s)"
+import json, sys, datetime
+ev = [json.loads(l) for l in open(sys.argv[1]) if '"flaky"' in l]
+t = lambda e: datetime.datetime.fromisoformat(e["timestamp"].replace("Z", "+00:00")).timestamp()
+retry = [t(e) for e in ev if e.get("reason") == "retry"]
+starts = [t(e) for e in ev if e["type"] == "task_started"]
+assert len(starts) == 3 and starts[1] - retry[0] >= 0.2 and starts[2] - retry[1] >= 0.4, (retry, starts)
+PY
+expect_rc 0 ku enqueue --id doomed --retries 1 --backoff 0 -- sh -c 'exit 7'
+expect_rc 1 ku wait doomed
+[ "$(json_get "next((t['state'], t['run'], t['exit_code']) for t in j['tasks'] if t['id']=='doomed')")" = "('error', 2, 7)" ] \
+    || fail "doomed: $(json_get "[t for t in j['tasks'] if t['id']=='doomed']")"
 echo "scheduling: ok"

@@ -1473,3 +1473,66 @@ TEST_CASE("restart of a failed chain runs it again in order, and cancel ends a w
     r.d.cancel("three");
     CHECK(r.item("three").state == task_state::cancelled);
 }
+
+TEST_CASE("retries: a non-zero exit or a timeout runs the task again after its backoff, its runs kept") {
+    rig r(dispatcher_options{3, 3, 1s});
+    auto spec = sched_spec("flaky");
+    spec.retries = 2;
+    spec.backoff = 2s;
+    spec.timeout = 60s;
+    r.d.enqueue(spec);
+    r.d.process_queue();
+    r.spawner.exit(r.spawner.pid_of("flaky"), 3);
+    r.d.reap();
+    auto it = r.item("flaky");
+    CHECK(it.state == task_state::waiting);
+    CHECK(it.retried == 1);
+    CHECK(it.restarts == 1);
+    REQUIRE(it.runs.size() == 1);
+    CHECK(it.runs[0].exit_code == 3);
+    CHECK(it.runs[0].state == task_state::error);
+    CHECK(it.attempts == 0);
+    CHECK(it.last_error == "run 1 exited with code 3; retry 1/2");
+    REQUIRE(it.not_before);
+    CHECK(r.d.next_wake().deadline == it.not_before);   // a daemon wakes for it
+    REQUIRE(r.last_of("flaky"));
+    CHECK(r.last_of("flaky")->type == event_type::task_queued);
+    CHECK(r.last_of("flaky")->reason == "retry");
+    CHECK(r.last_of("flaky")->exit_code == 3);
+    // not before its backoff (2 s)
+    r.clock.advance(1999ms);
+    CHECK(r.d.process_queue().taken == 0);
+    r.clock.advance(1ms);
+    CHECK(r.d.process_queue().started == 1);
+    // the second failure is a timeout: retried again, after 4 s
+    r.clock.advance(61s);
+    r.d.reap();   // SIGTERM: the fake agent ends of it
+    r.d.reap();
+    it = r.item("flaky");
+    CHECK(it.state == task_state::waiting);
+    CHECK(it.retried == 2);
+    CHECK(*it.not_before - r.clock.now() == 4s);
+    r.clock.advance(4s);
+    r.d.process_queue();
+    r.spawner.exit(r.spawner.pid_of("flaky"), 1);
+    r.d.reap();
+    it = r.item("flaky");
+    CHECK(it.state == task_state::error);   // retries spent: it ends
+    CHECK(it.runs.size() == 2);
+    CHECK(r.last_of("flaky")->type == event_type::task_error);
+    // restart gives a fresh budget of retries
+    r.d.restart(std::vector<std::string>{"flaky"});
+    CHECK(r.item("flaky").retried == 0);
+    CHECK(r.item("flaky").restarts == 3);
+    // bad values are refused
+    auto bad = sched_spec("b");
+    bad.retries = max_retries + 1;
+    CHECK(validate(bad) == errc::invalid_limit);
+    bad.retries = 1;
+    bad.backoff = 1500us;
+    CHECK(validate(bad) == errc::invalid_limit);
+    CHECK(retry_delay(std::nullopt, 1) == 1s);
+    CHECK(retry_delay(std::nullopt, 3) == 4s);
+    CHECK(retry_delay(10min, 5) == 1h);
+    CHECK(retry_delay(2h, 3) == 2h);   // a base above an hour is kept, not doubled
+}
