@@ -17,13 +17,14 @@
 //   kugetsu [--home DIR] config [cap N | max-attempts N | kill-grace S | group G cap N|none]
 //   kugetsu [--home DIR] check
 //
-// Exit status (sysexits.h): 0 success; 1 the task failed (start: every attempt failed;
-// wait: a task did not complete); 64 usage (also: a limit in the environment that differs
-// from HOME's); 65 bad data (an invalid id, a corrupt state
-// file, an unknown task); 74 I/O error; 75 no free slot (start: the cap is reached, or a PM
-// is already running); 77 the state directory or a file in it belongs to another user or is
-// writable by others; 70 internal error; 128+N: wait, cancel or logs -f interrupted by
-// signal N (events -f exits 0 when interrupted).
+// Exit status (sysexits.h): 0 success; 1 the task failed (start: every attempt failed);
+// wait: the first unfinished task's status (its exit code; 124 timeout, 125 cancelled, 126
+// never started, 127 exit code unknown); 64 usage (also: a limit in the environment that
+// differs from HOME's); 65 bad data (an invalid id, a corrupt state file, an unknown task);
+// 74 I/O error; 75 no free slot (start: the cap is reached, the queue or group is paused, or
+// a PM is already running); 77 the state directory or a file in it belongs to another user or
+// is writable by others; 70 internal error; 128+N: wait, start --wait, cancel or logs -f
+// interrupted by signal N (events -f exits 0 when interrupted).
 #include <algorithm>
 #include <array>
 #include <cerrno>
@@ -752,7 +753,20 @@ int cmd_start(const globals& g, const task_flags& f, bool wait) {
     return until(g, d, attempt);
 }
 
-int cmd_wait(const globals& g, std::vector<std::string> ids) {
+/// The status `wait` gives for a final task: 0 completed; the agent's exit code (1-255; 128 +
+/// N if a signal N killed it) for one that ended in error by itself; 124 stopped by its
+/// timeout; 125 cancelled; 126 never started (every attempt failed before its program ran,
+/// or a dependency failed); 127 ended with its exit code unknown (exit_unknown).
+int wait_code(const queue_item& it) {
+    if (it.state == task_state::completed) return ex_ok;
+    if (it.state == task_state::cancelled) return 125;
+    if (it.stop_reason == "timeout") return 124;
+    if (it.exit_code && *it.exit_code > 0) return *it.exit_code;
+    if (!it.started_at) return 126;   // never ran: attempts exhausted, start interrupted, dependency_failed
+    return 127;
+}
+
+int cmd_wait(const globals& g, std::vector<std::string> ids, bool json) {
     require_home(g.home);
     auto d = open_home(g);
     quarantine_guard watch_quarantine(d.store());
@@ -762,9 +776,8 @@ int cmd_wait(const globals& g, std::vector<std::string> ids) {
         if (ec) return report(ec, "queue: " + std::string(d.store().last_error_detail()));
     }
     for (auto& id : ids)
-        if (!valid_task_id(id)) return report(errc::invalid_task_id, "task id \"" + id.substr(0, 160) + "\": invalid");
-    std::vector<bool> final(ids.size(), false);   // a final state never changes: not re-read
-    bool all_completed = true;
+        if (!valid_task_id(id)) return report(errc::invalid_task_id, "\"" + shown_id(id) + "\" is not a task id");
+    std::vector<std::optional<queue_item>> final(ids.size());   // a final state never changes: not re-read
     return until(g, d, [&]() -> int {
         for (std::size_t i = 0; i < ids.size(); ++i) {
             if (final[i]) continue;
@@ -774,17 +787,32 @@ int cmd_wait(const globals& g, std::vector<std::string> ids) {
             if (e) return report(e, "task \"" + id + "\": " + std::string(d.store().last_error_detail()));
             if (!it) return report(errc::unknown_task, no_task(d.store(), id));
             if (!is_final(it->state)) return -1;
-            final[i] = true;
-            all_completed = all_completed && it->state == task_state::completed;
+            final[i] = std::move(it);
         }
-        if (!all_completed)
-            for (auto& id : ids) {
-                std::error_code e;
-                if (auto it = d.store().get_item(id, e); it && it->state != task_state::completed)
-                    std::cerr << "kugetsu: task " << id << ": " << to_string(it->state)
-                              << (it->last_error.empty() ? "" : ": " + it->last_error) << "\n";
-            }
-        return all_completed ? ex_ok : ex_failed;
+        // The first task (in the order given) that did not complete gives the status.
+        int rc = ex_ok;
+        for (const auto& it : final)
+            if (rc == ex_ok) rc = wait_code(*it);
+        if (json) {
+            auto tasks = nlohmann::json::array();
+            for (const auto& it : final)
+                tasks.push_back({{"id", it->id},
+                                 {"state", to_string(it->state)},
+                                 {"exit_code", it->exit_code ? nlohmann::json(*it->exit_code) : nlohmann::json(nullptr)},
+                                 {"status", wait_code(*it)},
+                                 {"run", static_cast<std::int64_t>(it->restarts) + 1},
+                                 {"last_error", it->last_error}});
+            std::cout << nlohmann::json{{"status", rc}, {"tasks", std::move(tasks)}}.dump(
+                             -1, ' ', false, nlohmann::json::error_handler_t::replace)
+                      << "\n";
+            return rc;
+        }
+        for (const auto& it : final)
+            if (it->state != task_state::completed)
+                std::cerr << "kugetsu: task " << it->id << ": " << to_string(it->state)
+                          << (it->last_error.empty() ? "" : ": " + it->last_error) << " (status " << wait_code(*it)
+                          << ")\n";
+        return rc;
     });
 }
 
@@ -1053,7 +1081,7 @@ int main(int argc, char** argv) {
         if (*cl.start) return cmd_start(g, cl.start_flags, cl.start_wait);
         if (*cl.daemon) return cmd_daemon(g, cl.once, cl.verbose);
         if (*cl.status) return cmd_status(g, cl.json, cl.status_ids, cl.status_states, cl.status_groups);
-        if (*cl.wait) return cmd_wait(g, cl.wait_ids);
+        if (*cl.wait) return cmd_wait(g, cl.wait_ids, cl.json);
         if (*cl.cancel) return cmd_cancel(g, cl.cancel_id, cl.no_wait);
         if (*cl.logs) return cmd_logs(g, cl.logs_id, cl.follow_logs);
         if (*cl.events) return cmd_events(g, cl.follow_events, cl.events_since);

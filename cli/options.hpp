@@ -306,8 +306,10 @@ struct command_line {
             ->allow_extra_args(false);   // one value (a comma list) per use: `--after a -- CMD` keeps its `--`
 
         wait = app.add_subcommand("wait", "Block until the tasks (default: all) are completed, error or cancelled; "
-                                          "exit 0 if all completed, else 1");
+                                          "exit with the first one's status that did not complete (its exit code; "
+                                          "124 timeout, 125 cancelled, 126 never started, 127 exit code unknown)");
         wait->add_option("id", wait_ids, "Task ids");
+        wait->add_flag("--json", json, "Print every task's state, exit code and status as one JSON object");
 
         cancel = app.add_subcommand("cancel", "Cancel a task; a running agent is stopped (SIGTERM, SIGKILL after the grace)");
         cancel->add_option("id", cancel_id, "Task id")->required();

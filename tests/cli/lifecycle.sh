@@ -9,7 +9,7 @@ snapshot() { json_get "sorted((t['id'], t['state'], t['run'], t['attempts']) for
 
 expect_rc 0 ku start --id ok -- sh -c 'echo run-ok'
 expect_rc 0 ku start --id bad -- sh -c 'echo run-bad; exit 3'
-expect_rc 1 ku wait ok bad
+expect_rc 3 ku wait ok bad   # bad exited 3: its status
 [ "$(state ok)" = completed ] && [ "$(state bad)" = error ] || fail "ok $(state ok), bad $(state bad)"
 expect_rc 0 ku enqueue --id queued -- true
 expect_rc 0 ku config cap 1
@@ -52,7 +52,7 @@ expect_rc 0 ku retry --failed
 [ "$(state ok)" = completed ] || fail "retry touched ok: $(state ok)"
 [ "$(json_get "[r['exit_code'] for t in j['tasks'] if t['id']=='bad' for r in t['runs']]")" = "[3]" ] || fail "runs of bad"
 expect_rc 0 ku daemon --once
-expect_rc 1 ku wait bad
+expect_rc 3 ku wait bad
 expect_rc 0 ku restart bad ok   # all or none, and both at once
 expect_rc 0 ku retry --failed   # nothing failed now
 grep -q 'no task in state error' "$T/err" || fail "retry with nothing to do said: $(cat "$T/err")"
@@ -60,7 +60,7 @@ grep -q 'no task in state error' "$T/err" || fail "retry with nothing to do said
 # remove: pending and finished tasks and their logs; a running one refuses the whole call.
 expect_rc 0 ku start --id live -- sleep 60
 expect_rc 0 ku daemon --once
-expect_rc 1 ku wait ok bad
+expect_rc 3 ku wait ok bad
 before=$(snapshot)
 expect_rc 64 ku remove queued live
 grep -q '"live" is running' "$T/err" || fail "remove of a running task said: $(cat "$T/err")"
@@ -85,4 +85,33 @@ done
 expect_rc 65 ku start --id -y -- true
 expect_rc 65 ku remove -- -x
 grep -q 'no task "-x"' "$T/err" || fail "remove -- -x said: $(cat "$T/err")"
+
+# wait: the status of the first task (in the order given) that did not complete: its exit
+# code, 124 timeout, 125 cancelled, 126 never started, 127 exit code unknown; --json gives all.
+export KUGETSU_HOME="$T/w"
+expect_rc 0 ku config cap 5
+expect_rc 0 ku start --id w-ok -- true
+expect_rc 0 ku start --id w-five -- sh -c 'exit 5'
+expect_rc 0 ku start --id w-slow --timeout 0.2 -- sleep 30
+expect_rc 1 ku start --id w-nope -- /no/such/program
+expect_rc 0 ku enqueue --id w-cancel -- true
+expect_rc 0 ku cancel w-cancel
+expect_rc 0 ku wait w-ok
+expect_rc 5 ku wait w-ok w-five w-slow
+expect_rc 124 ku wait w-slow w-five
+expect_rc 125 ku wait w-cancel
+expect_rc 126 ku wait w-nope w-ok
+grep -q '^kugetsu: task w-nope: error: .*(status 126)$' "$T/err" || fail "wait said: $(cat "$T/err")"
+expect_rc 5 ku wait --json w-ok w-five w-slow w-cancel w-nope
+python3 - "$T/out" <<'PY' || fail "wait --json: $(cat "$T/out")"
+import json, sys
+j = json.load(open(sys.argv[1]))
+assert j["status"] == 5, j
+got = [(t["id"], t["state"], t["exit_code"], t["status"]) for t in j["tasks"]]
+assert got[:2] == [("w-ok", "completed", 0, 0), ("w-five", "error", 5, 5)], got
+assert got[2][0] == "w-slow" and got[2][3] == 124, got
+assert got[3] == ("w-cancel", "cancelled", None, 125), got
+assert got[4] == ("w-nope", "error", None, 126), got
+PY
+[ ! -s "$T/err" ] || fail "wait --json also wrote to stderr: $(cat "$T/err")"
 echo ok

@@ -115,7 +115,7 @@ expect_rc 0 ku enqueue --id grandchild --after orphan -- true
 expect_rc 0 ku status child
 grep -q '^    after: dep-ok$' "$T/out" || fail "status of a waiting task: $(cat "$T/out")"
 ku_bg daemon
-expect_rc 1 ku wait child orphan grandchild
+expect_rc 126 ku wait child orphan grandchild   # orphan never started
 [ "$(state child)" = completed ] || fail "child ended $(state child)"
 for t in orphan grandchild; do
     [ "$(state $t)" = error ] || fail "$t ended $(state $t)"
@@ -176,7 +176,7 @@ starts = [t(e) for e in ev if e["type"] == "task_started"]
 assert len(starts) == 3 and starts[1] - retry[0] >= 0.2 and starts[2] - retry[1] >= 0.4, (retry, starts)
 PY
 expect_rc 0 ku enqueue --id doomed --retries 1 --backoff 0 -- sh -c 'exit 7'
-expect_rc 1 ku wait doomed
+expect_rc 7 ku wait doomed
 [ "$(json_get "next((t['state'], t['run'], t['exit_code']) for t in j['tasks'] if t['id']=='doomed')")" = "('error', 2, 7)" ] \
     || fail "doomed: $(json_get "[t for t in j['tasks'] if t['id']=='doomed']")"
 echo "scheduling: ok"

@@ -36,7 +36,7 @@ expect_rc 75 ku start --id refused -- true
 ku_bg daemon
 expect_rc 0 ku enqueue --id next -- true
 release_agents
-expect_rc 1 ku wait orphan
+expect_rc 127 ku wait orphan   # its exit code is unknown
 [ "$(state orphan)" = error ] || fail "orphan is $(state orphan)"
 grep '"task_id":"orphan"' "$KUGETSU_HOME/events.jsonl" | grep -q '"reason":"exit_unknown"' ||
     fail "orphan's end is not exit_unknown"
@@ -53,7 +53,7 @@ kill -KILL "$supervisor"
 parent_is() { [ "$(awk '{print $4}' "/proc/$1/stat")" = "$2" ]; }
 within 10 parent_is "$agent" "${BACKGROUND[0]}"
 release_agents
-expect_rc 1 ku wait adopted
+expect_rc 9 ku wait adopted
 [ "$(json_get "next(t['exit_code'] for t in j['tasks'] if t['id']=='adopted')")" -eq 9 ] ||
     fail "the daemon did not keep the exit code of the agent it adopted: $(status_json)"
 kill -TERM "${BACKGROUND[@]}"; wait "${BACKGROUND[@]}" || true; BACKGROUND=()

@@ -77,7 +77,7 @@ grep -q "kugetsu $want" "$MANPAGE" || fail "the man page does not give version $
 export KUGETSU_HOME="$T/st"
 expect_rc 0 ku enqueue --id quoted -- echo 'fix the bug' "it's" "$(printf 'two\nlines')"
 expect_rc 0 ku start --id failed -- sh -c 'exit 3'
-expect_rc 1 ku wait failed
+expect_rc 3 ku wait failed
 expect_rc 0 ku start --id "$(printf 'w%.0s' $(seq 1 40))" -- true
 expect_rc 0 ku wait "$(printf 'w%.0s' $(seq 1 40))"
 expect_rc 0 ku status
