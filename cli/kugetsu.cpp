@@ -34,6 +34,7 @@
 #include <cstring>
 #include <iostream>
 #include <optional>
+#include <set>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -853,27 +854,97 @@ int cmd_restart(const globals& g, const std::vector<std::string>& ids, bool fail
     return ex_ok;
 }
 
+/// Deletes the logs of tasks just removed, under the cap lock (a dispatcher's after_commit):
+/// no agent of this HOME starts meanwhile, so no new task's log is taken for an old one. A
+/// log that cannot be removed is said, and kept. Returns how many were deleted.
+int delete_logs(const globals& g, const std::vector<queue_item>& items, bool& failed) {
+    const home_layout h{g.home};
+    int n = 0;
+    for (const auto& it : items) {
+        const std::string log = h.logs() + "/" + it.id + ".log";
+        if (::unlink(log.c_str()) == 0) ++n;
+        else if (errno != ENOENT) {
+            std::cerr << "kugetsu: " << log << ": " << std::strerror(errno) << " (the task is removed; its log is kept)\n";
+            failed = true;
+        }
+    }
+    return n;
+}
+
 int cmd_remove(const globals& g, const std::vector<std::string>& ids) {
     if (int bad = check_ids(ids)) return bad;
     auto d = open_home(g);
     quarantine_guard watch_quarantine(d.store());
     std::error_code ec;
-    const auto items = d.remove(ids, ec);
+    bool log_failed = false;
+    // The tasks are gone (committed): their logs go too, so that a new task of the same id
+    // starts a log of its own.
+    const auto items = d.remove(ids, ec, [&](const std::vector<queue_item>& removed) { delete_logs(g, removed, log_failed); });
     if (ec) return report(ec, d.last_error_detail());
     warn_notifier(d);
-    // The tasks are gone (committed): their logs go too, so that a new task of the same id
-    // starts a log of its own. A log that cannot be removed is said, and kept.
-    const home_layout h{g.home};
-    int status = ex_ok;
-    for (const auto& it : items) {
-        const std::string log = h.logs() + "/" + it.id + ".log";
-        if (::unlink(log.c_str()) != 0 && errno != ENOENT) {
-            std::cerr << "kugetsu: " << log << ": " << std::strerror(errno) << " (the task is removed; its log is kept)\n";
-            status = ex_ioerr;
-        }
-        std::cout << it.id << " removed (was " << to_string(it.state) << ")\n";
+    for (const auto& it : items) std::cout << it.id << " removed (was " << to_string(it.state) << ")\n";
+    return log_failed ? ex_ioerr : ex_ok;
+}
+
+int cmd_clean(const globals& g, const std::string& older_than, const std::vector<std::string>& states, bool json) {
+    cli_dispatcher::clean_filter f;
+    for (const auto& name : states) {
+        const auto st = parse_task_state(name);
+        if (!st || !is_final(*st))
+            throw cli::usage_error("--state \"" + shown_id(name) + "\": clean removes finished tasks only (completed, error, cancelled)");
+        f.states.push_back(*st);
     }
-    return status;
+    if (!older_than.empty())
+        f.finished_before = std::chrono::time_point_cast<std::chrono::microseconds>(std::chrono::system_clock::now()) -
+                            cli::parse_duration("--older-than", older_than);
+    require_home(g.home);
+    auto d = open_home(g);
+    quarantine_guard watch_quarantine(d.store());
+    std::error_code ec;
+    bool log_failed = false;
+    int logs = 0, orphans = 0;
+    const home_layout h{g.home};
+    const auto removed = d.clean(f, ec, [&](const std::vector<queue_item>& gone) {
+        logs = delete_logs(g, gone, log_failed);
+        // Logs of tasks that no longer exist (a remove or clean that died before deleting
+        // them): still under the lock, so none is a log being started.
+        if (DIR* dir = ::opendir(h.logs().c_str())) {
+            std::vector<std::string> stale;
+            while (const dirent* e = ::readdir(dir)) {
+                const std::string name = e->d_name;
+                if (name.size() < 5 || name.compare(name.size() - 4, 4, ".log") != 0) continue;
+                const std::string id = name.substr(0, name.size() - 4);
+                std::error_code gec;
+                if (valid_task_id(id) && !d.store().get_item(id, gec) && !gec) stale.push_back(id);
+            }
+            ::closedir(dir);
+            std::vector<queue_item> named(stale.size());
+            for (std::size_t i = 0; i < stale.size(); ++i) named[i].id = stale[i];
+            orphans = delete_logs(g, named, log_failed);
+        }
+    });
+    if (ec) return report(ec, d.last_error_detail());
+    warn_notifier(d);
+    // The events file: the lines of tasks that no longer exist go (the last line stays).
+    std::set<std::string> live_ids;
+    for (auto& it : d.store().list_items(ec)) live_ids.insert(it.id);
+    if (ec) return report(ec, "queue: " + std::string(d.store().last_error_detail()));
+    jsonl_notifier events(h.events());
+    const std::size_t lines = events.compact([&](const event& e) { return !live_ids.count(e.task_id); }, ec);
+    if (ec) {
+        std::cerr << "kugetsu: " << events.last_error_detail() << " (the tasks are deleted; the events file keeps their lines)\n";
+        log_failed = true;
+    }
+    if (json) {
+        auto ids = nlohmann::json::array();
+        for (const auto& it : removed) ids.push_back(it.id);
+        std::cout << nlohmann::json{{"removed", ids}, {"logs_deleted", logs + orphans}, {"event_lines_pruned", lines}}.dump()
+                  << "\n";
+    } else {
+        std::printf("%zu task%s deleted, %d log%s, %zu line%s of events.jsonl\n", removed.size(), removed.size() == 1 ? "" : "s",
+                    logs + orphans, logs + orphans == 1 ? "" : "s", lines, lines == 1 ? "" : "s");
+    }
+    return log_failed ? ex_ioerr : ex_ok;
 }
 
 /// Copies what was appended to `path` since `offset` to stdout.
@@ -1091,6 +1162,7 @@ int main(int argc, char** argv) {
         if (*cl.restart) return cmd_restart(g, cl.restart_ids, false);
         if (*cl.retry) return cmd_restart(g, {}, true);
         if (*cl.remove) return cmd_remove(g, cl.remove_ids);
+        if (*cl.clean) return cmd_clean(g, cl.clean_older_than, cl.clean_states, cl.json);
         if (*cl.pause) return cmd_pause(g, cl.pause_group, true);
         if (*cl.resume) return cmd_pause(g, cl.resume_group, false);
     } catch (const cli::usage_error& e) {

@@ -103,6 +103,31 @@ inline duration parse_seconds(const std::string& what, const std::string& v, boo
     return std::chrono::ceil<std::chrono::milliseconds>(std::chrono::duration<double>(s));
 }
 
+/// A duration: a whole number with a unit, s, m, h, d or w (90s, 15m, 12h, 7d, 2w), or a
+/// number of seconds (decimals allowed, as parse_seconds), up to ten years.
+inline duration parse_duration(const std::string& what, const std::string& v) {
+    static constexpr std::pair<char, long long> units[] = {{'s', 1}, {'m', 60}, {'h', 3600}, {'d', 86400}, {'w', 604800}};
+    const auto bad = [&] {
+        return usage_error(what + " \"" + v + "\" is not a duration (a number of seconds, or a whole number and a unit: "
+                                  "90s, 15m, 12h, 7d, 2w)");
+    };
+    if (v.empty()) throw bad();
+    for (const auto& [u, seconds] : units)
+        if (v.back() == u) {
+            const std::string digits = v.substr(0, v.size() - 1);
+            if (digits.empty() || digits.size() > 9 || digits.find_first_not_of("0123456789") != std::string::npos) throw bad();
+            const long long n = std::stoll(digits);
+            if (n * seconds > 10LL * 365 * 86400) throw bad();
+            return std::chrono::seconds(n * seconds);
+        }
+    if (v.find_first_not_of("0123456789.") != std::string::npos) throw bad();
+    try {
+        return parse_seconds(what, v, /*allow_zero=*/true);
+    } catch (const usage_error&) {
+        throw bad();
+    }
+}
+
 struct globals {
     std::string home;
     dispatcher_options opt;          ///< the limits of a new HOME (environment, else defaults)
@@ -258,6 +283,8 @@ struct command_line {
     std::vector<std::string> status_ids, status_states;
     bool retry_failed = false;
     bool start_wait = false;
+    std::string clean_older_than;
+    std::vector<std::string> clean_states;
     std::string pause_group, resume_group;
     std::vector<std::string> status_groups;
 
@@ -275,6 +302,7 @@ struct command_line {
     CLI::App* restart = nullptr;
     CLI::App* retry = nullptr;
     CLI::App* remove = nullptr;
+    CLI::App* clean = nullptr;
     CLI::App* pause = nullptr;
     CLI::App* resume = nullptr;
 
@@ -341,6 +369,15 @@ struct command_line {
         remove = app.add_subcommand("remove", "Delete pending or finished tasks and their logs (events stay); "
                                               "all or none");
         remove->add_option("id", remove_ids, "Task ids (not notified or running)")->required();
+        clean = app.add_subcommand("clean", "Delete finished tasks (all, or by state and age) with their logs and "
+                                            "events; none that a task not yet finished runs after");
+        clean->add_option("--older-than", clean_older_than, "Only tasks that finished longer ago than this "
+                                                            "(90s, 15m, 12h, 7d, 2w, or seconds)");
+        clean->add_option("--state", clean_states, "Only tasks in this state (completed, error, cancelled); repeat or "
+                                                   "separate with commas")
+            ->delimiter(',')
+            ->allow_extra_args(false);
+        clean->add_flag("--json", json, "Print what was deleted as one JSON object");
         pause = app.add_subcommand("pause", "Start no new agents (the whole queue, or one group); running ones go on");
         pause->add_option("--group", pause_group, "Only this group");
         resume = app.add_subcommand("resume", "Start agents again after pause (the whole queue, or one group)");

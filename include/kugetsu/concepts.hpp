@@ -200,11 +200,15 @@ concept store = requires(S& s, const S& cs, const queue_item& it, const session&
 };
 
 /// A store that can delete a task: `s.remove_item(id, ec)` deletes it in the unit (or in a
-/// unit of its own), and does nothing if there is none. Its events stay in the outbox.
-/// Needed by dispatcher::remove() only.
+/// unit of its own), and does nothing if there is none. Its events stay in the outbox until
+/// `s.prune_events(ec)`, which deletes (at the unit's commit) the events of every task that
+/// no longer exists, except the last event of all, so that the highest number given stays in
+/// the outbox (a relay that finds its position by it never appends an event twice). Needed by
+/// dispatcher::remove() and clean() only.
 template <class S>
 concept store_with_removal = store<S> && requires(S& s, std::string_view id, std::error_code& ec) {
     { s.remove_item(id, ec) } -> std::same_as<void>;
+    { s.prune_events(ec) } -> std::same_as<void>;
 };
 
 /// A record a store moved aside because it failed validation (see the store concept).

@@ -59,6 +59,8 @@
 //   restart(ids)       finished tasks pending again, fresh attempts, their last runs kept;
 //                      task_queued (reason restarted). restart_all(error): every failed one.
 //   remove(ids)        pending or finished tasks deleted; task_removed (reason: their state).
+//   clean(filter)      finished tasks deleted (by state, by age), with their events; none
+//                      that an unfinished task runs after.
 //   limits()/set_limits()  the store's limits.
 //
 // A failed attempt (workspace, spawn or exec failure, or a start interrupted before exec)
@@ -74,6 +76,7 @@
 #include <climits>
 #include <cstdint>
 #include <exception>
+#include <functional>
 #include <map>
 #include <optional>
 #include <string>
@@ -469,23 +472,93 @@ public:
     /// Deletes pending or finished tasks, all in one unit (their events stay); task_removed,
     /// reason: the state it had. If one is unknown (errc::unknown_task) or taken or running
     /// (errc::task_active), none is removed. Returns the tasks as they were.
-    std::vector<queue_item> remove(const std::vector<std::string>& ids, std::error_code& ec)
+    std::vector<queue_item> remove(const std::vector<std::string>& ids, std::error_code& ec,
+                                   const std::function<void(const std::vector<queue_item>&)>& after_commit = {})
         requires store_with_removal<Store>
     {
+        std::vector<queue_item> removed;
+        if (after_commit) after_commit_ = [&] { after_commit(removed); };
+        detail::scope_exit clear_hook([&] { after_commit_ = nullptr; });
         auto refusal = [](const queue_item& it) {
             return it.state != task_state::notified && it.state != task_state::running
                        ? std::string()
                        : "task \"" + it.id + "\" is " + std::string(to_string(it.state)) +
                              ": cancel it first, or wait until it ends";
         };
-        return for_tasks("remove", ids, ec, refusal, [&](queue_item& it, std::error_code& e) {
+        for_tasks("remove", ids, ec, refusal, [&](queue_item& it, std::error_code& e) {
             need(durability::durable);
             store_.remove_item(it.id, e);
             if (e) return note_failure("remove \"" + it.id + "\"", e, store_);
             auto ev = make_event(event_type::task_removed, it);
             ev.reason = std::string(to_string(it.state));
             add_event(std::move(ev), durability::durable, e);
+            if (!e) removed.push_back(it);   // (for after_commit, which runs before this returns)
         });
+        if (ec) removed.clear();
+        return removed;
+    }
+
+    /// What clean() removes: finished tasks in these states (none named: all three final
+    /// states) that finished before `finished_before` (none: whenever).
+    struct clean_filter {
+        std::vector<task_state> states;
+        std::optional<timestamp> finished_before;
+    };
+
+    /// Deletes, in one unit, the finished tasks the filter keeps, except those a task not yet
+    /// finished runs after (--after), then prunes the outbox: the events of every task that no
+    /// longer exists (clean's, and those of tasks removed earlier), but the last event. No
+    /// event is written for them. `after_commit(removed)` runs after the commit, still under
+    /// the lock (so no agent of this HOME starts meanwhile): the CLI deletes logs there.
+    /// errc::invalid_transition if a state named is not final. Returns the tasks removed.
+    std::vector<queue_item> clean(const clean_filter& f, std::error_code& ec,
+                                  const std::function<void(const std::vector<queue_item>&)>& after_commit = {})
+        requires store_with_removal<Store>
+    {
+        ec.clear();
+        std::vector<task_state> states = f.states;
+        if (states.empty()) states = {task_state::completed, task_state::error, task_state::cancelled};
+        for (auto st : states)
+            if (!is_final(st)) {
+                ec = errc::invalid_transition;
+                detail_ = "clean removes finished tasks only (completed, error, cancelled), not " +
+                          std::string(to_string(st)) + " ones";
+                return {};
+            }
+        std::vector<queue_item> removed;
+        if (after_commit) after_commit_ = [&] { after_commit(removed); };
+        detail::scope_exit clear_hook([&] { after_commit_ = nullptr; });
+        constexpr auto all = static_cast<std::size_t>(-1);
+        locked(ec, [&]() -> int {
+            reap_report rep;
+            reap_locked(rep, ec);   // (settles waiting tasks first: those whose dependencies ended)
+            if (ec) return 0;
+            // Tasks that others not yet finished run after are kept.
+            std::vector<std::string> needed;
+            for (auto st : {task_state::waiting, task_state::pending, task_state::notified, task_state::running}) {
+                for (auto& it : store_.items_in_state(st, all, ec))
+                    needed.insert(needed.end(), it.after.begin(), it.after.end());
+                if (ec) return note_failure("queue", ec, store_), 0;
+            }
+            std::sort(needed.begin(), needed.end());
+            for (auto st : states) {
+                for (auto& it : store_.items_in_state(st, all, ec)) {
+                    const timestamp when = it.finished_at.value_or(it.updated_at);
+                    if (f.finished_before && when >= *f.finished_before) continue;
+                    if (std::binary_search(needed.begin(), needed.end(), it.id)) continue;
+                    store_.remove_item(it.id, ec);
+                    if (ec) return note_failure("clean \"" + it.id + "\"", ec, store_), 0;
+                    removed.push_back(std::move(it));
+                }
+                if (ec) return note_failure("queue", ec, store_), 0;
+            }
+            store_.prune_events(ec);
+            if (ec) return note_failure("prune events", ec, store_), 0;
+            need(durability::durable);
+            return 0;
+        });
+        if (ec) removed.clear();
+        return removed;
     }
     std::vector<queue_item> remove(const std::vector<std::string>& ids)
         requires store_with_removal<Store>
@@ -687,6 +760,8 @@ private:
             if (!ec) {
                 r = f();
                 close_unit(ec);
+                // Committed and not refused: what must follow the commit under the lock.
+                if (!ec && !refusal_ && after_commit_) after_commit_();
             }
         }
         deliver();
@@ -1648,6 +1723,7 @@ private:
     std::error_code refusal_;
     std::string refusal_detail_;
     timestamp last_requeue_{};   // restart(): the enqueue time it gave last
+    std::function<void()> after_commit_;   // remove(), clean(): runs after the commit, under the lock
 };
 
 } // namespace kugetsu

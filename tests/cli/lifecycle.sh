@@ -114,4 +114,44 @@ assert got[3] == ("w-cancel", "cancelled", None, 125), got
 assert got[4] == ("w-nope", "error", None, 126), got
 PY
 [ ! -s "$T/err" ] || fail "wait --json also wrote to stderr: $(cat "$T/err")"
+
+# clean: finished tasks go with their logs and their lines of events.jsonl (and their events
+# in the store), by state and by age; running tasks, pending ones and a task that a waiting
+# one runs after stay; bad input is refused with 64 and nothing deleted.
+export KUGETSU_HOME="$T/c"
+expect_rc 0 ku config cap 3
+expect_rc 0 ku start --id c-ok -- echo out
+expect_rc 0 ku start --id c-bad -- sh -c 'echo err; exit 2'
+expect_rc 2 ku wait c-ok c-bad
+expect_rc 0 ku start --id c-run -- sleep 60
+expect_rc 0 ku start --id c-dep -- true
+expect_rc 0 ku wait c-dep
+expect_rc 0 ku enqueue --id c-waits --after c-dep,c-run -- true
+expect_rc 0 ku enqueue --id c-queued -- true
+before=$(snapshot)
+expect_rc 64 ku clean --state running
+grep -q 'clean removes finished tasks only' "$T/err" || fail "clean --state running said: $(cat "$T/err")"
+expect_rc 64 ku clean --older-than 3x
+grep -q -- '--older-than "3x" is not a duration' "$T/err" || fail "clean --older-than 3x said: $(cat "$T/err")"
+expect_rc 0 ku clean --older-than 1h
+[ "$(cat "$T/out")" = "0 tasks deleted, 0 logs, 0 lines of events.jsonl" ] || fail "clean --older-than 1h: $(cat "$T/out")"
+[ "$(snapshot)" = "$before" ] || fail "a clean that matched nothing changed the queue"
+expect_rc 0 ku clean --state error
+[ "$(cat "$T/out")" = "1 task deleted, 1 log, 2 lines of events.jsonl" ] || fail "clean --state error: $(cat "$T/out")"
+[ ! -e "$KUGETSU_HOME/logs/c-bad.log" ] && [ -e "$KUGETSU_HOME/logs/c-ok.log" ] || fail "logs after clean --state error"
+expect_rc 0 ku clean --json
+python3 -c 'import json,sys; j=json.load(open(sys.argv[1])); assert j["removed"]==["c-ok"] and j["logs_deleted"]==1, j' "$T/out" \
+    || fail "clean --json: $(cat "$T/out")"
+[ "$(json_get "sorted(t['id'] for t in j['tasks'])")" = "['c-dep', 'c-queued', 'c-run', 'c-waits']" ] \
+    || fail "clean kept: $(json_get "sorted(t['id'] for t in j['tasks'])")"
+! grep -q '"task_id":"c-ok"\|"task_id":"c-bad"' <(head -n -1 "$KUGETSU_HOME/events.jsonl") || fail "events.jsonl keeps lines of cleaned tasks"
+[ "$(sqlite3 "$KUGETSU_HOME/state.db" "select count(*) from events where task_id in ('c-ok','c-bad') and seq < (select max(seq) from events)")" = 0 ] \
+    || fail "the store keeps events of cleaned tasks"
+ku events >"$T/ev.cli"
+cmp -s "$T/ev.cli" "$KUGETSU_HOME/events.jsonl" || fail "kugetsu events and events.jsonl differ after clean"
+# a daemon started before the clean appends to the compacted file
+expect_rc 0 ku cancel c-run
+expect_rc 0 ku daemon --once
+[ "$(tail -1 "$KUGETSU_HOME/events.jsonl" | python3 -c 'import json,sys; print(json.load(sys.stdin)["seq"])')" = \
+  "$(sqlite3 "$KUGETSU_HOME/state.db" 'select max(seq) from events')" ] || fail "events.jsonl did not go on after clean"
 echo ok

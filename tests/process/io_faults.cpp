@@ -262,6 +262,40 @@ TEST_CASE("jsonl_notifier: a torn line that cannot be cut off never runs into th
     CHECK(lines[2] == line_of(make_event("next", 3)));
 }
 
+TEST_CASE("jsonl_notifier compact under a fault at every system call leaves the file whole: as it was, or compacted",
+          "[io_faults]") {
+    for (const auto kind : {fault::enospc, fault::disk_full, fault::eio, fault::fsync_eio, fault::short_write, fault::eintr}) {
+        for (long k = 1; k <= 12; ++k) {
+            state_dir d;
+            const std::string path = d / "events.jsonl";
+            jsonl_notifier n(path);
+            for (int i = 1; i <= 6; ++i) n.notify(make_event(i % 2 ? "gone" : "kept", i));
+            const std::string before = test::slurp(path);
+            std::error_code ec;
+            std::size_t dropped = 0;
+            bool hit = false;
+            {
+                fault_injector inj(kind, k);
+                dropped = n.compact([](const event& e) { return e.task_id == "gone"; }, ec);
+                hit = inj.hit();
+            }
+            INFO(test::name_of(kind) << " at call " << k << ": " << (ec ? n.last_error_detail() : "ok"));
+            const std::string after = test::slurp(path);
+            if (ec) {
+                CHECK(after == before);
+                CHECK(n.last_error_detail().find(path) != std::string::npos);
+            } else {
+                CHECK(dropped == 3);
+                const auto lines = lines_of(after);
+                CHECK(lines.size() == 3);
+                for (const auto& l : lines) CHECK(l.find("\"kept\"") != std::string::npos);
+            }
+            CHECK_FALSE(std::filesystem::exists(path + ".compact.tmp"));
+            if (!hit) break;   // past the last system call
+        }
+    }
+}
+
 // ---- the store, through SQLite's VFS ----------------------------------------------------------
 
 namespace {

@@ -1174,3 +1174,56 @@ TEST_CASE("fake_spawner never_ran ends a held or a released process as one that 
     CHECK(ec == errc::not_held);   // it is over: it cannot be released any more
     CHECK(sp.peak() == 1);
 }
+
+TEMPLATE_TEST_CASE("store: prune_events deletes the events of tasks that are gone, but the last, and numbers go on",
+                   "[store]", memory_fixture, sqlite_fixture) {
+    TestType f;
+    auto& s = f.store();
+    std::error_code ec;
+    s.put_item(item("kept", task_state::completed, 1), ec);
+    s.put_item(item("gone", task_state::completed, 2), ec);
+    for (const char* t : {"gone", "kept", "gone", "gone"}) s.append_event(ev(event_type::task_queued, t), ec);
+    REQUIRE_FALSE(ec);
+    s.begin(ec);
+    s.remove_item("gone", ec);
+    s.prune_events(ec);
+    s.commit(durability::durable, ec);
+    REQUIRE_FALSE(ec);
+    CHECK(seqs(all_events_of(s)) == std::vector<std::uint64_t>{2, 4});   // 4: the last, kept
+    CHECK(s.events_after(2, 10, ec).size() == 1);
+    CHECK(s.append_event(ev(event_type::task_queued, "kept"), ec) == 5);   // never reused
+    s.prune_events(ec);   // outside a unit: a unit of its own; 4 is no longer the last
+    CHECK(seqs(all_events_of(s)) == std::vector<std::uint64_t>{2, 5});
+    CHECK_FALSE(ec);
+}
+
+TEST_CASE("jsonl_notifier compact drops the lines asked for but the last, and other notifiers follow the new file") {
+    temp_dir d;
+    const std::string path = d / "events.jsonl";
+    memory_store s;
+    add_events(s, 3, "a");   // a0 a1 a2: seq 1-3
+    add_events(s, 2, "b");   // b0 b1: seq 4-5
+    std::error_code ec;
+    jsonl_notifier n(path);
+    jsonl_notifier other(path);   // another process, its file already open
+    CHECK(other.relay(source_of(s), ec) == 5);
+    CHECK(n.compact([](const event& e) { return e.task_id.rfind("b", 0) == 0 || e.task_id == "a1"; }, ec) == 2);
+    REQUIRE_FALSE(ec);
+    auto lines = lines_of(path);
+    CHECK(seqs(lines) == std::vector<std::uint64_t>{1, 3, 5});   // b1 (5) is the last line: kept
+    CHECK_FALSE(std::filesystem::exists(path + ".compact.tmp"));
+    // The other notifier appends to the new file, from its last number: nothing twice.
+    add_events(s, 1, "c");
+    CHECK(other.relay(source_of(s), ec) == 6);
+    CHECK(seqs(lines_of(path)) == std::vector<std::uint64_t>{1, 3, 5, 6});
+    other.notify(ev(event_type::task_queued, "unnumbered"));
+    CHECK(lines_of(path).size() == 5);
+    // Nothing to drop: the file is left as it is.
+    struct stat before{}, after{};
+    ::stat(path.c_str(), &before);
+    CHECK(n.compact([](const event&) { return false; }, ec) == 0);
+    ::stat(path.c_str(), &after);
+    CHECK(after.st_ino == before.st_ino);   // not rewritten
+    CHECK(lines_of(path).size() == 5);
+    CHECK_FALSE(ec);
+}

@@ -1536,3 +1536,50 @@ TEST_CASE("retries: a non-zero exit or a timeout runs the task again after its b
     CHECK(retry_delay(10min, 5) == 1h);
     CHECK(retry_delay(2h, 3) == 2h);   // a base above an hour is kept, not doubled
 }
+
+TEST_CASE("clean deletes finished tasks by state and age with their events, never one an unfinished task needs") {
+    rig r(dispatcher_options{3, 3, 1s});
+    r.d.enqueue(sched_spec("old-ok"));
+    r.d.enqueue(sched_spec("old-bad"));
+    r.d.enqueue(sched_spec("needed"));
+    r.d.process_queue();
+    r.spawner.exit(r.spawner.pid_of("old-ok"), 0);
+    r.spawner.exit(r.spawner.pid_of("old-bad"), 1);
+    r.d.reap();
+    r.d.enqueue(sched_spec("waiter", 0, {}, {"needed", "old-ok"}));   // old-ok completed, needed runs
+    r.clock.advance(2h);
+    r.d.enqueue(sched_spec("new"));
+    r.d.process_queue();
+    r.spawner.exit(r.spawner.pid_of("new"), 0);
+    r.d.reap();
+    std::error_code ec;
+    // A state that is not final is refused.
+    r.d.clean({{task_state::running}, std::nullopt}, ec);
+    CHECK(ec == errc::invalid_transition);
+    // Older than an hour, errors only: old-bad.
+    std::vector<std::string> seen_after_commit;
+    auto removed = r.d.clean({{task_state::error}, r.clock.now() - 1h}, ec, [&](const std::vector<queue_item>& v) {
+        for (auto& it : v) seen_after_commit.push_back(it.id);
+    });
+    REQUIRE_FALSE(ec);
+    REQUIRE(removed.size() == 1);
+    CHECK(removed[0].id == "old-bad");
+    CHECK(seen_after_commit == std::vector<std::string>{"old-bad"});
+    // Everything finished: "new" goes; old-ok stays, a waiting task runs after it.
+    removed = r.d.clean({}, ec);
+    REQUIRE(removed.size() == 1);
+    CHECK(removed[0].id == "new");
+    CHECK(r.item("old-ok").state == task_state::completed);
+    // The outbox: no event of a task that is gone, but the last.
+    std::uint64_t last = 0;
+    for (auto& e : r.store.events_after(0, SIZE_MAX, ec)) last = e.seq;
+    for (auto& e : r.store.events_after(0, SIZE_MAX, ec))
+        if (e.seq != last) CHECK((e.task_id != "old-bad" && e.task_id != "new"));
+    r.spawner.exit(r.spawner.pid_of("needed"), 0);
+    r.d.process_queue();   // waiter runs now
+    r.spawner.exit(r.spawner.pid_of("waiter"), 0);
+    r.d.reap();
+    CHECK(r.d.clean({}, ec).size() == 3);
+    std::error_code lec;
+    CHECK(r.store.list_items(lec).empty());
+}

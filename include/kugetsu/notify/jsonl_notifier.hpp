@@ -26,6 +26,13 @@
 // others (events not from a store). A file without sequence numbers (a kugetsu 0.1 file) is
 // appended to from the store's first event.
 //
+// COMPACTION. compact(drop) rewrites the file without the events `drop` names (clean's
+// pruning), keeping the last line, whose number is the relay's position: under the flock it
+// writes the kept lines to a temporary file beside it, fsyncs it and renames it over the
+// file, then fsyncs the directory; on any failure (ENOSPC included) the file is as it was.
+// Every notifier, under the flock it takes, checks that its descriptor is still the file's
+// (the same inode as the path): one that was replaced is opened again before an append.
+//
 // FAILURES never stop dispatching and are never thrown. notify(): the event is dropped,
 // failures() is incremented, the optional error handler is called. relay(): ec says why and
 // the events stay in the store for the next relay. Either way last_error_detail() names the
@@ -34,6 +41,7 @@
 
 #include <atomic>
 #include <cstdint>
+#include <cstdio>
 #include <functional>
 #include <memory>
 #include <optional>
@@ -43,6 +51,7 @@
 #include <fcntl.h>
 #include <sys/file.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include "../concepts.hpp"
 #include "../detail/posix.hpp"
@@ -105,6 +114,24 @@ public:
         return last;
     }
 
+    /// Rewrites the file without the lines whose event `drop` says to drop, but the last line
+    /// (see the header comment). Lines that are not events are kept. Returns how many were
+    /// dropped; on failure the file is unchanged and ec says why (last_error_detail()).
+    std::size_t compact(const std::function<bool(const event&)>& drop, std::error_code& ec) noexcept {
+        ec.clear();
+        failure f;
+        std::size_t dropped = 0;
+        try {
+            if (!fd_) open_file(f, ec);
+            if (!ec) dropped = compact_locked(drop, f, ec);
+            if (ec) detail_ = path_ + ": compact: " + f.step + ": " + (f.why ? std::string(f.why) : ec.message());
+        } catch (...) {
+            ec = std::make_error_code(std::errc::not_enough_memory);
+            detail_ = path_ + ": compact: out of memory";
+        }
+        return ec ? 0 : dropped;
+    }
+
     const std::string& path() const noexcept { return path_; }
     /// Events that could not be written.
     std::uint64_t failures() const noexcept { return failures_->load(); }
@@ -140,12 +167,109 @@ private:
     }
 
     void append(const std::string& line, failure& f, std::error_code& ec) {
+        if (!lock_current(f, ec)) return;
         const int fd = fd_.get();
-        f.step = "flock";
-        if ((ec = detail::flock_fd(fd, LOCK_EX))) return;
         detail::scope_exit unlock([fd] { detail::flock_fd(fd, LOCK_UN); });
         append_locked(line, f, ec);
         known_.reset();
+    }
+
+    /// Takes the flock on the file the path names now: a descriptor of a file that compact()
+    /// replaced is closed and the path opened again (a few times at most: each replacement is
+    /// made under the flock, so one that is seen after it was taken is over).
+    bool lock_current(failure& f, std::error_code& ec) {
+        for (int tries = 0; tries < 8; ++tries) {
+            if (!fd_) {
+                open_file(f, ec);
+                if (ec) return false;
+            }
+            f.step = "flock";
+            if ((ec = detail::flock_fd(fd_.get(), LOCK_EX))) return false;
+            struct stat mine{}, now{};
+            if (::fstat(fd_.get(), &mine) == 0 && ::lstat(path_.c_str(), &now) == 0 && mine.st_ino == now.st_ino &&
+                mine.st_dev == now.st_dev)
+                return true;
+            detail::flock_fd(fd_.get(), LOCK_UN);
+            fd_.reset();   // replaced (or gone): open the path again
+            known_.reset();
+        }
+        f.step = "open";
+        ec = std::make_error_code(std::errc::resource_unavailable_try_again);
+        return false;
+    }
+
+    std::size_t compact_locked(const std::function<bool(const event&)>& drop, failure& f, std::error_code& ec) {
+        if (!lock_current(f, ec)) return 0;
+        const int fd = fd_.get();
+        detail::scope_exit unlock([fd] { detail::flock_fd(fd, LOCK_UN); });
+        const std::string tmp = path_ + ".compact.tmp";
+        f.step = "create " ".compact.tmp";
+        ::unlink(tmp.c_str());   // left by a compaction that died: made only under this flock
+        auto out = detail::open_path(tmp, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW, 0600, ec);
+        if (ec) return 0;
+        bool renamed = false;
+        detail::scope_exit cleanup([&] {
+            if (!renamed) ::unlink(tmp.c_str());
+        });
+        // Line by line; a line is written once the next one is seen, so that the last is kept.
+        std::size_t dropped = 0;
+        std::string buf, pending, kept;
+        bool have_pending = false;
+        auto flush_kept = [&]() -> bool {
+            if (kept.empty()) return true;
+            f.step = "write .compact.tmp";
+            ec = detail::write_all(out.get(), kept);
+            kept.clear();
+            return !ec;
+        };
+        auto consider = [&](std::string line) -> bool {   // `line` ends with '\n' (but maybe the last)
+            if (have_pending) {
+                std::error_code pec;
+                std::string why;
+                const auto e = parse_event(std::string_view(pending).substr(0, pending.size() - (pending.back() == '\n')), pec, why);
+                if (e && drop(*e)) ++dropped;
+                else kept += pending;
+                if (kept.size() > (1u << 20) && !flush_kept()) return false;
+            }
+            pending = std::move(line);
+            have_pending = true;
+            return true;
+        };
+        char chunk[65536];
+        off_t at = 0;
+        f.step = "read";
+        for (;;) {
+            const ssize_t n = detail::sys().pread(fd, chunk, sizeof chunk, at);
+            if (n < 0 && errno == EINTR) continue;
+            if (n < 0) return ec = detail::last_error(), 0;
+            if (n == 0) break;
+            at += n;
+            buf.append(chunk, static_cast<std::size_t>(n));
+            std::size_t start = 0, nl;
+            while ((nl = buf.find('\n', start)) != std::string::npos) {
+                if (!consider(buf.substr(start, nl + 1 - start))) return 0;
+                start = nl + 1;
+            }
+            buf.erase(0, start);
+        }
+        if (!buf.empty() && !consider(std::move(buf))) return 0;
+        if (have_pending) kept += pending;   // the last line stays
+        if (!flush_kept()) return 0;
+        if (dropped == 0) return 0;          // nothing to drop: the file stays as it is
+        f.step = "fsync .compact.tmp";
+        if ((ec = detail::fsync_fd(out.get()))) return 0;
+        if ((ec = out.close())) return 0;
+        f.step = "rename .compact.tmp";
+        if (::rename(tmp.c_str(), path_.c_str()) != 0) return ec = detail::last_error(), 0;
+        renamed = true;
+        // Durable: the directory's entry (best effort: the events are the store's first).
+        const auto slash = path_.rfind('/');
+        std::error_code dec;
+        auto dir = detail::open_path(slash == std::string::npos ? "." : slash == 0 ? "/" : path_.substr(0, slash),
+                                     O_RDONLY | O_DIRECTORY, 0, dec);
+        if (!dec) detail::fsync_fd(dir.get());
+        known_.reset();
+        return dropped;   // (the old descriptor is closed when the flock is let go: below, next use)
     }
 
     /// Appends whole lines with the flock held; a torn append is cut off again.
@@ -187,9 +311,8 @@ private:
     }
 
     std::uint64_t relay_locked(const event_source& source, failure& f, std::error_code& ec) {
+        if (!lock_current(f, ec)) return 0;
         const int fd = fd_.get();
-        f.step = "flock";
-        if ((ec = detail::flock_fd(fd, LOCK_EX))) return 0;
         detail::scope_exit unlock([fd] { detail::flock_fd(fd, LOCK_UN); });
         struct stat st{};
         f.step = "fstat";

@@ -9,7 +9,7 @@
 //
 // Items are also indexed by state, oldest first, so that items_in_state(st, k) costs
 // O(k log n) whatever the size of the queue. Events are kept in a vector (the outbox), numbered
-// from 1 in commit order.
+// from 1 in commit order (prune_events() leaves gaps; numbers are never reused).
 //
 // Copies share one state (a handle), so several dispatchers in one process, or a test and
 // its dispatcher, see the same queue; a copy never shares the unit of the object it was copied
@@ -103,7 +103,9 @@ public:
             if (se) s_->sessions.insert_or_assign(id, *se);
             else if (auto i = s_->sessions.find(id); i != s_->sessions.end()) s_->sessions.erase(i);
         }
+        s_->next_seq += u.events.size();
         for (auto& e : u.events) s_->events.push_back(std::move(e));
+        if (u.prune_events) prune_committed_events();
         if (u.lim) s_->lim = u.lim;
         if (u.sched) s_->sched = u.sched;
         end_unit();
@@ -134,6 +136,11 @@ public:
             if (auto i = u.items.find(id); i != u.items.end()) u.items.erase(i);
             u.removed.emplace(id);
         });
+    }
+    /// Deletes, at the commit, the events of every task that no longer exists then, except
+    /// the last event of all (a relay's position).
+    void prune_events(std::error_code& ec) {
+        auto_unit(ec, [&](unit& u) { u.prune_events = true; });
     }
     std::optional<queue_item> get_item(std::string_view id, std::error_code& ec) const {
         ec.clear();
@@ -233,7 +240,7 @@ public:
     std::uint64_t append_event(const event& e, std::error_code& ec) {
         std::uint64_t seq = 0;
         auto_unit(ec, [&](unit& u) {
-            seq = s_->events.size() + u.events.size() + 1;   // one writer at a time: final
+            seq = s_->next_seq + u.events.size();   // one writer at a time: final
             u.events.push_back(e);
             u.events.back().seq = seq;
         });
@@ -243,8 +250,9 @@ public:
         ec.clear();
         std::lock_guard g(s_->m);
         std::vector<event> v;
-        for (std::size_t i = static_cast<std::size_t>(seq); i < s_->events.size() && v.size() < limit; ++i)
-            v.push_back(s_->events[i]);
+        auto i = std::upper_bound(s_->events.begin(), s_->events.end(), seq,
+                                  [](std::uint64_t q, const event& e) { return q < e.seq; });
+        for (; i != s_->events.end() && v.size() < limit; ++i) v.push_back(*i);
         return v;
     }
     std::optional<limits> get_limits(std::error_code& ec) const {
@@ -290,7 +298,8 @@ private:
         /// The ids in each state, oldest first: a pass reads only the few it takes.
         std::array<std::set<key>, state_count> by_state;
         std::set<rkey> runnable;        // the pending ones, in the order they are taken
-        std::vector<event> events;      // events[i].seq == i + 1
+        std::vector<event> events;      // in seq order (pruning leaves gaps)
+        std::uint64_t next_seq = 1;
         std::optional<limits> lim;
         std::optional<queue_schedule> sched;
     };
@@ -301,9 +310,18 @@ private:
         std::set<std::string, std::less<>> removed;   // deleted in the unit (then maybe created again: items)
         std::map<std::string, std::optional<session>, std::less<>> sessions;   // nullopt: removed
         std::vector<event> events;
+        bool prune_events = false;
         std::optional<limits> lim;
         std::optional<queue_schedule> sched;
     };
+
+    /// prune_events(), at commit (with s_->m held): every event of a task that is gone, but
+    /// the last event.
+    void prune_committed_events() {
+        if (s_->events.empty()) return;
+        const std::uint64_t last = s_->events.back().seq;
+        std::erase_if(s_->events, [&](const event& e) { return e.seq != last && !s_->items.count(e.task_id); });
+    }
 
     /// Runs a write in the open unit, or in a unit of its own.
     template <class F>

@@ -302,6 +302,16 @@ public:
         });
     }
 
+    /// Deletes the events of every task that no longer exists, except the last event of all
+    /// (a relay's position). One scan of the events table.
+    void prune_events(std::error_code& ec) {
+        write_unit(ec, [&] {
+            sqlite3_stmt* s = prepare(stmt::prune_events, ec);
+            if (!s) return;
+            if (const int rc = step_done(s); rc != SQLITE_DONE) fail_rc(ec, rc, "prune events");
+        });
+    }
+
     std::optional<queue_item> get_item(std::string_view id, std::error_code& ec) {
         std::optional<queue_item> out;
         read_tasks(ec, stmt::get_task, [&](sqlite3_stmt* s) { bind_text(s, 1, id); },
@@ -645,7 +655,7 @@ private:
         begin, commit, rollback, insert_task, upsert_task, get_task, list_tasks, tasks_in_state,
         upsert_session, delete_session, list_sessions, insert_event, events_after, get_limits, put_limits,
         get_meta, put_meta, insert_quarantine, delete_task, delete_event, list_quarantine, data_version, remove_task,
-        runnable, count_
+        runnable, prune_events, count_
     };
 
     static const char* sql_of(stmt s) noexcept {
@@ -685,6 +695,9 @@ private:
         case stmt::list_quarantine: return "SELECT n, source, ifnull(task_id, ''), why, at_us FROM quarantine ORDER BY n";
         case stmt::data_version: return "PRAGMA data_version";
         case stmt::remove_task: return "DELETE FROM tasks WHERE id = ?1";
+        case stmt::prune_events:
+            return "DELETE FROM events WHERE task_id NOT IN (SELECT id FROM tasks) "
+                   "AND seq < (SELECT max(seq) FROM events)";
         case stmt::runnable:
             return "SELECT id, state, record FROM tasks WHERE state = ?1 AND grp NOT IN (SELECT value FROM json_each(?3)) "
                    "ORDER BY priority DESC, enqueued_us, id LIMIT ?2";
