@@ -73,8 +73,18 @@ struct no_home : std::runtime_error {
 /// Read-only commands call this first: they never create HOME.
 void require_home(const std::string& home) {
     struct stat st{};
-    if (::lstat(home.c_str(), &st) == 0 || errno != ENOENT) return;   // anything else: the open says what is wrong
-    throw no_home(home + ": no such state directory (nothing was ever queued there; check --home or KUGETSU_HOME)");
+    if (::lstat(home.c_str(), &st) != 0) {
+        if (errno != ENOENT) return;   // the open says what is wrong
+        throw no_home(home + ": no such state directory (nothing was ever queued there; check --home or KUGETSU_HOME)");
+    }
+    if (!S_ISDIR(st.st_mode)) return;  // (a link, a file: the open refuses it, naming it)
+    // A HOME without its database: nothing was queued there, unless it is a kugetsu 0.1 HOME
+    // (its files are imported by the open). Read-only commands create no database either.
+    const home_layout h{home};
+    for (const char* name : {"state.db", "queue", "pending", "active", "sessions"})
+        if (::lstat((home + "/" + name).c_str(), &st) == 0 || errno != ENOENT) return;
+    throw no_home(home + ": no state database (state.db) in this directory: nothing was ever queued there "
+                         "(check --home or KUGETSU_HOME)");
 }
 
 /// The process's exit code for an error.
@@ -1172,7 +1182,16 @@ int main(int argc, char** argv) {
         std::cerr << "kugetsu: " << e.what() << "\n";
         return ex_noinput;
     } catch (const kugetsu::error& e) {
-        return report(e.code(), e.what());
+        // what() is the detail and ": " + the code's message: said once if the detail says it.
+        std::string what = e.what();
+        const std::string tail = ": " + e.code().message();
+        if (what.size() > 2 * tail.size() && what.ends_with(tail) &&
+            std::string_view(what).substr(0, what.size() - tail.size()).ends_with(tail.substr(2)))
+            what.resize(what.size() - tail.size());
+        else if (e.code() == errc::unsafe_state && what.ends_with(tail) &&
+                 std::string_view(what).substr(0, what.size() - tail.size()).ends_with(": refused"))
+            what.resize(what.size() - tail.size());   // the detail names the test it failed
+        return report(e.code(), what);
     } catch (const std::system_error& e) {
         std::cerr << "kugetsu: " << e.what() << "\n";
         return ex_ioerr;

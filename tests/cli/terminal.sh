@@ -30,6 +30,33 @@ for cmd in status "wait" "logs x" events check config; do
     grep -q "$missing: no such state directory" "$T/err" || fail "$cmd said: $(cat "$T/err")"
     [ ! -e "$missing" ] || fail "$cmd created $missing"
 done
+# A HOME directory without its database: the same (66), and no database is made.
+empty="$T/empty-home"
+mkdir -m 700 "$empty"
+for cmd in status "wait" "logs x" events check config; do
+    # shellcheck disable=SC2086
+    expect_rc 66 ku --home "$empty" $cmd
+    grep -q "$empty: no state database (state.db) in this directory" "$T/err" || fail "$cmd said: $(cat "$T/err")"
+    [ ! -e "$empty/state.db" ] || fail "$cmd created $empty/state.db"
+done
+# An unsafe or replaced database: 77, one line naming the file and the test it failed, once.
+unsafe="$T/unsafe-home"
+expect_rc 0 ku --home "$unsafe" enqueue --id u -- true
+chmod 664 "$unsafe/state.db"
+for cmd in events "events --follow" status; do
+    # shellcheck disable=SC2086
+    expect_rc 77 ku --home "$unsafe" $cmd
+    [ "$(cat "$T/err")" = "kugetsu: $unsafe/state.db: mode 0664: writable by its group: refused" ] || fail "$cmd said: $(cat "$T/err")"
+done
+chmod 600 "$unsafe/state.db"
+mv "$unsafe/state.db" "$unsafe/state.db.kept"
+ln -s state.db.kept "$unsafe/state.db"
+expect_rc 77 ku --home "$unsafe" events
+[ "$(cat "$T/err")" = "kugetsu: $unsafe/state.db: a symbolic link, not followed: refused" ] || fail "a linked database said: $(cat "$T/err")"
+rm "$unsafe/state.db" && mkdir "$unsafe/state.db"
+expect_rc 77 ku --home "$unsafe" events --follow
+[ "$(cat "$T/err")" = "kugetsu: $unsafe/state.db: a directory, not a regular file: refused" ] || fail "a directory said: $(cat "$T/err")"
+
 expect_rc 0 ku --home "$missing" config cap 2   # a setting is a write: it creates HOME
 [ -d "$missing" ] || fail "config cap 2 did not create HOME"
 

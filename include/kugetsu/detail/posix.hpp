@@ -274,6 +274,18 @@ inline std::string why_not_private(const struct stat& st) {
     return buf;
 }
 
+/// Why a file kugetsu keeps state in may not be used, naming the test it failed: not a
+/// regular file (a directory, a FIFO...), another hard link (if `one_link`), another user's, or
+/// writable by group or others; "" if it may.
+inline std::string why_unsafe_file(const struct stat& st, bool one_link = true) {
+    if (S_ISDIR(st.st_mode)) return "a directory, not a regular file";
+    if (S_ISLNK(st.st_mode)) return "a symbolic link, not followed";
+    if (!S_ISREG(st.st_mode)) return "not a regular file (a FIFO, socket or device)";
+    if (one_link && st.st_nlink != 1)
+        return "it has " + std::to_string(st.st_nlink) + " hard links (another name could change it)";
+    return why_not_private(st);
+}
+
 /// errc::unsafe_state unless the open file `fd` is_private(); errno if fstat fails.
 inline std::error_code check_private(int fd) noexcept {
     struct stat st{};

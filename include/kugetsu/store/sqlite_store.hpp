@@ -718,20 +718,26 @@ private:
         {
             auto d = detail::open_path(dir, O_RDONLY | O_DIRECTORY, 0, ec);
             if (ec) return fail(ec, ec, "open directory " + dir);
-            if (auto e = detail::check_private(d.get())) return fail(ec, e, dir + ": the directory of the database");
+            struct stat dst{};
+            if (::fstat(d.get(), &dst) != 0) return fail(ec, detail::last_error(), "fstat " + dir);
+            if (auto why = detail::why_not_private(dst); !why.empty())
+                return refuse_file(ec, dir + " (the directory of the database): " + why + ": refused");
         }
         // Created 0600 before SQLite opens it (SQLite gives its WAL and -shm files the same
         // mode); the descriptor is closed before SQLite holds any lock on the file.
         {
+            struct stat st{};
+            if (::lstat(path_.c_str(), &st) == 0)
+                if (auto why = detail::why_unsafe_file(st); !why.empty())
+                    return refuse_file(ec, path_ + ": " + why + ": refused");
             int fd;
             while ((fd = ::open(path_.c_str(), O_RDWR | O_CREAT | O_NOFOLLOW | O_CLOEXEC | O_NONBLOCK, 0600)) < 0 &&
                    errno == EINTR) {}
+            if (fd < 0 && (errno == ELOOP || errno == EISDIR)) return refuse_file(ec, path_ + ": " + std::strerror(errno) + ": refused");
             if (fd < 0) return fail(ec, detail::last_error(), "open " + path_);
             detail::unique_fd f(fd);
-            struct stat st{};
             if (::fstat(fd, &st) != 0) return fail(ec, detail::last_error(), "fstat " + path_);
-            if (!S_ISREG(st.st_mode) || st.st_nlink != 1 || !detail::is_private(st))
-                return fail(ec, errc::unsafe_state, path_ + ": not a private regular file with one link");
+            if (auto why = detail::why_unsafe_file(st); !why.empty()) return refuse_file(ec, path_ + ": " + why + ": refused");
         }
         // SQLite refuses a link at the database itself (SQLITE_OPEN_NOFOLLOW) but opens its
         // other files by name: one planted there (in a private directory: by this user) would
@@ -739,9 +745,9 @@ private:
         for (const char* suffix : {"-wal", "-shm", "-journal", "-bell"}) {
             const std::string f = path_ + suffix;
             struct stat st{};
-            if (::lstat(f.c_str(), &st) == 0 && (!S_ISREG(st.st_mode) || st.st_nlink != 1 || !detail::is_private(st)))
-                return fail(ec, errc::unsafe_state, f + ": not a private regular file with one link (a link or another "
-                                                        "file planted beside the database): refused");
+            if (::lstat(f.c_str(), &st) == 0)
+                if (auto why = detail::why_unsafe_file(st); !why.empty())
+                    return refuse_file(ec, f + ": " + why + " (planted beside the database?): refused");
         }
         const int flags = SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOFOLLOW | SQLITE_OPEN_NOMUTEX;
         const char* vfs = opt_.vfs.empty() ? detail::sqlite_vfs_name() : opt_.vfs.c_str();
@@ -803,14 +809,16 @@ private:
             if (fd < 0) return fail(ec, detail::last_error(), "open " + bell);
             bell_ = detail::unique_fd(fd);
             struct stat st{};
-            if (::fstat(fd, &st) != 0 || !S_ISREG(st.st_mode) || !detail::is_private(st))
-                return fail(ec, errc::unsafe_state, bell + ": not a private regular file");
+            if (::fstat(fd, &st) != 0) return fail(ec, detail::last_error(), "fstat " + bell);
+            if (auto why = detail::why_unsafe_file(st, /*one_link=*/false); !why.empty())
+                return refuse_file(ec, bell + ": " + why + ": refused");
         }
         for (const char* suffix : {"-wal", "-shm"}) {
             const std::string f = path_ + suffix;
             struct stat st{};
-            if (::lstat(f.c_str(), &st) == 0 && (!S_ISREG(st.st_mode) || !detail::is_private(st)))
-                return fail(ec, errc::unsafe_state, f + ": not a private regular file");
+            if (::lstat(f.c_str(), &st) == 0)
+                if (auto why = detail::why_unsafe_file(st, /*one_link=*/false); !why.empty())
+                    return refuse_file(ec, f + ": " + why + ": refused");
         }
         if (version != schema_version) migrate(ec);   // up to date: no write lock, so opening never waits
     }
@@ -1168,6 +1176,12 @@ private:
     void fail(std::error_code& ec, std::error_code e, std::string what) {
         ec = e;
         detail_ = std::move(what) + ": " + e.message();
+    }
+
+    /// errc::unsafe_state, with `why` naming the file and the test it failed (said once).
+    void refuse_file(std::error_code& ec, std::string why) {
+        ec = errc::unsafe_state;
+        detail_ = std::move(why);
     }
 
     void fail_rc(std::error_code& ec, int rc, const std::string& what) {
