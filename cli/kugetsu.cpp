@@ -35,6 +35,7 @@
 #include <iostream>
 #include <optional>
 #include <set>
+#include <sstream>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -49,6 +50,7 @@
 #include <CLI/CLI.hpp>
 #include <kugetsu/home.hpp>
 #include <kugetsu/kugetsu.hpp>
+#include <kugetsu/timeline.hpp>
 #include <kugetsu/watcher.hpp>
 
 #include "format.hpp"
@@ -1045,6 +1047,47 @@ int cmd_events(const globals& g, bool follow, const std::string& since_text) {
     }
 }
 
+int cmd_timeline(const globals& g, const std::string& since_text, const std::string& out) {
+    const auto now = std::chrono::time_point_cast<std::chrono::microseconds>(std::chrono::system_clock::now());
+    std::optional<timestamp> since;
+    if (!since_text.empty()) {
+        if (auto t = parse_rfc3339(since_text)) since = *t;
+        else since = now - cli::parse_duration("--since", since_text);
+    }
+    require_home(g.home);
+    auto d = open_home(g, /*expect=*/false);
+    quarantine_guard watch_quarantine(d.store());
+    std::error_code ec;
+    d.reap(ec);   // ends not yet recorded are drawn as they are
+    if (ec) return report(ec, d.last_error_detail());
+    const auto items = d.store().list_items(ec);
+    if (ec) return report(ec, "queue: " + std::string(d.store().last_error_detail()));
+    const auto runs = timeline_runs(items, now, since);
+    std::ostringstream svg;
+    write_timeline_svg(svg, runs, d.current_limits().cap, "kugetsu " + g.home);
+    const std::string text = svg.str();
+    if (out == "-") {
+        std::cout << text;
+        std::cout.flush();
+        return std::cout ? ex_ok : ex_ioerr;
+    }
+    // Written beside the target and renamed over it: a reader never sees half a picture.
+    const std::string tmp = out + ".tmp";
+    std::error_code wec;
+    {
+        auto fd = detail::open_path(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW, 0644, wec);
+        if (!wec) wec = detail::write_all(fd.get(), text);
+        if (!wec) wec = fd.close();
+    }
+    if (!wec && ::rename(tmp.c_str(), out.c_str()) != 0) wec = detail::last_error();
+    if (wec) {
+        ::unlink(tmp.c_str());
+        return report(wec, out + ": " + wec.message());
+    }
+    std::printf("%s: %zu runs\n", out.c_str(), runs.size());
+    return ex_ok;
+}
+
 int cmd_pause(const globals& g, const std::string& group, bool pause) {
     if (!group.empty() && !valid_group_name(group))
         return report(errc::invalid_group, "--group \"" + shown_id(group) + "\": " + make_error_code(errc::invalid_group).message());
@@ -1172,6 +1215,7 @@ int main(int argc, char** argv) {
         if (*cl.restart) return cmd_restart(g, cl.restart_ids, false);
         if (*cl.retry) return cmd_restart(g, {}, true);
         if (*cl.remove) return cmd_remove(g, cl.remove_ids);
+        if (*cl.timeline) return cmd_timeline(g, cl.timeline_since, cl.timeline_out);
         if (*cl.clean) return cmd_clean(g, cl.clean_older_than, cl.clean_states, cl.json);
         if (*cl.pause) return cmd_pause(g, cl.pause_group, true);
         if (*cl.resume) return cmd_pause(g, cl.resume_group, false);

@@ -284,6 +284,7 @@ struct command_line {
     bool retry_failed = false;
     bool start_wait = false;
     std::string clean_older_than;
+    std::string timeline_since, timeline_out;
     std::vector<std::string> clean_states;
     std::string pause_group, resume_group;
     std::vector<std::string> status_groups;
@@ -303,6 +304,7 @@ struct command_line {
     CLI::App* retry = nullptr;
     CLI::App* remove = nullptr;
     CLI::App* clean = nullptr;
+    CLI::App* timeline = nullptr;
     CLI::App* pause = nullptr;
     CLI::App* resume = nullptr;
 
@@ -378,6 +380,11 @@ struct command_line {
             ->delimiter(',')
             ->allow_extra_args(false);
         clean->add_flag("--json", json, "Print what was deleted as one JSON object");
+        timeline = app.add_subcommand("timeline", "Draw HOME's history as an SVG: one lane per slot, the cap line, "
+                                                  "each run labelled, failures and timeouts marked");
+        timeline->add_option("-o,--output", timeline_out, "The SVG file to write (- for stdout)")->required();
+        timeline->add_option("--since", timeline_since, "Only runs that ended after this: a time (RFC 3339, UTC) or "
+                                                        "a duration ago (90s, 15m, 12h, 7d)");
         pause = app.add_subcommand("pause", "Start no new agents (the whole queue, or one group); running ones go on");
         pause->add_option("--group", pause_group, "Only this group");
         resume = app.add_subcommand("resume", "Start agents again after pause (the whole queue, or one group)");

@@ -179,4 +179,58 @@ expect_rc 0 ku enqueue --id doomed --retries 1 --backoff 0 -- sh -c 'exit 7'
 expect_rc 7 ku wait doomed
 [ "$(json_get "next((t['state'], t['run'], t['exit_code']) for t in j['tasks'] if t['id']=='doomed')")" = "('error', 2, 7)" ] \
     || fail "doomed: $(json_get "[t for t in j['tasks'] if t['id']=='doomed']")"
+# timeline: the SVG read back: one bar per run (retries and all), no lane past the cap, the
+# failures and the timeout marked, every bar inside its run's recorded times.
+export KUGETSU_HOME="$T/tl"
+expect_rc 0 ku config cap 2
+expect_rc 0 ku config group solo cap 1
+for i in 1 2 3 4 5 6; do
+    expect_rc 0 ku enqueue --id "tl$i" --priority $((i % 3)) $([ $((i % 2)) = 0 ] && echo --group solo) -- sh -c "sleep 0.$i; exit $((i == 5))"
+done
+expect_rc 0 ku enqueue --id tl-slow --timeout 0.3 -- sleep 30
+expect_rc 0 ku enqueue --id tl-retry --retries 1 --backoff 0 -- sh -c 'exit 3'
+expect_rc 0 ku enqueue --id tl-after --after tl1 -- true
+ku_bg daemon
+expect_rc 124 ku wait tl-slow
+ku wait >/dev/null || true
+expect_rc 64 ku timeline
+expect_rc 64 ku timeline -o "$T/x.svg" --since yesterday
+expect_rc 0 ku timeline -o "$T/tl.svg"
+grep -q "^$T/tl.svg: 10 runs$" "$T/out" || fail "timeline said: $(cat "$T/out")"
+ku status --json >"$T/tl.json"
+python3 - "$T/tl.svg" "$T/tl.json" <<'PY' || fail "the timeline does not match the history"
+import json, sys, xml.etree.ElementTree as ET
+svg = ET.parse(sys.argv[1]).getroot()
+j = json.load(open(sys.argv[2]))
+ns = "{http://www.w3.org/2000/svg}"
+bars = [r for r in svg.iter(ns + "rect") if r.get("class", "").startswith("run ")]
+cap = int(svg.get("data-cap"))
+assert cap == j["cap"] == 2, (svg.get("data-cap"), j["cap"])
+lanes = {int(b.get("data-lane")) for b in bars}
+assert max(lanes) < cap and int(svg.get("data-lanes")) <= cap, lanes   # never past the cap
+# every run that started is a bar, and no other
+want = set()
+for t in j["tasks"]:
+    first = t["run"] - len(t["runs"])
+    want |= {(t["id"], first + k) for k, r in enumerate(t["runs"]) if r["started_at"]}
+    if t["started_at"]:
+        want.add((t["id"], t["run"]))
+got = {(b.get("data-task"), int(b.get("data-run"))) for b in bars}
+assert got == want and len(bars) == len(want), (sorted(got ^ want), len(bars))
+kind = {(b.get("data-task"), int(b.get("data-run"))): b.get("class").split()[1] for b in bars}
+assert kind[("tl-slow", 1)] == "timeout", kind
+assert kind[("tl5", 1)] == "error" and kind[("tl-retry", 1)] == "error" and kind[("tl-retry", 2)] == "error", kind
+assert kind[("tl1", 1)] == "completed", kind
+marks = [t for t in svg.iter(ns + "text") if t.get("class") == "mark"]
+assert len(marks) == sum(k in ("error", "timeout") for k in kind.values()), len(marks)
+# two bars of one lane never overlap
+by_lane = {}
+for b in bars:
+    by_lane.setdefault(b.get("data-lane"), []).append((b.get("data-start"), b.get("data-end")))
+for spans in by_lane.values():
+    spans.sort()
+    assert all(a[1] <= b[0] for a, b in zip(spans, spans[1:])), spans
+PY
+expect_rc 0 ku timeline -o - --since 1h
+grep -q '<svg' "$T/out" || fail "timeline -o - wrote no SVG"
 echo "scheduling: ok"
