@@ -378,6 +378,22 @@ nlohmann::json session_json(const session& s) {
             {"started_at", format_rfc3339(s.started_at)}};
 }
 
+/// --json: the command prints one JSON object on stdout instead of its text (docs/cli.md
+/// gives each command's schema).
+bool json_out = false;
+
+void print_json(const nlohmann::json& j) {
+    std::cout << j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) << "\n";
+}
+
+/// The schedule as `config --json`, `pause --json` and `resume --json` give it.
+nlohmann::json schedule_json(const queue_schedule& sc) {
+    nlohmann::json groups = nlohmann::json::object();
+    for (const auto& [name, p] : sc.groups)
+        groups[name] = {{"cap", p.cap ? nlohmann::json(*p.cap) : nlohmann::json(nullptr)}, {"paused", p.paused}};
+    return {{"paused", sc.paused}, {"groups", std::move(groups)}};
+}
+
 // ---- commands -------------------------------------------------------------------------------
 
 int cmd_enqueue(const globals& g, const task_flags& f) {
@@ -387,7 +403,8 @@ int cmd_enqueue(const globals& g, const task_flags& f) {
     const auto it = d.enqueue(f.spec(), ec);
     if (ec) return report(ec, d.last_error_detail());
     warn_notifier(d);
-    std::cout << it.id << "\n";
+    if (json_out) print_json(task_json(it));
+    else std::cout << it.id << "\n";
     return ex_ok;
 }
 
@@ -504,7 +521,11 @@ int cmd_reap(const globals& g, bool quiet) {
     std::error_code ec;
     const auto rep = d.reap(ec);
     if (ec) return report(ec, d.last_error_detail());
-    if (!quiet)
+    if (json_out)
+        print_json({{"ended", rep.finished}, {"adopted", rep.adopted}, {"recovered", rep.recovered},
+                    {"interrupted", rep.interrupted}, {"signalled", rep.signalled}, {"live", rep.live},
+                    {"pm_live", rep.pm_live}});
+    else if (!quiet)
         std::cout << rep.finished << " ended, " << rep.adopted << " adopted, " << rep.recovered << " recovered, "
                   << rep.live << " live\n";
     return ex_ok;
@@ -757,7 +778,8 @@ int cmd_start(const globals& g, const task_flags& f, bool wait) {
             return ex_tempfail;
         }
         warn_notifier(d);
-        std::cout << r.item.id << " " << r.item.process.pid << "\n";
+        if (json_out) print_json(task_json(r.item));
+        else std::cout << r.item.id << " " << r.item.process.pid << "\n";
         return ex_ok;
     };
     if (!wait) return attempt();
@@ -837,7 +859,8 @@ int cmd_cancel(const globals& g, const std::string& id, bool no_wait) {
     if (ec == errc::unknown_task && valid_task_id(id)) return report(ec, no_task(d.store(), id));
     if (ec) return report(ec, d.last_error_detail());
     if (it.state != task_state::running || no_wait) {
-        std::cout << id << " " << (it.state == task_state::running ? "stopping" : to_string(it.state)) << "\n";
+        if (json_out) print_json(task_json(it));
+        else std::cout << id << " " << (it.state == task_state::running ? "stopping" : to_string(it.state)) << "\n";
         return ex_ok;
     }
     // Stopping: SIGTERM was sent; wait until its end is recorded, with SIGKILL after the grace.
@@ -846,7 +869,8 @@ int cmd_cancel(const globals& g, const std::string& id, bool no_wait) {
         auto cur = d.store().get_item(id, e);
         if (e) return report(e, d.store().last_error_detail());
         if (!cur || !is_final(cur->state)) return -1;
-        std::cout << id << " " << to_string(cur->state) << "\n";
+        if (json_out) print_json(task_json(*cur));
+        else std::cout << id << " " << to_string(cur->state) << "\n";
         return ex_ok;
     });
 }
@@ -861,7 +885,13 @@ int cmd_restart(const globals& g, const std::vector<std::string>& ids, bool fail
     const auto items = failed ? d.restart_all(task_state::error, ec) : d.restart(ids, ec);
     if (ec) return report(ec, d.last_error_detail());
     warn_notifier(d);
-    for (const auto& it : items) std::cout << it.id << " pending (run " << it.restarts + 1 << ")\n";
+    if (json_out) {
+        auto tasks = nlohmann::json::array();
+        for (const auto& it : items) tasks.push_back(task_json(it));
+        print_json({{"tasks", std::move(tasks)}});
+    } else {
+        for (const auto& it : items) std::cout << it.id << " " << to_string(it.state) << " (run " << it.restarts + 1 << ")\n";
+    }
     if (failed && items.empty()) std::cerr << "kugetsu: no task in state error\n";
     return ex_ok;
 }
@@ -894,11 +924,18 @@ int cmd_remove(const globals& g, const std::vector<std::string>& ids) {
     const auto items = d.remove(ids, ec, [&](const std::vector<queue_item>& removed) { delete_logs(g, removed, log_failed); });
     if (ec) return report(ec, d.last_error_detail());
     warn_notifier(d);
-    for (const auto& it : items) std::cout << it.id << " removed (was " << to_string(it.state) << ")\n";
+    if (json_out) {
+        auto removed = nlohmann::json::array();
+        for (const auto& it : items) removed.push_back({{"id", it.id}, {"state", to_string(it.state)}});
+        print_json({{"removed", std::move(removed)}});
+    } else {
+        for (const auto& it : items) std::cout << it.id << " removed (was " << to_string(it.state) << ")\n";
+    }
     return log_failed ? ex_ioerr : ex_ok;
 }
 
-int cmd_clean(const globals& g, const std::string& older_than, const std::vector<std::string>& states, bool json) {
+int cmd_clean(const globals& g, const std::string& older_than, const std::vector<std::string>& states) {
+    const bool json = json_out;
     cli_dispatcher::clean_filter f;
     for (const auto& name : states) {
         const auto st = parse_task_state(name);
@@ -1084,7 +1121,8 @@ int cmd_timeline(const globals& g, const std::string& since_text, const std::str
         ::unlink(tmp.c_str());
         return report(wec, out + ": " + wec.message());
     }
-    std::printf("%s: %zu runs\n", out.c_str(), runs.size());
+    if (json_out) print_json({{"output", out}, {"runs", runs.size()}});
+    else std::printf("%s: %zu runs\n", out.c_str(), runs.size());
     return ex_ok;
 }
 
@@ -1097,7 +1135,8 @@ int cmd_pause(const globals& g, const std::string& group, bool pause) {
     const auto sc = pause ? d.pause(group, ec) : d.resume(group, ec);
     if (ec) return report(ec, d.last_error_detail());
     const char* verb = pause ? "paused" : "resumed";
-    if (group.empty()) std::printf("queue %s\n", verb);
+    if (json_out) print_json(schedule_json(sc));
+    else if (group.empty()) std::printf("queue %s\n", verb);
     else std::printf("group %s %s%s\n", group.c_str(), verb, sc.paused ? " (the whole queue is still paused)" : "");
     return ex_ok;
 }
@@ -1124,8 +1163,11 @@ int cmd_config(const globals& g, const std::vector<std::string>& args) {
         const auto sc = d.set_group_cap(args[1], cap, ec);
         if (ec) return report(ec, d.last_error_detail());
         const auto p = sc.group(args[1]);
-        std::printf("group %s cap %s%s\n", args[1].c_str(), p.cap ? std::to_string(*p.cap).c_str() : "none",
-                    p.paused ? " paused" : "");
+        if (json_out)
+            print_json({{"group", args[1]}, {"cap", p.cap ? nlohmann::json(*p.cap) : nlohmann::json(nullptr)}, {"paused", p.paused}});
+        else
+            std::printf("group %s cap %s%s\n", args[1].c_str(), p.cap ? std::to_string(*p.cap).c_str() : "none",
+                        p.paused ? " paused" : "");
         return ex_ok;
     }
     if (args.empty()) require_home(g.home);
@@ -1145,9 +1187,17 @@ int cmd_config(const globals& g, const std::vector<std::string>& args) {
         d.set_limits(lim, ec);
         if (ec) return report(ec, d.last_error_detail());
     }
-    std::printf("cap %d\nmax-attempts %d\nkill-grace %s\n", lim.cap, lim.max_attempts, seconds_text(lim.kill_grace).c_str());
     const auto sc = d.store().get_schedule(ec);
     if (ec) return report(ec, d.store().last_error_detail());
+    if (json_out) {
+        auto j = schedule_json(sc);
+        j["cap"] = lim.cap;
+        j["max_attempts"] = lim.max_attempts;
+        j["kill_grace_ms"] = std::chrono::duration_cast<std::chrono::milliseconds>(lim.kill_grace).count();
+        print_json(j);
+        return ex_ok;
+    }
+    std::printf("cap %d\nmax-attempts %d\nkill-grace %s\n", lim.cap, lim.max_attempts, seconds_text(lim.kill_grace).c_str());
     print_groups(sc);
     return ex_ok;
 }
@@ -1161,6 +1211,16 @@ int cmd_check(const globals& g) {
     if (ec) return report(ec, why);
     const auto r = store.check(ec);
     if (ec) return report(ec, store.last_error_detail());
+    if (json_out) {
+        auto q = nlohmann::json::array();
+        for (auto& row : store.quarantine_rows(ec))
+            q.push_back({{"n", row.n}, {"source", row.source}, {"task_id", row.task_id}, {"why", row.why},
+                         {"at", format_rfc3339(row.at)}});
+        print_json({{"database", store.path()}, {"ok", r.ok()}, {"tasks", r.tasks}, {"sessions", r.sessions},
+                    {"events", r.events}, {"quarantined", r.quarantined}, {"integrity", r.integrity},
+                    {"invalid_rows", r.bad_rows}, {"quarantine", std::move(q)}});
+        return r.ok() ? ex_ok : ex_dataerr;
+    }
     std::printf("%s: %d tasks, %d sessions, %d events, %d quarantined\n", store.path().c_str(), r.tasks, r.sessions,
                 r.events, r.quarantined);
     for (auto& l : r.integrity) std::printf("integrity: %s\n", l.c_str());
@@ -1201,6 +1261,7 @@ int main(int argc, char** argv) {
 
     try {
         const globals g = load_globals(cl.home);
+        json_out = cl.json;
         if (*cl.enqueue) return cmd_enqueue(g, cl.enqueue_flags);
         if (*cl.start) return cmd_start(g, cl.start_flags, cl.start_wait);
         if (*cl.daemon) return cmd_daemon(g, cl.once, cl.verbose);
@@ -1216,7 +1277,7 @@ int main(int argc, char** argv) {
         if (*cl.retry) return cmd_restart(g, {}, true);
         if (*cl.remove) return cmd_remove(g, cl.remove_ids);
         if (*cl.timeline) return cmd_timeline(g, cl.timeline_since, cl.timeline_out);
-        if (*cl.clean) return cmd_clean(g, cl.clean_older_than, cl.clean_states, cl.json);
+        if (*cl.clean) return cmd_clean(g, cl.clean_older_than, cl.clean_states);
         if (*cl.pause) return cmd_pause(g, cl.pause_group, true);
         if (*cl.resume) return cmd_pause(g, cl.resume_group, false);
     } catch (const cli::usage_error& e) {

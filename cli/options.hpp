@@ -315,9 +315,11 @@ struct command_line {
 
         enqueue = app.add_subcommand("enqueue", "Add a pending task; the daemon starts it when a slot is free");
         add_task_flags(enqueue, enqueue_flags, /*queued=*/true);
+        enqueue->add_flag("--json", json, "Print the task as one JSON object");
         start = app.add_subcommand("start", "Start an agent now if a slot is free (else exit 75, nothing recorded)");
         add_task_flags(start, start_flags, /*queued=*/false);
         start->add_flag("--wait", start_wait, "No free slot, or paused: wait until it can start (instead of exit 75)");
+        start->add_flag("--json", json, "Print the task as one JSON object");
 
         daemon = app.add_subcommand("daemon", "Run the queue: start tasks whenever a slot frees or a task arrives");
         daemon->add_flag("--once", once, "One pass, then exit");
@@ -344,6 +346,7 @@ struct command_line {
         cancel = app.add_subcommand("cancel", "Cancel a task; a running agent is stopped (SIGTERM, SIGKILL after the grace)");
         cancel->add_option("id", cancel_id, "Task id")->required();
         cancel->add_flag("--no-wait", no_wait, "Return once SIGTERM is sent");
+        cancel->add_flag("--json", json, "Print the task as one JSON object");
 
         logs = app.add_subcommand("logs", "Print a task's output (its agent's stdout and stderr)");
         logs->add_option("id", logs_id, "Task id")->required();
@@ -355,22 +358,28 @@ struct command_line {
 
         reap = app.add_subcommand("reap", "Record the ends of agents that have exited (supervisors run this)");
         reap->add_flag("-q,--quiet", quiet, "Print nothing");
+        reap->add_flag("--json", json, "Print what the pass did as one JSON object");
 
         config = app.add_subcommand("config", "Show HOME's limits and groups, or change one: cap N, max-attempts N, "
                                               "kill-grace S, group G cap N|none");
         config->add_option("setting", config_args, "cap N | max-attempts N | kill-grace SECONDS | group G cap N|none")
             ->expected(0, 4);
+        config->add_flag("--json", json, "Print the limits and groups as one JSON object");
 
         check = app.add_subcommand("check", "Check HOME's database: SQLite's integrity check and every row");
+        check->add_flag("--json", json, "Print the findings as one JSON object");
 
         restart = app.add_subcommand("restart", "Run finished tasks again under the same ids (fresh attempts; "
                                                 "earlier runs kept); all or none");
         restart->add_option("id", restart_ids, "Task ids (completed, error or cancelled)")->required();
+        restart->add_flag("--json", json, "Print the tasks as one JSON object");
         retry = app.add_subcommand("retry", "Run again every task that ended in error (as restart)");
         retry->add_flag("--failed", retry_failed, "Every task in state error (required)")->required();
+        retry->add_flag("--json", json, "Print the tasks as one JSON object");
         remove = app.add_subcommand("remove", "Delete pending or finished tasks and their logs (events stay); "
                                               "all or none");
         remove->add_option("id", remove_ids, "Task ids (not notified or running)")->required();
+        remove->add_flag("--json", json, "Print the tasks removed as one JSON object");
         clean = app.add_subcommand("clean", "Delete finished tasks (all, or by state and age) with their logs and "
                                             "events; none that a task not yet finished runs after");
         clean->add_option("--older-than", clean_older_than, "Only tasks that finished longer ago than this "
@@ -383,12 +392,15 @@ struct command_line {
         timeline = app.add_subcommand("timeline", "Draw HOME's history as an SVG: one lane per slot, the cap line, "
                                                   "each run labelled, failures and timeouts marked");
         timeline->add_option("-o,--output", timeline_out, "The SVG file to write (- for stdout)")->required();
+        timeline->add_flag("--json", json, "Print the file and the number of runs as one JSON object");
         timeline->add_option("--since", timeline_since, "Only runs that ended after this: a time (RFC 3339, UTC) or "
                                                         "a duration ago (90s, 15m, 12h, 7d)");
         pause = app.add_subcommand("pause", "Start no new agents (the whole queue, or one group); running ones go on");
         pause->add_option("--group", pause_group, "Only this group");
+        pause->add_flag("--json", json, "Print the schedule as one JSON object");
         resume = app.add_subcommand("resume", "Start agents again after pause (the whole queue, or one group)");
         resume->add_option("--group", resume_group, "Only this group");
+        resume->add_flag("--json", json, "Print the schedule as one JSON object");
     }
     command_line(const command_line&) = delete;
     command_line& operator=(const command_line&) = delete;
