@@ -535,11 +535,16 @@ int cmd_status(const globals& g, bool json, const std::vector<std::string>& ids,
                const std::vector<std::string>& groups) {
     // The filters first: a bad one is a usage error whatever HOME holds.
     std::vector<task_state> wanted_states;
+    bool want_quarantined = states.empty();
     for (const auto& name : states) {
+        if (name == "quarantined") {
+            want_quarantined = true;
+            continue;
+        }
         auto st = parse_task_state(name);
         if (!st)
-            throw cli::usage_error("--state \"" + shown_id(name) +
-                                   "\" is not a state (waiting, pending, notified, running, completed, error, cancelled)");
+            throw cli::usage_error("--state \"" + shown_id(name) + "\" is not a state (waiting, pending, notified, running, "
+                                                                  "completed, error, cancelled, quarantined)");
         wanted_states.push_back(*st);
     }
     for (const auto& gname : groups)
@@ -562,16 +567,40 @@ int cmd_status(const globals& g, bool json, const std::vector<std::string>& ids,
     const auto sched = d.store().get_schedule(ec);
     if (ec) return report(ec, d.store().last_error_detail());
     d.flush_events();   // a row quarantined by these reads: its event goes out now
+    // Tasks whose record was quarantined (and that no record of the same id replaced): shown
+    // as such until `kugetsu remove` deletes what was kept of them.
+    std::vector<sqlite_store::quarantine_row> q_tasks;
+    for (const auto& q : quarantined)
+        if (!q.task_id.empty() && q.source.find(": tasks \"") != std::string::npos &&
+            std::none_of(all.begin(), all.end(), [&](const queue_item& it) { return it.id == q.task_id; }) &&
+            std::none_of(q_tasks.begin(), q_tasks.end(), [&](const auto& o) { return o.task_id == q.task_id; }))
+            q_tasks.push_back(q);
     for (const auto& id : ids)
-        if (std::none_of(all.begin(), all.end(), [&](const queue_item& it) { return it.id == id; }))
+        if (std::none_of(all.begin(), all.end(), [&](const queue_item& it) { return it.id == id; }) &&
+            std::none_of(q_tasks.begin(), q_tasks.end(), [&](const auto& q) { return q.task_id == id; }))
             return report(errc::unknown_task, no_task(d.store(), id));
+    std::erase_if(q_tasks, [&](const auto& q) {
+        return !want_quarantined || (!ids.empty() && std::find(ids.begin(), ids.end(), q.task_id) == ids.end()) ||
+               !groups.empty();
+    });
+    auto quarantine_json = [&](const sqlite_store::quarantine_row& q) {
+        queue_item none;
+        none.id = q.task_id;
+        auto j = task_json(none);
+        for (auto& [k, v] : j.items())
+            if (k != "id" && k != "runs" && k != "after" && !v.is_null()) v = nullptr;
+        j["state"] = "quarantined";
+        j["quarantine"] = {{"database", d.store().path()}, {"table", "quarantine"}, {"row", q.n}, {"why", q.why},
+                           {"at", format_rfc3339(q.at)}};
+        return j;
+    };
     // The counts are of every task; the list, of those the filters keep.
     std::array<std::size_t, std::size(all_task_states)> counts{};
     for (const auto& it : all) ++counts[static_cast<std::size_t>(it.state)];
     std::vector<queue_item> items;
     for (const auto& it : all)
         if ((ids.empty() || std::find(ids.begin(), ids.end(), it.id) != ids.end()) &&
-            (wanted_states.empty() || std::find(wanted_states.begin(), wanted_states.end(), it.state) != wanted_states.end()) &&
+            (states.empty() || std::find(wanted_states.begin(), wanted_states.end(), it.state) != wanted_states.end()) &&
             (groups.empty() || std::find(groups.begin(), groups.end(), it.group) != groups.end()))
             items.push_back(it);
     const auto& state_order = all_task_states;
@@ -600,6 +629,10 @@ int cmd_status(const globals& g, bool json, const std::vector<std::string>& ids,
                             {"sessions", nlohmann::json::array()},
                             {"tasks", nlohmann::json::array()}};
         for (auto st : state_order) j["counts"][std::string(to_string(st))] = counts[static_cast<std::size_t>(st)];
+        j["counts"]["quarantined"] = std::count_if(quarantined.begin(), quarantined.end(), [&](const auto& q) {
+            return !q.task_id.empty() && q.source.find(": tasks \"") != std::string::npos &&
+                   std::none_of(all.begin(), all.end(), [&](const queue_item& it) { return it.id == q.task_id; });
+        });
         for (const auto& gname : group_names) {
             const auto p = sched.group(gname);
             std::size_t pending = 0;
@@ -611,6 +644,7 @@ int cmd_status(const globals& g, bool json, const std::vector<std::string>& ids,
         }
         for (auto& s : sessions) j["sessions"].push_back(session_json(s));
         for (auto& it : items) j["tasks"].push_back(task_json(it));
+        for (auto& q : q_tasks) j["tasks"].push_back(quarantine_json(q));
         std::cout << j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) << "\n";
         return ex_ok;
     }
@@ -622,6 +656,13 @@ int cmd_status(const globals& g, bool json, const std::vector<std::string>& ids,
         if (counts[static_cast<std::size_t>(st)] || st == task_state::pending || st == task_state::running)
             summary += (summary.empty() ? "" : ", ") + std::to_string(counts[static_cast<std::size_t>(st)]) + " " +
                        std::string(to_string(st));
+    {
+        const auto nq = std::count_if(quarantined.begin(), quarantined.end(), [&](const auto& q) {
+            return !q.task_id.empty() && q.source.find(": tasks \"") != std::string::npos &&
+                   std::none_of(all.begin(), all.end(), [&](const queue_item& it) { return it.id == q.task_id; });
+        });
+        if (nq) summary += ", " + std::to_string(nq) + " quarantined";
+    }
     std::printf("tasks: %s%s\n", summary.c_str(), sched.paused ? "; the queue is PAUSED (kugetsu resume)" : "");
     if (!group_names.empty()) {
         std::string line;
@@ -635,7 +676,7 @@ int cmd_status(const globals& g, bool json, const std::vector<std::string>& ids,
     if (!quarantined.empty())
         std::printf("%zu record%s kept in the quarantine table (kugetsu check lists them)\n", quarantined.size(),
                     quarantined.size() == 1 ? "" : "s");
-    if (items.empty()) {
+    if (items.empty() && q_tasks.empty()) {
         std::printf(all.empty() ? "no tasks\n" : "no task matches\n");
         return ex_ok;
     }
@@ -645,6 +686,7 @@ int cmd_status(const globals& g, bool json, const std::vector<std::string>& ids,
     const bool colour = cli::use_colour(std::getenv("NO_COLOR"));
     std::size_t id_w = 4;
     for (const auto& it : items) id_w = std::max(id_w, std::min<std::size_t>(cli::text_width(it.id), 32));
+    for (const auto& q : q_tasks) id_w = std::max(id_w, std::min<std::size_t>(cli::text_width(q.task_id), 32));
     const auto now = std::chrono::time_point_cast<std::chrono::microseconds>(std::chrono::system_clock::now());
     // GROUP and PRI only when a task listed has one.
     std::size_t group_w = 0;
@@ -691,6 +733,14 @@ int cmd_status(const globals& g, bool json, const std::vector<std::string>& ids,
             for (const auto& a : it.after) names += (names.empty() ? "" : " ") + a;
             std::printf("    after: %s\n", cli::fit(names, width > 11 ? width - 11 : 0).c_str());
         }
+    }
+    for (const auto& q : q_tasks) {
+        const char* c = colour ? "\033[31m" : "";
+        std::printf("%s %s %s\n", cli::pad(cli::fit(q.task_id, id_w), id_w).c_str(), cli::pad("-", 4).c_str(),
+                    (*c ? std::string(c) + "quarantined\033[0m" : std::string("quarantined")).c_str());
+        const std::string where = "kept in " + d.store().path() + ", table quarantine, row " + std::to_string(q.n) + ": " +
+                                  q.why + " (kugetsu remove " + q.task_id + " deletes it)";
+        std::printf("    %s\n", cli::fit(where, width > 4 ? width - 4 : 0).c_str());
     }
     return ex_ok;
 }
@@ -921,15 +971,45 @@ int cmd_remove(const globals& g, const std::vector<std::string>& ids) {
     bool log_failed = false;
     // The tasks are gone (committed): their logs go too, so that a new task of the same id
     // starts a log of its own.
-    const auto items = d.remove(ids, ec, [&](const std::vector<queue_item>& removed) { delete_logs(g, removed, log_failed); });
-    if (ec) return report(ec, d.last_error_detail());
+    // Ids that are only in the quarantine (their record failed validation): what was kept of
+    // them is deleted, after the other tasks are removed (if any one of those is refused,
+    // nothing is deleted).
+    std::vector<std::string> tasks, kept;
+    for (const auto& id : ids) {
+        auto it = d.store().get_item(id, ec);
+        if (ec) return report(ec, d.store().last_error_detail());
+        bool in_quarantine = false;
+        if (!it)
+            for (const auto& q : d.store().quarantine_rows(ec))
+                in_quarantine = in_quarantine || q.task_id == id;
+        (in_quarantine ? kept : tasks).push_back(id);
+    }
+    std::vector<queue_item> items;
+    if (!tasks.empty()) {
+        items = d.remove(tasks, ec, [&](const std::vector<queue_item>& removed) { delete_logs(g, removed, log_failed); });
+        if (ec) return report(ec, d.last_error_detail());
+    }
+    for (const auto& id : kept) {
+        d.store().remove_quarantined(id, ec);
+        if (ec) return report(ec, d.store().last_error_detail());
+        queue_item gone;
+        gone.id = id;
+        items.push_back(gone);
+        delete_logs(g, {gone}, log_failed);
+    }
     warn_notifier(d);
     if (json_out) {
         auto removed = nlohmann::json::array();
-        for (const auto& it : items) removed.push_back({{"id", it.id}, {"state", to_string(it.state)}});
+        for (const auto& it : items)
+            removed.push_back({{"id", it.id},
+                               {"state", std::find(kept.begin(), kept.end(), it.id) != kept.end() ? "quarantined"
+                                                                                                     : to_string(it.state)}});
         print_json({{"removed", std::move(removed)}});
     } else {
-        for (const auto& it : items) std::cout << it.id << " removed (was " << to_string(it.state) << ")\n";
+        for (const auto& it : items)
+            std::cout << it.id << " removed (was "
+                      << (std::find(kept.begin(), kept.end(), it.id) != kept.end() ? "quarantined" : to_string(it.state))
+                      << ")\n";
     }
     return log_failed ? ex_ioerr : ex_ok;
 }

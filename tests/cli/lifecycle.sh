@@ -154,4 +154,31 @@ expect_rc 0 ku cancel c-run
 expect_rc 0 ku daemon --once
 [ "$(tail -1 "$KUGETSU_HOME/events.jsonl" | python3 -c 'import json,sys; print(json.load(sys.stdin)["seq"])')" = \
   "$(sqlite3 "$KUGETSU_HOME/state.db" 'select max(seq) from events')" ] || fail "events.jsonl did not go on after clean"
+# A quarantined record: whichever command finds it first writes its task_error event (once),
+# and status shows the task as quarantined, naming where its bytes are, until remove.
+for first in "daemon --once" "status" "wait q-bad" "status --json q-bad"; do
+    export KUGETSU_HOME="$T/q-$RANDOM"
+    expect_rc 0 ku enqueue --id q-ok -- true
+    expect_rc 0 ku enqueue --id q-bad -- true
+    sqlite3 "$KUGETSU_HOME/state.db" "update tasks set record = '{broken' where id = 'q-bad'"
+    # shellcheck disable=SC2086
+    ku $first >/dev/null 2>"$T/first.err" || true
+    grep -q 'tasks "q-bad": not valid JSON; kept in' "$T/first.err" || fail "$first said: $(cat "$T/first.err")"
+    expect_rc 0 ku status
+    grep -Eq '^q-bad +- +quarantined$' "$T/out" || fail "status after $first: $(cat "$T/out")"
+    grep -q "kept in $KUGETSU_HOME/state.db, table quarantine, row 1: not valid JSON" "$T/out" || fail "status after $first: $(cat "$T/out")"
+    grep -q '^tasks: .*, 1 quarantined$' "$T/out" || fail "summary after $first: $(sed -n 3p "$T/out")"
+    [ "$(events_of task_error q-bad)" = 1 ] || fail "after $first: $(events_of task_error q-bad) task_error events for q-bad"
+    grep '"task_id":"q-bad"' "$KUGETSU_HOME/events.jsonl" | grep -q '"reason":"quarantined"' || fail "no quarantined event after $first"
+    expect_rc 65 ku wait q-bad
+    grep -q 'table quarantine, row 1' "$T/err" || fail "wait of a quarantined task said: $(cat "$T/err")"
+    expect_rc 0 ku status --state quarantined --json
+    [ "$(python3 -c 'import json,sys; j=json.load(open(sys.argv[1])); print([(t["id"], t["state"], t["quarantine"]["row"]) for t in j["tasks"]], j["counts"]["quarantined"])' "$T/out")" = "[('q-bad', 'quarantined', 1)] 1" ] \
+        || fail "status --state quarantined --json: $(cat "$T/out")"
+done
+expect_rc 0 ku remove q-bad
+[ "$(cat "$T/out")" = "q-bad removed (was quarantined)" ] || fail "remove of a quarantined task said: $(cat "$T/out")"
+expect_rc 0 ku status
+! grep -q 'q-bad' "$T/out" || fail "status still shows q-bad after remove"
+[ "$(sqlite3 "$KUGETSU_HOME/state.db" "select count(*) from quarantine where task_id = 'q-bad'")" = 0 ] || fail "quarantine rows left"
 echo ok

@@ -583,6 +583,20 @@ public:
         return v;
     }
 
+    /// Deletes the quarantine rows about a task (its record, session and event rows kept
+    /// there): `kugetsu remove` of a quarantined task. Returns how many.
+    int remove_quarantined(std::string_view task_id, std::error_code& ec) {
+        int n = 0;
+        write_unit(ec, [&] {
+            sqlite3_stmt* s = prepare(stmt::delete_quarantined, ec);
+            if (!s) return;
+            bind_text(s, 1, task_id);
+            if (const int rc = step_done(s); rc != SQLITE_DONE) return fail_rc(ec, rc, "delete quarantine rows of \"" + std::string(task_id) + "\"");
+            n = sqlite3_changes(db_);
+        });
+        return n;
+    }
+
     /// A number that changes whenever another connection commits (PRAGMA data_version):
     /// a waiter that saw no change since its last pass need not pass again.
     std::int64_t data_version(std::error_code& ec) {
@@ -655,7 +669,7 @@ private:
         begin, commit, rollback, insert_task, upsert_task, get_task, list_tasks, tasks_in_state,
         upsert_session, delete_session, list_sessions, insert_event, events_after, get_limits, put_limits,
         get_meta, put_meta, insert_quarantine, delete_task, delete_event, list_quarantine, data_version, remove_task,
-        runnable, prune_events, count_
+        runnable, prune_events, delete_quarantined, count_
     };
 
     static const char* sql_of(stmt s) noexcept {
@@ -695,6 +709,7 @@ private:
         case stmt::list_quarantine: return "SELECT n, source, ifnull(task_id, ''), why, at_us FROM quarantine ORDER BY n";
         case stmt::data_version: return "PRAGMA data_version";
         case stmt::remove_task: return "DELETE FROM tasks WHERE id = ?1";
+        case stmt::delete_quarantined: return "DELETE FROM quarantine WHERE task_id = ?1";
         case stmt::prune_events:
             return "DELETE FROM events WHERE task_id NOT IN (SELECT id FROM tasks) "
                    "AND seq < (SELECT max(seq) FROM events)";
