@@ -19,6 +19,22 @@
 
 namespace kugetsu::cli {
 
+/// A value from the command line as a message may quote it: at most 160 bytes, control
+/// characters, quotes, backslashes and bytes past ASCII as \xHH, so a message stays on one line.
+inline std::string shown(std::string_view v) {
+    std::string out;
+    for (unsigned char c : v.substr(0, 160)) {
+        if (c < 0x20 || c >= 0x7f || c == '"' || c == '\\') {
+            char hex[5];
+            std::snprintf(hex, sizeof hex, "\\x%02x", c);
+            out += hex;
+        } else {
+            out += static_cast<char>(c);
+        }
+    }
+    return v.size() > 160 ? out + "..." : out;
+}
+
 /// "0s", "42s", "3m05s", "2h07m", "3d04h": two units at most, rounded down; "-" if negative.
 inline std::string human_duration(duration d) {
     using namespace std::chrono;

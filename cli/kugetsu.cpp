@@ -172,19 +172,7 @@ std::string no_task(sqlite_store& store, const std::string& id) {
 
 /// An id from the command line as it may be quoted in a message: at most 160 bytes, control
 /// characters and bytes past ASCII as \xHH, so the message stays on one line.
-std::string shown_id(std::string_view id) {
-    std::string out;
-    for (unsigned char c : id.substr(0, 160)) {
-        if (c < 0x20 || c >= 0x7f || c == '"' || c == '\\') {
-            char hex[5];
-            std::snprintf(hex, sizeof hex, "\\x%02x", c);
-            out += hex;
-        } else {
-            out += static_cast<char>(c);
-        }
-    }
-    return id.size() > 160 ? out + "..." : out;
-}
+std::string shown_id(std::string_view id) { return cli::shown(id); }
 
 /// The first id that is not a task id, as an error (exit 65); 0 if all are.
 int check_ids(const std::vector<std::string>& ids) {
@@ -213,6 +201,8 @@ public:
     void unlock() noexcept {
         if (enabled_) real_.unlock();
     }
+    /// Names the lock file and what failed.
+    const std::string& last_error_detail() const noexcept { return real_.last_error_detail(); }
 
 private:
     flock_lock real_;
@@ -1102,7 +1092,7 @@ int cmd_logs(const globals& g, const std::string& id, bool follow) {
     auto d = open_home(g);
     quarantine_guard watch_quarantine(d.store());
     std::error_code ec;
-    if (!valid_task_id(id)) return report(errc::invalid_task_id, "task id \"" + id.substr(0, 160) + "\": invalid");
+    if (!valid_task_id(id)) return report(errc::invalid_task_id, "\"" + shown_id(id) + "\" is not a task id");
     auto it = d.store().get_item(id, ec);
     if (ec) return report(ec, d.store().last_error_detail());
     if (!it) return report(errc::unknown_task, no_task(d.store(), id));
@@ -1134,7 +1124,7 @@ int cmd_events(const globals& g, bool follow, const std::string& since_text) {
         errno = 0;
         const unsigned long long v = std::strtoull(since_text.c_str(), &end, 10);
         if (since_text[0] < '0' || since_text[0] > '9' || errno || *end || v > max_event_seq)
-            throw cli::usage_error("--since \"" + since_text + "\" is not an event number");
+            throw cli::usage_error("--since \"" + shown_id(since_text) + "\" is not an event number");
         since = v;
     }
     auto d = open_home(g, /*expect=*/false);

@@ -10,12 +10,12 @@
 // kugetsu::error (an invalid --id: exit 65), std::system_error (getcwd failed).
 #pragma once
 
+#include <algorithm>
 #include <cerrno>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
-#include <algorithm>
 #include <cstring>
 #include <ctime>
 #include <functional>
@@ -33,6 +33,8 @@
 #include <kugetsu/dispatcher.hpp>
 #include <kugetsu/types.hpp>
 #include <kugetsu/version.hpp>
+
+#include "format.hpp"
 
 namespace kugetsu::cli {
 
@@ -73,7 +75,7 @@ inline int env_int(const environment& env, const char* name, int def, int lo, in
     // strtol would skip leading blanks and take a '+': only plain digits, or '-' and digits.
     const bool plain = (*v >= '0' && *v <= '9') || (*v == '-' && v[1] >= '0' && v[1] <= '9');
     if (!plain || errno || *end || n < lo || n > hi)
-        throw usage_error(std::string(name) + "=\"" + v + "\" is not a whole number in " + std::to_string(lo) +
+        throw usage_error(std::string(name) + "=\"" + shown(v) + "\" is not a whole number in " + std::to_string(lo) +
                           ".." + std::to_string(hi));
     return static_cast<int>(n);
 }
@@ -84,7 +86,7 @@ inline int parse_int(const std::string& what, const std::string& v, int lo, int 
     try {
         return env_int(env, "V", lo, lo, hi);
     } catch (const usage_error&) {
-        throw usage_error(what + " \"" + v + "\" is not a whole number in " + std::to_string(lo) + ".." + std::to_string(hi));
+        throw usage_error(what + " \"" + shown(v) + "\" is not a whole number in " + std::to_string(lo) + ".." + std::to_string(hi));
     }
 }
 
@@ -98,7 +100,7 @@ inline duration parse_seconds(const std::string& what, const std::string& v, boo
     const bool plain = !v.empty() && ((v[0] >= '0' && v[0] <= '9') || v[0] == '.') &&
                        v.find_first_of("xX") == std::string::npos;
     if (!plain || errno || *end || !std::isfinite(s) || s < 0 || (s == 0 && !allow_zero) || s > max_s)
-        throw usage_error(what + " \"" + v + "\" is not a number of seconds in " + (allow_zero ? "[0, " : "(0, ") +
+        throw usage_error(what + " \"" + shown(v) + "\" is not a number of seconds in " + (allow_zero ? "[0, " : "(0, ") +
                           std::to_string(static_cast<long long>(max_s)) + "]");
     return std::chrono::ceil<std::chrono::milliseconds>(std::chrono::duration<double>(s));
 }
@@ -108,7 +110,7 @@ inline duration parse_seconds(const std::string& what, const std::string& v, boo
 inline duration parse_duration(const std::string& what, const std::string& v) {
     static constexpr std::pair<char, long long> units[] = {{'s', 1}, {'m', 60}, {'h', 3600}, {'d', 86400}, {'w', 604800}};
     const auto bad = [&] {
-        return usage_error(what + " \"" + v + "\" is not a duration (a number of seconds, or a whole number and a unit: "
+        return usage_error(what + " \"" + shown(v) + "\" is not a duration (a number of seconds, or a whole number and a unit: "
                                   "90s, 15m, 12h, 7d, 2w)");
     };
     if (v.empty()) throw bad();
@@ -209,27 +211,27 @@ struct task_flags {
         s.workdir = current_dir();
         if (!priority.empty()) s.priority = parse_int("--priority", priority, -max_priority, max_priority);
         if (!group.empty() && !valid_group_name(group))
-            throw error(errc::invalid_group, "--group \"" + group.substr(0, 80) + "\"");
+            throw error(errc::invalid_group, "--group \"" + shown(group) + "\"");
         s.group = group;
         for (const auto& a : after) {
             if (!valid_task_id(a))
-                throw error(errc::invalid_task_id, "--after \"" + a.substr(0, 160) + "\": not a task id");
+                throw error(errc::invalid_task_id, "--after \"" + shown(a) + "\"");
             if (std::find(s.after.begin(), s.after.end(), a) == s.after.end()) s.after.push_back(a);
         }
         if (!retries.empty()) s.retries = parse_int("--retries", retries, 0, max_retries);
         if (!backoff.empty()) {
             s.backoff = parse_seconds("--backoff", backoff, /*allow_zero=*/true);
             if (*s.backoff > max_backoff)
-                throw usage_error("--backoff \"" + backoff + "\" is more than a day (86400 s)");
+                throw usage_error("--backoff \"" + shown(backoff) + "\" is more than a day (86400 s)");
         }
         if (s.backoff && s.retries == 0) throw usage_error("--backoff needs --retries N (N > 0)");
         if (s.after.size() > max_after_count)
             throw usage_error("--after names " + std::to_string(s.after.size()) + " tasks (at most " +
                               std::to_string(max_after_count) + ")");
         if (auto ec = validate(s); ec == errc::invalid_task_id || ec == errc::reserved_task_id)
-            throw error(ec, "--id \"" + s.id.substr(0, 160) + "\"");
+            throw error(ec, "--id \"" + shown(s.id) + "\"");
         if (std::find(s.after.begin(), s.after.end(), s.id) != s.after.end())
-            throw error(errc::dependency_cycle, "--after \"" + s.id + "\" names the task itself");
+            throw error(errc::dependency_cycle, "--after \"" + shown(s.id) + "\" names the task itself");
         if (s.role == role::pm && !s.group.empty()) throw usage_error("--group: the PM agent belongs to no group");
         return s;
     }

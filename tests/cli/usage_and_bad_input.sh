@@ -170,4 +170,19 @@ expect_rc 74 ku --home /proc/kugetsu-cannot-be-here enqueue -- true; names /proc
 expect_rc 66 ku --home /proc/kugetsu-cannot-be-here status; names /proc/kugetsu-cannot-be-here
 touch "$T/file"
 expect_rc 74 ku --home "$T/file/home" enqueue -- true
+
+# Values with a newline stay on one line of the message; a lock path taken by a directory is
+# refused naming it and what it is.
+expect_rc 65 ku enqueue --after "$(printf 'x\ny')" -- true
+[ "$(wc -l <"$T/err")" -eq 1 ] && grep -q -- '--after "x\\x0ay"' "$T/err" || fail "--after with a newline said: $(cat "$T/err")"
+expect_rc 65 ku enqueue --group "$(printf 'g\nh')" -- true
+[ "$(wc -l <"$T/err")" -eq 1 ] && grep -q -- '--group "g\\x0ah"' "$T/err" || fail "--group with a newline said: $(cat "$T/err")"
+expect_rc 64 ku enqueue --priority "$(printf '1\n2')" -- true
+[ "$(wc -l <"$T/err")" -eq 1 ] || fail "--priority with a newline said: $(cat "$T/err")"
+lockhome="$T/lockhome"
+expect_rc 0 ku --home "$lockhome" enqueue --id a -- true
+rm -f "$lockhome/lock" && mkdir "$lockhome/lock"
+expect_rc 77 ku --home "$lockhome" start --id b -- true
+grep -q "$lockhome/lock: a directory, not a regular file: refused" "$T/err" || fail "a directory at the lock said: $(cat "$T/err")"
+[ "$(sqlite3 "$lockhome/state.db" "select count(*) from tasks where id = 'b'")" = 0 ] || fail "b was recorded without the lock"
 echo ok

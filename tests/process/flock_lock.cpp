@@ -89,7 +89,14 @@ TEST_CASE("flock_lock's descriptor is close-on-exec, and a lock file path that i
     std::filesystem::create_symlink(d / "elsewhere", d / "link");
     flock_lock bad(d / "link");
     bad.lock(ec);
-    CHECK(ec == std::errc::too_many_symbolic_link_levels);
+    CHECK(ec == errc::unsafe_state);
+    CHECK(bad.last_error_detail() == (d / "link") + ": a symbolic link, not followed: refused");
+    CHECK_FALSE(std::filesystem::exists(d / "elsewhere"));   // nothing made through it
+    std::filesystem::create_directory(d / "dir");
+    flock_lock dir(d / "dir");
+    dir.lock(ec);
+    CHECK(ec == errc::unsafe_state);
+    CHECK(dir.last_error_detail() == (d / "dir") + ": a directory, not a regular file: refused");
 }
 
 TEST_CASE("flock_lock is not held by an agent spawned while it was held") {

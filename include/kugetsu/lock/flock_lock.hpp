@@ -67,23 +67,33 @@ private:
         ec.clear();
         const char* step = "open";
         const char* why = nullptr;   // a refusal: what is wrong with the file
+        std::string unsafe;   // names the test the file failed
         if (!fd_) {
-            // O_NONBLOCK: a FIFO planted at the path must not block the open.
-            auto fd = detail::open_path(path_, O_RDWR | O_CREAT | O_NOFOLLOW | O_NONBLOCK, 0600, ec);
-            if (ec == std::errc::too_many_symbolic_link_levels) why = "a symbolic link, not followed";
             struct stat st{};
-            if (!ec && ::fstat(fd.get(), &st) != 0) {
-                ec = detail::last_error();
-                step = "fstat";
-            } else if (!ec) {
-                // Another user could hold it forever; a hard link would lock some other file.
-                why = !S_ISREG(st.st_mode)     ? "not a regular file: refused"
-                      : st.st_nlink != 1       ? "it has another hard link: refused"
-                      : !detail::is_private(st) ? "another user's, or writable by others: refused"
-                                                : nullptr;
-                if (why) ec = make_error_code(errc::unsafe_state);
+            // Whatever is at the path is looked at first: a directory or a link planted there
+            // is refused as such (an open would only say EISDIR or ELOOP).
+            if (::lstat(path_.c_str(), &st) == 0 && !(unsafe = safe_describe(st)).empty()) {
+                ec = make_error_code(errc::unsafe_state);
+            } else {
+                // O_NONBLOCK: a FIFO planted at the path must not block the open.
+                auto fd = detail::open_path(path_, O_RDWR | O_CREAT | O_NOFOLLOW | O_NONBLOCK, 0600, ec);
+                if (ec == std::errc::too_many_symbolic_link_levels) why = "a symbolic link, not followed";
+                if (!ec && ::fstat(fd.get(), &st) != 0) {
+                    ec = detail::last_error();
+                    step = "fstat";
+                } else if (!ec && !(unsafe = safe_describe(st)).empty()) {
+                    // Another user could hold it forever; a hard link would lock some other file.
+                    ec = make_error_code(errc::unsafe_state);
+                }
+                if (!ec) fd_ = std::move(fd);
             }
-            if (!ec) fd_ = std::move(fd);
+            if (!unsafe.empty()) {
+                try {
+                    detail_ = path_ + ": " + unsafe + ": refused";
+                } catch (...) {
+                }
+                return;
+            }
         }
         if (!ec) {
             step = "flock";
@@ -93,6 +103,14 @@ private:
                 detail_ = path_ + ": " + step + ": " + (why ? std::string(why) : ec.message());
             } catch (...) {
             }
+    }
+
+    static std::string safe_describe(const struct stat& st) noexcept {
+        try {
+            return detail::why_unsafe_file(st);
+        } catch (...) {
+            return "not a private regular file";
+        }
     }
 
     std::string path_;
