@@ -101,16 +101,20 @@ inline int assign_lanes(std::vector<timeline_run>& runs) {
 }
 
 namespace detail {
+/// Text for XML (content or an attribute): the five special characters escaped, control
+/// characters (not allowed in XML 1.0) as spaces, but newline and tab.
 inline std::string xml_escape(std::string_view s) {
     std::string out;
+    out.reserve(s.size());
     for (char c : s) {
         switch (c) {
         case '&': out += "&amp;"; break;
         case '<': out += "&lt;"; break;
         case '>': out += "&gt;"; break;
         case '"': out += "&quot;"; break;
+        case '\'': out += "&apos;"; break;
         default:
-            if (static_cast<unsigned char>(c) < 0x20) out += ' ';   // no control characters in XML 1.0
+            if (static_cast<unsigned char>(c) < 0x20 && c != '\n' && c != '\t') out += ' ';
             else out += c;
         }
     }

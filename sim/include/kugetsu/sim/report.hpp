@@ -29,6 +29,7 @@
 #include <nlohmann/json.hpp>
 
 #include <kugetsu/json.hpp>
+#include <kugetsu/timeline.hpp>
 
 #include "explore.hpp"
 #include "scenario.hpp"
@@ -59,24 +60,7 @@ inline std::string schedule_text(const std::vector<int>& schedule) {
     return s;
 }
 
-inline std::string xml_escape(std::string_view s) {
-    std::string out;
-    out.reserve(s.size());
-    for (char c : s) {
-        switch (c) {
-        case '&': out += "&amp;"; break;
-        case '<': out += "&lt;"; break;
-        case '>': out += "&gt;"; break;
-        case '"': out += "&quot;"; break;
-        case '\'': out += "&apos;"; break;
-        default:
-            // Control characters are not allowed in XML 1.0 text.
-            if (static_cast<unsigned char>(c) < 0x20 && c != '\n' && c != '\t') out += ' ';
-            else out += c;
-        }
-    }
-    return out;
-}
+using kugetsu::detail::xml_escape;   // (timeline.hpp)
 
 /// A coordinate or a length, with one decimal (the same text on every platform).
 inline std::string num(double v) {
