@@ -433,8 +433,9 @@ int cmd_daemon(const globals& g, bool once, bool verbose) {
     int daemon_lock = ::open(h.daemon_lock().c_str(), O_RDWR | O_CREAT | O_NOFOLLOW | O_CLOEXEC | O_NONBLOCK, 0600);
     if (daemon_lock >= 0) {
         struct stat st{};
-        if (::fstat(daemon_lock, &st) != 0 || !S_ISREG(st.st_mode) || st.st_nlink != 1 || !detail::is_private(st))
-            return report(errc::unsafe_state, "daemon lock " + h.daemon_lock() + ": not a private regular file with one link");
+        if (::fstat(daemon_lock, &st) != 0) return report(detail::last_error(), "fstat " + h.daemon_lock());
+        if (auto why = detail::why_unsafe_file(st); !why.empty())
+            return report(errc::unsafe_state, "daemon lock " + h.daemon_lock() + ": " + why + ": refused");
     }
     struct flock rd{};
     rd.l_type = F_RDLCK;
@@ -1363,9 +1364,8 @@ int main(int argc, char** argv) {
         if (what.size() > 2 * tail.size() && what.ends_with(tail) &&
             std::string_view(what).substr(0, what.size() - tail.size()).ends_with(tail.substr(2)))
             what.resize(what.size() - tail.size());
-        else if (e.code() == errc::unsafe_state && what.ends_with(tail) &&
-                 std::string_view(what).substr(0, what.size() - tail.size()).ends_with(": refused"))
-            what.resize(what.size() - tail.size());   // the detail names the test it failed
+        else if (e.code() == errc::unsafe_state && what.ends_with(tail) && what.size() > tail.size())
+            what.resize(what.size() - tail.size());   // the detail names the file and the test it failed
         return report(e.code(), what);
     } catch (const std::system_error& e) {
         std::cerr << "kugetsu: " << e.what() << "\n";

@@ -259,7 +259,7 @@ inline sqlite_store open_home_store(const std::string& home, std::error_code& ec
         struct stat st{};
         if (::lstat(home.c_str(), &st) == 0 && S_ISLNK(st.st_mode)) {
             ec = errc::unsafe_state;
-            why = home + ": a symbolic link (HOME must be a real directory; give its target instead)";
+            why = home + ": a symbolic link, not followed (HOME must be a real directory; give its target instead): refused";
             return sqlite_store(home_layout{home}.db(), o);
         }
     }

@@ -57,6 +57,11 @@ rm "$unsafe/state.db" && mkdir "$unsafe/state.db"
 expect_rc 77 ku --home "$unsafe" events --follow
 [ "$(cat "$T/err")" = "kugetsu: $unsafe/state.db: a directory, not a regular file: refused" ] || fail "a directory said: $(cat "$T/err")"
 
+mkdir -m 700 "$T/real-home" && ln -s real-home "$T/home-link"
+expect_rc 77 ku --home "$T/home-link" status
+[ "$(cat "$T/err")" = "kugetsu: $T/home-link: a symbolic link, not followed (HOME must be a real directory; give its target instead): refused" ] \
+    || fail "a HOME that is a link said: $(cat "$T/err")"
+
 expect_rc 0 ku --home "$missing" config cap 2   # a setting is a write: it creates HOME
 [ -d "$missing" ] || fail "config cap 2 did not create HOME"
 
