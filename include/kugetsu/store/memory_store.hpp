@@ -310,7 +310,10 @@ private:
         std::set<std::string, std::less<>> removed;   // deleted in the unit (then maybe created again: items)
         std::map<std::string, std::optional<session>, std::less<>> sessions;   // nullopt: removed
         std::vector<event> events;
-        bool prune_events = false;
+        // No default member initializers here: std::optional<unit> is declared while
+        // memory_store is incomplete, and clang then finds unit not default-constructible.
+        // emplace() value-initializes it (prune_events false).
+        bool prune_events;
         std::optional<limits> lim;
         std::optional<queue_schedule> sched;
     };
