@@ -377,7 +377,7 @@ run_kugetsu_start() {
     calls="$WORK/start-calls.$rn.$ROUND.$WL"
     home="$(new_home)"
     export KUGETSU_HOME="$home" MAX_CONCURRENT_AGENTS=3
-    "$kb" status >/dev/null   # creates HOME (cap 3) before the lanes race for it
+    "$kb" reap -q >/dev/null   # creates HOME (cap 3) before the lanes race for it (status would not)
     : >"$calls"
     t0=$EPOCHREALTIME
     start_lane "$calls" 1 & p1=$!
