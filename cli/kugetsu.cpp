@@ -566,6 +566,7 @@ int cmd_status(const globals& g, bool json, const std::vector<std::string>& ids,
             std::none_of(all.begin(), all.end(), [&](const queue_item& it) { return it.id == q.task_id; }) &&
             std::none_of(q_tasks.begin(), q_tasks.end(), [&](const auto& o) { return o.task_id == q.task_id; }))
             q_tasks.push_back(q);
+    const std::size_t quarantined_tasks = q_tasks.size();   // all of them, whatever the filters
     for (const auto& id : ids)
         if (std::none_of(all.begin(), all.end(), [&](const queue_item& it) { return it.id == id; }) &&
             std::none_of(q_tasks.begin(), q_tasks.end(), [&](const auto& q) { return q.task_id == id; }))
@@ -620,10 +621,7 @@ int cmd_status(const globals& g, bool json, const std::vector<std::string>& ids,
                             {"sessions", nlohmann::json::array()},
                             {"tasks", nlohmann::json::array()}};
         for (auto st : state_order) j["counts"][std::string(to_string(st))] = counts[static_cast<std::size_t>(st)];
-        j["counts"]["quarantined"] = std::count_if(quarantined.begin(), quarantined.end(), [&](const auto& q) {
-            return !q.task_id.empty() && q.source.find(": tasks \"") != std::string::npos &&
-                   std::none_of(all.begin(), all.end(), [&](const queue_item& it) { return it.id == q.task_id; });
-        });
+        j["counts"]["quarantined"] = quarantined_tasks;
         for (const auto& gname : group_names) {
             const auto p = sched.group(gname);
             std::size_t pending = 0;
@@ -647,13 +645,7 @@ int cmd_status(const globals& g, bool json, const std::vector<std::string>& ids,
         if (counts[static_cast<std::size_t>(st)] || st == task_state::pending || st == task_state::running)
             summary += (summary.empty() ? "" : ", ") + std::to_string(counts[static_cast<std::size_t>(st)]) + " " +
                        std::string(to_string(st));
-    {
-        const auto nq = std::count_if(quarantined.begin(), quarantined.end(), [&](const auto& q) {
-            return !q.task_id.empty() && q.source.find(": tasks \"") != std::string::npos &&
-                   std::none_of(all.begin(), all.end(), [&](const queue_item& it) { return it.id == q.task_id; });
-        });
-        if (nq) summary += ", " + std::to_string(nq) + " quarantined";
-    }
+    if (quarantined_tasks) summary += ", " + std::to_string(quarantined_tasks) + " quarantined";
     std::printf("tasks: %s%s\n", summary.c_str(), sched.paused ? "; the queue is PAUSED (kugetsu resume)" : "");
     if (!group_names.empty()) {
         std::string line;
