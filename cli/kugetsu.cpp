@@ -398,112 +398,45 @@ int cmd_enqueue(const globals& g, const task_flags& f) {
     return ex_ok;
 }
 
-/// A watcher of everything in HOME that can change what a pass would do: a commit of another
-/// process (the store's bell rings: watch 0) and the last close of a slot file (an agent's
-/// end: watch 1). `with_daemon_lock`: also a daemon's end (daemon.lock closed).
-watcher home_watcher(const globals& g, bool with_daemon_lock = false) {
-    const home_layout h{g.home};
-    watcher w;
-    std::error_code ec;
-    std::vector<std::string> names{home_layout::bell_name};
-    if (with_daemon_lock) names.push_back("daemon.lock");
-    w.add(g.home, IN_MODIFY | IN_CLOSE_WRITE | IN_CREATE | IN_MOVED_TO, ec, names);
-    if (!ec) w.add(h.run(), IN_CLOSE_WRITE, ec, {"*"});
-    if (ec) throw std::system_error(ec, "inotify on " + g.home);
-    return w;
-}
-
 int cmd_daemon(const globals& g, bool once, bool verbose) {
     auto d = open_home(g);
     quarantine_guard watch_quarantine(d.store());
     const home_layout h{g.home};
-    watcher w = home_watcher(g);
-    std::error_code ec;
+    home_waiter::options wo;
     if (!once) {
         // The child subreaper of the agents it starts: an agent whose supervisor is killed
         // becomes this daemon's child, which records its exit code itself.
         if (::prctl(PR_SET_CHILD_SUBREAPER, 1) == 0) d.spawner().adopt_orphans(true);
-        w.catch_signals({SIGTERM, SIGINT, SIGHUP, SIGCHLD}, ec);
-        if (ec) return report(ec, "signalfd: " + ec.message());
+        wo.signals = {SIGTERM, SIGINT, SIGHUP, SIGCHLD};
     }
-    // A read (shared) OFD lock held while the daemon lives: supervisors leave the reaping to
-    // daemons (they ask with F_OFD_GETLK, which never conflicts with another asker).
-    // O_NONBLOCK: a FIFO planted there must not hang the daemon; only a private regular file
-    // with one link will do.
-    int daemon_lock = ::open(h.daemon_lock().c_str(), O_RDWR | O_CREAT | O_NOFOLLOW | O_CLOEXEC | O_NONBLOCK, 0600);
-    if (daemon_lock >= 0) {
-        struct stat st{};
-        if (::fstat(daemon_lock, &st) != 0) return report(detail::last_error(), "fstat " + h.daemon_lock());
-        if (auto why = detail::why_unsafe_file(st); !why.empty())
-            return report(errc::unsafe_state, "daemon lock " + h.daemon_lock() + ": " + why + ": refused");
-    }
-    struct flock rd{};
-    rd.l_type = F_RDLCK;
-    rd.l_whence = SEEK_SET;
-    int locked = daemon_lock < 0 ? -1 : ::fcntl(daemon_lock, F_OFD_SETLKW, &rd);
-    while (locked != 0 && errno == EINTR) locked = ::fcntl(daemon_lock, F_OFD_SETLKW, &rd);
-    if (locked != 0) return report(std::error_code(errno, std::system_category()), "daemon lock " + h.daemon_lock() + ": " + std::strerror(errno));
+    home_waiter w(h, wo);
+    // Supervisors leave the reaping to daemons while this is held.
+    daemon_presence presence;
+    if (auto ec = presence.hold(h.daemon_lock())) return report(ec, presence.detail());
     if (verbose) std::cerr << "kugetsu daemon: pid " << ::getpid() << ", home " << g.home << "\n";
-    std::int64_t seen_version = -1;   // the database as of the last pass (PRAGMA data_version)
-    bool pass = true;
-    bool checkpoint_wanted = false;
-    constexpr auto idle_checkpoint_after = std::chrono::milliseconds(100);
-    for (;;) {
-        w.drain();
-        if (pass) {
-            // Read before the pass: a commit of another process after this read is seen as a
-            // change at the next wake-up, even if the pass saw it too (one pass too many,
-            // never one too few).
-            std::error_code vec;
-            seen_version = d.store().data_version(vec);
-            const auto rep = d.process_queue(ec);
+    struct host {
+        cli_dispatcher& d;
+        bool once, verbose;
+        int status = ex_ok;
+        bool pass(const pass_report& rep, const std::error_code& ec) {
             warn_quarantined();
             if (ec) {
                 // Reported; a long-running daemon goes on (the next change may fix it).
-                const int status = report(ec, d.last_error_detail());
-                if (once || ec == errc::limits_mismatch) return status;
+                status = report(ec, d.last_error_detail());
+                if (once || ec == errc::limits_mismatch) return false;
             } else if (verbose && (rep.started || rep.finished || rep.failed)) {
                 std::cerr << "kugetsu daemon: pass: " << rep.finished << " ended, " << rep.started << " started, "
                           << rep.failed << " failed attempts, " << rep.commits << " commits\n";
             }
             warn_notifier(d);
-            if (once) return ex_ok;
+            return true;
         }
-        auto plan = d.next_wake(ec);
-        if (ec) report(ec, d.last_error_detail());
-        // The WAL goes into the database when the daemon is idle: nothing to do for
-        // idle_checkpoint_after, outside the critical section. Not after every pass: in a
-        // busy drain that was a checkpoint (two more fdatasyncs) every few passes. Under
-        // load that never pauses, the store checkpoints inline past 1,000 frames.
-        if (pass && d.store().checkpoint_due()) checkpoint_wanted = true;
-        auto deadline = plan.deadline;
-        bool idle_probe = false;
-        if (checkpoint_wanted) {
-            const auto probe = std::chrono::time_point_cast<std::chrono::microseconds>(std::chrono::system_clock::now()) +
-                               idle_checkpoint_after;
-            if (!deadline || probe < *deadline) deadline = probe, idle_probe = true;
-        }
-        const auto why = w.wait(deadline, plan.owners, plan.agents, ec);
-        if (why == watcher::wake::signal) {
-            if (verbose) std::cerr << "kugetsu daemon: " << ::strsignal(w.last_signal()) << ": exiting; agents run on\n";
-            return ex_ok;
-        }
-        if (why == watcher::wake::deadline && idle_probe) {
-            std::error_code cec;
-            d.store().checkpoint(cec);
-            checkpoint_wanted = false;
-            pass = false;   // nothing changed: the plan stands
-            continue;
-        }
-        // Woken only by a commit, and no other process has committed since the last pass
-        // read the database: that was this daemon's own commit.
-        pass = true;
-        if (why == watcher::wake::changed && w.changes() == 1u) {
-            std::error_code vec;
-            const auto v = d.store().data_version(vec);
-            pass = vec || v != seen_version;
-        }
-    }
+        void plan_failed(const std::error_code& ec) { report(ec, d.last_error_detail()); }
+    } hooks{d, once, verbose};
+    const auto end = serve(d, w, {.once = once}, hooks);
+    if (end.why == serve_end::reason::stop && verbose)
+        std::cerr << "kugetsu daemon: " << ::strsignal(w.last_signal()) << ": exiting; agents run on\n";
+    return end.why == serve_end::reason::stop ? ex_ok : hooks.status;
 }
 
 int cmd_reap(const globals& g, bool quiet) {
@@ -728,47 +661,31 @@ int cmd_status(const globals& g, bool json, const std::vector<std::string>& ids,
     return ex_ok;
 }
 
-/// True while a `kugetsu daemon` holds its read lock on HOME/daemon.lock (asked with
-/// F_OFD_GETLK, which never conflicts with the daemon or another asker).
-bool daemon_running(const home_layout& h) {
-    const int fd = ::open(h.daemon_lock().c_str(), O_RDONLY | O_NOFOLLOW | O_CLOEXEC | O_NONBLOCK);
-    if (fd < 0) return false;
-    struct stat st{};
-    const bool held = ::fstat(fd, &st) == 0 && S_ISREG(st.st_mode) && detail::lock_held(fd);
-    ::close(fd);
-    return held;
-}
-
-/// Waits until `done` holds, recording the ends of agents if nobody else does: with no daemon
-/// running, this process runs the reap passes (ends, timeouts, kill graces) itself. With a
-/// daemon running it leaves them to the daemon, which wakes for every end, and reads records
-/// without the cap lock, so that it never makes the daemon wait for it. A daemon that dies,
-/// however it dies, closes its daemon.lock: the IN_CLOSE_WRITE wakes this process, which
-/// reaps from then on (nothing recorded in between is missed). No polling interval.
-template <class Done>
-int until(const globals& g, cli_dispatcher& d, Done done, const std::string& also_watch = {}) {
+/// Waits until `done` returns a status (>= 0), recording the ends of agents if nobody else
+/// does (serve_until): with no daemon running, this process runs the reap passes (ends,
+/// timeouts, kill graces) itself. With a daemon running it leaves them to the daemon, which
+/// wakes for every end, and reads records without the cap lock, so that it never makes the
+/// daemon wait for it. A daemon that dies, however it dies, closes its daemon.lock: the
+/// IN_CLOSE_WRITE wakes this process, which reaps from then on (nothing recorded in between
+/// is missed). No polling interval. `give_up`: `timed_out()` gives the status after then.
+template <class Done, class TimedOut = int (*)()>
+int until(const globals& g, cli_dispatcher& d, Done done, const std::string& also_watch = {},
+          std::optional<timestamp> give_up = std::nullopt, TimedOut timed_out = nullptr) {
     const home_layout h{g.home};
-    watcher w = home_watcher(g, /*with_daemon_lock=*/true);   // daemon.lock closed: a daemon ended
-    std::error_code ec;
-    if (!also_watch.empty()) w.add(also_watch, IN_MODIFY | IN_CREATE, ec);
-    if (!ec) w.catch_signals({SIGTERM, SIGINT, SIGHUP}, ec);
-    if (ec) return report(ec, "watch: " + ec.message());
-    for (;;) {
-        w.drain();
-        const bool daemon = daemon_running(h);
-        if (!daemon) {
-            d.reap(ec);
-            if (ec) return report(ec, d.last_error_detail());
-            warn_quarantined();
-        }
-        if (auto r = done(); r >= 0) return r;
-        cli_dispatcher::wake_plan plan;
-        if (!daemon) {
-            plan = d.next_wake(ec);
-            if (ec) return report(ec, d.last_error_detail());
-        }
-        if (w.wait(plan.deadline, plan.owners, plan.agents, ec) == watcher::wake::signal) return 128 + w.last_signal();
+    home_waiter w(h, {.daemon_lock = true, .also = also_watch, .signals = {SIGTERM, SIGINT, SIGHUP}});
+    struct host {
+        void reaped(const reap_report&) { warn_quarantined(); }
+    };
+    const auto end = serve_until<int>(
+        d, w, [&]() -> std::optional<int> { const int r = done(); return r >= 0 ? std::optional<int>(r) : std::nullopt; },
+        [&] { return daemon_running(h.daemon_lock()); }, give_up, host{});
+    switch (end.why) {
+    case until_end<int>::reason::done: return end.value;
+    case until_end<int>::reason::stop: return 128 + w.last_signal();
+    case until_end<int>::reason::timed_out: return timed_out();
+    case until_end<int>::reason::failed: break;
     }
+    return report(end.ec, d.last_error_detail());
 }
 
 /// Why start() left a task unstarted, for its message.
@@ -834,7 +751,11 @@ int wait_code(const queue_item& it) {
     return 127;
 }
 
-int cmd_wait(const globals& g, std::vector<std::string> ids, bool json) {
+int cmd_wait(const globals& g, std::vector<std::string> ids, bool json, const std::string& timeout_text) {
+    std::optional<timestamp> give_up;
+    if (!timeout_text.empty())
+        give_up = std::chrono::time_point_cast<std::chrono::microseconds>(std::chrono::system_clock::now()) +
+                  cli::parse_duration("--timeout", timeout_text);
     require_home(g.home);
     auto d = open_home(g);
     quarantine_guard watch_quarantine(d.store());
@@ -881,6 +802,25 @@ int cmd_wait(const globals& g, std::vector<std::string> ids, bool json) {
                           << (it->last_error.empty() ? "" : ": " + it->last_error) << " (status " << wait_code(*it)
                           << ")\n";
         return rc;
+    }, {}, give_up, [&]() -> int {
+        // Given up: the tasks not yet final, as they stand now.
+        std::vector<std::pair<std::string, std::string>> open;
+        for (std::size_t i = 0; i < ids.size(); ++i) {
+            if (final[i]) continue;
+            std::error_code e;
+            const auto it = d.store().get_item(ids[i], e);
+            open.emplace_back(ids[i], e ? "unreadable" : it ? to_string(it->state) : "gone");
+        }
+        if (json) {
+            auto tasks = nlohmann::json::array();
+            for (const auto& [id, st] : open) tasks.push_back({{"id", id}, {"state", st}});
+            print_json({{"status", ex_tempfail}, {"timed_out", true}, {"open", std::move(tasks)}});
+            return ex_tempfail;
+        }
+        std::string list;
+        for (const auto& [id, st] : open) list += (list.empty() ? "" : ", ") + shown_id(id) + " (" + st + ")";
+        std::cerr << "kugetsu: wait: gave up after " << timeout_text << ": " << open.size() << " not final: " << list << "\n";
+        return ex_tempfail;
     });
 }
 
@@ -1171,19 +1111,7 @@ int cmd_timeline(const globals& g, const std::string& since_text, const std::str
         std::cout.flush();
         return std::cout ? ex_ok : ex_ioerr;
     }
-    // Written beside the target and renamed over it: a reader never sees half a picture.
-    const std::string tmp = out + ".tmp";
-    std::error_code wec;
-    {
-        auto fd = detail::open_path(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW, 0644, wec);
-        if (!wec) wec = detail::write_all(fd.get(), text);
-        if (!wec) wec = fd.close();
-    }
-    if (!wec && ::rename(tmp.c_str(), out.c_str()) != 0) wec = detail::last_error();
-    if (wec) {
-        ::unlink(tmp.c_str());
-        return report(wec, out + ": " + wec.message());
-    }
+    if (const auto wec = replace_file(out, text)) return report(wec, out + ": " + wec.message());
     if (json_out) print_json({{"output", out}, {"runs", runs.size()}});
     else std::printf("%s: %zu runs\n", out.c_str(), runs.size());
     return ex_ok;
@@ -1329,7 +1257,7 @@ int main(int argc, char** argv) {
         if (*cl.start) return cmd_start(g, cl.start_flags, cl.start_wait);
         if (*cl.daemon) return cmd_daemon(g, cl.once, cl.verbose);
         if (*cl.status) return cmd_status(g, cl.json, cl.status_ids, cl.status_states, cl.status_groups);
-        if (*cl.wait) return cmd_wait(g, cl.wait_ids, cl.json);
+        if (*cl.wait) return cmd_wait(g, cl.wait_ids, cl.json, cl.wait_timeout);
         if (*cl.cancel) return cmd_cancel(g, cl.cancel_id, cl.no_wait);
         if (*cl.logs) return cmd_logs(g, cl.logs_id, cl.follow_logs);
         if (*cl.events) return cmd_events(g, cl.follow_events, cl.events_since);

@@ -273,6 +273,7 @@ struct command_line {
     bool once = false, verbose = false;
     bool json = false;
     std::vector<std::string> wait_ids;
+    std::string wait_timeout;
     std::string cancel_id;
     bool no_wait = false;
     std::string logs_id;
@@ -343,6 +344,8 @@ struct command_line {
                                           "exit with the first one's status that did not complete (its exit code; "
                                           "124 timeout, 125 cancelled, 126 never started, 127 exit code unknown)");
         wait->add_option("id", wait_ids, "Task ids");
+        wait->add_option("--timeout", wait_timeout, "Give up after this long (90s, 15m, 2h, or seconds): exit 75, naming "
+                                                    "the tasks not yet final; the tasks go on");
         wait->add_flag("--json", json, "Print every task's state, exit code and status as one JSON object");
 
         cancel = app.add_subcommand("cancel", "Cancel a task; a running agent is stopped (SIGTERM, SIGKILL after the grace)");

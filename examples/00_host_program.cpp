@@ -12,8 +12,6 @@
 #include <cstdlib>
 #include <iostream>
 
-#include <sys/wait.h>
-
 int main() {
     char home[] = "/tmp/kugetsu-example-XXXXXX";
     if (!::mkdtemp(home)) return 1;
@@ -21,10 +19,14 @@ int main() {
     d.enqueue({"echo", {"echo", "hello"}});
     d.enqueue({"ls", {"ls", "/"}});
     d.enqueue({"true", {"true"}});
-    while (d.process_queue().taken > 0 || d.live() > 0) {   // fill the free slots, then
-        siginfo_t info{};
-        ::waitid(P_ALL, 0, &info, WEXITED | WNOWAIT);        // sleep until an agent exits
-    }
+    // The daemon's own loop: fill the free slots, sleep until something changes (an agent's
+    // end, a commit, a deadline), again; here until a pass finds nothing left to run.
+    kugetsu::home_waiter w(kugetsu::home_layout{home});
+    struct until_drained {
+        kugetsu::dispatcher& d;
+        bool pass(const kugetsu::pass_report& r, const std::error_code& ec) { return !ec && (r.taken > 0 || d.live() > 0); }
+    };
+    kugetsu::serve(d, w, {}, until_drained{d});
     std::error_code ec;
     bool all_completed = true;
     for (const auto& it : d.store().list_items(ec)) {

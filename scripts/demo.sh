@@ -6,7 +6,8 @@
 #    starters) in both designs over the same seeded schedules and writes, for each, a summary
 #    (JSON), a trace (JSON lines) and a timeline (SVG) into out/: the legacy timeline shows
 #    more than three agents alive at once; the fixed one never does.
-# 2. The fixed design's race is then checked exhaustively: every reachable state.
+# 2. The fixed design's race is then checked exhaustively: every state reachable with one agent
+#    ending at any step where agents are looked at (the others at their drawn times), no kill.
 # 3. The same on real processes, through the `kugetsu` command: a PM agent, six queued tasks,
 #    cap 3, `kugetsu daemon`. Each agent (tests/helpers/probe_agent.cpp) counts itself in a
 #    file it locks, independently of kugetsu; the script prints the peak of live dev agents
@@ -40,7 +41,7 @@ echo "== the six-task race, fixed design (same seed, same schedules) =="
 "$sim" --scenario six-task-race --design fixed --seed 1 --json > out/fixed.json || status=1
 
 echo
-echo "== the fixed design, every reachable state (daemon, PM and 3 starters) =="
+echo "== the fixed design, every state reachable with one agent ending by choice (daemon, PM, 3 starters; about a minute) =="
 "$sim" --scenario six-task-race --design fixed --explore exhaustive --json > out/fixed-exhaustive.json || status=1
 cat out/fixed-exhaustive.json
 echo

@@ -61,7 +61,9 @@ idle slot).
                        fixed+scheduling: groups with caps, priorities, dependencies and a
                        pauser, with their invariants (group_cap, dependency, paused,
                        priority); its wrong variants, each caught: +ignore-group-caps,
-                       +ignore-pause, +wrong-priority, +ignore-dependencies
+                       +ignore-pause, +wrong-priority, +ignore-dependencies;
+                       fixed+edge-triggered-wait: the daemon loop's waiter forgets what
+                       happened during a pass (a lost wake-up, caught as lost_task)
   --seed N             the seed of agent durations, faults and exploration (default 1)
   --explore MODE       random (the default), pct, exhaustive, or commit-kills (for each
                        commit of a random schedule, the committing process killed just
@@ -70,8 +72,13 @@ idle slot).
                        1..10000000 (default 1000)
   --depth D            pct: the bug depth, 1..64 (default 3)
   --max-states N       exhaustive: stop after N states, 1..1000000000 (default 2000000)
-  --no-reduction       exhaustive: every step of a critical section is a choice point too
-                       (no partial-order reduction; far more states)
+  --no-reduction, --no-reduce
+                       exhaustive: every step of a critical section is a choice point too
+                       (no partial-order reduction; far more states). The legacy designs
+                       are always searched so (the reduction is not sound for them)
+  --early-ends N       exhaustive: in each schedule up to N agents end by a choice, at any
+                       step where agents are looked at, before their drawn end (the others
+                       at their drawn times); 0..64 (default 1). Random and pct: no bound
   --starters K         concurrent `start` callers, 0..16 (default 3)
   --tasks N            queued tasks, 0..1000 (default 6)
   --cap C              the cap of live dev agents, 1..64 (default 3)
@@ -81,8 +88,9 @@ idle slot).
                        pid-reuse, max-kills=N; or none, or all
                        (all = kill=0.01,exec=0.2,crash=0.1,hang=0.05,pid-reuse)
   --timeout SECONDS    per-task timeout, 1..86400 (default: none; 20 when hang > 0)
-  --replay LIST        replay exactly this schedule (actor ids, a kill as -(id+1),
-                       comma-separated) with --seed, instead of exploring
+  --replay LIST        replay exactly this schedule (actor ids, a kill as -(id+1), the
+                       end of the agent with pid P as 1048576+P; comma-separated) with
+                       --seed, instead of exploring
   --atomic-sections    with --replay: run each critical section without interruption,
                        as the exhaustive search does (its replay line says when needed)
   --json               print one JSON object (the summary) instead of text
@@ -155,6 +163,7 @@ void parse_design(std::string_view text, ks::scenario& sc) {
         sc.release_before_commit = false;
         sc.outbox = true;
         sc.scheduling = sc.ignore_group_caps = sc.ignore_pause = sc.wrong_priority = sc.ignore_dependencies = false;
+        sc.edge_triggered_wait = false;
         for (std::size_t i = 1; i < parts.size(); ++i) {
             auto once = [&](bool& flag, bool value) {
                 if (flag == value) return false;
@@ -168,11 +177,12 @@ void parse_design(std::string_view text, ks::scenario& sc) {
                             (p == "ignore-group-caps" && once(sc.ignore_group_caps, true)) ||
                             (p == "ignore-pause" && once(sc.ignore_pause, true)) ||
                             (p == "wrong-priority" && once(sc.wrong_priority, true)) ||
-                            (p == "ignore-dependencies" && once(sc.ignore_dependencies, true));
+                            (p == "ignore-dependencies" && once(sc.ignore_dependencies, true)) ||
+                            (p == "edge-triggered-wait" && once(sc.edge_triggered_wait, true));
             if (!ok)
                 throw usage_error("--design: unknown or repeated part '" + std::string(p) + "' in '" + std::string(text) +
                                   "' (expected release-before-commit, at-most-once-events, scheduling, ignore-group-caps, "
-                                  "ignore-pause, wrong-priority or ignore-dependencies)");
+                                  "ignore-pause, wrong-priority, ignore-dependencies or edge-triggered-wait)");
         }
         if ((sc.ignore_group_caps || sc.ignore_pause || sc.wrong_priority || sc.ignore_dependencies) && !sc.scheduling)
             throw usage_error("--design: ignore-group-caps, ignore-pause, wrong-priority and ignore-dependencies are "
@@ -234,9 +244,11 @@ std::vector<int> parse_schedule(std::string_view text) {
     for (auto item : split(text, ',')) {
         int v = 0;
         const auto [p, ec] = std::from_chars(item.data(), item.data() + item.size(), v);
-        if (item.empty() || ec != std::errc{} || p != item.data() + item.size() || v < -100000 || v > 100000)
-            throw usage_error("--replay: expected comma-separated actor ids (a kill as -(id+1)), got '" +
-                              std::string(item) + "'");
+        const bool actor = v >= -100000 && v <= 100000;
+        const bool agent = v >= ks::world::agent_choice_base && v < ks::world::agent_choice_base + 10'000'000;
+        if (item.empty() || ec != std::errc{} || p != item.data() + item.size() || !(actor || agent))
+            throw usage_error("--replay: expected comma-separated actor ids (a kill as -(id+1), an agent's end as "
+                              "1048576+pid), got '" + std::string(item) + "'");
         s.push_back(v);
     }
     return s;
@@ -269,6 +281,8 @@ struct options {
     int depth = 3;
     std::uint64_t max_states = 2'000'000;
     bool reduce = true;
+    int early_ends = 1;
+    bool early_ends_given = false;
     std::optional<std::uint64_t> timeout_s;
     bool json = false;
     std::string svg, trace;
@@ -317,9 +331,12 @@ options parse_args(int argc, char** argv) {
             o.depth = static_cast<int>(parse_uint(flag, value(), 1, 64));
         } else if (flag == "--max-states") {
             o.max_states = parse_uint(flag, value(), 1, 1'000'000'000);
-        } else if (flag == "--no-reduction") {
+        } else if (flag == "--no-reduction" || flag == "--no-reduce") {
             no_value();
             o.reduce = false;
+        } else if (flag == "--early-ends") {
+            o.early_ends = static_cast<int>(parse_uint(flag, value(), 0, 64));
+            o.early_ends_given = true;
         } else if (flag == "--starters") {
             o.sc.starters = static_cast<int>(parse_uint(flag, value(), 0, 16));
         } else if (flag == "--tasks") {
@@ -356,6 +373,10 @@ options parse_args(int argc, char** argv) {
     }
     if (o.atomic_sections && !o.replay) throw usage_error("--atomic-sections: only with --replay");
     if (!o.reduce && o.explore != "exhaustive") throw usage_error("--no-reduction: only with --explore exhaustive");
+    if (o.early_ends_given && o.explore != "exhaustive") throw usage_error("--early-ends: only with --explore exhaustive");
+    if (o.explore == "exhaustive" && o.sc.faults.kill > 0)
+        throw usage_error("--faults kill=P: the exhaustive search does not branch on kills (it would explore the same "
+                          "states as without them); use --explore commit-kills, random or pct for kills");
     if (o.timeout_s) o.sc.timeout = std::chrono::seconds(*o.timeout_s);
     else if (o.sc.faults.agent_hang > 0) o.sc.timeout = std::chrono::seconds(20);   // hung agents must end
     return o;
@@ -482,6 +503,9 @@ int run_replay(const options& o, outputs& out) {
             print_violations(std::cout, r.violations);
         }
         std::cout << "lost tasks: " << r.lost << ", duplicate starts: " << r.duplicates << '\n';
+        if (r.no_daemon_left)
+            std::cout << "no daemon left (killed past the restart budget): " << r.stranded
+                      << " unfinished tasks stranded, not counted as lost\n";
         const std::size_t n = std::min<std::size_t>(r.schedule.size(), o.replay->size());
         if (n) {
             std::cout << "the scheduled steps:\n";
@@ -495,7 +519,7 @@ int run_replay(const options& o, outputs& out) {
 int run_explore(options& o, outputs& out) {
     ks::exploration ex;
     if (o.explore == "exhaustive")
-        ex = ks::explore_exhaustive(o.sc, o.seed, o.max_states, /*stop_at_violation=*/true, o.reduce);
+        ex = ks::explore_exhaustive(o.sc, o.seed, o.max_states, /*stop_at_violation=*/true, o.reduce, o.early_ends);
     else if (o.explore == "commit-kills") ex = ks::explore_commit_kills(o.sc, o.seed, o.schedules);
     else ex = ks::explore_random(o.sc, o.seed, o.schedules, o.explore == "pct", o.depth);
     // The explorers shrink only the overall shortest counterexample; shrink each kind's too,
@@ -558,8 +582,10 @@ int run_explore(options& o, outputs& out) {
     os << "explored: ";
     if (ex.mode == "exhaustive")
         os << ex.states << " states, " << ex.schedules << " complete schedules (exhaustive, "
-           << (ex.complete ? "the whole state space" : broken ? "stopped at the first violation" : "stopped at --max-states")
-           << ")";
+           << (ex.complete ? "every state reachable with up to " + std::to_string(o.early_ends) +
+                                 " agent end(s) by choice and no kill"
+                           : broken ? "stopped at the first violation" : "stopped at --max-states")
+           << (ex.reduced ? ", critical sections atomic" : ", no reduction") << ")";
     else if (ex.mode == "commit-kills")
         os << ex.schedules << " schedules (" << o.schedules << " random base schedules, and each with the committing "
            << "process killed just before and just after each of its commits: " << ex.kills << " kills)";
@@ -577,6 +603,9 @@ int run_explore(options& o, outputs& out) {
         for (const auto& [k, n] : ex.by_kind) os << "  " << k << std::string(w + 2 - k.size(), ' ') << n << '\n';
     }
     os << "lost tasks: " << ex.lost_tasks << ", duplicate starts: " << ex.duplicate_starts << " (summed over schedules)\n";
+    if (ex.runs_without_daemon)
+        os << "runs with no daemon left (killed past the restart budget): " << ex.runs_without_daemon << ", their "
+           << ex.stranded_tasks << " unfinished tasks stranded, not counted as lost\n";
     if (ex.shortest) {
         const auto& c = *ex.shortest;
         os << "counterexample (the shortest found, " << c.schedule.size() << " steps): " << c.first.kind << ": "

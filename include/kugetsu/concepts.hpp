@@ -69,6 +69,9 @@ struct process_status {
     /// and it is about to exit without running the program): it still holds its slot, but its
     /// attempt has not started and must not be adopted as started.
     bool held = false;
+    /// gone: its program is known to have run (exec'd) although its exit code is not (its
+    /// supervisor died, then it ended); its start is then recorded before its end.
+    bool ran = false;
 };
 
 enum class stop_signal { terminate, kill };

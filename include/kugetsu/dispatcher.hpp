@@ -138,6 +138,17 @@ struct pass_report {
     int commits = 0;     ///< units of work committed
 };
 
+/// What a process that waits for work (a daemon) must wake for besides changes to the store
+/// (basic_dispatcher::next_wake): the earliest deadline of a running agent (its timeout, or the
+/// end of the grace after SIGTERM) or of a retry's backoff, and the processes whose death
+/// changes a decision: the running agents (a slot frees) and the owners of claims (the claim
+/// is recovered). Deadlines are in the dispatcher's clock.
+struct wake_plan {
+    std::optional<timestamp> deadline;
+    std::vector<process_ref> owners;   ///< a claim is recovered when its owner dies
+    std::vector<process_ref> agents;   ///< a slot may free when an agent dies
+};
+
 template <lock Lock, spawner Spawner, notifier Notifier, store Store, clock Clock, workspace Workspace>
 class basic_dispatcher {
 public:
@@ -663,15 +674,7 @@ public:
 
     // ---- waiting ------------------------------------------------------------------------
 
-    /// What a process that waits for work (a daemon) must wake for besides changes to the
-    /// store: the earliest deadline of a running agent (its timeout, or the end of the grace
-    /// after SIGTERM) or of a retry's backoff, and the processes whose death changes a decision: the running agents
-    /// (a slot frees) and the owners of claims (the claim is recovered).
-    struct wake_plan {
-        std::optional<timestamp> deadline;
-        std::vector<process_ref> owners;   ///< a claim is recovered when its owner dies
-        std::vector<process_ref> agents;   ///< a slot may free when an agent dies
-    };
+    using wake_plan = kugetsu::wake_plan;
 
     /// Reads the committed state, without the lock (a plan is a hint: a change after it wakes
     /// the waiter anyway).
@@ -1149,10 +1152,12 @@ private:
     void finish(const session& s, std::optional<queue_item>& it, const process_status& st, std::error_code& ec) {
         if (it && !is_final(it->state)) {
             auto& item = *it;
-            if (item.state != task_state::running && st.state == process_state::exited) {
+            if (item.state != task_state::running && (st.state == process_state::exited || st.ran)) {
                 // It ran, but was never marked running: its starter died after releasing it,
                 // and it ended before a reap could adopt it. Its start is recorded first.
-                // (An end that is gone says nothing of whether it ran: no start for it.)
+                // (An end that is gone says nothing of whether it ran unless the spawner
+                // knows it did: st.ran. Found by the simulator once agents could end at any
+                // step: a starter and the agent's supervisor both killed, the agent ended.)
                 item.state = task_state::running;
                 item.process = s.process;
                 item.started_at = s.started_at;

@@ -4,16 +4,8 @@
 //
 //   kugetsu::dispatcher d = kugetsu::open_dispatcher(home, {.cap = 2});
 //
-// HOME/                0700, created (with missing parents) by open_home_store()
-//   state.db           the store: tasks, sessions, the events outbox, the limits (0600, with
-//                      its -wal and -shm files, and -bell: one byte written after every
-//                      commit, which waiters watch with inotify)
-//   lock               the critical section's flock (flock_lock)
-//   daemon.lock        held (a shared OFD lock) by every running `kugetsu daemon`
-//   events.jsonl       every event, one JSON line each, numbered (jsonl_notifier, relayed)
-//   logs/<id>.log      each agent's stdout and stderr
-//   run/<pid>-<start>.slot   one per agent: held (flock) while it lives, then its exit record
-//   worktrees/<id>     git worktrees of tasks with a repository
+// The layout of HOME is in state_dir.hpp. Waiting for work: home_waiter (below) with
+// serve() or serve_until() (serve.hpp).
 //
 // IMPORT OF A KUGETSU 0.1 HOME. A HOME written by the file store of kugetsu 0.1 (queue/,
 // sessions/, pending/, active/, events.jsonl) is imported by the first open_home_store() of
@@ -45,30 +37,74 @@
 #include "json.hpp"
 #include "lock/flock_lock.hpp"
 #include "notify/jsonl_notifier.hpp"
+#include "serve.hpp"
 #include "spawn/fork_spawner.hpp"
+#include "state_dir.hpp"
+#include "watcher.hpp"
 #include "store/sqlite_store.hpp"
 #include "workspace/git_worktree_workspace.hpp"
 
 namespace kugetsu {
 
-/// The files of a state directory HOME.
-struct home_layout {
-    std::string home;
-    std::string db() const { return home + "/state.db"; }
-    /// Written after every commit: watch it (not the WAL) to wake for changes.
-    static constexpr const char* bell_name = "state.db-bell";
-    std::string lock() const { return home + "/lock"; }
-    std::string logs() const { return home + "/logs"; }
-    std::string run() const { return home + "/run"; }
-    /// Held (a shared OFD lock) by every running daemon: supervisors skip their on-exit reaper then.
-    std::string daemon_lock() const { return home + "/daemon.lock"; }
-    std::string events() const { return home + "/events.jsonl"; }
-    std::string worktrees() const { return home + "/worktrees"; }
-};
-
 /// The real dispatcher over a state directory (see open_dispatcher).
 using dispatcher = basic_dispatcher<flock_lock, fork_spawner, jsonl_notifier, sqlite_store, system_clock,
                                     git_worktree_workspace>;
+
+/// The waiter of a process that serves or waits on HOME (serve.hpp): a watcher of everything
+/// in HOME that can change what a pass would do, the plan's processes and deadline, and the
+/// signals it is asked to catch (a caught signal is wake::stop).
+///   - a commit of any process: the store's bell (HOME/state.db-bell) is written: wake::store;
+///   - an agent's end: the last close of its slot file in HOME/run: wake::changed;
+///   - with `daemon_lock`: a daemon's end (the last close of HOME/daemon.lock): wake::changed;
+///   - with `also`: any file created or written in that directory: wake::changed.
+/// Throws std::system_error if inotify cannot watch HOME (HOME/run is created if missing).
+class home_waiter {
+public:
+    struct options {
+        bool daemon_lock = false;
+        std::string also;                      ///< another directory to watch ("" : none)
+        std::vector<int> signals;              ///< blocked, and caught: wake::stop
+    };
+
+    explicit home_waiter(const home_layout& h, const options& o) {
+        std::error_code ec;
+        w_.add(h.home, IN_MODIFY | IN_CLOSE_WRITE | IN_CREATE | IN_MOVED_TO, ec, {home_layout::bell_name});   // watch 0
+        if (!ec && o.daemon_lock) w_.add(h.home, IN_CLOSE_WRITE, ec, {home_layout::daemon_lock_name});
+        if (ec) throw std::system_error(ec, "inotify on " + h.home);
+        w_.add(h.run(), IN_CLOSE_WRITE, ec, {"*"});
+        if (ec) throw std::system_error(ec, "inotify on " + h.run());
+        if (!o.also.empty()) {
+            w_.add(o.also, IN_MODIFY | IN_CREATE, ec);
+            if (ec) throw std::system_error(ec, "inotify on " + o.also);
+        }
+        if (!o.signals.empty()) {
+            w_.catch_signals(o.signals, ec);
+            if (ec) throw std::system_error(ec, "signalfd");
+        }
+    }
+    explicit home_waiter(const home_layout& h) : home_waiter(h, options{}) {}
+
+    void drain() noexcept { w_.drain(); }
+
+    wake wait(const wake_plan& plan, std::error_code& ec) {
+        w_.take_changes();
+        switch (w_.wait(plan.deadline, plan.owners, plan.agents, ec)) {
+        case watcher::wake::changed: return w_.take_changes() == 1u ? wake::store : wake::changed;
+        case watcher::wake::deadline: return wake::deadline;
+        case watcher::wake::process: return wake::process;
+        case watcher::wake::signal: return wake::stop;
+        }
+        return wake::changed;
+    }
+
+    /// The signal that ended the last wait() with wake::stop.
+    int last_signal() const noexcept { return w_.last_signal(); }
+
+private:
+    watcher w_;
+};
+
+static_assert(waiter<home_waiter>);
 
 /// What import_file_home() did.
 struct import_report {
@@ -137,17 +173,9 @@ inline import_report import_file_home(const std::string& home, sqlite_store& sto
     if (ec) return rep;
     if (done.empty()) {
         // A 0.1 daemon would go on writing the old files.
-        {
-            const std::string dl = home + "/daemon.lock";
-            const int fd = ::open(dl.c_str(), O_RDONLY | O_NOFOLLOW | O_CLOEXEC | O_NONBLOCK);
-            if (fd >= 0) {
-                const bool held = detail::lock_held(fd);
-                ::close(fd);
-                if (held) {
-                    ec = errc::invalid_transition;
-                    return rep;
-                }
-            }
+        if (daemon_running(home_layout{home}.daemon_lock())) {
+            ec = errc::invalid_transition;
+            return rep;
         }
         store.begin(ec);
         if (ec) return rep;

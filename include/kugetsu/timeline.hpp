@@ -3,6 +3,7 @@
 //
 //   auto runs = kugetsu::timeline_runs(items, now, since);   // every run of every task
 //   kugetsu::write_timeline_svg(os, runs, cap, "HOME /x");
+//   kugetsu::replace_file("t.svg", text);                    // a reader never sees half of it
 //
 // Lanes are slots: the dev runs, by start time, each take the lowest lane free at its start
 // (interval partitioning), so the number of lanes is the most runs that were live at once
@@ -23,8 +24,15 @@
 #include <optional>
 #include <ostream>
 #include <string>
+#include <string_view>
+#include <system_error>
 #include <vector>
 
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "detail/posix.hpp"
 #include "json.hpp"
 #include "types.hpp"
 
@@ -214,6 +222,22 @@ inline void write_timeline_svg(std::ostream& os, std::vector<timeline_run> runs,
            << (k == 0 ? format_rfc3339(t).substr(0, 19) + "Z" : "+" + detail::span_text(t - t0)) << "</text>\n";
     }
     os << "</svg>\n";
+}
+
+/// Writes `text` to `path` as a whole: written beside it (PATH.tmp, never following a link)
+/// and renamed over it, so that a reader never sees half a picture; on failure PATH.tmp is
+/// removed and PATH is left as it was. Handles EINTR and short writes; ENOSPC is an error.
+inline std::error_code replace_file(const std::string& path, std::string_view text, mode_t mode = 0644) {
+    const std::string tmp = path + ".tmp";
+    std::error_code ec;
+    {
+        auto fd = detail::open_path(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW, mode, ec);
+        if (!ec) ec = detail::write_all(fd.get(), text);
+        if (!ec) ec = fd.close();
+    }
+    if (!ec && ::rename(tmp.c_str(), path.c_str()) != 0) ec = detail::last_error();
+    if (ec) ::unlink(tmp.c_str());
+    return ec;
 }
 
 } // namespace kugetsu

@@ -29,6 +29,7 @@
 #include <optional>
 #include <string>
 #include <system_error>
+#include <utility>
 #include <vector>
 
 #include <poll.h>
@@ -61,19 +62,22 @@ public:
 
     /// Watches DIR (created 0700 if missing) for the inotify events in `mask`; with `names`,
     /// only for those names in it (a name ending in '*' is a prefix). Returns the watch's
-    /// index (0, 1, ...): bit i of changes() says it fired.
+    /// index (0, 1, ...): bit i of changes() says it fired. A directory may be watched more
+    /// than once, for other names or events: each watch has its own bit.
     int add(const std::string& dir, std::uint32_t mask, std::error_code& ec, std::vector<std::string> names = {}) {
         ec.clear();
         if (::mkdir(dir.c_str(), 0700) != 0 && errno != EEXIST) {
             ec = detail::last_error();
             return -1;
         }
-        const int wd = ::inotify_add_watch(inotify_.get(), dir.c_str(), mask | IN_ONLYDIR | IN_DONT_FOLLOW);
+        // IN_MASK_ADD: a second watch of the same directory (the kernel gives it the same
+        // descriptor) adds its events to the first one's instead of replacing them.
+        const int wd = ::inotify_add_watch(inotify_.get(), dir.c_str(), mask | IN_ONLYDIR | IN_DONT_FOLLOW | IN_MASK_ADD);
         if (wd < 0) {
             ec = detail::last_error();
             return -1;
         }
-        watches_.push_back({wd, std::move(names)});
+        watches_.push_back({wd, mask, std::move(names)});
         return static_cast<int>(watches_.size()) - 1;
     }
 
@@ -83,7 +87,7 @@ public:
 
     /// Blocks `signals` in the calling thread and delivers them to wait() instead. SIGCHLD
     /// among them ends a wait with wake::process (a child ended), never wake::signal.
-    void catch_signals(std::initializer_list<int> signals, std::error_code& ec) {
+    void catch_signals(const std::vector<int>& signals, std::error_code& ec) {
         ec.clear();
         sigset_t set;
         ::sigemptyset(&set);
@@ -104,27 +108,37 @@ public:
 
     /// Blocks until a change, the deadline, the death of one of `owners` or `agents`, or a
     /// caught signal. An owner that is already gone (or whose pid names another process
-    /// now) wakes at once: its claim is to be recovered. An agent that is already gone or a
-    /// zombie is not watched: its slot, if still held by its descendants, frees with an
-    /// inotify event, so waking for it would only spin. ec: poll failed (the result is then
-    /// `changed`, so the caller re-checks).
+    /// now) wakes at once: its claim is to be recovered. An agent that cannot be watched
+    /// (already gone, its pid reused, or a zombie that another process has to reap) is
+    /// looked at again after 20 ms, then 40, 80, ... up to 1 s while that lasts: its end may
+    /// already have happened without any event to come (an orphan that no longer holds its
+    /// slot and exits between the pass that saw it alive and pidfd_open: a lost wake-up),
+    /// and its slot may also stay held by its descendants, which would make waking at once a
+    /// spin. ec: poll failed (the result is then `changed`, so the caller
+    /// re-checks).
     wake wait(std::optional<timestamp> deadline, const std::vector<process_ref>& owners,
               const std::vector<process_ref>& agents, std::error_code& ec) {
         ec.clear();
         std::vector<detail::unique_fd> pidfds;
-        bool zombie = false;
+        bool unwatched = false;   // an agent that no pidfd can announce: look again (see above)
         auto watch = [&](const process_ref& p, bool wake_if_gone) {
             if (!p) return false;
             detail::unique_fd fd(static_cast<int>(::syscall(SYS_pidfd_open, p.pid, 0)));
-            if (!fd) return errno == ESRCH && wake_if_gone;   // cannot watch it otherwise: a change or the deadline will do
+            if (!fd) {
+                if (errno != ESRCH) return false;   // cannot watch it: a change or the deadline will do
+                if (!wake_if_gone) unwatched = true;
+                return wake_if_gone;
+            }
             std::error_code pec;
             auto st = detail::read_proc_stat(p.pid, pec);
             if (pec) return false;
             const bool same = st && st->start_time == p.start_time && p.boot_id == detail::boot_id();
-            // A zombie that another process has to reap: nothing announces that reap (a
-            // subreaper daemon records its exit, an init just reaps it), so look again soon.
-            if (same && st->state == 'Z' && !wake_if_gone) zombie = true;
-            if (!same || st->state == 'Z') return wake_if_gone;
+            // Gone, or a zombie that another process has to reap: nothing announces that reap
+            // (a subreaper daemon records its exit, an init just reaps it).
+            if (!same || st->state == 'Z') {
+                if (!wake_if_gone) unwatched = true;
+                return wake_if_gone;
+            }
             pidfds.push_back(std::move(fd));
             return false;
         };
@@ -136,10 +150,10 @@ public:
             fds.push_back({inotify_.get(), POLLIN, 0});
             if (signals_) fds.push_back({signals_.get(), POLLIN, 0});
             for (auto& f : pidfds) fds.push_back({f.get(), POLLIN, 0});
-            int timeout = zombie ? zombie_recheck_ms : -1;
+            int timeout = unwatched ? recheck_ms_ : -1;
             if (deadline) {
                 const auto left = std::chrono::ceil<std::chrono::milliseconds>(*deadline - clock_.now());
-                if (left.count() <= 0) return wake::deadline;
+                if (left.count() <= 0) return woke(wake::deadline);
                 const int until = static_cast<int>(std::min<std::int64_t>(left.count(), 1 << 30));
                 timeout = timeout < 0 ? until : std::min(timeout, until);
             }
@@ -150,8 +164,11 @@ public:
                 return wake::changed;
             }
             if (r == 0) {
-                if (deadline && clock_.now() >= *deadline) return wake::deadline;
-                if (zombie) return wake::process;
+                if (deadline && clock_.now() >= *deadline) return woke(wake::deadline);
+                if (unwatched) {
+                    recheck_ms_ = std::min(recheck_ms_ * 2, max_recheck_ms);
+                    return wake::process;
+                }
                 continue;
             }
             std::size_t i = 1;
@@ -165,22 +182,31 @@ public:
                             continue;
                         }
                         last_signal_ = static_cast<int>(si.ssi_signo);
-                        return wake::signal;
+                        return woke(wake::signal);
                     }
-                    if (child) return wake::process;
+                    if (child) return woke(wake::process);
                 }
                 ++i;
             }
             for (; i < fds.size(); ++i)
-                if (fds[i].revents) return wake::process;
-            if ((fds[0].revents & POLLIN) && read_events()) return wake::changed;
+                if (fds[i].revents) return woke(wake::process);
+            if ((fds[0].revents & POLLIN) && read_events()) return woke(wake::changed);
         }
     }
 
     /// The signal that ended the last wait() with wake::signal.
     int last_signal() const noexcept { return last_signal_; }
 
+    /// changes(), then forgets them (the queued events stay for the next wait()).
+    std::uint64_t take_changes() noexcept { return std::exchange(changes_, 0); }
+
 private:
+    /// A wake-up by an event: the next unwatched agent is looked at again soon.
+    wake woke(wake w) noexcept {
+        recheck_ms_ = min_recheck_ms;
+        return w;
+    }
+
     /// Reads every queued event; true if one of them concerns a name not starting with '.'
     /// (and one of its watch's names, if it has any). Records which watches fired.
     bool read_events() noexcept {
@@ -201,7 +227,7 @@ private:
                 }
                 if (e->len > 0 && e->name[0] == '.') continue;
                 for (std::size_t i = 0; i < watches_.size(); ++i) {
-                    if (watches_[i].wd != e->wd) continue;
+                    if (watches_[i].wd != e->wd || !(watches_[i].mask & e->mask)) continue;
                     if (!matches(watches_[i].names, e->len ? std::string_view(e->name) : std::string_view())) continue;
                     relevant = true;
                     if (i < 64) changes_ |= std::uint64_t{1} << i;
@@ -223,6 +249,7 @@ private:
 
     struct watch {
         int wd;
+        std::uint32_t mask;
         std::vector<std::string> names;
     };
     std::vector<watch> watches_;
@@ -231,7 +258,8 @@ private:
     detail::unique_fd signals_;
     system_clock clock_;   // deadlines are wall-clock timestamps, as the dispatcher's
     int last_signal_ = 0;
-    static constexpr int zombie_recheck_ms = 20;
+    static constexpr int min_recheck_ms = 20, max_recheck_ms = 1000;
+    int recheck_ms_ = min_recheck_ms;
 };
 
 } // namespace kugetsu

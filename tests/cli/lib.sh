@@ -10,10 +10,59 @@ export KUGETSU_HOME="$T/home"
 # through the environment, which must agree with HOME's.
 unset MAX_CONCURRENT_AGENTS KUGETSU_TEST_NO_LOCK KUGETSU_TEST_BARRIER KUGETSU_MAX_ATTEMPTS KUGETSU_KILL_GRACE
 BACKGROUND=()
+TEST_PID=$$
+# Every test ends with a diagnostic well before ctest's timeout (300 s): `ku wait` gives up
+# after WAIT_LIMIT seconds naming the tasks not yet final, and a watchdog stops the whole test
+# after DEADLINE seconds, printing what still runs.
+WAIT_LIMIT=${KUGETSU_TEST_WAIT_LIMIT:-120}
+DEADLINE=${KUGETSU_TEST_DEADLINE:-240}
+
+# test_pids: every process of this test: those whose environment names its directory ($T),
+# however far they are from this shell (daemons, supervisors, agents, reapers).
+test_pids() {
+    local p
+    for p in /proc/[0-9]*; do
+        p=${p#/proc/}
+        [ "$p" = "$TEST_PID" ] || [ "$p" = "$BASHPID" ] && continue
+        tr '\0' '\n' <"/proc/$p/environ" 2>/dev/null | grep -qx "KUGETSU_HOME=$T.*" && echo "$p"
+    done
+    return 0
+}
+
+# diagnose: what the test's processes are doing (state, wait channel, kernel stack, syscall).
+diagnose() {
+    local p
+    {
+        echo "--- the test's processes:"
+        ps -o pid,ppid,pgid,stat,wchan:24,etime,args -p "$(test_pids | paste -sd, -)" 2>/dev/null || true
+        for p in $(test_pids); do
+            echo "--- $p: $(tr '\0' ' ' <"/proc/$p/cmdline" 2>/dev/null)"
+            echo "    syscall: $(cat "/proc/$p/syscall" 2>/dev/null)"
+            sed 's/^/    /' "/proc/$p/stack" 2>/dev/null || true
+        done
+    } >&2
+}
+
+# alive PID: the process exists and has not exited (a zombie has).
+alive() { [ -e "/proc/$1" ] && ! grep -q '^State:[[:space:]]*Z' "/proc/$1/status" 2>/dev/null; }
+
+( trap - EXIT
+  sleep "$DEADLINE" </dev/null >/dev/null 2>&1 &
+  sleeper=$!
+  trap 'kill "$sleeper" 2>/dev/null; exit 0' TERM
+  wait "$sleeper"
+  echo "FAIL: still running after ${DEADLINE}s; stopping it" >&2
+  diagnose
+  for p in $(test_pids); do kill -KILL "$p" 2>/dev/null; done
+  kill -TERM "$TEST_PID" ) 3>&- 4>&- &
+WATCHDOG=$!
+trap 'fail "stopped by the watchdog after ${DEADLINE}s"' TERM
 
 cleanup() {
     local rc=$?
     set +e
+    trap - TERM
+    kill -TERM "$WATCHDOG" 2>/dev/null
     for p in "${BACKGROUND[@]}"; do kill -TERM "$p" 2>/dev/null; kill -CONT "$p" 2>/dev/null; done
     exec 3>&- 4>&-   # release held agents
     # Stop the agents still running (their process groups), then remove the directory.
@@ -23,6 +72,22 @@ cleanup() {
             kill -KILL -- "-$pid" 2>/dev/null
         done
     fi
+    # Every background process of the test ends within 20 s of SIGTERM; one that does not is
+    # a bug (a daemon that ignores SIGTERM): said, shown and killed, never waited for forever.
+    local end=$((SECONDS + 20)) p
+    for p in "${BACKGROUND[@]}" $(jobs -p); do
+        [ "$p" = "$WATCHDOG" ] && continue
+        while alive "$p"; do
+            if [ "$SECONDS" -ge "$end" ]; then
+                echo "FAIL: process $p ($(tr '\0' ' ' <"/proc/$p/cmdline" 2>/dev/null)) did not exit within 20 s of SIGTERM" >&2
+                diagnose
+                kill -KILL "$p" 2>/dev/null
+                rc=1
+                break
+            fi
+            sleep 0.05
+        done
+    done
     wait 2>/dev/null
     # Agents and supervisors that were just killed may still be writing into $T.
     for _ in 1 2 3 4 5; do rm -rf "$T" 2>/dev/null && break; sleep 0.2; done
@@ -34,7 +99,15 @@ fail() { echo "FAIL: $*" >&2; exit 1; }
 
 # kugetsu, never inheriting the test's FIFO descriptors 3 and 4 (a daemon holding the hold
 # FIFO's write end would keep every agent waiting).
-ku() { "$KUGETSU" "$@" 3>&- 4>&-; }
+# `ku wait` gives up after WAIT_LIMIT seconds (exit 75, naming the tasks not final) unless the
+# test gives its own --timeout.
+ku() {
+    if [ "${1:-}" = wait ] && [[ " $* " != *" --timeout "* ]]; then
+        "$KUGETSU" wait --timeout "$WAIT_LIMIT" "${@:2}" 3>&- 4>&-
+    else
+        "$KUGETSU" "$@" 3>&- 4>&-
+    fi
+}
 # The same in the background, remembered for cleanup. Not through a function: the subshell
 # that runs a backgrounded function would keep descriptors 3 and 4.
 ku_bg() { "$KUGETSU" "$@" 3>&- 4>&- & BACKGROUND+=($!); }

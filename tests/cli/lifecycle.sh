@@ -152,6 +152,10 @@ cmp -s "$T/ev.cli" "$KUGETSU_HOME/events.jsonl" || fail "kugetsu events and even
 # a daemon started before the clean appends to the compacted file
 expect_rc 0 ku cancel c-run
 expect_rc 0 ku daemon --once
+# c-queued's end is recorded by its supervisor's reaper, which relays after its commit: wait
+# for the end, then relay once more (under the events file's lock) before comparing.
+expect_rc 0 ku wait c-queued
+expect_rc 0 ku reap -q
 [ "$(tail -1 "$KUGETSU_HOME/events.jsonl" | python3 -c 'import json,sys; print(json.load(sys.stdin)["seq"])')" = \
   "$(sqlite3 "$KUGETSU_HOME/state.db" 'select max(seq) from events')" ] || fail "events.jsonl did not go on after clean"
 # A quarantined record: whichever command finds it first writes its task_error event (once),

@@ -12,24 +12,16 @@
 #include <algorithm>
 #include <iostream>
 
+#include "support/sim.hpp"
+
 using namespace kugetsu;
 using namespace kugetsu::sim;
+using kugetsu::test::count;
+using kugetsu::test::describe;
 
 namespace {
 
-std::uint64_t count(const exploration& ex, const std::string& kind) {
-    auto it = ex.by_kind.find(kind);
-    return it == ex.by_kind.end() ? 0 : it->second;
-}
 
-std::string describe(const exploration& ex) {
-    std::string s = std::to_string(ex.schedules) + " schedules, " + std::to_string(ex.kills) + " kills; ";
-    for (auto& [k, n] : ex.by_kind) s += k + "=" + std::to_string(n) + " ";
-    if (ex.shortest)
-        s += "first: " + ex.shortest->first.kind + " " + ex.shortest->first.detail + " (replay " +
-             kugetsu::sim::detail::schedule_text(ex.shortest->schedule) + ")";
-    return s;
-}
 
 /// The events of one task, in the order the events file holds them.
 std::vector<std::string> events_of(const run_result& r, const std::string& task) {

@@ -116,6 +116,7 @@
 #include "../concepts.hpp"
 #include "../detail/posix.hpp"
 #include "../detail/proc.hpp"
+#include "../state_dir.hpp"
 
 extern char** environ;
 
@@ -339,15 +340,6 @@ inline go_ahead await_go_ahead(int ctl, int supervisor) noexcept {
     int r;
     while ((r = ::poll(&pf, 1, 0)) < 0 && errno == EINTR) {}
     return r == 0 || (r > 0 && !(pf.revents & gone)) ? go_ahead::go : go_ahead::lost;
-}
-
-/// True if some process holds an OFD lock (fcntl F_OFD_SETLK) on any byte of the file. Only
-/// asks (F_OFD_GETLK): concurrent askers never see each other. Async-signal-safe.
-inline bool lock_held(int fd) noexcept {
-    struct flock q{};
-    q.l_type = F_WRLCK;
-    q.l_whence = SEEK_SET;
-    return ::fcntl(fd, F_OFD_GETLK, &q) == 0 && q.l_type != F_UNLCK;
 }
 
 /// A slot file's record (its first line), as parse_slot_record reads it.
@@ -956,11 +948,14 @@ private:
             const auto l = probe(p, ec);
             if (l.what == liveness::unknown) return {process_state::running, -1};
             if (l.what == liveness::alive && !block) return {process_state::running, -1};
+            // Its record says "exec": the program ran, whatever its end.
+            process_status ran_gone{process_state::gone, -1};
+            ran_gone.ran = true;
             if (l.what == liveness::dead) {
                 // Reaped: a subreaper that records ends wrote its record before it reaped it.
                 const auto rec = detail::read_slot_record(fd);
                 if (rec.what == detail::slot_record::kind::exited) return exited(rec);
-                return {process_state::gone, -1};
+                return ran_gone;
             }
             if (l.what == liveness::zombie) {
                 if (l.ppid == ::getpid()) {
@@ -968,10 +963,10 @@ private:
                     if (adopt_orphans_) reap();
                     const auto rec = detail::read_slot_record(fd);
                     if (rec.what == detail::slot_record::kind::exited) return exited(rec);
-                    return {process_state::gone, -1};
+                    return ran_gone;
                 }
                 // Init reaps it and its exit code is lost (0: a parent outside our pid namespace).
-                if (l.ppid <= 1) return {process_state::gone, -1};
+                if (l.ppid <= 1) return ran_gone;
                 // Another live process is its parent: a child subreaper (a kugetsu daemon, which
                 // records the end before it reaps it). Not reaped yet: it holds its slot.
                 if (!block) return {process_state::running, -1};
@@ -1358,15 +1353,8 @@ private:
         int status = 0;
         detail::wait_for(agent, &status, 0);
         if (pl.hook.size() > 1) {
-            bool skip = false;
-            if (pl.hook_lock) {
-                const int lk = ::open(pl.hook_lock, O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK);
-                if (lk >= 0) {
-                    skip = detail::lock_held(lk);
-                    ::close(lk);
-                }
-            }
-            if (!skip) {
+            // A daemon holds the lock: it records the end itself.
+            if (!pl.hook_lock || !daemon_running(pl.hook_lock)) {
                 ::close(slot);   // released before the hook records the end
                 ::execve(pl.hook[0], pl.hook.data(), pl.envp.data());
             }

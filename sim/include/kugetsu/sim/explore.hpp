@@ -4,13 +4,17 @@
 // after each commit of a schedule), replay, and shrinking a counterexample to a short
 // schedule.
 //
-// A schedule is the list of actor ids chosen at each step, a kill recorded as -(id + 1).
-// Replaying (seed, schedule) reproduces a run exactly, trace byte for byte.
+// A schedule is the list of choices made at each step: an actor id, a kill recorded as
+// -(id + 1), or an agent's end recorded as world::agent_choice(pid). Replaying (seed,
+// schedule) reproduces a run exactly, trace byte for byte.
 #pragma once
 
+#include <algorithm>
 #include <chrono>
 #include <deque>
+#include <map>
 #include <optional>
+#include <set>
 #include <string>
 #include <unordered_set>
 #include <vector>
@@ -19,13 +23,27 @@
 
 namespace kugetsu::sim {
 
-/// Uniformly random among the ready actors; kills with the fault plan's chance.
+/// The chance, at a step where agents are running, that the step is an agent's end (one of
+/// them, uniformly) rather than an actor's move: an agent then lives 16 steps on average
+/// per agent running, long enough to overlap with passes and starts.
+inline constexpr double agent_end_chance = 1.0 / 16;
+
+/// A random choice among `ready` (actors first, then agent ends): an agent's end with
+/// agent_end_chance if there is one, else an actor, uniformly.
+inline int random_choice(rng& g, const std::vector<int>& ready) {
+    const auto agents = static_cast<std::size_t>(
+        std::count_if(ready.begin(), ready.end(), [](int c) { return world::is_agent_choice(c); }));
+    const std::size_t actors = ready.size() - agents;
+    if (agents && (actors == 0 || g.chance(agent_end_chance))) return ready[actors + static_cast<std::size_t>(g.below(agents))];
+    return ready[static_cast<std::size_t>(g.below(actors))];
+}
+
+/// Random among the ready actors and agent ends (random_choice); kills with the fault plan's
+/// chance.
 class random_chooser : public chooser {
 public:
     random_chooser(std::uint64_t seed, double kill_chance) : rng_(seed), kill_(kill_chance) {}
-    int choose(const std::vector<int>& ready, std::uint64_t) override {
-        return ready[static_cast<std::size_t>(rng_.below(ready.size()))];
-    }
+    int choose(const std::vector<int>& ready, std::uint64_t) override { return random_choice(rng_, ready); }
     bool kill_here(int) override { return rng_.chance(kill_); }
 
 private:
@@ -36,6 +54,8 @@ private:
 /// PCT (Burckhardt et al., ASPLOS 2010): random distinct priorities, and depth-1 change
 /// points at random steps where the running actor drops to the lowest priorities. Always runs
 /// the highest-priority ready actor. Finds a bug of depth d with probability >= 1/(n k^(d-1)).
+/// An agent's end is a thread of one step: it gets a priority of its own when it first can
+/// happen, and happens when it is the highest.
 class pct_chooser : public chooser {
 public:
     pct_chooser(std::uint64_t seed, int depth, std::uint64_t expected_steps, double kill_chance)
@@ -115,8 +135,9 @@ public:
     op_kill_chooser(std::string op, std::uint64_t seed, std::uint64_t target, bool after)
         : op_(std::move(op)), rng_(seed), target_(target), after_(after) {}
     int choose(const std::vector<int>& ready, std::uint64_t) override {
-        const int who = ready[static_cast<std::size_t>(rng_.below(ready.size()))];
+        const int who = random_choice(rng_, ready);
         kill_ = false;
+        if (world::is_agent_choice(who)) return who;
         if (who == victim_) {   // its first step after that one
             kill_ = true;
             victim_ = -1;
@@ -171,15 +192,39 @@ struct exploration {
     std::uint64_t lost_tasks = 0;
     std::uint64_t duplicate_starts = 0;
     std::uint64_t kills = 0;             ///< SIGKILLs of kugetsu processes, summed over the schedules
+    /// Runs whose last daemon was killed past the restart budget (their unfinished tasks
+    /// stranded, not counted as lost), and those tasks summed.
+    std::uint64_t runs_without_daemon = 0, stranded_tasks = 0;
     std::map<std::string, std::uint64_t> by_kind;
     std::optional<counterexample> shortest;
     std::map<std::string, counterexample> shortest_by_kind;
     bool complete = true;                ///< exhaustive: the whole state space was covered
+    bool reduced = false;                ///< exhaustive: with partial-order reduction
+    /// exhaustive: the terminal outcome of every complete schedule, as text (outcome_of()).
+    std::set<std::string> outcomes;
     double seconds = 0;
     std::optional<run_result> example;   ///< the run to show: the counterexample, or the first
 };
 
 namespace detail {
+
+/// A run's terminal outcome, without times: each task's final state, attempts, exit code and
+/// runs, and the order in which the events file says tasks started and ended. What the
+/// reduction must not change.
+inline std::string outcome_of(const run_result& r) {
+    std::map<std::string, int> ran;
+    for (const auto& p : r.agents) ++ran[p.task_id];
+    std::string s;
+    for (const auto& it : r.items)
+        s += it.id + "=" + std::string(to_string(it.state)) + "/" + std::to_string(it.attempts) + "/" +
+             (it.exit_code ? std::to_string(*it.exit_code) : "-") + "/" + std::to_string(ran[it.id]) + " ";
+    s += "|";
+    std::set<std::uint64_t> seen;   // a copy of an event (the same seq) says nothing new
+    for (const auto& e : r.events)
+        if (seen.insert(e.seq).second && (e.type == event_type::task_started || e.type == event_type::task_completed || e.type == event_type::task_error))
+            s += " " + std::string(to_string(e.type)).substr(5) + ":" + e.task_id;
+    return s;
+}
 
 /// The schedule of `r` up to violation `v`, as a counterexample.
 inline counterexample cut_at(const run_result& r, const violation& v, std::uint64_t seed, bool atomic) {
@@ -199,6 +244,8 @@ inline void account(exploration& ex, const run_result& r, std::uint64_t seed, bo
     ex.lost_tasks += static_cast<std::uint64_t>(r.lost);
     ex.duplicate_starts += static_cast<std::uint64_t>(r.duplicates);
     ex.kills += static_cast<std::uint64_t>(r.kills);
+    ex.runs_without_daemon += r.no_daemon_left ? 1u : 0u;
+    ex.stranded_tasks += static_cast<std::uint64_t>(r.stranded);
     if (r.violations.empty()) return;
     ++ex.violating;
     for (auto& v : r.violations) {
@@ -220,6 +267,12 @@ double timed(F&& f) {
 }
 
 } // namespace detail
+
+/// Whether partial-order reduction is claimed sound for the design (see docs/simulator.md,
+/// Exploration): the fixed designs, whose shared steps are all under the cap lock except an
+/// enqueue's unit. Not the legacy ones: their store writes are not units, and most of them
+/// have no lock (with and without the reduction their outcome sets differ).
+inline bool reduction_sound(const scenario& sc) noexcept { return sc.all_fixed(); }
 
 /// Replays (seed, schedule); past the schedule's end the lowest ready actor runs.
 inline run_result replay(const scenario& sc, std::uint64_t seed, const std::vector<int>& schedule,
@@ -325,14 +378,22 @@ inline exploration explore_commit_kills(const scenario& sc, std::uint64_t seed, 
 /// not expanded again, so each reachable state is visited once. A counterexample found is
 /// then shrunk. Stops after `max_states` states (then `complete` is false).
 /// With `stop_at_violation`, the search ends at the first violating schedule.
+/// `early_ends`: in each schedule, up to this many agents end by a choice (at any step where
+/// one is looked at) before their drawn end; the others end at their drawn times. The
+/// state space searched is the one within that bound (as with the kill budget).
+/// `reduce`: partial-order reduction (atomic critical sections), claimed sound for the fixed
+/// designs only (reduction_sound()); for the legacy designs it is never applied.
 inline exploration explore_exhaustive(const scenario& sc, std::uint64_t seed, std::uint64_t max_states = 2'000'000,
-                                      bool stop_at_violation = true, bool reduce = true) {
+                                      bool stop_at_violation = true, bool reduce = true, int early_ends = 1) {
     exploration ex;
     ex.mode = "exhaustive";
+    reduce = reduce && reduction_sound(sc);
+    ex.reduced = reduce;
     run_options opt;
     opt.keep_trace = false;
     opt.state_hash = true;
     opt.atomic_critical_sections = reduce;
+    opt.max_early_ends = early_ends;
     ex.seconds = detail::timed([&] {
         std::unordered_set<std::uint64_t> seen;
         std::deque<std::vector<int>> queue;
@@ -345,6 +406,7 @@ inline exploration explore_exhaustive(const scenario& sc, std::uint64_t seed, st
             auto r = run(sc, seed, ch, opt);
             if (!ch.reached_end) {   // the run ended within the prefix: a complete schedule
                 detail::account(ex, r, seed, reduce);
+                ex.outcomes.insert(detail::outcome_of(r));
                 if (stop_at_violation && !r.violations.empty()) {
                     ex.complete = false;
                     break;

@@ -490,7 +490,7 @@ public:
 
     process_status poll(const process_ref& ref, std::error_code& ec) {
         ec.clear();
-        w_->choice("poll " + std::to_string(ref.pid));
+        w_->choice("poll " + std::to_string(ref.pid), /*observes_agents=*/true);
         process_status st{process_state::gone, -1};
         if (const actor* a = w_->find_actor(ref)) {   // a kugetsu process (the owner of a claim)
             st.state = w_->actor_alive(a->id) ? process_state::running : process_state::gone;
@@ -509,21 +509,24 @@ public:
                     st.state = process_state::running;   // a zombie: its parent has not reaped it
                 } else {
                     w_->reaped(*p);   // reparented to init, which reaped it
+                    st.ran = p->ran;  // its slot says it exec'd
                 }
                 break;
             case proc_status::reaped:
                 if (p->exec_failed) st.state = process_state::never_ran;   // known: its exec failed
+                else st.ran = p->ran;
                 break;
             case proc_status::abandoned: st.state = process_state::never_ran; break;   // held, never released
             }
         }
-        w_->observe(mix(static_cast<std::uint64_t>(st.state) | (st.held ? 16u : 0u), static_cast<std::uint64_t>(st.exit_code + 1)));
+        w_->observe(mix(static_cast<std::uint64_t>(st.state) | (st.held ? 16u : 0u) | (st.ran ? 32u : 0u),
+                        static_cast<std::uint64_t>(st.exit_code + 1)));
         return st;
     }
 
     void signal(const process_ref& ref, stop_signal sig, std::error_code& ec) {
         ec.clear();
-        w_->choice("signal " + std::to_string(ref.pid));
+        w_->choice("signal " + std::to_string(ref.pid), /*observes_agents=*/true);
         proc* p = w_->find_proc(ref);
         if (!p || p->status != proc_status::running) return;
         w_->trace(w_->current(), sig == stop_signal::kill ? "SIGKILL agent" : "SIGTERM agent", p->task_id);

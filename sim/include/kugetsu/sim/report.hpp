@@ -42,8 +42,10 @@ inline std::string dump_line(const nlohmann::ordered_json& j) {
     return j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
 }
 
-/// The name of a schedule entry: the actor, or "kill <actor>" for -(id + 1).
+/// The name of a schedule entry: the actor, "kill <actor>" for -(id + 1), or "agent <pid>
+/// ends" for world::agent_choice(pid).
 inline std::string schedule_entry_name(int e, const std::vector<std::string>& actors) {
+    if (world::is_agent_choice(e)) return "agent " + std::to_string(e - world::agent_choice_base) + " ends";
     const int id = e < 0 ? -e - 1 : e;
     std::string name = id >= 0 && static_cast<std::size_t>(id) < actors.size() ? actors[static_cast<std::size_t>(id)]
                                                                                 : "actor-" + std::to_string(id);
@@ -115,8 +117,10 @@ inline nlohmann::json counterexample_json(const counterexample& c) {
 /// The summary of an exploration: "design", "scenario", "cap", "tasks", "starters", "pm",
 /// "enqueue_first", "faults", "timeout_seconds", "seed", "explore" (the mode), "peak_live",
 /// "violations" (schedules that broke an invariant), "violations_by_kind", "schedules_explored",
-/// "states_explored", "complete", "lost_tasks", "duplicate_starts", "kills" (all three summed
-/// over the schedules), "seconds", "counterexample" (the shortest, or null) and "shortest_by_kind".
+/// "states_explored", "complete", "reduced" (exhaustive: with partial-order reduction), "lost_tasks", "duplicate_starts", "kills" (all three summed
+/// over the schedules), "runs_without_daemon" (runs whose last daemon was killed past the
+/// restart budget) and "stranded_tasks" (their unfinished tasks, summed; not lost), "seconds",
+/// "counterexample" (the shortest, or null) and "shortest_by_kind".
 inline nlohmann::json summary_json(const scenario& sc, const exploration& ex, std::uint64_t seed) {
     nlohmann::json by_kind = nlohmann::json::object();
     for (const auto& [k, n] : ex.by_kind) by_kind[k] = n;
@@ -144,9 +148,12 @@ inline nlohmann::json summary_json(const scenario& sc, const exploration& ex, st
             {"schedules_explored", ex.schedules},
             {"states_explored", ex.states},
             {"complete", ex.complete},
+            {"reduced", ex.reduced},
             {"lost_tasks", ex.lost_tasks},
             {"duplicate_starts", ex.duplicate_starts},
             {"kills", ex.kills},
+            {"runs_without_daemon", ex.runs_without_daemon},
+            {"stranded_tasks", ex.stranded_tasks},
             {"seconds", ex.seconds},
             {"counterexample", ex.shortest ? counterexample_json(*ex.shortest) : nlohmann::json(nullptr)},
             {"shortest_by_kind", std::move(shortest_by_kind)}};

@@ -44,6 +44,7 @@
 #pragma once
 
 #include <array>
+#include <climits>
 #include <map>
 #include <memory>
 #include <optional>
@@ -52,6 +53,7 @@
 #include <vector>
 
 #include <kugetsu/dispatcher.hpp>
+#include <kugetsu/serve.hpp>
 #include <kugetsu/workspace/null_workspace.hpp>
 
 #include "policies.hpp"
@@ -69,7 +71,10 @@ struct scenario {
     int max_attempts = 3;
     std::optional<duration> timeout;   ///< per task; needed when agents may hang
     fault_plan faults;
-    int max_daemon_restarts = 3;
+    /// A killed daemon is restarted (as a service manager would) this many times at most;
+    /// past that the run goes on without one, and says so (run_result::no_daemon_left): its
+    /// unfinished tasks are then stranded, not lost to the dispatcher. Default: always.
+    int max_daemon_restarts = INT_MAX;
     bool enqueue_first = true;         ///< queue the tasks before the others start
     /// Events: true, the notifier is a durable one relayed the store's outbox (the design);
     /// false, the old at-most-once delivery, whose events die with a killed process (a
@@ -84,6 +89,9 @@ struct scenario {
     int group_a_cap = 1, group_b_cap = 2;
     /// Deliberately wrong variants of scheduling (negative tests), see store_shared.
     bool ignore_group_caps = false, ignore_pause = false, wrong_priority = false, ignore_dependencies = false;
+    /// A deliberately wrong daemon loop (negative test, design "fixed+edge-triggered-wait"): its
+    /// waiter forgets the events of the pass, as a loop that drains after its pass would.
+    bool edge_triggered_wait = false;
 
     /// Scheduling: the group, priority and dependencies of queued task t<i>.
     static std::string group_of(int i) { return i % 2 ? "a" : "b"; }
@@ -105,6 +113,7 @@ struct scenario {
             if (ignore_pause) s += "+ignore-pause";
             if (wrong_priority) s += "+wrong-priority";
             if (ignore_dependencies) s += "+ignore-dependencies";
+            if (edge_triggered_wait) s += "+edge-triggered-wait";
             return s;
         }
         std::string s = "legacy";
@@ -132,6 +141,10 @@ struct run_result {
     int duplicates = 0;
     int kills = 0;
     int late_events = 0;                 ///< events only the final relay (after the run) brought
+    /// The last daemon was killed and not restarted (scenario::max_daemon_restarts): the
+    /// unfinished tasks are `stranded`, not lost (nothing was left to run them).
+    bool no_daemon_left = false;
+    int stranded = 0;
     bool aborted = false;
     std::vector<trace_entry> trace;
     std::vector<proc> agents;
@@ -154,6 +167,7 @@ struct shared {
     std::set<std::string> queued;   // the ids given to enqueue()
     std::string pm_task = "pm-1";
     int daemon_restarts = 0;
+    bool no_daemon_left = false;   // a daemon was killed past max_daemon_restarts
     int peak = 0;
     bool cap_reported = false, dup_reported = false, unrecorded_reported = false;
     bool group_reported = false, dependency_reported = false, paused_reported = false, priority_reported = false;
@@ -268,17 +282,26 @@ public:
             reap();
         }
         std::error_code ec;
-        std::size_t limit = static_cast<std::size_t>(-1);
-        if (s_.sc.fixed[3]) {
+        std::vector<queue_item> claimed;
+        {
+            // The claim (pending -> notified) is a read-modify-write of each queued record.
+            // Under the lock (fix 3) it is made on a fresh read; without it, on a read that
+            // another process may have changed since, which is part of cause 3 (no lock around
+            // the critical section), not a cause of its own.
             guard g(*this);
-            const int free = s_.sc.cap - count();
-            limit = free > 0 ? static_cast<std::size_t>(free) : 0;
+            std::size_t limit = static_cast<std::size_t>(-1);
+            if (s_.sc.fixed[3]) {
+                const int free = s_.sc.cap - count();
+                limit = free > 0 ? static_cast<std::size_t>(free) : 0;
+            }
+            for (auto& it : store_.items_in_state(task_state::pending, limit, ec)) {
+                it.state = task_state::notified;
+                store_.put_item(it, ec);
+                n_.notify(ev(event_type::task_dequeued, it));
+                claimed.push_back(std::move(it));
+            }
         }
-        auto pending = store_.items_in_state(task_state::pending, limit, ec);
-        for (auto& it : pending) {
-            it.state = task_state::notified;
-            store_.put_item(it, ec);
-            n_.notify(ev(event_type::task_dequeued, it));
+        for (auto& it : claimed) {
             const std::string id = it.id;
             if (s_.sc.fixed[3]) {   // foreground, one after another
                 if (s_.sc.fixed[0]) start_item(id);
@@ -438,38 +461,86 @@ inline int counted_live_in(world& w, int sleeper, const shared& s, const std::st
     return n;
 }
 
+/// About to sleep: no slot may stay free while tasks are runnable (unless another process is
+/// inside the critical section right now, about to take it).
+inline void check_idle_slot(shared& s) {
+    world& w = s.w;
+    const int me = w.current();
+    if (w.lock_holder() == -1 && runnable_count(s, me) > 0 && counted_live(w, me) < s.sc.cap) {
+        w.add_violation("idle_slot", std::to_string(runnable_count(s, me)) + " runnable, " +
+                                         std::to_string(counted_live(w, me)) + " live, cap " + std::to_string(s.sc.cap));
+    }
+}
+
+/// The daemon's waiter in the simulated world: level-triggered as home_waiter (an event since
+/// the last drain ends the wait at once), waking for events (an agent's end, an enqueue, a
+/// commit), the plan's deadline (virtual time), and stop at the end of the run. With
+/// `edge_triggered` (a deliberately wrong design, "+edge-triggered-wait"), drain() does
+/// nothing and wait() forgets what happened before it: the lost wake-up of a loop that
+/// drains after its pass instead of before.
+struct sim_waiter {
+    shared& s;
+    bool edge_triggered = false;
+    void drain() {
+        if (!edge_triggered) s.w.consume_events();
+    }
+    wake wait(const wake_plan& plan, std::error_code& ec) {
+        ec.clear();
+        world& w = s.w;
+        if (s.clients_done() && unfinished(s.store) == 0) return wake::stop;
+        w.choice("daemon.wait", /*observes_agents=*/true);   // an agent may end just before it looks
+        if (edge_triggered) w.consume_events();
+        if (w.has_unseen_event()) return wake::changed;   // something happened during the pass
+        check_idle_slot(s);
+        // As the watcher: an agent that no pidfd can watch (already ended: a zombie whose
+        // parent has not reaped it, or gone) is looked at again after 20 ms, since nothing
+        // may announce its reaping. (The watcher doubles that up to 1 s; the simulated one
+        // keeps no state between waits, so that its future depends on the shared state only.)
+        std::optional<timestamp> deadline = plan.deadline;
+        bool recheck = false;
+        for (const auto& a : plan.agents) {
+            const proc* p = w.find_proc(a);
+            if (p && (p->status == proc_status::running || p->status == proc_status::held)) continue;
+            const timestamp t = w.now() + std::chrono::milliseconds(20);
+            if (!deadline || t < *deadline) deadline = t, recheck = true;
+            break;
+        }
+        w.wait_event(deadline);
+        if (deadline && w.now() >= *deadline) return recheck ? wake::process : wake::deadline;
+        return wake::changed;
+    }
+};
+
 inline void daemon_body(shared& s) {
     world& w = s.w;
-    auto fixed = s.sc.all_fixed() ? std::optional<fixed_dispatcher>(make_fixed(s)) : std::nullopt;
-    std::optional<legacy_kugetsu> legacy;
-    if (!fixed) legacy.emplace(s);
+    if (s.sc.all_fixed()) {
+        // The real daemon loop (serve.hpp) over the real dispatcher.
+        auto d = make_fixed(s);
+        sim_waiter waiter{s, s.sc.edge_triggered_wait};
+        struct host {
+            world& w;
+            // Here the daemon's future depends on the shared state only: nothing it saw in
+            // an earlier pass is kept (the dispatcher holds no state between calls).
+            void before_pass() { w.reset_history(); }
+            bool pass(const pass_report&, const std::error_code&) {
+                w.die_if_killed();   // killed during its relay (which cannot throw)
+                return true;
+            }
+        };
+        serve(d, waiter, {}, host{w});
+        return;
+    }
+    legacy_kugetsu legacy(s);
     for (;;) {
-        // Here the daemon's future depends on the shared state only: nothing it saw in an
-        // earlier pass is kept (the dispatcher holds no state between calls).
         w.reset_history();
-        if (fixed) {
-            std::error_code ec;
-            fixed->process_queue(ec);
-            w.die_if_killed();   // killed during its relay (which cannot throw)
-        } else {
-            legacy->daemon_pass();
-        }
+        legacy.daemon_pass();
         if (s.clients_done() && unfinished(s.store) == 0) break;
         if (w.has_unseen_event()) {   // something happened during the pass: pass again
             w.consume_events();
             continue;
         }
-        // About to sleep: no slot may stay free while tasks are pending (unless another
-        // process is inside the critical section right now, about to take it).
-        const int me = w.current();
-        if (w.lock_holder() == -1 && runnable_count(s, me) > 0 && counted_live(w, me) < s.sc.cap) {
-            s.w.add_violation("idle_slot", std::to_string(runnable_count(s, me)) + " runnable, " +
-                                               std::to_string(counted_live(w, me)) + " live, cap " +
-                                               std::to_string(s.sc.cap));
-        }
-        std::optional<timestamp> deadline;   // the fixed design enforces timeouts; the old one had none
-        if (s.sc.timeout && fixed) deadline = w.now() + std::chrono::seconds(1);
-        w.wait_event(deadline);
+        check_idle_slot(s);
+        w.wait_event(std::nullopt);   // the old design had no timeouts
     }
 }
 
@@ -709,6 +780,8 @@ struct run_options {
     std::uint64_t max_steps = 200000;
     bool state_hash = false;
     bool atomic_critical_sections = false;
+    /// How many agents may end by a choice, before their drawn end (world::set_max_early_ends).
+    int max_early_ends = INT_MAX;
 };
 
 /// One run of the scenario under the chooser's schedule.
@@ -716,6 +789,7 @@ inline run_result run(const scenario& sc, std::uint64_t seed, chooser& ch, const
     world w(seed, sc.faults);
     w.want_state_hash(opt.state_hash);
     w.set_atomic(opt.atomic_critical_sections);
+    w.set_max_early_ends(opt.max_early_ends);
     detail::shared s(w, sc);
     s.pm_task = "pm-1";
     s.log->outbox = sc.outbox;
@@ -807,9 +881,13 @@ inline run_result run(const scenario& sc, std::uint64_t seed, chooser& ch, const
                 s.w.die_if_killed();
             });
         }
-        if (!a.client && s.daemon_restarts < s.sc.max_daemon_restarts) {   // a supervisor restarts it
-            ++s.daemon_restarts;
-            s.w.add_actor("daemon-" + std::to_string(s.daemon_restarts + 1), [&s] { detail::daemon_body(s); }, false);
+        if (!a.client) {
+            if (s.daemon_restarts < s.sc.max_daemon_restarts) {   // a supervisor restarts it
+                ++s.daemon_restarts;
+                s.w.add_actor("daemon-" + std::to_string(s.daemon_restarts + 1), [&s] { detail::daemon_body(s); }, false);
+            } else {
+                s.no_daemon_left = true;
+            }
         }
     };
     w.check_step = [&s] { detail::check_step(s); };
@@ -836,7 +914,9 @@ inline run_result run(const scenario& sc, std::uint64_t seed, chooser& ch, const
         for (auto& it : r.items) {
             const auto held = s.log->by_task.find(it.id);
             const auto& evs = held == s.log->by_task.end() ? none : held->second;
-            if (fixed) {   // every task, the PM's too: exactly what its history implies
+            // A run left without a daemon (killed past its restart budget): its unfinished
+            // tasks are stranded, with no process left to record them.
+            if (fixed && !(s.no_daemon_left && !is_final(it.state))) {   // every task, the PM's too
                 const auto n = ran.find(it.id);
                 if (auto why = detail::check_events_exact(evs, it, s.queued.count(it.id) > 0, n == ran.end() ? 0 : n->second);
                     !why.empty())
@@ -844,8 +924,12 @@ inline run_result run(const scenario& sc, std::uint64_t seed, chooser& ch, const
             }
             if (it.role != role::dev) continue;
             if (!is_final(it.state)) {
-                ++r.lost;
-                w.add_violation("lost_task", "task " + it.id + " ended " + std::string(to_string(it.state)));
+                if (s.no_daemon_left) {
+                    ++r.stranded;
+                } else {
+                    ++r.lost;
+                    w.add_violation("lost_task", "task " + it.id + " ended " + std::string(to_string(it.state)));
+                }
             }
             if (it.attempts > it.max_attempts)
                 w.add_violation("attempts", "task " + it.id + " made " + std::to_string(it.attempts) + " attempts");
@@ -870,6 +954,7 @@ inline run_result run(const scenario& sc, std::uint64_t seed, chooser& ch, const
         }
         r.violations = w.violations();
     }
+    r.no_daemon_left = s.no_daemon_left;
     r.events = s.log->events;
     for (auto& [k, p] : w.procs())
         if (p.ran) r.agents.push_back(p);

@@ -15,8 +15,13 @@
 // (SQLite's BEGIN IMMEDIATE: one unit of work open at a time) and the events file's lock.
 //
 // Agents are not coroutines: they are entries in the process table with an end time (drawn
-// from the seed, the task and the attempt, so it does not depend on the schedule). Virtual
-// time moves only when no actor is ready: to the next agent end or actor wake-up.
+// from the seed, the task and the attempt, so it does not depend on the schedule). An agent
+// that would end by itself may also end earlier, at a choice point: each such agent is a
+// choice beside the ready actors (agent_choice(pid)) wherever a ready actor's next step
+// looks at agents (a poll, a signal, a daemon's check before it sleeps), so an end can land
+// in the middle of a pass. Elsewhere an end commutes with every step (nothing else reads it),
+// so offering it there would only repeat states. Virtual time moves only when no actor is
+// ready: to the next agent end or actor wake-up (then agents end at their drawn times).
 //
 // Faults: SIGKILL of an actor at a step (it unwinds from its choice point; the locks it held
 // are released; its open unit of work is rolled back, so its staged writes are lost; its held
@@ -26,6 +31,7 @@
 
 #include <algorithm>
 #include <array>
+#include <climits>
 #include <cstdint>
 #include <functional>
 #include <map>
@@ -123,6 +129,7 @@ struct actor {
     std::uint64_t history = 0;     ///< hash of everything it observed
     std::uint64_t seen_events = 0; ///< the world's event count when it last looked
     std::string next_op = "first step";
+    bool observes_agents = false;  ///< its next step looks at agents (poll, signal, the wait)
     process_ref self;
     ucontext_t ctx{};
     std::unique_ptr<char[]> stack;
@@ -240,6 +247,12 @@ public:
                 if (!advance_time()) break;
                 continue;
             }
+            // An agent may end at any step, not only when every actor sleeps: each running
+            // agent that would end by itself is a choice too (see agent_choice()).
+            if (early_ends_ < max_early_ends_ &&
+                std::any_of(ready.begin(), ready.end(), [&](int id) { return get(id).observes_agents; }))
+                for (auto& [k, p] : procs_)
+                    if (p.status == proc_status::running && p.ends_at) ready.push_back(agent_choice(p.ref.pid));
             if (step_ >= max_steps) {
                 add_violation("step_limit", "no quiescence after " + std::to_string(step_) + " steps");
                 break;
@@ -249,6 +262,17 @@ public:
             if (ch.stop_run) stop_ = true;
             if (stop_) break;
             ++step_;
+            if (is_agent_choice(who)) {
+                step_ops_.push_back("agent.exit");
+                schedule_.push_back(who);
+                if (proc* p = running_agent(who - agent_choice_base)) {
+                    ++early_ends_;
+                    agent_ended(*p, "chosen");
+                    wake_event_waiters();
+                }
+                if (check_step) check_step();
+                continue;
+            }
             actor& a = *actors_.at(static_cast<std::size_t>(who));
             step_ops_.push_back(a.next_op);
             if (kills_ < faults_.max_kills && ch.kill_here(who)) {
@@ -263,6 +287,17 @@ public:
         }
         unwind_all();
     }
+
+    /// A choice that is not an actor: "the running agent with this pid ends now" (exit code
+    /// as drawn for it), recorded in schedules as agent_choice_base + pid.
+    static constexpr int agent_choice_base = 1 << 20;
+    static constexpr int agent_choice(int pid) noexcept { return agent_choice_base + pid; }
+    static constexpr bool is_agent_choice(int c) noexcept { return c >= agent_choice_base; }
+    /// How many agents may end by a choice in one run (a bound, as max_kills is, for the
+    /// exhaustive search); the others end at their drawn times. Default: no bound. 0: agents
+    /// end only when no actor is ready, as in the simulator of earlier releases.
+    void set_max_early_ends(int n) noexcept { max_early_ends_ = n; }
+    int early_ends() const noexcept { return early_ends_; }
 
     /// Makes the run stop at the next choice point (exploration: the prefix is done).
     void stop() noexcept { stop_ = true; }
@@ -282,8 +317,10 @@ public:
     /// critical sections, the steps of an actor that holds a lock are not choice points (see
     /// set_atomic). If the actor is killed there (or the run is cut short), it unwinds from
     /// here (killed_signal, run_aborted).
-    void choice(std::string op) {
-        if (choice_nothrow(std::move(op))) die();
+    /// `observes_agents`: the step looks at agents (whether one has ended): agents' ends are
+    /// choices before it (see agent_choice()).
+    void choice(std::string op, bool observes_agents = false) {
+        if (choice_nothrow(std::move(op), false, observes_agents)) die();
     }
 
     /// The same choice point for code that must not throw (it runs inside a noexcept function
@@ -294,8 +331,9 @@ public:
     /// events file, which only relays and the final check read): with atomic critical
     /// sections it is not a choice point either, so it runs right after the actor's
     /// previous step.
-    [[nodiscard]] bool choice_nothrow(std::string op, bool reorderable = false) {
+    [[nodiscard]] bool choice_nothrow(std::string op, bool reorderable = false, bool observes_agents = false) {
         me().next_op = std::move(op);
+        me().observes_agents = observes_agents;
         if (atomic_cs_ && (reorderable || holds_any(current_))) return false;
         return switch_out_nothrow();
     }
@@ -347,7 +385,9 @@ public:
     /// The same for code that must not throw: false if the actor dies first (it holds
     /// nothing new then).
     [[nodiscard]] bool acquire_nothrow(lock_kind k, std::string op, bool reorderable = false) {
-        if (choice_nothrow(std::move(op), reorderable)) return false;
+        // With atomic critical sections the steps inside one are no choice points, so an
+        // agent's end that its polls would see is offered before the cap lock is taken.
+        if (choice_nothrow(std::move(op), reorderable, atomic_cs_ && k == lock_kind::cap)) return false;
         int& h = holders_[static_cast<std::size_t>(k)];
         while (h != -1 && h != current_) {
             me().status = actor_status::blocked;
@@ -487,7 +527,8 @@ public:
 
     /// Global state, for exhaustive search: store, lock, processes, actors, time.
     std::uint64_t state_hash() const {
-        std::uint64_t h = mix(static_cast<std::uint64_t>(now_.time_since_epoch().count()),
+        std::uint64_t h = mix(static_cast<std::uint64_t>(now_.time_since_epoch().count()) ^
+                                  (static_cast<std::uint64_t>(early_ends_) << 56) ^ (static_cast<std::uint64_t>(kills_) << 60),
                               static_cast<std::uint64_t>(holders_[0] + 7) | static_cast<std::uint64_t>(holders_[1] + 7) << 16 |
                                   static_cast<std::uint64_t>(holders_[2] + 7) << 32);
         h = mix(h, store_hash);
@@ -602,11 +643,8 @@ private:
         bool ended = false;
         for (auto& [k, p] : procs_)
             if (p.status == proc_status::running && p.ends_at && *p.ends_at <= now_) {
-                mark_exited(p);
-                p.ended = now_;
+                agent_ended(p, "at its end time");
                 ended = true;
-                ++event_seq_;
-                trace(-1, "agent_exit", p.task_id + " pid " + std::to_string(p.ref.pid) + " code " + std::to_string(p.exit_code));
             }
         for (auto& a : actors_)
             if (a->status == actor_status::blocked && a->waiting == wait_kind::event &&
@@ -616,6 +654,28 @@ private:
                 a->wake_at.reset();
             }
         return true;
+    }
+
+    /// A running agent ends now (an event for every waiter).
+    void agent_ended(proc& p, const char* why) {
+        mark_exited(p);
+        p.ended = now_;
+        ++event_seq_;
+        trace(-1, "agent_exit", p.task_id + " pid " + std::to_string(p.ref.pid) + " code " + std::to_string(p.exit_code) +
+                                        " (" + why + ")");
+    }
+    void wake_event_waiters() {
+        for (auto& a : actors_)
+            if (a->status == actor_status::blocked && a->waiting == wait_kind::event) {
+                a->status = actor_status::ready;
+                a->waiting = wait_kind::none;
+                a->wake_at.reset();
+            }
+    }
+    proc* running_agent(int pid) {
+        for (auto& [k, p] : procs_)
+            if (p.ref.pid == pid && p.status == proc_status::running) return &p;
+        return nullptr;
     }
 
     /// Unwinds every actor that has started and not finished, so their stacks free memory.
@@ -643,6 +703,8 @@ private:
     std::string twice_;
     int live_dev_ = 0;
     std::uint64_t recording_changes_ = 0;
+    int max_early_ends_ = INT_MAX;
+    int early_ends_ = 0;
     std::vector<int> free_pids_;
     int next_pid_ = 100;
     std::uint64_t start_counter_ = 0;
