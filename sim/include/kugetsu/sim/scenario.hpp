@@ -26,7 +26,8 @@
 //                    the events its history implies, and the events file holds every event
 //                    the store committed; legacy: each task's events form a valid sequence
 //   idle_slot        when the daemon goes to sleep, no slot is free while tasks are runnable
-//                    (pending, their group neither paused nor at its cap)
+//                    (pending, their group neither paused nor at its cap), unless it is to
+//                    look again soon at an agent it cannot watch (as the real watcher does)
 //
 // Scheduling (`scheduling`, fixed design only): the queued tasks are in groups "a" and "b"
 // with caps of their own (1 and 2), have priorities, and some run after others (t4 after t1,
@@ -491,7 +492,6 @@ struct sim_waiter {
         w.choice("daemon.wait", /*observes_agents=*/true);   // an agent may end just before it looks
         if (edge_triggered) w.consume_events();
         if (w.has_unseen_event()) return wake::changed;   // something happened during the pass
-        check_idle_slot(s);
         // As the watcher: an agent that no pidfd can watch (already ended: a zombie whose
         // parent has not reaped it, or gone) is looked at again after 20 ms, since nothing
         // may announce its reaping. (The watcher doubles that up to 1 s; the simulated one
@@ -505,6 +505,10 @@ struct sim_waiter {
             if (!deadline || t < *deadline) deadline = t, recheck = true;
             break;
         }
+        // A slot left free while tasks are runnable is a lost wake-up unless the daemon is to
+        // look again soon (an agent it cannot watch may have freed it: found by PCT, a zombie
+        // counted live by the pass and reaped by init just after it).
+        if (!recheck) check_idle_slot(s);
         w.wait_event(deadline);
         if (deadline && w.now() >= *deadline) return recheck ? wake::process : wake::deadline;
         return wake::changed;
