@@ -28,8 +28,8 @@ std::string serialise(const run_result& r) {
 TEST_CASE("the six-task race is checked exhaustively for the fixed design, with the daemon loop, up to 3 starters and "
           "an agent ending at any step") {
     // Up to 2 starters with one agent ending by choice anywhere; 3 starters with agents
-    // ending at their drawn times (with one by choice it is 241,543 states and about 80 s:
-    // measured by scripts/sim-figures.py into docs/simulator.md, not run here).
+    // ending at their drawn times (with one by choice it takes over a minute: measured by
+    // scripts/sim-figures.py into docs/simulator.md, not run here).
     struct search {
         int starters, early_ends;
     };
