@@ -38,7 +38,7 @@ void BM_exhaustive_six_task_race(benchmark::State& state) {
     scenario sc;
     sc.starters = static_cast<int>(state.range(0));
     exploration ex;
-    for (auto _ : state) ex = explore_exhaustive(sc, 1, 5'000'000, false);
+    for (auto _ : state) ex = explore_exhaustive(sc, 1, {.max_states = 5'000'000, .stop_at_violation = false});
     state.counters["states"] = static_cast<double>(ex.states);
     state.counters["schedules"] = static_cast<double>(ex.schedules);
     state.counters["complete"] = ex.complete ? 1 : 0;

@@ -8,7 +8,7 @@ set -euo pipefail
 
 packages=(
     cmake g++ make git ca-certificates python3
-    libboost-dev librange-v3-dev nlohmann-json3-dev
+    libboost-dev libboost-context-dev librange-v3-dev nlohmann-json3-dev
     librapidcheck-dev catch2 libbenchmark-dev libcli11-dev
     libsqlite3-dev sqlite3
     # the man page (help2man), and a shell to check the zsh completion with

@@ -71,6 +71,11 @@ idle slot).
   --schedules N        random and pct: schedules to run; commit-kills: base schedules;
                        1..10000000 (default 1000)
   --depth D            pct: the bug depth, 1..64 (default 3)
+  --order O            exhaustive: breadth-first (the default; its counterexample is a
+                       shortest one, of all schedules) or depth-first (one thread; finds
+                       a deep violation sooner, then shrinks it); bfs and dfs for short
+  --threads N          worker threads, 0..256 (default 0: one per core); the results
+                       are the same for every N (exhaustive depth-first: always one)
   --max-states N       exhaustive: stop after N states, 1..1000000000 (default 2000000)
   --no-reduction, --no-reduce
                        exhaustive: every step of a critical section is a choice point too
@@ -283,6 +288,9 @@ struct options {
     bool reduce = true;
     int early_ends = 1;
     bool early_ends_given = false;
+    unsigned threads = 0;
+    ks::search_order order = ks::search_order::breadth_first;
+    bool order_given = false;
     std::optional<std::uint64_t> timeout_s;
     bool json = false;
     std::string svg, trace;
@@ -327,6 +335,14 @@ options parse_args(int argc, char** argv) {
                 throw usage_error("--explore: expected random, pct, exhaustive or commit-kills, got '" + o.explore + "'");
         } else if (flag == "--schedules") {
             o.schedules = parse_uint(flag, value(), 1, 10'000'000);
+        } else if (flag == "--order") {
+            const std::string v = value();
+            if (v == "breadth-first" || v == "bfs") o.order = ks::search_order::breadth_first;
+            else if (v == "depth-first" || v == "dfs") o.order = ks::search_order::depth_first;
+            else throw usage_error("--order: '" + v + "' is not breadth-first or depth-first");
+            o.order_given = true;
+        } else if (flag == "--threads") {
+            o.threads = static_cast<unsigned>(parse_uint(flag, value(), 0, 256));
         } else if (flag == "--depth") {
             o.depth = static_cast<int>(parse_uint(flag, value(), 1, 64));
         } else if (flag == "--max-states") {
@@ -374,6 +390,7 @@ options parse_args(int argc, char** argv) {
     if (o.atomic_sections && !o.replay) throw usage_error("--atomic-sections: only with --replay");
     if (!o.reduce && o.explore != "exhaustive") throw usage_error("--no-reduction: only with --explore exhaustive");
     if (o.early_ends_given && o.explore != "exhaustive") throw usage_error("--early-ends: only with --explore exhaustive");
+    if (o.order_given && o.explore != "exhaustive") throw usage_error("--order: only with --explore exhaustive");
     if (o.explore == "exhaustive" && o.sc.faults.kill > 0)
         throw usage_error("--faults kill=P: the exhaustive search does not branch on kills (it would explore the same "
                           "states as without them); use --explore commit-kills, random or pct for kills");
@@ -519,9 +536,11 @@ int run_replay(const options& o, outputs& out) {
 int run_explore(options& o, outputs& out) {
     ks::exploration ex;
     if (o.explore == "exhaustive")
-        ex = ks::explore_exhaustive(o.sc, o.seed, o.max_states, /*stop_at_violation=*/true, o.reduce, o.early_ends);
-    else if (o.explore == "commit-kills") ex = ks::explore_commit_kills(o.sc, o.seed, o.schedules);
-    else ex = ks::explore_random(o.sc, o.seed, o.schedules, o.explore == "pct", o.depth);
+        ex = ks::explore_exhaustive(o.sc, o.seed,
+                                    {.max_states = o.max_states, .reduce = o.reduce, .early_ends = o.early_ends,
+                                     .order = o.order, .threads = o.threads});
+    else if (o.explore == "commit-kills") ex = ks::explore_commit_kills(o.sc, o.seed, o.schedules, o.threads);
+    else ex = ks::explore_random(o.sc, o.seed, o.schedules, o.explore == "pct", o.depth, o.threads);
     // The explorers shrink only the overall shortest counterexample; shrink each kind's too,
     // so that its replay line is short. shrink() costs about 3n replays of n steps, so long
     // ones (a kind found only at the end of a long run, such as events) are left as found.
@@ -529,7 +548,7 @@ int run_explore(options& o, outputs& out) {
     ex.seconds += ks::detail::timed([&] {
         for (auto& [kind, c] : ex.shortest_by_kind) {
             if (ex.shortest && ex.shortest->first.kind == kind) c = *ex.shortest;
-            else if (c.schedule.size() <= max_shrink_steps) c = ks::shrink(o.sc, c);
+            else if (c.schedule.size() <= max_shrink_steps && !c.minimal) c = ks::shrink(o.sc, c);
         }
     });
 
@@ -558,7 +577,7 @@ int run_explore(options& o, outputs& out) {
         shown = ks::run(o.sc, o.seed, ch);
         which = "the first base schedule, without kills";
     } else if (o.explore == "pct") {
-        ks::pct_chooser ch(ks::mix(o.seed, 1), o.depth, 200, o.sc.faults.kill);
+        ks::pct_chooser ch(ks::mix(o.seed, 1), o.depth, ks::pct_expected_steps(o.sc, o.seed), o.sc.faults.kill);
         shown = ks::run(o.sc, o.seed, ch);
         which = "the first schedule explored";
     } else {
@@ -581,7 +600,8 @@ int run_explore(options& o, outputs& out) {
     os << describe(o.sc) << ", seed " << o.seed << '\n';
     os << "explored: ";
     if (ex.mode == "exhaustive")
-        os << ex.states << " states, " << ex.schedules << " complete schedules (exhaustive, "
+        os << ex.states << " states, " << ex.schedules << " complete schedules (exhaustive "
+           << (o.order == ks::search_order::breadth_first ? "breadth-first, " : "depth-first, ")
            << (ex.complete ? "every state reachable with up to " + std::to_string(o.early_ends) +
                                  " agent end(s) by choice and no kill"
                            : broken ? "stopped at the first violation" : "stopped at --max-states")
@@ -592,7 +612,7 @@ int run_explore(options& o, outputs& out) {
     else
         os << ex.schedules << " schedules (" << ex.mode << (ex.mode == "pct" ? ", depth " + std::to_string(o.depth) : "")
            << ")";
-    os << " in " << seconds_text(ex.seconds) << '\n';
+    os << " in " << seconds_text(ex.seconds) << " on " << ex.threads << (ex.threads == 1 ? " thread\n" : " threads\n");
     os << "peak live dev agents: " << ex.peak_live << " (cap " << o.sc.cap << ")\n";
     if (!broken) {
         os << "no invariant broken\n";
@@ -608,7 +628,8 @@ int run_explore(options& o, outputs& out) {
            << ex.stranded_tasks << " unfinished tasks stranded, not counted as lost\n";
     if (ex.shortest) {
         const auto& c = *ex.shortest;
-        os << "counterexample (the shortest found, " << c.schedule.size() << " steps): " << c.first.kind << ": "
+        os << "counterexample (" << (c.minimal ? "a shortest: no schedule breaks an invariant in fewer steps, " : "the shortest found, ")
+           << c.schedule.size() << " steps): " << c.first.kind << ": "
            << c.first.detail << '\n';
         // Named from the replayed run: the same schedule, so the same actors and steps.
         const std::size_t n = std::min(c.schedule.size(), shown.schedule.size());

@@ -2,8 +2,10 @@
 #include <catch2/catch.hpp>
 
 #include <kugetsu/sim/explore.hpp>
+#include <kugetsu/sim/report.hpp>
 
 #include <algorithm>
+#include <array>
 #include <iostream>
 #include <iterator>
 #include <set>
@@ -36,7 +38,7 @@ TEST_CASE("the six-task race is checked exhaustively for the fixed design, with 
     for (const auto& [starters, early_ends] : {search{0, 1}, search{1, 1}, search{2, 1}, search{3, 0}}) {
         scenario sc;   // six tasks, cap 3, a PM, the daemon
         sc.starters = starters;
-        const auto ex = explore_exhaustive(sc, 1, 5'000'000, /*stop_at_violation=*/false, /*reduce=*/true, early_ends);
+        const auto ex = explore_exhaustive(sc, 1, {.max_states = 5'000'000, .stop_at_violation = false, .early_ends = early_ends});
         std::cout << "six-task race, fixed, " << starters << " starters, " << early_ends << " early ends: " << ex.states
                   << " states, " << ex.schedules << " complete schedules, " << ex.seconds << " s\n";
         INFO(starters << " starters");
@@ -51,7 +53,7 @@ TEST_CASE("the six-task race is checked exhaustively for the fixed design, with 
 
 TEST_CASE("the exhaustive search catches the original design and gives a short counterexample that replays") {
     const scenario sc = scenario::legacy();
-    const auto ex = explore_exhaustive(sc, 1);
+    const auto ex = explore_exhaustive(sc, 1, {.order = search_order::depth_first});
     REQUIRE(ex.violating > 0u);
     REQUIRE(ex.shortest);
     CHECK(ex.shortest->first.kind == "cap");
@@ -69,8 +71,8 @@ TEST_CASE("partial-order reduction agrees with the full search on a small config
     sc.tasks = 2;
     sc.starters = 1;
     sc.pm = false;
-    const auto reduced = explore_exhaustive(sc, 1, 5'000'000, false, /*reduce=*/true);
-    const auto full = explore_exhaustive(sc, 1, 5'000'000, false, /*reduce=*/false);
+    const auto reduced = explore_exhaustive(sc, 1, {.max_states = 5'000'000, .stop_at_violation = false});
+    const auto full = explore_exhaustive(sc, 1, {.max_states = 5'000'000, .stop_at_violation = false, .reduce = false});
     CHECK(reduced.complete);
     CHECK(full.complete);
     CHECK(reduced.reduced);
@@ -97,8 +99,8 @@ TEST_CASE("partial-order reduction agrees with the full search on a small config
     scenario broken = sc;
     broken.fixed = {true, true, false, true};
     broken.starters = 3;
-    CHECK(explore_exhaustive(broken, 1, 5'000'000, true, true).violating > 0u);
-    CHECK(explore_exhaustive(broken, 1, 5'000'000, true, false).violating > 0u);
+    CHECK(explore_exhaustive(broken, 1, {.max_states = 5'000'000}).violating > 0u);
+    CHECK(explore_exhaustive(broken, 1, {.max_states = 5'000'000, .reduce = false}).violating > 0u);
 }
 
 TEST_CASE("the same seed gives a byte-identical trace; another seed gives another") {
@@ -137,7 +139,7 @@ TEST_CASE("negative: a daemon loop whose waiter is edge-triggered (forgets the p
     sc.edge_triggered_wait = true;
     sc.starters = 1;
     CHECK(sc.design() == "fixed+edge-triggered-wait");
-    const auto ex = explore_exhaustive(sc, 1, 2'000'000, true, true, /*early_ends=*/1);
+    const auto ex = explore_exhaustive(sc, 1, {.early_ends = 1});
     INFO(describe(ex));
     REQUIRE(ex.violating > 0u);
     CHECK(ex.by_kind.count("lost_task") + ex.by_kind.count("idle_slot") > 0u);
@@ -151,7 +153,7 @@ TEST_CASE("negative: a daemon loop whose waiter is edge-triggered (forgets the p
     // the end of an agent whose task is only claimed, which no plan names.)
     // Without agents ending at any step (they end only while every actor sleeps, as in the
     // simulator of earlier releases) the search cannot see it: the choice is what finds it.
-    const auto blind = explore_exhaustive(sc, 1, 2'000'000, true, true, /*early_ends=*/0);
+    const auto blind = explore_exhaustive(sc, 1, {.early_ends = 0});
     CHECK(blind.complete);
     CHECK(blind.violating == 0u);
 }
@@ -166,7 +168,7 @@ TEST_CASE("the legacy model has exactly the four causes: with only cause 2 left,
     sc.starters = 1;
     sc.tasks = 3;
     CHECK(sc.design() == "legacy+fix1+fix3+fix4");
-    const auto ex = explore_exhaustive(sc, 1, 2'000'000, /*stop_at_violation=*/false, true, /*early_ends=*/1);
+    const auto ex = explore_exhaustive(sc, 1, {.stop_at_violation = false, .early_ends = 1});
     INFO(describe(ex));
     CHECK(ex.complete);
     CHECK_FALSE(ex.reduced);   // never for a legacy design
@@ -174,4 +176,85 @@ TEST_CASE("the legacy model has exactly the four causes: with only cause 2 left,
     CHECK(ex.by_kind.count("cap") == 0u);
     CHECK(ex.by_kind.count("duplicate_start") == 0u);
     CHECK(ex.peak_live <= 3);
+}
+
+namespace {
+/// What an exploration found, without its time and thread count.
+std::string findings(const exploration& ex) {
+    std::ostringstream out;
+    out << ex.mode << ' ' << ex.schedules << ' ' << ex.states << ' ' << ex.violating << ' ' << ex.peak_live << ' '
+        << ex.lost_tasks << ' ' << ex.duplicate_starts << ' ' << ex.kills << ' ' << ex.runs_without_daemon << ' '
+        << ex.stranded_tasks << ' ' << ex.complete << ' ' << ex.outcomes.size() << '\n';
+    for (const auto& [k, n] : ex.by_kind) out << k << '=' << n << ' ';
+    for (const auto& [k, c] : ex.shortest_by_kind) out << '\n' << k << ": " << sim::detail::schedule_text(c.schedule);
+    if (ex.shortest) out << "\nshortest " << ex.shortest->first.kind << ": " << sim::detail::schedule_text(ex.shortest->schedule);
+    return out.str();
+}
+
+scenario small_legacy(std::array<bool, 4> fixed) {
+    scenario sc = scenario::legacy();
+    sc.fixed = fixed;
+    sc.tasks = 3;
+    sc.starters = 1;
+    return sc;
+}
+} // namespace
+
+TEST_CASE("exploration on several threads finds exactly what one thread finds") {
+    scenario faulty;
+    faulty.faults.kill = 0.01;
+    faulty.faults.exec_failure = 0.2;
+    faulty.faults.agent_crash = 0.1;
+    faulty.faults.pid_reuse = true;
+    for (unsigned threads : {2u, 3u}) {
+        CAPTURE(threads);
+        const auto legacy1 = explore_random(scenario::legacy(), 5, 120, false, 3, 1);
+        const auto legacyn = explore_random(scenario::legacy(), 5, 120, false, 3, threads);
+        CHECK(legacy1.violating > 0u);
+        CHECK(legacyn.threads == threads);
+        CHECK(findings(legacy1) == findings(legacyn));
+        CHECK(findings(explore_random(faulty, 7, 150, true, 3, 1)) == findings(explore_random(faulty, 7, 150, true, 3, threads)));
+        CHECK(findings(explore_commit_kills(scenario{}, 2, 2, 1)) == findings(explore_commit_kills(scenario{}, 2, 2, threads)));
+        scenario one;
+        one.starters = 1;
+        const auto bfs1 = explore_exhaustive(one, 1, {.stop_at_violation = false, .threads = 1});
+        const auto bfsn = explore_exhaustive(one, 1, {.stop_at_violation = false, .threads = threads});
+        CHECK(bfs1.complete);
+        CHECK(findings(bfs1) == findings(bfsn));
+        CHECK(bfs1.outcomes == bfsn.outcomes);
+        const auto broken = small_legacy({false, true, true, true});
+        CHECK(findings(explore_exhaustive(broken, 1, {.threads = 1})) == findings(explore_exhaustive(broken, 1, {.threads = threads})));
+    }
+}
+
+TEST_CASE("breadth-first search finds a shortest counterexample: depth-first, random and PCT shrunk ones are never "
+          "shorter") {
+    // Each legacy cause alone, and all four, on 3 tasks and 1 starter (the PM and the daemon
+    // beside them). docs/simulator.md reports the same comparison on the six-task race.
+    for (const auto fixed : {std::array{false, false, false, false}, std::array{false, true, true, true},
+                             std::array{true, false, true, true}, std::array{true, true, false, true}}) {
+        const scenario sc = small_legacy(fixed);
+        CAPTURE(sc.design());
+        const auto bfs = explore_exhaustive(sc, 1);
+        REQUIRE(bfs.shortest);
+        CHECK(bfs.shortest->minimal);
+        const auto& min = *bfs.shortest;
+        // It replays, and breaks its invariant at its last step, not before.
+        const auto r = replay(sc, min.seed, min.schedule);
+        REQUIRE_FALSE(r.violations.empty());
+        CHECK(r.violations.front().kind == min.first.kind);
+        CHECK(r.violations.front().step == min.schedule.size());
+        const auto dfs = explore_exhaustive(sc, 1, {.order = search_order::depth_first});
+        const auto rnd = explore_random(sc, 1, 100);
+        const auto pct = explore_random(sc, 1, 100, true);
+        for (const auto* other : {&dfs, &rnd, &pct}) {
+            CAPTURE(other->mode);
+            REQUIRE(other->shortest);
+            CHECK_FALSE(other->shortest->minimal);
+            CHECK(other->shortest->schedule.size() >= min.schedule.size());
+        }
+        std::cout << sc.design() << ": breadth-first minimum " << min.schedule.size() << " steps (" << min.first.kind
+                  << "); shrunk: depth-first " << dfs.shortest->schedule.size() << ", random "
+                  << rnd.shortest->schedule.size() << ", pct " << pct.shortest->schedule.size() << '\n';
+    }
 }

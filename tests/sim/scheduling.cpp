@@ -104,7 +104,7 @@ TEST_CASE("fixed+scheduling: the exhaustive search (6 tasks, 1 starter, the paus
     // Agents end at their drawn times here (early_ends 0): the scheduling checks are about
     // what a pass decides; agents ending at any step are explored by the random schedules
     // above and by the six-task race's exhaustive search (with early_ends 1 this one takes minutes).
-    const auto ex = explore_exhaustive(sc, 1, 2'000'000, true, true, /*early_ends=*/0);
+    const auto ex = explore_exhaustive(sc, 1, {.early_ends = 0});
     INFO(describe(ex) << " states " << ex.states);
     CHECK(ex.complete);
     CHECK(ex.violating == 0u);
@@ -119,7 +119,7 @@ TEST_CASE("fixed+scheduling: the exhaustive search (6 tasks, 1 starter, the paus
                           wrong{"dependency", &scenario::ignore_dependencies}}) {
         auto bad = sc;
         bad.*(w.flag) = true;
-        const auto found = explore_exhaustive(bad, 1, 2'000'000, true, true, /*early_ends=*/0);
+        const auto found = explore_exhaustive(bad, 1, {.early_ends = 0});
         INFO(bad.design() << ": " << describe(found));
         CHECK(count(found, w.kind) > 0u);
     }

@@ -59,7 +59,7 @@ public:
     int choose(const std::vector<int>& ready, std::uint64_t) override {
         const int who = ready.front();
         const actor& a = running->get(who);
-        steps.push_back({a.name, a.next_op, running->store_hash, a.history});
+        steps.push_back({a.name, a.next_op.str(), running->store_hash, a.history});
         return who;
     }
     std::vector<step> steps;

@@ -10,12 +10,16 @@
 #pragma once
 
 #include <algorithm>
+#include <atomic>
 #include <chrono>
-#include <deque>
+#include <exception>
 #include <map>
+#include <mutex>
 #include <optional>
 #include <set>
 #include <string>
+#include <system_error>
+#include <thread>
 #include <unordered_set>
 #include <vector>
 
@@ -151,9 +155,9 @@ public:
     std::uint64_t count() const noexcept { return seen_; }
 
 private:
-    bool named(const std::string& next) const {
-        return next.size() >= op_.size() && next.compare(0, op_.size(), op_) == 0 &&
-               (next.size() == op_.size() || next[op_.size()] == ' ');
+    bool named(const step_op& next) const {
+        const std::string_view n = next.name;
+        return n.size() >= op_.size() && n.compare(0, op_.size(), op_) == 0 && (n.size() == op_.size() || n[op_.size()] == ' ');
     }
 
     std::string op_;
@@ -181,6 +185,13 @@ struct counterexample {
     std::vector<std::string> actors;     ///< actor names, by id
     violation first;
     bool atomic_sections = false;        ///< found with atomic critical sections: replay so
+    /// Which run of the exploration found it, in the exploration's own order (the schedule
+    /// index; exhaustive: the position in breadth-first order). Of two counterexamples of the
+    /// same length the earlier run's is kept, so results do not depend on the thread count.
+    std::uint64_t run = 0;
+    /// Exhaustive (breadth-first) search: no schedule that breaks an invariant is shorter
+    /// (within the search's bounds), so it was not shrunk.
+    bool minimal = false;
 };
 
 struct exploration {
@@ -203,8 +214,16 @@ struct exploration {
     /// exhaustive: the terminal outcome of every complete schedule, as text (outcome_of()).
     std::set<std::string> outcomes;
     double seconds = 0;
+    unsigned threads = 1;                ///< worker threads it ran on (results do not depend on it)
     std::optional<run_result> example;   ///< the run to show: the counterexample, or the first
 };
+
+/// How many worker threads an exploration runs on: `requested`, or one per core for 0.
+inline unsigned worker_count(unsigned requested) noexcept {
+    if (requested) return requested;
+    const unsigned n = std::thread::hardware_concurrency();
+    return n ? n : 1;
+}
 
 namespace detail {
 
@@ -226,8 +245,38 @@ inline std::string outcome_of(const run_result& r) {
     return s;
 }
 
+/// What a run of one prefix found: the state at the prefix's end and its choices, or a run
+/// that ended (or broke an invariant) within it.
+struct probe {
+    bool frontier = false;          ///< stopped at the prefix's end, no invariant broken
+    std::uint64_t hash = 0;
+    std::vector<int> ready;
+    std::optional<run_result> run;  ///< complete, or broke an invariant on the way
+};
+
+inline probe run_prefix(const scenario& sc, std::uint64_t seed, const std::vector<int>& prefix, const run_options& opt) {
+    scripted_chooser ch(prefix);
+    ch.stop_at_end(true);
+    auto r = run(sc, seed, ch, opt);
+    probe p;
+    if (ch.reached_end && r.violations.empty()) {
+        p.frontier = true;
+        p.hash = ch.frontier_hash;
+        p.ready = std::move(ch.frontier_ready);
+    } else {
+        p.run = std::move(r);
+    }
+    return p;
+}
+
+/// Whether counterexample `a` is kept over `b`: shorter, or as short and found by an earlier
+/// run.
+inline bool preferred(const counterexample& a, const counterexample& b) noexcept {
+    return a.schedule.size() != b.schedule.size() ? a.schedule.size() < b.schedule.size() : a.run < b.run;
+}
+
 /// The schedule of `r` up to violation `v`, as a counterexample.
-inline counterexample cut_at(const run_result& r, const violation& v, std::uint64_t seed, bool atomic) {
+inline counterexample cut_at(const run_result& r, const violation& v, std::uint64_t seed, bool atomic, std::uint64_t run = 0) {
     counterexample c;
     c.seed = seed;
     const std::size_t len = std::min<std::size_t>(r.schedule.size(), v.step);
@@ -235,10 +284,12 @@ inline counterexample cut_at(const run_result& r, const violation& v, std::uint6
     c.actors = r.actor_names;
     c.first = v;
     c.atomic_sections = atomic;
+    c.run = run;
     return c;
 }
 
-inline void account(exploration& ex, const run_result& r, std::uint64_t seed, bool atomic = false) {
+/// Adds run number `run` (see counterexample::run) to the exploration's totals.
+inline void account(exploration& ex, const run_result& r, std::uint64_t seed, bool atomic = false, std::uint64_t run = 0) {
     ++ex.schedules;
     ex.peak_live = std::max(ex.peak_live, r.peak_live);
     ex.lost_tasks += static_cast<std::uint64_t>(r.lost);
@@ -250,13 +301,72 @@ inline void account(exploration& ex, const run_result& r, std::uint64_t seed, bo
     ++ex.violating;
     for (auto& v : r.violations) {
         ++ex.by_kind[v.kind];
-        auto c = cut_at(r, v, seed, atomic);
+        auto c = cut_at(r, v, seed, atomic, run);
         auto it = ex.shortest_by_kind.find(v.kind);
-        if (it == ex.shortest_by_kind.end() || c.schedule.size() < it->second.schedule.size())
-            ex.shortest_by_kind[v.kind] = std::move(c);
+        if (it == ex.shortest_by_kind.end() || preferred(c, it->second)) ex.shortest_by_kind[v.kind] = std::move(c);
     }
-    auto c = cut_at(r, r.violations.front(), seed, atomic);
-    if (!ex.shortest || c.schedule.size() < ex.shortest->schedule.size()) ex.shortest = std::move(c);
+    auto c = cut_at(r, r.violations.front(), seed, atomic, run);
+    if (!ex.shortest || preferred(c, *ex.shortest)) ex.shortest = std::move(c);
+}
+
+/// Adds a worker's totals to the exploration's (the order of merging changes nothing).
+inline void merge(exploration& into, exploration&& part) {
+    into.schedules += part.schedules;
+    into.violating += part.violating;
+    into.peak_live = std::max(into.peak_live, part.peak_live);
+    into.lost_tasks += part.lost_tasks;
+    into.duplicate_starts += part.duplicate_starts;
+    into.kills += part.kills;
+    into.runs_without_daemon += part.runs_without_daemon;
+    into.stranded_tasks += part.stranded_tasks;
+    for (auto& [k, n] : part.by_kind) into.by_kind[k] += n;
+    for (auto& [k, c] : part.shortest_by_kind) {
+        auto it = into.shortest_by_kind.find(k);
+        if (it == into.shortest_by_kind.end() || preferred(c, it->second)) into.shortest_by_kind[k] = std::move(c);
+    }
+    if (part.shortest && (!into.shortest || preferred(*part.shortest, *into.shortest))) into.shortest = std::move(part.shortest);
+}
+
+/// Calls f(worker, i) for every i in [0, n), on up to `threads` threads (the calling one
+/// among them). Indices are handed out in ascending chunks, so each worker sees its own in
+/// ascending order. If a thread cannot be created, the others do its share. Rethrows the
+/// first exception a call threw (the other workers stop at their next chunk).
+template <class F>
+void parallel_for(std::uint64_t n, unsigned threads, std::uint64_t chunk, F&& f) {
+    threads = static_cast<unsigned>(std::min<std::uint64_t>(std::max(threads, 1u), std::max<std::uint64_t>(n, 1)));
+    if (threads == 1) {
+        for (std::uint64_t i = 0; i < n; ++i) f(0u, i);
+        return;
+    }
+    std::atomic<std::uint64_t> next{0};
+    std::atomic<bool> failed{false};
+    std::exception_ptr error;
+    std::mutex error_mutex;
+    auto work = [&](unsigned worker) {
+        try {
+            while (!failed.load(std::memory_order_relaxed)) {
+                const std::uint64_t begin = next.fetch_add(chunk, std::memory_order_relaxed);
+                if (begin >= n) return;
+                for (std::uint64_t i = begin; i < std::min(begin + chunk, n); ++i) f(worker, i);
+            }
+        } catch (...) {
+            std::lock_guard lock(error_mutex);
+            if (!error) error = std::current_exception();
+            failed = true;
+        }
+    };
+    std::vector<std::thread> pool;
+    pool.reserve(threads - 1);
+    for (unsigned t = 1; t < threads; ++t) {
+        try {
+            pool.emplace_back(work, t);
+        } catch (const std::system_error&) {   // no more threads: fewer workers
+            break;
+        }
+    }
+    work(0u);
+    for (auto& t : pool) t.join();
+    if (error) std::rethrow_exception(error);
 }
 
 template <class F>
@@ -282,12 +392,14 @@ inline run_result replay(const scenario& sc, std::uint64_t seed, const std::vect
 }
 
 /// Shortens a counterexample. First the shortest prefix that, run on with the lowest ready
-/// actor, still breaks the same invariant; then single steps are dropped while the run
-/// still breaks it at an earlier step. Every candidate is a real replay.
+/// actor, still breaks the same invariant; then single steps are dropped, neighbours
+/// swapped and pairs of steps dropped while the run still breaks it at an earlier step.
+/// Every candidate is a real replay.
 /// At most `max_replays` replays: large scenarios get a partly shrunk counterexample.
-inline counterexample shrink(const scenario& sc, counterexample c, int passes = 2, int max_replays = 1500) {
+inline counterexample shrink(const scenario& sc, counterexample c, int passes = 3, int max_replays = 6000) {
     run_options opt;
     opt.keep_trace = false;
+    opt.keep_ops = false;
     opt.atomic_critical_sections = c.atomic_sections;
     int replays = 0;
     auto attempt = [&](const std::vector<int>& candidate) -> bool {
@@ -316,20 +428,55 @@ inline counterexample shrink(const scenario& sc, counterexample c, int passes = 
                 --i;
             }
         }
+        // What dropping one step cannot reach: two steps dropped together (a step that only
+        // matters with another), and two neighbours swapped (the same steps, in an order
+        // that breaks the invariant sooner).
+        for (std::size_t i = 0; i + 1 < c.schedule.size() && replays < max_replays; ++i) {
+            auto candidate = c.schedule;
+            std::swap(candidate[i], candidate[i + 1]);
+            if (attempt(candidate)) better = true;
+        }
+        for (std::size_t i = 0; i < c.schedule.size() && replays < max_replays; ++i)
+            for (std::size_t j = i + 1; j < c.schedule.size() && replays < max_replays; ++j) {
+                auto candidate = c.schedule;
+                candidate.erase(candidate.begin() + static_cast<std::ptrdiff_t>(j));
+                candidate.erase(candidate.begin() + static_cast<std::ptrdiff_t>(i));
+                if (attempt(candidate)) {
+                    better = true;
+                    j = i;   // the schedule changed: look again from i
+                }
+            }
         if (!better) break;
     }
     return c;
 }
 
-inline exploration explore_random(const scenario& sc, std::uint64_t seed, std::uint64_t schedules,
-                                  bool pct = false, int depth = 3) {
-    exploration ex;
-    ex.mode = pct ? "pct" : "random";
+/// The run length PCT draws its change points over: the steps of the run that always takes
+/// the lowest ready actor.
+inline std::uint64_t pct_expected_steps(const scenario& sc, std::uint64_t seed) {
     run_options opt;
     opt.keep_trace = false;
-    std::uint64_t expected = 200;
+    opt.keep_ops = false;
+    scripted_chooser lowest({});
+    return std::max<std::uint64_t>(run(sc, seed, lowest, opt).steps, 1);
+}
+
+/// Random or PCT schedules: schedule i (from 0) is drawn from mix(seed, i + 1), so a schedule
+/// does not depend on the others, and the schedules are split across `threads` worker
+/// threads (0: one per core) with the same results as on one. PCT draws its change points
+/// over the length of one run that always takes the lowest ready actor.
+inline exploration explore_random(const scenario& sc, std::uint64_t seed, std::uint64_t schedules,
+                                  bool pct = false, int depth = 3, unsigned threads = 0) {
+    exploration ex;
+    ex.mode = pct ? "pct" : "random";
+    ex.threads = worker_count(threads);
+    run_options opt;
+    opt.keep_trace = false;
+    opt.keep_ops = false;
     ex.seconds = detail::timed([&] {
-        for (std::uint64_t i = 0; i < schedules; ++i) {
+        const std::uint64_t expected = pct ? pct_expected_steps(sc, seed) : 0;
+        std::vector<exploration> parts(ex.threads);
+        detail::parallel_for(schedules, ex.threads, 16, [&](unsigned worker, std::uint64_t i) {
             const std::uint64_t cs = mix(seed, i + 1);
             run_result r;
             if (pct) {
@@ -339,9 +486,9 @@ inline exploration explore_random(const scenario& sc, std::uint64_t seed, std::u
                 random_chooser ch(cs, sc.faults.kill);
                 r = run(sc, seed, ch, opt);
             }
-            expected = std::max<std::uint64_t>(expected / 2 + r.steps / 2, 1);
-            detail::account(ex, r, seed);
-        }
+            detail::account(parts[worker], r, seed, false, i);
+        });
+        for (auto& p : parts) detail::merge(ex, std::move(p));
         if (ex.shortest) ex.shortest = shrink(sc, *ex.shortest);
     });
     return ex;
@@ -351,89 +498,171 @@ inline exploration explore_random(const scenario& sc, std::uint64_t seed, std::u
 /// makes: one run that kills the committing actor just before the commit, and one that kills
 /// it at its next step after the commit (commit_kill_chooser). Both runs follow the base
 /// schedule up to the kill. Every run is checked against every invariant.
-inline exploration explore_commit_kills(const scenario& sc, std::uint64_t seed, std::uint64_t bases) {
+inline exploration explore_commit_kills(const scenario& sc, std::uint64_t seed, std::uint64_t bases, unsigned threads = 0) {
     exploration ex;
     ex.mode = "commit-kills";
+    ex.threads = worker_count(threads);
     run_options opt;
     opt.keep_trace = false;
+    opt.keep_ops = false;
     scenario s = sc;
     s.faults.max_kills = std::max(s.faults.max_kills, 1);
     ex.seconds = detail::timed([&] {
-        for (std::uint64_t b = 0; b < bases; ++b) {
-            const std::uint64_t cs = mix(seed, b + 1);
+        std::vector<exploration> parts(ex.threads);
+        detail::parallel_for(bases, ex.threads, 1, [&](unsigned worker, std::uint64_t b) {
+            // Runs are numbered base by base, in the order one thread would make them.
+            const std::uint64_t cs = mix(seed, b + 1), first = b << 32;
             commit_kill_chooser count(cs, 0, false);
-            detail::account(ex, run(s, seed, count, opt), seed);
+            detail::account(parts[worker], run(s, seed, count, opt), seed, false, first);
             for (std::uint64_t n = 1; n <= count.commits(); ++n)
                 for (bool after : {false, true}) {
                     commit_kill_chooser ch(cs, n, after);
-                    detail::account(ex, run(s, seed, ch, opt), seed);
+                    detail::account(parts[worker], run(s, seed, ch, opt), seed, false, first + 2 * n - 1 + (after ? 1 : 0));
                 }
-        }
+        });
+        for (auto& p : parts) detail::merge(ex, std::move(p));
         if (ex.shortest) ex.shortest = shrink(s, *ex.shortest);
     });
     return ex;
 }
 
-/// Depth-first over choice prefixes (each replayed from the start); a state already seen is
-/// not expanded again, so each reachable state is visited once. A counterexample found is
-/// then shrunk. Stops after `max_states` states (then `complete` is false).
-/// With `stop_at_violation`, the search ends at the first violating schedule.
-/// `early_ends`: in each schedule, up to this many agents end by a choice (at any step where
-/// one is looked at) before their drawn end; the others end at their drawn times. The
-/// state space searched is the one within that bound (as with the kill budget).
-/// `reduce`: partial-order reduction (atomic critical sections), claimed sound for the fixed
-/// designs only (reduction_sound()); for the legacy designs it is never applied.
-inline exploration explore_exhaustive(const scenario& sc, std::uint64_t seed, std::uint64_t max_states = 2'000'000,
-                                      bool stop_at_violation = true, bool reduce = true, int early_ends = 1) {
+/// The order of an exhaustive search.
+enum class search_order {
+    /// Level by level, the runs of a level on every core: the first counterexample found is
+    /// a shortest one. Every state at a lesser depth is visited first, so a deep violation in
+    /// a large state space (the legacy designs) takes long to reach.
+    breadth_first,
+    /// Depth first, on one thread: a deep violation is found early; the counterexample found
+    /// is then shrunk (not necessarily to a shortest one).
+    depth_first,
+};
+
+struct exhaustive_options {
+    std::uint64_t max_states = 2'000'000;   ///< stop after this many states (then incomplete)
+    bool stop_at_violation = true;          ///< end at the first violating schedule
+    /// Partial-order reduction (atomic critical sections), claimed sound for the fixed
+    /// designs only (reduction_sound()); for the legacy designs it is never applied.
+    bool reduce = true;
+    /// In each schedule, up to this many agents end by a choice (at any step where one is
+    /// looked at) before their drawn end; the others end at their drawn times. The state
+    /// space searched is the one within that bound (as with the kill budget).
+    int early_ends = 1;
+    search_order order = search_order::breadth_first;
+    unsigned threads = 0;                   ///< breadth first: worker threads (0: one per core)
+};
+
+namespace detail {
+
+/// A probe that is not a frontier: accounts its run; true if the search stops there.
+inline bool account_probe(exploration& ex, const probe& p, std::uint64_t seed, bool reduce, std::uint64_t order,
+                          bool stop_at_violation) {
+    account(ex, *p.run, seed, reduce, order);
+    if (!p.run->aborted) ex.outcomes.insert(outcome_of(*p.run));   // a complete schedule
+    if (stop_at_violation && !p.run->violations.empty()) {
+        ex.complete = false;
+        return true;
+    }
+    return false;
+}
+
+} // namespace detail
+
+/// Every state reachable within the bounds (early_ends; no kills), each visited once (by
+/// state hashing), over choice prefixes each replayed from the start; see search_order.
+/// Breadth first, a level's runs are split across threads and then, in the level's order, a
+/// state already seen is not expanded again: each state is visited at its least depth, and
+/// the first counterexample is a shortest one (marked `minimal`, not shrunk), of those the
+/// first in the order of the choices (actor ids, then agents' ends). Its results do not
+/// depend on the thread count. Depth first, the counterexample found is shrunk.
+/// With `stop_at_violation`, the search ends at the first violating schedule (breadth first:
+/// at the end of its level's first one, in order).
+inline exploration explore_exhaustive(const scenario& sc, std::uint64_t seed, const exhaustive_options& o = {}) {
     exploration ex;
     ex.mode = "exhaustive";
-    reduce = reduce && reduction_sound(sc);
+    const bool breadth = o.order == search_order::breadth_first;
+    ex.threads = breadth ? worker_count(o.threads) : 1;
+    const bool reduce = o.reduce && reduction_sound(sc);
     ex.reduced = reduce;
     run_options opt;
     opt.keep_trace = false;
+    opt.keep_ops = false;
     opt.state_hash = true;
     opt.atomic_critical_sections = reduce;
-    opt.max_early_ends = early_ends;
+    opt.max_early_ends = o.early_ends;
     ex.seconds = detail::timed([&] {
         std::unordered_set<std::uint64_t> seen;
-        std::deque<std::vector<int>> queue;
-        queue.emplace_back();
-        while (!queue.empty()) {
-            std::vector<int> prefix = std::move(queue.back());   // depth first: a deep
-            queue.pop_back();                                     // violation is found early
-            scripted_chooser ch(prefix);
-            ch.stop_at_end(true);
-            auto r = run(sc, seed, ch, opt);
-            if (!ch.reached_end) {   // the run ended within the prefix: a complete schedule
-                detail::account(ex, r, seed, reduce);
-                ex.outcomes.insert(detail::outcome_of(r));
-                if (stop_at_violation && !r.violations.empty()) {
-                    ex.complete = false;
-                    break;
-                }
-                continue;
-            }
-            if (!r.violations.empty()) {   // broke an invariant on the way: a counterexample
-                detail::account(ex, r, seed, reduce);
-                if (stop_at_violation) {
-                    ex.complete = false;
-                    break;
-                }
-                continue;
-            }
-            if (!seen.insert(ch.frontier_hash).second) continue;
-            ++ex.states;
-            if (ex.states >= max_states) {
+        std::uint64_t order = 0;
+        // A new frontier state: false if the search stops (max_states).
+        auto expand = [&](const detail::probe& p, const std::vector<int>& prefix, auto&& push) {
+            if (!seen.insert(p.hash).second) return true;
+            if (++ex.states >= o.max_states) {
                 ex.complete = false;
-                break;
+                return false;
             }
-            for (auto it = ch.frontier_ready.rbegin(); it != ch.frontier_ready.rend(); ++it) {
-                auto next = prefix;
-                next.push_back(*it);
-                queue.push_back(std::move(next));
+            push(prefix, p.ready);
+            return true;
+        };
+        if (!breadth) {
+            std::vector<std::vector<int>> stack(1);
+            auto push = [&](const std::vector<int>& prefix, const std::vector<int>& ready) {
+                for (auto it = ready.rbegin(); it != ready.rend(); ++it) {   // the lowest choice first
+                    auto next = prefix;
+                    next.push_back(*it);
+                    stack.push_back(std::move(next));
+                }
+            };
+            while (!stack.empty()) {
+                const std::vector<int> prefix = std::move(stack.back());
+                stack.pop_back();
+                const auto p = detail::run_prefix(sc, seed, prefix, opt);
+                ++order;
+                if (!p.frontier) {
+                    if (detail::account_probe(ex, p, seed, reduce, order, o.stop_at_violation)) break;
+                } else if (!expand(p, prefix, push)) {
+                    break;
+                }
             }
+            if (ex.shortest) ex.shortest = shrink(sc, *ex.shortest);
+            return;
         }
-        if (ex.shortest) ex.shortest = shrink(sc, *ex.shortest);
+        // The prefixes form a tree: each node is (parent, choice), and a level is a list of
+        // nodes, so a level of a million prefixes takes a few megabytes, not one vector each.
+        struct node {
+            std::uint64_t parent;
+            int choice;
+        };
+        std::vector<node> tree{{0, 0}};   // the root: the empty prefix
+        auto prefix_of = [&tree](std::uint64_t n) {
+            std::vector<int> p;
+            for (; n != 0; n = tree[n].parent) p.push_back(tree[n].choice);
+            std::reverse(p.begin(), p.end());
+            return p;
+        };
+        std::vector<std::uint64_t> level{0}, next;
+        std::uint64_t parent = 0;
+        auto push = [&](const std::vector<int>&, const std::vector<int>& ready) {
+            for (int c : ready) {
+                next.push_back(tree.size());
+                tree.push_back({parent, c});
+            }
+        };
+        bool stop = false;
+        while (!level.empty() && !stop) {
+            std::vector<detail::probe> probes(level.size());
+            detail::parallel_for(level.size(), ex.threads, 8, [&](unsigned, std::uint64_t i) {
+                probes[i] = detail::run_prefix(sc, seed, prefix_of(level[i]), opt);
+            });
+            next.clear();
+            for (std::size_t i = 0; i < probes.size() && !stop; ++i) {
+                ++order;
+                parent = level[i];
+                if (!probes[i].frontier) stop = detail::account_probe(ex, probes[i], seed, reduce, order, o.stop_at_violation);
+                else stop = !expand(probes[i], {}, push);
+                std::vector<int>().swap(probes[i].ready);
+            }
+            level.swap(next);
+        }
+        if (ex.shortest) ex.shortest->minimal = true;
     });
     return ex;
 }

@@ -168,7 +168,7 @@ public:
     // ---- tasks ----------------------------------------------------------------------------
 
     void create_item(const queue_item& it, std::error_code& ec) {
-        write("store.create " + it.id, ec, [&] {
+        write({"store.create", it.id}, ec, [&] {
             s_.create_item(it, ec);
             return std::pair{"i:" + it.id, record_hash(it)};
         });
@@ -177,17 +177,17 @@ public:
             if (in_unit()) created_ = true;
             else w_->notify_event();   // committed: a daemon wakes on enqueue
         }
-        w_->trace(w_->current(), "create_item", it.id + (ec ? " (exists)" : ""));
+        if (w_->tracing()) w_->trace(w_->current(), "create_item", it.id + (ec ? " (exists)" : ""));
     }
     void put_item(const queue_item& it, std::error_code& ec) {
-        write("store.put " + it.id, ec, [&] {
+        write({"store.put", it.id}, ec, [&] {
             s_.put_item(it, ec);
             return std::pair{"i:" + it.id, record_hash(it)};
         });
-        w_->trace(w_->current(), "put_item", it.id + " " + std::string(to_string(it.state)));
+        if (w_->tracing()) w_->trace(w_->current(), "put_item", it.id + " " + std::string(to_string(it.state)));
     }
     std::optional<queue_item> get_item(std::string_view id, std::error_code& ec) {
-        w_->choice("store.get " + std::string(id));
+        w_->choice({"store.get", id});
         auto r = s_.get_item(id, ec);
         w_->observe(r ? record_hash(*r) : 1);
         return r;
@@ -201,7 +201,7 @@ public:
     std::vector<queue_item> items_in_state(task_state st, std::size_t limit, std::error_code& ec) {
         // The waiting tasks every reap reads: inside a unit (exclusive, and rolled back if
         // the process dies before its commit) a read is not a step of its own.
-        if (!(st == task_state::waiting && in_unit())) w_->choice("store.items_in_state " + std::string(to_string(st)));
+        if (!(st == task_state::waiting && in_unit())) w_->choice({"store.items_in_state", to_string(st)});
         auto v = s_.items_in_state(st, limit, ec);
         if (st == task_state::waiting && sh_ && sh_->ignore_dependencies)   // a deliberately wrong design
             for (auto& it : v) it.after.clear();
@@ -213,19 +213,19 @@ public:
     // ---- sessions -------------------------------------------------------------------------
 
     void put_session(const session& se, std::error_code& ec) {
-        write("store.put_session " + se.id, ec, [&] {
+        write({"store.put_session", se.id}, ec, [&] {
             s_.put_session(se, ec);
             return std::pair{"s:" + se.id, record_hash(se)};
         });
         if (!ec && in_unit()) wrote_session_ = true;
-        w_->trace(w_->current(), "put_session", se.id + " pid " + std::to_string(se.process.pid));
+        if (w_->tracing()) w_->trace(w_->current(), "put_session", se.id + " pid " + std::to_string(se.process.pid));
     }
     void remove_session(std::string_view id, std::error_code& ec) {
-        write("store.remove_session " + std::string(id), ec, [&] {
+        write({"store.remove_session", id}, ec, [&] {
             s_.remove_session(id, ec);
             return std::pair{"s:" + std::string(id), std::uint64_t{0}};
         });
-        w_->trace(w_->current(), "remove_session", std::string(id));
+        if (w_->tracing()) w_->trace(w_->current(), "remove_session", std::string(id));
     }
     std::vector<session> list_sessions(std::error_code& ec) {
         w_->choice("store.list_sessions");
@@ -240,7 +240,7 @@ public:
     std::uint64_t append_event(const event& e, std::error_code& ec) {
         std::uint64_t seq = 0;
         // The number is the store's: known once the write is done (one writer at a time).
-        write("store.append_event " + std::string(to_string(e.type)) + " " + e.task_id, ec, [&] {
+        write({"store.append_event", std::string(to_string(e.type)) + " " + e.task_id}, ec, [&] {
             seq = s_.append_event(e, ec);
             event numbered = e;
             numbered.seq = seq;
@@ -252,7 +252,7 @@ public:
     /// throw; it returns nothing, and the relay stops (see world::choice_nothrow).
     std::vector<event> events_after(std::uint64_t seq, std::size_t limit, std::error_code& ec) {
         ec.clear();
-        if (w_->choice_nothrow("store.events_after " + std::to_string(seq))) return {};
+        if (w_->choice_nothrow({"store.events_after", static_cast<std::int64_t>(seq)})) return {};
         auto v = s_.events_after(seq, limit, ec);
         w_->observe(v.size());
         for (auto& e : v) w_->observe(event_hash(e));
@@ -269,7 +269,7 @@ public:
             s_.put_limits(l, ec);
             return std::pair{std::string("l"), limits_hash(l)};
         });
-        w_->trace(w_->current(), "put_limits", "cap " + std::to_string(l.cap));
+        if (w_->tracing()) w_->trace(w_->current(), "put_limits", "cap " + std::to_string(l.cap));
     }
 
     std::vector<queue_item> runnable(std::size_t limit, const std::vector<std::string>& skip, std::error_code& ec) {
@@ -307,7 +307,7 @@ public:
             if (in_unit()) created_ = true;
             else w_->notify_event();
         }
-        w_->trace(w_->current(), "put_schedule", std::string(sc.paused ? "paused" : "running") + ", " +
+        if (w_->tracing()) w_->trace(w_->current(), "put_schedule", std::string(sc.paused ? "paused" : "running") + ", " +
                                                      std::to_string(sc.groups.size()) + " groups");
     }
     static std::uint64_t schedule_hash(const queue_schedule& sc) {
@@ -366,7 +366,7 @@ private:
     /// commit), or a unit of its own, with the db lock taken around it. `f` does it and
     /// returns the record's key and hash (an event's are known once the store numbered it).
     template <class F>
-    void write(std::string op, std::error_code& ec, F&& f) {
+    void write(step_op op, std::error_code& ec, F&& f) {
         const bool own = !s_.in_unit();
         if (own) {
             w_->acquire(lock_kind::db, std::move(op));   // BEGIN IMMEDIATE ... COMMIT, in one step
@@ -399,7 +399,7 @@ private:
         created_ = wrote_session_ = deferred_ = false;
         holds_db_ = false;
         w_->release(lock_kind::db);
-        w_->trace(w_->current(), "commit",
+        if (w_->tracing()) w_->trace(w_->current(), "commit",
                   ok ? std::to_string(n) + " writes, " + (d == durability::durable ? "durable" : "visible") : "failed");
     }
 
@@ -440,7 +440,7 @@ public:
 
     process_ref spawn(const spawn_request& r, std::error_code& ec) {
         ec.clear();
-        w_->choice("spawn " + r.task_id);
+        w_->choice({"spawn", r.task_id});
         proc p;
         p.ref = w_->new_ref();
         p.task_id = r.task_id;
@@ -450,13 +450,13 @@ public:
         p.attempt = ++w_->spawns_of(r.task_id);
         w_->procs()[p.ref.start_time] = p;
         w_->observe(p.ref.start_time);
-        w_->trace(w_->current(), "spawn", r.task_id + " pid " + std::to_string(p.ref.pid) + " (held)");
+        if (w_->tracing()) w_->trace(w_->current(), "spawn", r.task_id + " pid " + std::to_string(p.ref.pid) + " (held)");
         return p.ref;
     }
 
     void release(const process_ref& ref, std::error_code& ec) {
         ec.clear();
-        w_->choice("release " + std::to_string(ref.pid));
+        w_->choice({"release", ref.pid});
         proc* p = w_->find_proc(ref);
         if (!p || p->status != proc_status::held || p->parent != w_->current()) {
             ec = errc::not_held;
@@ -468,7 +468,7 @@ public:
             w_->reaped(*p);   // the child reported the failure and was reaped
             ec = std::make_error_code(std::errc::no_such_file_or_directory);
             w_->observe(2);
-            w_->trace(w_->current(), "exec_failed", p->task_id + " pid " + std::to_string(ref.pid));
+            if (w_->tracing()) w_->trace(w_->current(), "exec_failed", p->task_id + " pid " + std::to_string(ref.pid));
             return;
         }
         w_->mark_running(*p);
@@ -481,7 +481,7 @@ public:
         }
         p->exit_code = w_->draw_chance("crash:" + key, w_->faults().agent_crash) ? 1 : 0;
         w_->observe(1);
-        w_->trace(w_->current(), "exec", p->task_id + " pid " + std::to_string(ref.pid));
+        if (w_->tracing()) w_->trace(w_->current(), "exec", p->task_id + " pid " + std::to_string(ref.pid));
     }
 
     void abandon(const process_ref& ref) noexcept {
@@ -490,7 +490,7 @@ public:
 
     process_status poll(const process_ref& ref, std::error_code& ec) {
         ec.clear();
-        w_->choice("poll " + std::to_string(ref.pid), /*observes_agents=*/true);
+        w_->choice({"poll", ref.pid}, /*observes_agents=*/true);
         process_status st{process_state::gone, -1};
         if (const actor* a = w_->find_actor(ref)) {   // a kugetsu process (the owner of a claim)
             st.state = w_->actor_alive(a->id) ? process_state::running : process_state::gone;
@@ -526,10 +526,10 @@ public:
 
     void signal(const process_ref& ref, stop_signal sig, std::error_code& ec) {
         ec.clear();
-        w_->choice("signal " + std::to_string(ref.pid), /*observes_agents=*/true);
+        w_->choice({"signal", ref.pid}, /*observes_agents=*/true);
         proc* p = w_->find_proc(ref);
         if (!p || p->status != proc_status::running) return;
-        w_->trace(w_->current(), sig == stop_signal::kill ? "SIGKILL agent" : "SIGTERM agent", p->task_id);
+        if (w_->tracing()) w_->trace(w_->current(), sig == stop_signal::kill ? "SIGKILL agent" : "SIGTERM agent", p->task_id);
         if (sig == stop_signal::kill || !p->ignore_term) {
             w_->mark_exited(*p);
             p->exit_code = sig == stop_signal::kill ? 137 : 143;
@@ -599,7 +599,7 @@ public:
             auto batch = source(log_->last_seq, ec);
             if (ec || w_->dying() || batch.empty()) break;
             for (const auto& e : batch) {
-                if (w_->choice_nothrow("notifier.append " + std::to_string(e.seq))) {
+                if (w_->choice_nothrow({"notifier.append", static_cast<std::int64_t>(e.seq)})) {
                     more = false;
                     break;
                 }
@@ -618,7 +618,7 @@ public:
             log.by_task[e.task_id].push_back(e);
             log.last_seq = std::max(log.last_seq, e.seq);
             w.events_hash += mix(mix(e.seq, hash_text(e.task_id)), mix(log.by_task[e.task_id].size(), static_cast<std::uint64_t>(e.type)));
-            if (!w.unwinding())
+            if (!w.unwinding() && w.tracing())
                 w.trace(w.current(), "event", (e.seq ? "#" + std::to_string(e.seq) + " " : std::string()) +
                                                    std::string(to_string(e.type)) + " " + e.task_id +
                                                    (e.reason.empty() ? "" : " (" + e.reason + ")"));

@@ -111,7 +111,8 @@ inline nlohmann::json counterexample_json(const counterexample& c) {
             {"step", c.first.step},
             {"schedule", std::move(names)},
             {"replay", detail::schedule_text(c.schedule)},
-            {"seed", c.seed}};
+            {"seed", c.seed},
+            {"minimal", c.minimal}};
 }
 
 /// The summary of an exploration: "design", "scenario", "cap", "tasks", "starters", "pm",
@@ -120,7 +121,9 @@ inline nlohmann::json counterexample_json(const counterexample& c) {
 /// "states_explored", "complete", "reduced" (exhaustive: with partial-order reduction), "lost_tasks", "duplicate_starts", "kills" (all three summed
 /// over the schedules), "runs_without_daemon" (runs whose last daemon was killed past the
 /// restart budget) and "stranded_tasks" (their unfinished tasks, summed; not lost), "seconds",
-/// "counterexample" (the shortest, or null) and "shortest_by_kind".
+/// "threads" (worker threads; nothing else depends on them), "counterexample" (the shortest,
+/// or null; "minimal": true when no schedule is shorter, from exhaustive search) and
+/// "shortest_by_kind".
 inline nlohmann::json summary_json(const scenario& sc, const exploration& ex, std::uint64_t seed) {
     nlohmann::json by_kind = nlohmann::json::object();
     for (const auto& [k, n] : ex.by_kind) by_kind[k] = n;
@@ -155,6 +158,7 @@ inline nlohmann::json summary_json(const scenario& sc, const exploration& ex, st
             {"runs_without_daemon", ex.runs_without_daemon},
             {"stranded_tasks", ex.stranded_tasks},
             {"seconds", ex.seconds},
+            {"threads", ex.threads},
             {"counterexample", ex.shortest ? counterexample_json(*ex.shortest) : nlohmann::json(nullptr)},
             {"shortest_by_kind", std::move(shortest_by_kind)}};
 }

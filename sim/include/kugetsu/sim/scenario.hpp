@@ -781,6 +781,8 @@ inline int final_relay(world& w, event_log& log, memory_store& store) {
 
 struct run_options {
     bool keep_trace = true;
+    /// Keep what each step did (run_result::ops), formatted at the end of the run.
+    bool keep_ops = true;
     std::uint64_t max_steps = 200000;
     bool state_hash = false;
     bool atomic_critical_sections = false;
@@ -792,6 +794,7 @@ struct run_options {
 inline run_result run(const scenario& sc, std::uint64_t seed, chooser& ch, const run_options& opt = {}) {
     world w(seed, sc.faults);
     w.want_state_hash(opt.state_hash);
+    w.set_recording(opt.keep_trace, opt.keep_trace || opt.keep_ops);
     w.set_atomic(opt.atomic_critical_sections);
     w.set_max_early_ends(opt.max_early_ends);
     detail::shared s(w, sc);

@@ -42,10 +42,9 @@
 #include <string_view>
 #include <vector>
 
-#include <ucontext.h>
-
-// AddressSanitizer must be told when the stack changes under it (swapcontext), or it reports
-// false errors when an exception unwinds a coroutine (google/sanitizers#189).
+// Actors switch stacks with Boost.Context's fiber: in user space, with no syscall (glibc's
+// swapcontext makes a sigprocmask syscall on every switch). Under AddressSanitizer, Boost's
+// ucontext back end, which tells the sanitizer about every switch (google/sanitizers#189).
 #if defined(__SANITIZE_ADDRESS__)
 #define KUGETSU_SIM_ASAN 1
 #elif defined(__has_feature)
@@ -53,14 +52,14 @@
 #define KUGETSU_SIM_ASAN 1
 #endif
 #endif
-#if KUGETSU_SIM_ASAN
-#include <sanitizer/common_interface_defs.h>
-#define KUGETSU_SIM_FIBER_START(save, bottom, size) __sanitizer_start_switch_fiber(save, bottom, size)
-#define KUGETSU_SIM_FIBER_FINISH(save, bottom, size) __sanitizer_finish_switch_fiber(save, bottom, size)
-#else
-#define KUGETSU_SIM_FIBER_START(save, bottom, size) ((void)0)
-#define KUGETSU_SIM_FIBER_FINISH(save, bottom, size) ((void)0)
+#if defined(KUGETSU_SIM_ASAN) && !defined(BOOST_USE_ASAN)
+#define BOOST_USE_ASAN 1
 #endif
+#if defined(KUGETSU_SIM_ASAN) && !defined(BOOST_USE_UCONTEXT)
+#define BOOST_USE_UCONTEXT 1
+#endif
+#include <boost/context/fiber.hpp>
+#include <boost/context/stack_context.hpp>
 
 #include <kugetsu/json.hpp>
 #include <kugetsu/store/memory_store.hpp>
@@ -99,6 +98,31 @@ private:
     std::uint64_t s_;
 };
 
+/// What an actor does at its next step: a fixed name ("store.get", "poll") and, for some, an
+/// argument (a pid, a sequence number, a task id, a state). Nothing is formatted while
+/// exploring: str() builds the text only when a run is shown, and hash() reads the parts.
+struct step_op {
+    const char* name = "first step";   ///< a string literal (static storage)
+    std::int64_t num = -1;             ///< a pid or a sequence number, or -1
+    std::string text;                  ///< a task id or a state, or empty (short: no allocation)
+
+    step_op() = default;
+    step_op(const char* n) : name(n) {}   // NOLINT: implicit, so that choice("what") reads plainly
+    step_op(const char* n, std::int64_t v) : name(n), num(v) {}
+    step_op(const char* n, std::string_view t) : name(n), text(t) {}
+    /// A name built at run time (a host's own policy): kept as text.
+    explicit step_op(std::string t) : name(""), text(std::move(t)) {}
+
+    std::string str() const {
+        std::string s = name;
+        if (num >= 0) s += (s.empty() ? "" : " ") + std::to_string(num);
+        if (!text.empty()) s += (s.empty() ? "" : " ") + text;
+        return s;
+    }
+    /// Whether the step is `n`, whatever its argument.
+    bool is(std::string_view n) const noexcept { return n == name; }
+};
+
 enum class actor_status { ready, blocked, done };
 enum class wait_kind { none, lock, event };
 
@@ -128,12 +152,54 @@ struct actor {
     bool client = true;            ///< a client (starter, enqueuer, PM starter), not a daemon
     std::uint64_t history = 0;     ///< hash of everything it observed
     std::uint64_t seen_events = 0; ///< the world's event count when it last looked
-    std::string next_op = "first step";
+    step_op next_op;
     bool observes_agents = false;  ///< its next step looks at agents (poll, signal, the wait)
     process_ref self;
-    ucontext_t ctx{};
-    std::unique_ptr<char[]> stack;
-    void* fake_stack = nullptr;    ///< AddressSanitizer's bookkeeping while switched away
+    boost::context::fiber fiber;   ///< where it resumes (empty while it runs, and once done)
+};
+
+/// Fixed-size actor stacks, kept for reuse on each thread: a run creates several actors and
+/// an exploration many thousand runs; allocating each stack anew (and faulting its pages in)
+/// would cost more than the steps. A StackAllocator for boost::context::fiber.
+class stack_pool {
+public:
+    static constexpr std::size_t size = 256 * 1024;
+    boost::context::stack_context allocate() {
+        auto& free = cache().stacks;
+        char* base;
+        if (free.empty()) {
+            base = static_cast<char*>(::operator new(size, std::align_val_t{64}));
+        } else {
+            base = free.back();
+            free.pop_back();
+        }
+        boost::context::stack_context sc;
+        sc.size = size;
+        sc.sp = base + size;   // stacks grow down
+        return sc;
+    }
+    void deallocate(boost::context::stack_context& sc) noexcept {
+        char* base = static_cast<char*>(sc.sp) - size;
+        auto& free = cache().stacks;
+        if (free.size() < free.capacity()) {   // reserved: push_back cannot throw
+            free.push_back(base);
+            return;
+        }
+        ::operator delete(base, std::align_val_t{64});
+    }
+
+private:
+    struct cache_t {
+        std::vector<char*> stacks;
+        cache_t() { stacks.reserve(64); }
+        ~cache_t() {
+            for (char* p : stacks) ::operator delete(p, std::align_val_t{64});
+        }
+    };
+    static cache_t& cache() {
+        thread_local cache_t c;
+        return c;
+    }
 };
 
 enum class proc_status { held, running, exited, reaped, abandoned };
@@ -215,16 +281,14 @@ public:
         a->body = std::move(body);
         a->client = client;
         a->self = new_ref();
-        a->stack.reset(new char[stack_size]);
-        getcontext(&a->ctx);
-        a->ctx.uc_stack.ss_sp = a->stack.get();
-        a->ctx.uc_stack.ss_size = stack_size;
-        a->ctx.uc_link = &main_ctx_;
-        const auto p = reinterpret_cast<std::uintptr_t>(this);
-        makecontext(&a->ctx, reinterpret_cast<void (*)()>(&world::trampoline), 2,
-                    static_cast<unsigned>(p & 0xffffffffu), static_cast<unsigned>(p >> 32));
+        a->fiber = boost::context::fiber(std::allocator_arg, stack_pool{},
+                                         [this, ap = a.get()](boost::context::fiber&& scheduler) {
+                                             scheduler_ = std::move(scheduler);
+                                             body_of(*ap);
+                                             return std::move(scheduler_);
+                                         });
         actors_.push_back(std::move(a));
-        trace(actors_.back()->id, "actor", actors_.back()->name);
+        if (tracing_) trace(actors_.back()->id, "actor", actors_.back()->name);
         return actors_.back()->id;
     }
 
@@ -263,7 +327,7 @@ public:
             if (stop_) break;
             ++step_;
             if (is_agent_choice(who)) {
-                step_ops_.push_back("agent.exit");
+                if (recording_ops_) step_ops_.emplace_back("agent.exit");
                 schedule_.push_back(who);
                 if (proc* p = running_agent(who - agent_choice_base)) {
                     ++early_ends_;
@@ -274,7 +338,7 @@ public:
                 continue;
             }
             actor& a = *actors_.at(static_cast<std::size_t>(who));
-            step_ops_.push_back(a.next_op);
+            if (recording_ops_) step_ops_.push_back(a.next_op);
             if (kills_ < faults_.max_kills && ch.kill_here(who)) {
                 a.kill_requested = true;
                 ++kills_;
@@ -319,7 +383,7 @@ public:
     /// here (killed_signal, run_aborted).
     /// `observes_agents`: the step looks at agents (whether one has ended): agents' ends are
     /// choices before it (see agent_choice()).
-    void choice(std::string op, bool observes_agents = false) {
+    void choice(step_op op, bool observes_agents = false) {
         if (choice_nothrow(std::move(op), false, observes_agents)) die();
     }
 
@@ -331,7 +395,7 @@ public:
     /// events file, which only relays and the final check read): with atomic critical
     /// sections it is not a choice point either, so it runs right after the actor's
     /// previous step.
-    [[nodiscard]] bool choice_nothrow(std::string op, bool reorderable = false, bool observes_agents = false) {
+    [[nodiscard]] bool choice_nothrow(step_op op, bool reorderable = false, bool observes_agents = false) {
         me().next_op = std::move(op);
         me().observes_agents = observes_agents;
         if (atomic_cs_ && (reorderable || holds_any(current_))) return false;
@@ -373,18 +437,29 @@ public:
         if (want_hash_ && current_ >= 0) me().history = mix(me().history, h);
     }
 
+    /// Whether the run keeps its trace and the list of its steps' ops (exploration turns both
+    /// off: nothing is formatted then; a kept or replayed run turns them on).
+    bool tracing() const noexcept { return tracing_; }
+    void set_recording(bool trace, bool ops) noexcept {
+        tracing_ = trace;
+        recording_ops_ = ops;
+    }
+
+    /// Adds a line to the trace, if it is kept. Callers that build `detail` test tracing()
+    /// first.
     void trace(int who, std::string op, std::string detail = {}) {
+        if (!tracing_) return;
         trace_.push_back({step_, now_, who >= 0 ? get(who).name : std::string("world"), std::move(op), std::move(detail)});
     }
 
     // locks
     /// Takes lock `k`, after a choice point named `op`; blocks while another actor holds it.
-    void acquire(lock_kind k, std::string op) {
+    void acquire(lock_kind k, step_op op) {
         if (!acquire_nothrow(k, std::move(op))) die();
     }
     /// The same for code that must not throw: false if the actor dies first (it holds
     /// nothing new then).
-    [[nodiscard]] bool acquire_nothrow(lock_kind k, std::string op, bool reorderable = false) {
+    [[nodiscard]] bool acquire_nothrow(lock_kind k, step_op op, bool reorderable = false) {
         // With atomic critical sections the steps inside one are no choice points, so an
         // agent's end that its polls would see is offered before the cap lock is taken.
         if (choice_nothrow(std::move(op), reorderable, atomic_cs_ && k == lock_kind::cap)) return false;
@@ -435,7 +510,7 @@ public:
         me().status = actor_status::blocked;
         me().waiting = wait_kind::event;
         me().wake_at = deadline;
-        trace(current_, "sleep", deadline ? "until " + format_rfc3339(*deadline) : "until an event");
+        if (tracing_) trace(current_, "sleep", deadline ? "until " + format_rfc3339(*deadline) : "until an event");
         switch_out();
         consume_events();
     }
@@ -521,7 +596,13 @@ public:
     const std::vector<trace_entry>& trace_log() const noexcept { return trace_; }
     const std::vector<int>& schedule() const noexcept { return schedule_; }
     /// What each step did: the chosen actor's pending operation ("store.list_sessions", ...).
-    const std::vector<std::string>& step_ops() const noexcept { return step_ops_; }
+    /// Kept only while recording (set_recording).
+    std::vector<std::string> step_ops() const {
+        std::vector<std::string> v;
+        v.reserve(step_ops_.size());
+        for (const auto& o : step_ops_) v.push_back(o.str());
+        return v;
+    }
     std::uint64_t steps() const noexcept { return step_; }
     int kills() const noexcept { return kills_; }
 
@@ -537,10 +618,14 @@ public:
             h = mix(h, mix(p.ref.start_time, (static_cast<std::uint64_t>(p.status) << 32) ^ (p.ran ? 1u : 0u) ^
                                                  (static_cast<std::uint64_t>(p.parent + 1) << 8)));
         for (auto& a : actors_)
-            h = mix(h, mix(a->history ^ mix(event_seq_ - a->seen_events), hash_text(a->next_op) ^ (static_cast<std::uint64_t>(a->status) << 1) ^
+            h = mix(h, mix(a->history ^ mix(event_seq_ - a->seen_events), op_hash(a->next_op) ^ (static_cast<std::uint64_t>(a->status) << 1) ^
                                            (static_cast<std::uint64_t>(a->waiting) << 4) ^ (a->killed ? 1u << 7 : 0u) ^
                                            (static_cast<std::uint64_t>(a->lock_wanted + 1) << 8)));
         return h;
+    }
+
+    static std::uint64_t op_hash(const step_op& o) noexcept {
+        return mix(hash_text(o.name) ^ static_cast<std::uint64_t>(o.num), hash_text(o.text));
     }
 
     /// Maintained by the simulated store (its committed state: records, outbox, limits) and
@@ -548,23 +633,24 @@ public:
     std::uint64_t store_hash = 0;
     std::uint64_t events_hash = 0;
 
-    static constexpr std::size_t stack_size = 256 * 1024;
+    static constexpr std::size_t stack_size = stack_pool::size;
 
 private:
-    static void trampoline(unsigned lo, unsigned hi) {
-        auto* w = reinterpret_cast<world*>(static_cast<std::uintptr_t>(lo) | (static_cast<std::uintptr_t>(hi) << 32));
-        KUGETSU_SIM_FIBER_FINISH(nullptr, &w->main_bottom_, &w->main_size_);
-        actor& a = w->me();
+    /// An actor's whole life on its own stack. Nothing may escape it (but Boost's own unwind
+    /// of a fiber destroyed unfinished, which never happens here: unwind_all() ends them).
+    void body_of(actor& a) {
         try {
             a.body();
         } catch (const killed_signal&) {
         } catch (const run_aborted&) {
+        } catch (const boost::context::detail::forced_unwind&) {
+            throw;
         } catch (const std::exception& e) {
-            w->add_violation("exception", a.name + ": " + e.what());
+            add_violation("exception", a.name + ": " + e.what());
+        } catch (...) {
+            add_violation("exception", a.name + ": an exception of an unknown type");
         }
-        w->finished(a);
-        // Returning switches to uc_link, the main context; this stack is done with.
-        KUGETSU_SIM_FIBER_START(nullptr, w->main_bottom_, w->main_size_);
+        finished(a);
     }
 
     void finished(actor& a) {
@@ -576,7 +662,7 @@ private:
         for (auto& [k, p] : procs_)   // a held child whose spawner died exits without running
             if (p.parent == a.id && p.status == proc_status::held) {
                 p.status = proc_status::abandoned;
-                if (!unwinding_) trace(a.id, "abandoned", "pid " + std::to_string(p.ref.pid));
+                if (!unwinding_ && tracing_) trace(a.id, "abandoned", "pid " + std::to_string(p.ref.pid));
             }
         if (!unwinding_) {
             trace(a.id, a.killed ? "killed" : "exit");
@@ -587,9 +673,7 @@ private:
     void resume(actor& a) {
         current_ = a.id;
         a.started = true;
-        KUGETSU_SIM_FIBER_START(&main_fake_stack_, a.stack.get(), stack_size);
-        swapcontext(&main_ctx_, &a.ctx);
-        KUGETSU_SIM_FIBER_FINISH(main_fake_stack_, nullptr, nullptr);
+        a.fiber = std::move(a.fiber).resume();   // back when it switches out, or is done
         current_ = -1;
     }
 
@@ -600,12 +684,10 @@ private:
     /// Back to the scheduler; on return, true if the actor must die (killed or aborted).
     bool switch_out_nothrow() {
         actor& a = me();
-        KUGETSU_SIM_FIBER_START(&a.fake_stack, main_bottom_, main_size_);
-        swapcontext(&a.ctx, &main_ctx_);
-        KUGETSU_SIM_FIBER_FINISH(a.fake_stack, &main_bottom_, &main_size_);
+        scheduler_ = std::move(scheduler_).resume();
         if (a.kill_requested && !a.killed) {
             a.killed = true;
-            if (!unwinding_) trace(a.id, "SIGKILL", "before " + a.next_op);
+            if (!unwinding_ && tracing_) trace(a.id, "SIGKILL", "before " + a.next_op.str());
         }
         if (a.waiting == wait_kind::lock && (unwinding_ || a.killed)) {   // dies while it waits
             a.status = actor_status::ready;
@@ -661,7 +743,7 @@ private:
         mark_exited(p);
         p.ended = now_;
         ++event_seq_;
-        trace(-1, "agent_exit", p.task_id + " pid " + std::to_string(p.ref.pid) + " code " + std::to_string(p.exit_code) +
+        if (tracing_) trace(-1, "agent_exit", p.task_id + " pid " + std::to_string(p.ref.pid) + " code " + std::to_string(p.exit_code) +
                                         " (" + why + ")");
     }
     void wake_event_waiters() {
@@ -690,10 +772,7 @@ private:
     std::uint64_t seed_;
     fault_plan faults_;
     std::vector<std::unique_ptr<actor>> actors_;
-    ucontext_t main_ctx_{};
-    void* main_fake_stack_ = nullptr;
-    const void* main_bottom_ = nullptr;
-    std::size_t main_size_ = 0;
+    boost::context::fiber scheduler_;   ///< while an actor runs: where run() resumes
     int current_ = -1;
     std::array<int, lock_kinds> holders_{-1, -1, -1};
     timestamp now_{std::chrono::sys_days{std::chrono::year{2026} / std::chrono::January / 1}};
@@ -711,7 +790,7 @@ private:
     std::vector<trace_entry> trace_;
     std::vector<violation> violations_;
     std::vector<int> schedule_;
-    std::vector<std::string> step_ops_;
+    std::vector<step_op> step_ops_;
     std::uint64_t step_ = 0;
     std::uint64_t event_seq_ = 0;
     int kills_ = 0;
@@ -720,6 +799,8 @@ private:
     bool want_hash_ = false;
     bool unwinding_ = false;
     bool atomic_cs_ = false;
+    bool tracing_ = true;
+    bool recording_ops_ = true;
 };
 
 } // namespace kugetsu::sim
