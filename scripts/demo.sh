@@ -41,7 +41,7 @@ echo "== the six-task race, fixed design (same seed, same schedules) =="
 "$sim" --scenario six-task-race --design fixed --seed 1 --json > out/fixed.json || status=1
 
 echo
-echo "== the fixed design, every state reachable with one agent ending by choice (daemon, PM, 3 starters; about a minute) =="
+echo "== the fixed design, every state reachable with one agent ending by choice (daemon, PM, 3 starters; half a minute on 2 cores) =="
 "$sim" --scenario six-task-race --design fixed --explore exhaustive --json > out/fixed-exhaustive.json || status=1
 cat out/fixed-exhaustive.json
 echo

@@ -81,6 +81,9 @@ idle slot).
                        exhaustive: every step of a critical section is a choice point too
                        (no partial-order reduction; far more states). The legacy designs
                        are always searched so (the reduction is not sound for them)
+  --kills N            exhaustive: in each schedule up to N SIGKILLs, each of any process
+                       at any step (critical sections included), 0..8 (default 0). With
+                       --replay --atomic-sections: replay a schedule found so
   --early-ends N       exhaustive: in each schedule up to N agents end by a choice, at any
                        step where agents are looked at, before their drawn end (the others
                        at their drawn times); 0..64 (default 1). Random and pct: no bound
@@ -101,6 +104,8 @@ idle slot).
   --json               print one JSON object (the summary) instead of text
   --trace FILE         write the trace of the shown run (JSON lines)
   --svg FILE           write the timeline of the shown run (SVG)
+  --svg-axis A         the timeline's axis: steps (of the schedule) or time (virtual);
+                       default steps for a run that broke an invariant, else time
   --help               this text
 
 The shown run (--trace, --svg) is the shortest counterexample replayed, if one was found,
@@ -289,11 +294,14 @@ struct options {
     int early_ends = 1;
     bool early_ends_given = false;
     unsigned threads = 0;
+    int kills = 0;
+    bool kills_given = false;
     ks::search_order order = ks::search_order::breadth_first;
     bool order_given = false;
     std::optional<std::uint64_t> timeout_s;
     bool json = false;
     std::string svg, trace;
+    std::optional<ks::svg_axis> svg_axis;
     std::optional<std::vector<int>> replay;
     bool atomic_sections = false;
     bool help = false;
@@ -341,6 +349,9 @@ options parse_args(int argc, char** argv) {
             else if (v == "depth-first" || v == "dfs") o.order = ks::search_order::depth_first;
             else throw usage_error("--order: '" + v + "' is not breadth-first or depth-first");
             o.order_given = true;
+        } else if (flag == "--kills") {
+            o.kills = static_cast<int>(parse_uint(flag, value(), 0, 8));
+            o.kills_given = true;
         } else if (flag == "--threads") {
             o.threads = static_cast<unsigned>(parse_uint(flag, value(), 0, 256));
         } else if (flag == "--depth") {
@@ -372,6 +383,11 @@ options parse_args(int argc, char** argv) {
         } else if (flag == "--json") {
             no_value();
             o.json = true;
+        } else if (flag == "--svg-axis") {
+            const std::string v = value();
+            if (v == "steps") o.svg_axis = ks::svg_axis::steps;
+            else if (v == "time") o.svg_axis = ks::svg_axis::time;
+            else throw usage_error("--svg-axis: '" + v + "' is not steps or time");
         } else if (flag == "--svg") {
             o.svg = value();
             if (o.svg.empty()) throw usage_error("--svg: empty file name");
@@ -392,8 +408,11 @@ options parse_args(int argc, char** argv) {
     if (o.early_ends_given && o.explore != "exhaustive") throw usage_error("--early-ends: only with --explore exhaustive");
     if (o.order_given && o.explore != "exhaustive") throw usage_error("--order: only with --explore exhaustive");
     if (o.explore == "exhaustive" && o.sc.faults.kill > 0)
-        throw usage_error("--faults kill=P: the exhaustive search does not branch on kills (it would explore the same "
-                          "states as without them); use --explore commit-kills, random or pct for kills");
+        throw usage_error("--faults kill=P: the exhaustive search does not draw kills at random; --kills N branches on "
+                          "up to N kills of any process at any step");
+    if (o.kills_given && !(o.explore == "exhaustive" || (o.replay && o.atomic_sections)))
+        throw usage_error("--kills: only with --explore exhaustive, or with --replay --atomic-sections");
+    if (o.kills_given) o.sc.faults.max_kills = o.kills;   // every replay of this run has that budget
     if (o.timeout_s) o.sc.timeout = std::chrono::seconds(*o.timeout_s);
     else if (o.sc.faults.agent_hang > 0) o.sc.timeout = std::chrono::seconds(20);   // hung agents must end
     return o;
@@ -419,7 +438,9 @@ struct outputs {
     std::string trace_path, svg_path;
     std::ofstream trace, svg;
 
-    explicit outputs(const options& o) : trace_path(o.trace), svg_path(o.svg) {
+    std::optional<ks::svg_axis> axis;
+
+    explicit outputs(const options& o) : trace_path(o.trace), svg_path(o.svg), axis(o.svg_axis) {
         open(trace, trace_path, "trace");
         open(svg, svg_path, "SVG");
     }
@@ -429,7 +450,8 @@ struct outputs {
             close(trace, trace_path, "trace");
         }
         if (svg.is_open()) {
-            ks::write_svg(svg, shown, title);
+            // Steps by default for a counterexample: the race is in the order of the steps.
+            ks::write_svg(svg, shown, title, axis.value_or(shown.ok() ? ks::svg_axis::time : ks::svg_axis::steps));
             close(svg, svg_path, "SVG");
         }
     }
@@ -493,6 +515,7 @@ int run_replay(const options& o, outputs& out) {
     ks::scripted_chooser ch(*o.replay);
     ks::run_options opt;
     opt.atomic_critical_sections = o.atomic_sections;
+    opt.kill_points = o.atomic_sections && o.kills > 0;
     ks::run_result r = ks::run(o.sc, o.seed, ch, opt);
     if (ch.diverged)
         std::cerr << "kugetsu-sim: warning: the schedule does not fit this run (an actor it names was not ready); "
@@ -538,7 +561,7 @@ int run_explore(options& o, outputs& out) {
     if (o.explore == "exhaustive")
         ex = ks::explore_exhaustive(o.sc, o.seed,
                                     {.max_states = o.max_states, .reduce = o.reduce, .early_ends = o.early_ends,
-                                     .order = o.order, .threads = o.threads});
+                                     .order = o.order, .threads = o.threads, .kills = o.kills});
     else if (o.explore == "commit-kills") ex = ks::explore_commit_kills(o.sc, o.seed, o.schedules, o.threads);
     else ex = ks::explore_random(o.sc, o.seed, o.schedules, o.explore == "pct", o.depth, o.threads);
     // The explorers shrink only the overall shortest counterexample; shrink each kind's too,
@@ -558,6 +581,7 @@ int run_explore(options& o, outputs& out) {
     const bool atomic = ex.shortest && replays_atomic(o, *ex.shortest);
     ks::run_options shown_opt;
     shown_opt.atomic_critical_sections = atomic;
+    shown_opt.kill_points = atomic && ex.shortest && ex.shortest->kill_points > 0;
 
     // The run to show: the counterexample replayed, or the exploration's first schedule.
     ks::run_result shown;
@@ -603,7 +627,9 @@ int run_explore(options& o, outputs& out) {
         os << ex.states << " states, " << ex.schedules << " complete schedules (exhaustive "
            << (o.order == ks::search_order::breadth_first ? "breadth-first, " : "depth-first, ")
            << (ex.complete ? "every state reachable with up to " + std::to_string(o.early_ends) +
-                                 " agent end(s) by choice and no kill"
+                                 " agent end(s) by choice and " +
+                                 (o.kills ? "up to " + std::to_string(o.kills) + " kill(s) of any process at any step"
+                                          : std::string("no kill"))
                            : broken ? "stopped at the first violation" : "stopped at --max-states")
            << (ex.reduced ? ", critical sections atomic" : ", no reduction") << ")";
     else if (ex.mode == "commit-kills")
@@ -647,7 +673,8 @@ int run_explore(options& o, outputs& out) {
         if (atomic)
             os << "(a schedule of the exhaustive search, whose critical sections run without interruption: "
                   "replay it with --atomic-sections)\n";
-        os << "replay: kugetsu-sim " << scenario_args(o) << (atomic ? " --atomic-sections" : "") << " --replay "
+        os << "replay: kugetsu-sim " << scenario_args(o) << (atomic ? " --atomic-sections" : "")
+           << (shown_opt.kill_points ? " --kills " + std::to_string(o.kills) : "") << " --replay "
            << ks::detail::schedule_text(c.schedule) << '\n';
     }
     if (!o.trace.empty() || !o.svg.empty()) {

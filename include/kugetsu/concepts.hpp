@@ -43,6 +43,56 @@ concept try_lock = lock<L> && requires(L& l, std::error_code& ec) {
     { l.try_lock(ec) } -> std::same_as<bool>;
 };
 
+/// The standard library's BasicLockable: `lock()` that throws (std::system_error) and
+/// `unlock()`, so that a host can write `std::scoped_lock guard(l);` or
+/// `std::unique_lock guard(l);`. Every lock model of kugetsu is one (through
+/// lock_or_throw()); the dispatcher itself uses only the error-code form.
+template <class L>
+concept basic_lockable = requires(L& l) {
+    l.lock();
+    { l.unlock() } noexcept;
+};
+
+/// The standard library's Lockable: BasicLockable and `try_lock()` (true when taken; throws
+/// on an error other than "held elsewhere"), for `std::unique_lock(l, std::try_to_lock)`
+/// and `std::scoped_lock` over several locks.
+template <class L>
+concept lockable = basic_lockable<L> && requires(L& l) {
+    { l.try_lock() } -> std::same_as<bool>;
+};
+
+namespace detail {
+/// What a lock model's failure says in an exception: its last_error_detail() if it has one
+/// (the file and the step), else what it is.
+template <class L>
+std::string lock_failure(const L& l, const char* what) {
+    if constexpr (requires { { l.last_error_detail() } -> std::convertible_to<std::string_view>; }) {
+        const std::string_view d = l.last_error_detail();
+        if (!d.empty()) return std::string(d);
+    }
+    return what;
+}
+} // namespace detail
+
+/// BasicLockable's lock() for a model of `lock`: lock(ec), throwing std::system_error (with
+/// the model's error code, and the detail it gives) when it fails; not held then.
+template <lock L>
+void lock_or_throw(L& l) {
+    std::error_code ec;
+    l.lock(ec);
+    if (ec) throw std::system_error(ec, detail::lock_failure(l, "lock"));
+}
+
+/// Lockable's try_lock() for a model of `try_lock`: true if taken, false if held elsewhere;
+/// throws std::system_error on any other failure.
+template <try_lock L>
+bool try_lock_or_throw(L& l) {
+    std::error_code ec;
+    const bool taken = l.try_lock(ec);
+    if (ec) throw std::system_error(ec, detail::lock_failure(l, "try_lock"));
+    return taken;
+}
+
 /// What the dispatcher asks a spawner to run.
 struct spawn_request {
     std::string task_id;

@@ -16,6 +16,7 @@
 #include <csignal>
 #include <fstream>
 #include <functional>
+#include <mutex>
 #include <string>
 #include <system_error>
 #include <vector>
@@ -739,3 +740,43 @@ TEST_CASE("boost_named_mutex_lock::lock retries when a signal interrupts the wai
 }
 
 #endif // KUGETSU_TEST_BOOST
+
+TEST_CASE("both Boost lock models are Lockable: std::scoped_lock and std::unique_lock hold them, and an error "
+          "throws std::system_error naming it", "[boost][lock]") {
+    static_assert(kugetsu::lockable<boost_file_lock> && kugetsu::lockable<boost_named_mutex_lock>);
+    temp_dir dir;
+    const std::string path = dir.file("lock");
+    boost_file_lock file(path);
+    {
+        std::scoped_lock guard(file);
+        CHECK(file.owns_lock());
+        CHECK(probe<boost_file_lock>(path) == no);
+    }
+    CHECK_FALSE(file.owns_lock());
+    CHECK(probe<boost_file_lock>(path) == yes);
+    {
+        std::unique_lock guard(file, std::try_to_lock);
+        CHECK(guard.owns_lock());
+        CHECK(probe<boost_file_lock>(path) == no);
+    }
+    CHECK(probe<boost_file_lock>(path) == yes);
+
+    unique_mutex_name name;
+    boost_named_mutex_lock mutex(name.name());
+    {
+        std::scoped_lock guard(mutex);
+        CHECK(mutex.owns_lock());
+        CHECK(probe<boost_named_mutex_lock>(name.name()) == no);
+    }
+    CHECK(probe<boost_named_mutex_lock>(name.name()) == yes);
+
+    boost_file_lock missing(dir.file("no-such-dir/lock"));
+    try {
+        std::scoped_lock guard(missing);
+        FAIL("locked a lock file in a missing directory");
+    } catch (const std::system_error& e) {
+        CHECK(e.code() == std::errc::no_such_file_or_directory);
+    }
+    CHECK_THROWS_AS(missing.try_lock(), std::system_error);
+    CHECK_FALSE(missing.owns_lock());
+}

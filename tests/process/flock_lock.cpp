@@ -6,6 +6,7 @@
 #include <csignal>
 #include <filesystem>
 #include <fstream>
+#include <mutex>
 
 #include <sys/prctl.h>
 #include <sys/stat.h>
@@ -155,4 +156,41 @@ TEST_CASE("flock_lock refuses a lock file that others may write, or that another
         other.lock(ec);
         CHECK(ec == errc::unsafe_state);
     }
+}
+
+TEST_CASE("flock_lock and null_lock are Lockable: std::scoped_lock and std::unique_lock hold them, and a refused "
+          "lock file throws std::system_error naming it") {
+    static_assert(kugetsu::lockable<flock_lock> && kugetsu::lockable<null_lock>);
+    temp_dir d;
+    flock_lock l(d / "lock");
+    {
+        std::scoped_lock guard(l);
+        CHECK(try_in_child(d / "lock") == 0);
+    }
+    CHECK(try_in_child(d / "lock") == 1);
+    {
+        std::unique_lock guard(l, std::try_to_lock);
+        CHECK(guard.owns_lock());
+        flock_lock other(d / "lock");
+        CHECK_FALSE(other.try_lock());   // held elsewhere: false, no exception
+        CHECK(try_in_child(d / "lock") == 0);
+    }
+    CHECK(try_in_child(d / "lock") == 1);
+
+    null_lock none;
+    none.lock();
+    CHECK(none.try_lock());
+    none.unlock();
+    { std::scoped_lock guard(none, l); }   // several at once, deadlock-free (std::lock)
+
+    std::filesystem::create_directory(d / "dir");
+    flock_lock dir(d / "dir");
+    try {
+        std::scoped_lock guard(dir);
+        FAIL("locked a directory");
+    } catch (const std::system_error& e) {
+        CHECK(e.code() == kugetsu::errc::unsafe_state);
+        CHECK(std::string(e.what()).find(std::string(d / "dir")) != std::string::npos);
+    }
+    CHECK_THROWS_AS(dir.try_lock(), std::system_error);
 }

@@ -117,6 +117,11 @@ public:
         }
     }
 
+    /// BasicLockable and Lockable (see concepts.hpp): lock(ec) and try_lock(ec) that throw
+    /// std::system_error instead, for `std::scoped_lock guard(l);`.
+    void lock() { lock_or_throw(*this); }
+    bool try_lock() { return try_lock_or_throw(*this); }
+
     const std::string& path() const noexcept { return path_; }
     /// Whether this object believes it holds the lock. A closed descriptor elsewhere in the
     /// process may have released it since (see the banner): this is not a kernel query.
@@ -145,6 +150,6 @@ private:
     bool held_ = false;
 };
 
-static_assert(kugetsu::try_lock<boost_file_lock>);
+static_assert(kugetsu::try_lock<boost_file_lock> && kugetsu::lockable<boost_file_lock>);
 
 } // namespace kugetsu

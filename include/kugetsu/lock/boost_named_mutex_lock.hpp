@@ -160,6 +160,11 @@ public:
         }
     }
 
+    /// BasicLockable and Lockable (see concepts.hpp): lock(ec) and try_lock(ec) that throw
+    /// std::system_error instead, for `std::scoped_lock guard(l);`.
+    void lock() { lock_or_throw(*this); }
+    bool try_lock() { return try_lock_or_throw(*this); }
+
     /// Effects: removes the name (sem_unlink). Run it only when no process uses the name
     /// (see the banner): processes that opened the semaphore keep the old one.
     /// Returns: true if a semaphore was removed, false (ec clear) if there was none.
@@ -215,6 +220,6 @@ private:
     bool held_ = false;
 };
 
-static_assert(kugetsu::try_lock<boost_named_mutex_lock>);
+static_assert(kugetsu::try_lock<boost_named_mutex_lock> && kugetsu::lockable<boost_named_mutex_lock>);
 
 } // namespace kugetsu

@@ -56,8 +56,14 @@ public:
         if (fd_) detail::flock_fd(fd_.get(), LOCK_UN);
     }
 
+    /// BasicLockable and Lockable (see concepts.hpp): lock(ec) and try_lock(ec) that throw
+    /// std::system_error instead, for `std::scoped_lock guard(l);`.
+    void lock() { lock_or_throw(*this); }
+    bool try_lock() { return try_lock_or_throw(*this); }
+
     const std::string& path() const noexcept { return path_; }
-    /// After a failed lock() or try_lock(): the file, the step and the error.
+    /// After a failed lock() or try_lock(): the file, the step and the error. Empty after
+    /// one that succeeded (each operation clears it first).
     const std::string& last_error_detail() const noexcept { return detail_; }
     /// The descriptor, or -1 before first use (for tests that check O_CLOEXEC).
     int native_handle() const noexcept { return fd_.get(); }
@@ -65,6 +71,7 @@ public:
 private:
     void take(int op, std::error_code& ec) noexcept {
         ec.clear();
+        detail_.clear();   // a detail describes the last operation only
         const char* step = "open";
         const char* why = nullptr;   // a refusal: what is wrong with the file
         std::string unsafe;   // names the test the file failed
@@ -118,6 +125,6 @@ private:
     std::string detail_;
 };
 
-static_assert(kugetsu::try_lock<flock_lock>);
+static_assert(kugetsu::try_lock<flock_lock> && kugetsu::lockable<flock_lock>);
 
 } // namespace kugetsu

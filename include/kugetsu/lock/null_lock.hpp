@@ -19,8 +19,13 @@ public:
         return true;
     }
     void unlock() noexcept {}
+
+    /// BasicLockable and Lockable (see concepts.hpp): lock(ec) and try_lock(ec) that throw
+    /// std::system_error instead, for `std::scoped_lock guard(l);`.
+    void lock() { lock_or_throw(*this); }
+    bool try_lock() { return try_lock_or_throw(*this); }
 };
 
-static_assert(kugetsu::try_lock<null_lock>);
+static_assert(kugetsu::try_lock<null_lock> && kugetsu::lockable<null_lock>);
 
 } // namespace kugetsu

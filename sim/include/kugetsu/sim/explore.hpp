@@ -98,6 +98,7 @@ public:
             if (stop_mode_) {
                 frontier_ready = ready;
                 frontier_hash = h;
+                frontier_can_kill = running && running->can_kill();
                 reached_end = true;
                 stop_run = true;
                 return ready.front();
@@ -121,6 +122,7 @@ public:
     bool diverged = false;
     std::vector<int> frontier_ready;
     std::uint64_t frontier_hash = 0;
+    bool frontier_can_kill = false;   ///< a kill is still in the run's budget there
 
 private:
     std::vector<int> s_;
@@ -185,6 +187,9 @@ struct counterexample {
     std::vector<std::string> actors;     ///< actor names, by id
     violation first;
     bool atomic_sections = false;        ///< found with atomic critical sections: replay so
+    /// Found with kill points inside atomic sections (world::set_kill_points) and this kill
+    /// budget: replay so.
+    int kill_points = 0;
     /// Which run of the exploration found it, in the exploration's own order (the schedule
     /// index; exhaustive: the position in breadth-first order). Of two counterexamples of the
     /// same length the earlier run's is kept, so results do not depend on the thread count.
@@ -263,6 +268,11 @@ inline probe run_prefix(const scenario& sc, std::uint64_t seed, const std::vecto
         p.frontier = true;
         p.hash = ch.frontier_hash;
         p.ready = std::move(ch.frontier_ready);
+        if (ch.frontier_can_kill) {   // each actor may also be SIGKILLed there
+            const std::size_t n = p.ready.size();
+            for (std::size_t i = 0; i < n; ++i)
+                if (!world::is_agent_choice(p.ready[i])) p.ready.push_back(-(p.ready[i] + 1));
+        }
     } else {
         p.run = std::move(r);
     }
@@ -401,6 +411,7 @@ inline counterexample shrink(const scenario& sc, counterexample c, int passes = 
     opt.keep_trace = false;
     opt.keep_ops = false;
     opt.atomic_critical_sections = c.atomic_sections;
+    opt.kill_points = c.kill_points > 0;
     int replays = 0;
     auto attempt = [&](const std::vector<int>& candidate) -> bool {
         if (++replays > max_replays) return false;
@@ -549,6 +560,10 @@ struct exhaustive_options {
     int early_ends = 1;
     search_order order = search_order::breadth_first;
     unsigned threads = 0;                   ///< breadth first: worker threads (0: one per core)
+    /// Up to this many SIGKILLs per schedule, each of any actor at any step (with the
+    /// reduction, at every step inside a critical section too: world::set_kill_points). The
+    /// scenario's own kill budget is replaced by it.
+    int kills = 0;
 };
 
 namespace detail {
@@ -576,7 +591,9 @@ inline bool account_probe(exploration& ex, const probe& p, std::uint64_t seed, b
 /// depend on the thread count. Depth first, the counterexample found is shrunk.
 /// With `stop_at_violation`, the search ends at the first violating schedule (breadth first:
 /// at the end of its level's first one, in order).
-inline exploration explore_exhaustive(const scenario& sc, std::uint64_t seed, const exhaustive_options& o = {}) {
+inline exploration explore_exhaustive(const scenario& scenario_in, std::uint64_t seed, const exhaustive_options& o = {}) {
+    scenario sc = scenario_in;
+    sc.faults.max_kills = std::max(o.kills, 0);
     exploration ex;
     ex.mode = "exhaustive";
     const bool breadth = o.order == search_order::breadth_first;
@@ -588,10 +605,16 @@ inline exploration explore_exhaustive(const scenario& sc, std::uint64_t seed, co
     opt.keep_ops = false;
     opt.state_hash = true;
     opt.atomic_critical_sections = reduce;
+    opt.kill_points = reduce && o.kills > 0;
     opt.max_early_ends = o.early_ends;
     ex.seconds = detail::timed([&] {
         std::unordered_set<std::uint64_t> seen;
         std::uint64_t order = 0;
+        auto mark_kill_points = [&] {   // their schedules replay only with the kill points
+            if (!opt.kill_points) return;
+            if (ex.shortest) ex.shortest->kill_points = o.kills;
+            for (auto& [k, c] : ex.shortest_by_kind) c.kill_points = o.kills;
+        };
         // A new frontier state: false if the search stops (max_states).
         auto expand = [&](const detail::probe& p, const std::vector<int>& prefix, auto&& push) {
             if (!seen.insert(p.hash).second) return true;
@@ -622,6 +645,7 @@ inline exploration explore_exhaustive(const scenario& sc, std::uint64_t seed, co
                     break;
                 }
             }
+            mark_kill_points();
             if (ex.shortest) ex.shortest = shrink(sc, *ex.shortest);
             return;
         }
@@ -662,6 +686,7 @@ inline exploration explore_exhaustive(const scenario& sc, std::uint64_t seed, co
             }
             level.swap(next);
         }
+        mark_kill_points();
         if (ex.shortest) ex.shortest->minimal = true;
     });
     return ex;

@@ -41,10 +41,13 @@ public:
     }
     void unlock() noexcept { w_->lock_release(); }
 
+    /// BasicLockable (see concepts.hpp): lock(ec) that throws std::system_error instead.
+    void lock() { lock_or_throw(*this); }
+
 private:
     world* w_;
 };
-static_assert(kugetsu::lock<sim_lock>);
+static_assert(kugetsu::lock<sim_lock> && kugetsu::basic_lockable<sim_lock>);
 
 /// No lock at all, but still a step, so that schedules look alike in both designs.
 class sim_null_lock {
@@ -56,10 +59,13 @@ public:
     }
     void unlock() noexcept {}
 
+    /// BasicLockable (see concepts.hpp): lock(ec) that throws std::system_error instead.
+    void lock() { lock_or_throw(*this); }
+
 private:
     world* w_;
 };
-static_assert(kugetsu::lock<sim_null_lock>);
+static_assert(kugetsu::lock<sim_null_lock> && kugetsu::basic_lockable<sim_null_lock>);
 
 /// What the stores of one run share besides the memory_store: the hashes of the committed
 /// records (for the state hash), and the deliberately wrong variant of the negative tests.

@@ -21,6 +21,7 @@
 #include <cstdio>
 #include <map>
 #include <ostream>
+#include <set>
 #include <string>
 #include <string_view>
 #include <utility>
@@ -179,16 +180,28 @@ inline std::vector<std::string> step_ops(const scenario& sc, std::uint64_t seed,
     return ops;
 }
 
-/// Writes a self-contained SVG timeline of a run: one lane per agent over virtual time (dev
-/// agents blue, the PM purple; an agent still running at the end reaches the end), and under
-/// the lanes the number of live dev agents as a step chart with the cap as a dashed line and
-/// the part above the cap in red. Deterministic: the same run gives the same bytes.
-inline void write_svg(std::ostream& os, const run_result& r, const std::string& title) {
+/// What the timeline's horizontal axis counts.
+enum class svg_axis {
+    steps,   ///< the schedule's steps (choice points): where a race is, step by step
+    time,    ///< virtual time: how long agents ran
+};
+
+/// Writes a self-contained SVG timeline of a run: one lane per agent (dev agents blue, the
+/// PM purple; an agent still running at the end reaches the end), labelled with its task,
+/// pid and the actor that started it, over the schedule's steps or virtual time; under the
+/// lanes the number of live dev agents as a step chart with the cap as a dashed line and the
+/// part above the cap in red; and a red line, named, at the step (or instant) where each
+/// kind of violation was first seen. Deterministic: the same run gives the same bytes.
+inline void write_svg(std::ostream& os, const run_result& r, const std::string& title, svg_axis axis = svg_axis::time) {
     using detail::num;
     using detail::xml_escape;
+    const bool by_steps = axis == svg_axis::steps;
 
-    // Time: seconds since r.begin. An agent that never ended runs to the end of the run.
-    double end_s = std::max(detail::seconds_between(r.begin, r.end), 0.0);
+    // Positions: steps, or seconds since r.begin. An agent that never ended runs to the end.
+    auto at = [&](timestamp t, std::uint64_t step) {
+        return by_steps ? static_cast<double>(step) : std::max(detail::seconds_between(r.begin, t), 0.0);
+    };
+    double end_s = at(r.end, r.steps);
     struct lane {
         const proc* p;
         double from, to;
@@ -197,8 +210,8 @@ inline void write_svg(std::ostream& os, const run_result& r, const std::string& 
     std::vector<lane> lanes;
     for (const auto& p : r.agents) {
         const bool open = p.status == proc_status::running || p.status == proc_status::held || p.ended == timestamp{};
-        const double from = std::max(detail::seconds_between(r.begin, p.started), 0.0);
-        double to = open ? end_s : std::max(detail::seconds_between(r.begin, p.ended), from);
+        const double from = at(p.started, p.started_step);
+        double to = open ? end_s : std::max(at(p.ended, p.ended_step), from);
         end_s = std::max(end_s, to);
         lanes.push_back({&p, from, to, open});
     }
@@ -232,10 +245,10 @@ inline void write_svg(std::ostream& os, const run_result& r, const std::string& 
     const int ymax = std::max({chart_peak, r.cap, r.peak_live}) + 1;
 
     // Geometry.
-    const double width = 960, left = 150, right = 30, plot_w = width - left - right;
+    const double width = 1000, left = 210, right = 30, plot_w = width - left - right;
     const bool dense = lanes.size() > 60;
     const double lane_h = dense ? 6 : 18, lane_gap = dense ? 1 : 4;
-    const double lanes_top = 74;
+    const double lanes_top = 92;
     const double lanes_h = static_cast<double>(lanes.size()) * (lane_h + lane_gap);
     const double chart_top = lanes_top + lanes_h + 34, chart_h = 140;
     const double axis_y = chart_top + chart_h;
@@ -243,7 +256,7 @@ inline void write_svg(std::ostream& os, const run_result& r, const std::string& 
     auto x = [&](double s) { return left + s / span * plot_w; };
     auto y = [&](double n) { return axis_y - n / ymax * chart_h; };
 
-    // Ticks: 1, 2, 5 x 10^k seconds, at most about ten.
+    // Ticks: 1, 2, 5 x 10^k seconds (or steps), at most about ten.
     double tick = 1;
     for (double base = 1; span > tick * 10; base *= 10)
         for (double m : {1.0, 2.0, 5.0, 10.0})
@@ -291,13 +304,33 @@ inline void write_svg(std::ostream& os, const run_result& r, const std::string& 
     os << "<g text-anchor=\"middle\" fill=\"#333333\">\n";
     for (double s = 0; s <= span + 1e-9; s += tick) {
         char buf[32];
-        std::snprintf(buf, sizeof buf, "%g s", s);
+        std::snprintf(buf, sizeof buf, by_steps ? "%g" : "%g s", s);
         os << "<text x=\"" << num(x(s)) << "\" y=\"" << num(axis_y + 15) << "\">" << buf << "</text>\n";
     }
     os << "</g>\n";
     os << "<text x=\"" << num(left + plot_w / 2) << "\" y=\"" << num(axis_y + 34)
-       << "\" text-anchor=\"middle\" fill=\"#333333\">virtual time since " << xml_escape(format_rfc3339(r.begin))
+       << "\" text-anchor=\"middle\" fill=\"#333333\">"
+       << (by_steps ? std::string("steps of the schedule (choice points)")
+                    : "virtual time since " + xml_escape(format_rfc3339(r.begin)))
        << "</text>\n";
+    // Where each kind of violation was first seen: a red line through lanes and chart.
+    {
+        std::set<std::string> marked;
+        double last_label = -1e9;
+        os << "<g fill=\"#d62728\">\n";
+        for (const auto& v : r.violations) {
+            if (!marked.insert(v.kind).second) continue;
+            const double vx = x(at(v.time, v.step));
+            os << "<line x1=\"" << num(vx) << "\" y1=\"" << num(lanes_top - 6) << "\" x2=\"" << num(vx) << "\" y2=\""
+               << num(axis_y) << "\" stroke=\"#d62728\" stroke-width=\"1.5\"><title>"
+               << xml_escape(v.kind + " at step " + std::to_string(v.step) + ": " + v.detail) << "</title></line>\n";
+            const double ly2 = vx - last_label < 90 ? lanes_top - 2 : lanes_top - 12;   // staggered when close
+            os << "<text x=\"" << num(vx + 3) << "\" y=\"" << num(ly2) << "\">"
+               << xml_escape(v.kind + " (step " + std::to_string(v.step) + ")") << "</text>\n";
+            last_label = vx;
+        }
+        os << "</g>\n";
+    }
 
     // The lanes.
     os << "<g>\n";
@@ -306,13 +339,16 @@ inline void write_svg(std::ostream& os, const run_result& r, const std::string& 
         const proc& p = *l.p;
         const double ty = lanes_top + static_cast<double>(i) * (lane_h + lane_gap);
         const bool pm = p.role == role::pm;
-        const std::string label = p.task_id + " \xc2\xb7 pid " + std::to_string(p.ref.pid);
+        const bool named = p.parent >= 0 && static_cast<std::size_t>(p.parent) < r.actor_names.size();
+        const std::string label = p.task_id + " \xc2\xb7 pid " + std::to_string(p.ref.pid) +
+                                  (named ? " \xc2\xb7 " + r.actor_names[static_cast<std::size_t>(p.parent)] : std::string());
         std::string how;
         if (l.open) how = "still running at the end";
         else how = "exit " + std::to_string(p.exit_code);
         char when[64];
-        std::snprintf(when, sizeof when, "%.3f s to %.3f s", l.from, l.to);
-        const std::string tip = std::string(pm ? "PM" : "dev") + " agent " + label + " (attempt " +
+        std::snprintf(when, sizeof when, by_steps ? "steps %.0f to %.0f" : "%.3f s to %.3f s", l.from, l.to);
+        const std::string tip = std::string(pm ? "PM" : "dev") + " agent " + label + (named ? " (started by it" : " (") +
+                                (named ? ", attempt " : "attempt ") +
                                 std::to_string(p.attempt) + "): " + when + ", " + how;
         if (!dense)
             os << "<text x=\"" << num(left - 8) << "\" y=\"" << num(ty + lane_h - 5)

@@ -786,6 +786,8 @@ struct run_options {
     std::uint64_t max_steps = 200000;
     bool state_hash = false;
     bool atomic_critical_sections = false;
+    /// With atomic critical sections: kill points inside them (world::set_kill_points).
+    bool kill_points = false;
     /// How many agents may end by a choice, before their drawn end (world::set_max_early_ends).
     int max_early_ends = INT_MAX;
 };
@@ -796,6 +798,7 @@ inline run_result run(const scenario& sc, std::uint64_t seed, chooser& ch, const
     w.want_state_hash(opt.state_hash);
     w.set_recording(opt.keep_trace, opt.keep_trace || opt.keep_ops);
     w.set_atomic(opt.atomic_critical_sections);
+    w.set_kill_points(opt.kill_points);
     w.set_max_early_ends(opt.max_early_ends);
     detail::shared s(w, sc);
     s.pm_task = "pm-1";

@@ -217,6 +217,7 @@ struct proc {
     int exit_code = 0;               ///< the code it will exit with / exited with
     bool ignore_term = false;
     timestamp started{}, ended{};
+    std::uint64_t started_step = 0, ended_step = 0;   ///< the run's step count when it began and ended running
     int attempt = 0;
 };
 
@@ -233,6 +234,7 @@ struct violation {
     std::string kind;      ///< cap, unrecorded, duplicate_start, lost_task, attempts, events, idle_slot
     std::string detail;
     std::uint64_t step = 0;
+    timestamp time{};      ///< virtual time when it was seen
 };
 
 /// Faults injected into a run.
@@ -305,15 +307,19 @@ public:
         ch.running = this;
         while (!stop_) {
             std::vector<int> ready;
-            for (auto& a : actors_)
-                if (a->status == actor_status::ready) ready.push_back(a->id);
+            if (exclusive_ >= 0) {   // a kill point inside a critical section: it, or its kill
+                ready.push_back(exclusive_);
+            } else {
+                for (auto& a : actors_)
+                    if (a->status == actor_status::ready) ready.push_back(a->id);
+            }
             if (ready.empty()) {
                 if (!advance_time()) break;
                 continue;
             }
             // An agent may end at any step, not only when every actor sleeps: each running
             // agent that would end by itself is a choice too (see agent_choice()).
-            if (early_ends_ < max_early_ends_ &&
+            if (early_ends_ < max_early_ends_ && exclusive_ < 0 &&
                 std::any_of(ready.begin(), ready.end(), [&](int id) { return get(id).observes_agents; }))
                 for (auto& [k, p] : procs_)
                     if (p.status == proc_status::running && p.ends_at) ready.push_back(agent_choice(p.ref.pid));
@@ -323,6 +329,7 @@ public:
             }
             const std::uint64_t h = want_hash_ ? state_hash() : 0;
             const int who = ch.choose(ready, h);
+            exclusive_ = -1;
             if (ch.stop_run) stop_ = true;
             if (stop_) break;
             ++step_;
@@ -398,7 +405,12 @@ public:
     [[nodiscard]] bool choice_nothrow(step_op op, bool reorderable = false, bool observes_agents = false) {
         me().next_op = std::move(op);
         me().observes_agents = observes_agents;
-        if (atomic_cs_ && (reorderable || holds_any(current_))) return false;
+        if (atomic_cs_ && (reorderable || holds_any(current_))) {
+            if (!kill_points_ || kills_ >= faults_.max_kills || unwinding_) return false;
+            // A kill point: no other actor runs here (the reduction stands), but the actor
+            // may be SIGKILLed before this step, a choice of its own.
+            exclusive_ = current_;
+        }
         return switch_out_nothrow();
     }
 
@@ -422,6 +434,16 @@ public:
     /// order, what committed units wrote. Not used with kills (a kill inside a critical
     /// section matters).
     void set_atomic(bool on) noexcept { atomic_cs_ = on; }
+    /// With atomic critical sections, kills inside them too: while the run's kill budget
+    /// (fault_plan::max_kills) lasts, each step an atomic section would take without a choice
+    /// point is a kill point, where the only choices are the actor's step and its SIGKILL
+    /// there (no other actor moves, so the reduction still holds). The exhaustive search
+    /// branches on both, so a kill at any step of any process is explored.
+    void set_kill_points(bool on) noexcept { kill_points_ = on; }
+    /// Whether the pending choice is a kill point (only the actor, or its kill).
+    bool at_kill_point() const noexcept { return exclusive_ >= 0; }
+    /// Whether a kill can still be chosen in this run (its budget, fault_plan::max_kills).
+    bool can_kill() const noexcept { return kills_ < faults_.max_kills; }
 
     /// Forgets what the current actor observed: for an actor at a point of its program where
     /// its future depends on the shared state only (a daemon at the top of its loop).
@@ -556,12 +578,14 @@ public:
     void mark_running(proc& p) {
         p.status = proc_status::running;
         p.ran = true;
+        p.started_step = step_;
         ++recording_changes_;
         if (p.role == role::dev) ++live_dev_;
         if (++ran_[p.task_id] > 1) twice_ = p.task_id;
     }
     void mark_exited(proc& p) {
         if (p.status == proc_status::running && p.role == role::dev) --live_dev_;
+        if (p.status == proc_status::running) p.ended_step = step_;
         p.status = proc_status::exited;
     }
     int live_dev() const noexcept { return live_dev_; }
@@ -590,7 +614,7 @@ public:
 
     // results
     void add_violation(std::string kind, std::string detail) {
-        if (violations_.size() < 64) violations_.push_back({std::move(kind), std::move(detail), step_});
+        if (violations_.size() < 64) violations_.push_back({std::move(kind), std::move(detail), step_, now_});
     }
     const std::vector<violation>& violations() const noexcept { return violations_; }
     const std::vector<trace_entry>& trace_log() const noexcept { return trace_; }
@@ -611,7 +635,8 @@ public:
         std::uint64_t h = mix(static_cast<std::uint64_t>(now_.time_since_epoch().count()) ^
                                   (static_cast<std::uint64_t>(early_ends_) << 56) ^ (static_cast<std::uint64_t>(kills_) << 60),
                               static_cast<std::uint64_t>(holders_[0] + 7) | static_cast<std::uint64_t>(holders_[1] + 7) << 16 |
-                                  static_cast<std::uint64_t>(holders_[2] + 7) << 32);
+                                  static_cast<std::uint64_t>(holders_[2] + 7) << 32 |
+                                  static_cast<std::uint64_t>(exclusive_ + 7) << 48);
         h = mix(h, store_hash);
         h = mix(h, events_hash);
         for (auto& [k, p] : procs_)
@@ -799,6 +824,8 @@ private:
     bool want_hash_ = false;
     bool unwinding_ = false;
     bool atomic_cs_ = false;
+    bool kill_points_ = false;
+    int exclusive_ = -1;   ///< the actor at a kill point (the only choice there)
     bool tracing_ = true;
     bool recording_ops_ = true;
 };
