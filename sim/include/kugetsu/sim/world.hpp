@@ -43,8 +43,10 @@
 #include <vector>
 
 // Actors switch stacks with Boost.Context's fiber: in user space, with no syscall (glibc's
-// swapcontext makes a sigprocmask syscall on every switch). Under AddressSanitizer, Boost's
-// ucontext back end, which tells the sanitizer about every switch (google/sanitizers#189).
+// swapcontext makes a sigprocmask syscall on every switch). AddressSanitizer must be told
+// when the stack changes under it, or it reports false errors when an exception unwinds a
+// fiber (google/sanitizers#189): Boost 1.74 does that only in its ucontext back end, which
+// Debian's libboost_context is not built with, so world.hpp announces each switch itself.
 #if defined(__SANITIZE_ADDRESS__)
 #define KUGETSU_SIM_ASAN 1
 #elif defined(__has_feature)
@@ -52,11 +54,13 @@
 #define KUGETSU_SIM_ASAN 1
 #endif
 #endif
-#if defined(KUGETSU_SIM_ASAN) && !defined(BOOST_USE_ASAN)
-#define BOOST_USE_ASAN 1
-#endif
-#if defined(KUGETSU_SIM_ASAN) && !defined(BOOST_USE_UCONTEXT)
-#define BOOST_USE_UCONTEXT 1
+#if defined(KUGETSU_SIM_ASAN)
+#include <sanitizer/common_interface_defs.h>
+#define KUGETSU_SIM_FIBER_START(save, bottom, size) __sanitizer_start_switch_fiber(save, bottom, size)
+#define KUGETSU_SIM_FIBER_FINISH(save, bottom, size) __sanitizer_finish_switch_fiber(save, bottom, size)
+#else
+#define KUGETSU_SIM_FIBER_START(save, bottom, size) ((void)0)
+#define KUGETSU_SIM_FIBER_FINISH(save, bottom, size) ((void)0)
 #endif
 #include <boost/context/fiber.hpp>
 #include <boost/context/stack_context.hpp>
@@ -156,6 +160,8 @@ struct actor {
     bool observes_agents = false;  ///< its next step looks at agents (poll, signal, the wait)
     process_ref self;
     boost::context::fiber fiber;   ///< where it resumes (empty while it runs, and once done)
+    const char* stack_base = nullptr;   ///< its stack's lowest address (for AddressSanitizer)
+    void* fake_stack = nullptr;    ///< AddressSanitizer's bookkeeping while switched away
 };
 
 /// Fixed-size actor stacks, kept for reuse on each thread: a run creates several actors and
@@ -164,6 +170,9 @@ struct actor {
 class stack_pool {
 public:
     static constexpr std::size_t size = 256 * 1024;
+    stack_pool() = default;
+    /// Stores each stack's lowest address in *base (AddressSanitizer needs it).
+    explicit stack_pool(const char** base) noexcept : base_(base) {}
     boost::context::stack_context allocate() {
         auto& free = cache().stacks;
         char* base;
@@ -176,6 +185,7 @@ public:
         boost::context::stack_context sc;
         sc.size = size;
         sc.sp = base + size;   // stacks grow down
+        if (base_) *base_ = base;
         return sc;
     }
     void deallocate(boost::context::stack_context& sc) noexcept {
@@ -200,6 +210,7 @@ private:
         thread_local cache_t c;
         return c;
     }
+    const char** base_ = nullptr;
 };
 
 enum class proc_status { held, running, exited, reaped, abandoned };
@@ -283,12 +294,6 @@ public:
         a->body = std::move(body);
         a->client = client;
         a->self = new_ref();
-        a->fiber = boost::context::fiber(std::allocator_arg, stack_pool{},
-                                         [this, ap = a.get()](boost::context::fiber&& scheduler) {
-                                             scheduler_ = std::move(scheduler);
-                                             body_of(*ap);
-                                             return std::move(scheduler_);
-                                         });
         actors_.push_back(std::move(a));
         if (tracing_) trace(actors_.back()->id, "actor", actors_.back()->name);
         return actors_.back()->id;
@@ -697,8 +702,23 @@ private:
 
     void resume(actor& a) {
         current_ = a.id;
+        if (!a.started) {
+            // Its fiber is made when it first runs, so that no fiber is ever destroyed before
+            // it ran (Boost unwinds such a fiber with an exception on its own stack).
+            a.fiber = boost::context::fiber(std::allocator_arg, stack_pool{&a.stack_base},
+                                            [this, ap = &a](boost::context::fiber&& scheduler) {
+                                                KUGETSU_SIM_FIBER_FINISH(nullptr, &main_bottom_, &main_size_);
+                                                scheduler_ = std::move(scheduler);
+                                                body_of(*ap);
+                                                // This stack is done with: no fake stack to keep.
+                                                KUGETSU_SIM_FIBER_START(nullptr, main_bottom_, main_size_);
+                                                return std::move(scheduler_);
+                                            });
+        }
         a.started = true;
+        KUGETSU_SIM_FIBER_START(&main_fake_stack_, a.stack_base, stack_size);
         a.fiber = std::move(a.fiber).resume();   // back when it switches out, or is done
+        KUGETSU_SIM_FIBER_FINISH(main_fake_stack_, nullptr, nullptr);
         current_ = -1;
     }
 
@@ -709,7 +729,9 @@ private:
     /// Back to the scheduler; on return, true if the actor must die (killed or aborted).
     bool switch_out_nothrow() {
         actor& a = me();
+        KUGETSU_SIM_FIBER_START(&a.fake_stack, main_bottom_, main_size_);
         scheduler_ = std::move(scheduler_).resume();
+        KUGETSU_SIM_FIBER_FINISH(a.fake_stack, &main_bottom_, &main_size_);
         if (a.kill_requested && !a.killed) {
             a.killed = true;
             if (!unwinding_ && tracing_) trace(a.id, "SIGKILL", "before " + a.next_op.str());
@@ -798,6 +820,9 @@ private:
     fault_plan faults_;
     std::vector<std::unique_ptr<actor>> actors_;
     boost::context::fiber scheduler_;   ///< while an actor runs: where run() resumes
+    void* main_fake_stack_ = nullptr;   // AddressSanitizer's bookkeeping of run()'s stack
+    const void* main_bottom_ = nullptr;
+    std::size_t main_size_ = 0;
     int current_ = -1;
     std::array<int, lock_kinds> holders_{-1, -1, -1};
     timestamp now_{std::chrono::sys_days{std::chrono::year{2026} / std::chrono::January / 1}};
