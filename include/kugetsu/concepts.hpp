@@ -43,6 +43,15 @@ concept try_lock = lock<L> && requires(L& l, std::error_code& ec) {
     { l.try_lock(ec) } -> std::same_as<bool>;
 };
 
+/// Optional, for any policy: what its last failed operation was about, beyond the error code
+/// (a file and a step, a record). Each operation clears it first, so it never describes an
+/// earlier one; empty when there is nothing to add. The dispatcher puts it in its own
+/// last_error_detail() and in the task's last_error.
+template <class P>
+concept with_error_detail = requires(const P& p) {
+    { p.last_error_detail() } -> std::convertible_to<std::string_view>;
+};
+
 /// The standard library's BasicLockable: `lock()` that throws (std::system_error) and
 /// `unlock()`, so that a host can write `std::scoped_lock guard(l);` or
 /// `std::unique_lock guard(l);`. Every lock model of kugetsu is one (through
@@ -66,7 +75,7 @@ namespace detail {
 /// (the file and the step), else what it is.
 template <class L>
 std::string lock_failure(const L& l, const char* what) {
-    if constexpr (requires { { l.last_error_detail() } -> std::convertible_to<std::string_view>; }) {
+    if constexpr (with_error_detail<L>) {
         const std::string_view d = l.last_error_detail();
         if (!d.empty()) return std::string(d);
     }
@@ -154,6 +163,30 @@ concept spawner = requires(S& s, const spawn_request& r, const process_ref& p, s
     { s.poll(p, ec) } -> std::same_as<process_status>;
     { s.signal(p, stop_signal::terminate, ec) } -> std::same_as<void>;
     { s.self() } -> std::same_as<process_ref>;
+};
+
+/// Optional: a spawner that keeps a record per agent drops it once the agent's end is
+/// recorded (see `spawner` above).
+template <class S>
+concept spawner_with_forget = spawner<S> && requires(S& s, const process_ref& p) {
+    { s.forget(p) } noexcept;
+};
+
+/// Optional: removes what the spawner keeps for agents no session names (see `spawner`).
+template <class S>
+concept spawner_with_sweep = spawner<S> && requires(S& s, const std::vector<process_ref>& refs) {
+    { s.sweep(refs) } noexcept;
+};
+
+/// Optional: a pass's spawns at once (`spawn_many`, one error code per request, and
+/// `detail_of(i)`: why request i failed), and its releases at once (`release_many`), where
+/// the spawner can do them faster together (fork_spawner: one fsync of the run directory).
+template <class S>
+concept spawner_with_batches = spawner<S> && requires(S& s, const std::vector<spawn_request>& reqs,
+                                                      const std::vector<process_ref>& refs, std::vector<std::error_code>& ecs) {
+    { s.spawn_many(reqs, ecs) } -> std::same_as<std::vector<process_ref>>;
+    { s.detail_of(std::size_t{0}) } -> std::convertible_to<std::string_view>;
+    { s.release_many(refs, ecs) } -> std::same_as<void>;
 };
 
 /// Notifier: receives events. Checked: `n.notify(e)` is noexcept.

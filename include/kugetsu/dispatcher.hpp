@@ -210,6 +210,7 @@ public:
 
     start_result start(const task_spec& spec, std::error_code& ec) {
         ec.clear();
+        detail_.clear();
         if (check_spec(spec, ec)) return {};
         auto result = locked(ec, [&]() -> start_result {
             reap_report rep;
@@ -294,6 +295,7 @@ public:
 
     start_result start_item(std::string_view id, std::error_code& ec) {
         ec.clear();
+        detail_.clear();
         auto result = locked(ec, [&]() -> start_result {
             reap_report rep;
             reap_locked(rep, ec);
@@ -336,6 +338,7 @@ public:
     /// same task, while it has attempts left): the pass takes again.
     pass_report process_queue(std::error_code& ec) {
         ec.clear();
+        detail_.clear();
         pass_report report;
         const int commits_before = commits_;
         // The tasks this pass claimed. If it fails, even at its last commit, they are perhaps
@@ -382,6 +385,7 @@ public:
 
     reap_report reap(std::error_code& ec) {
         ec.clear();
+        detail_.clear();
         return locked(ec, [&] {
             reap_report rep;
             reap_locked(rep, ec);
@@ -396,6 +400,7 @@ public:
 
     queue_item cancel(std::string_view id, std::error_code& ec) {
         ec.clear();
+        detail_.clear();
         return locked(ec, [&]() -> queue_item {
             // Reap first: a task whose running mark failed to be written has a live agent
             // (adopted here) that must be stopped, not forgotten.
@@ -435,6 +440,7 @@ public:
     /// (errc::unknown_task) or not finished (errc::task_active), none is restarted and
     /// last_error_detail() names it. Returns the tasks as they are now.
     std::vector<queue_item> restart(const std::vector<std::string>& ids, std::error_code& ec) {
+        detail_.clear();
         auto refusal = [](const queue_item& it) {
             return is_final(it.state) ? std::string()
                                       : "task \"" + it.id + "\" is " + std::string(to_string(it.state)) +
@@ -448,6 +454,7 @@ public:
     /// restart() does, oldest first, in one unit. errc::invalid_transition if `st` is not final.
     std::vector<queue_item> restart_all(task_state st, std::error_code& ec) {
         ec.clear();
+        detail_.clear();
         if (!is_final(st)) {
             ec = errc::invalid_transition;
             detail_ = "only finished tasks can be restarted, not " + std::string(to_string(st)) + " ones";
@@ -593,6 +600,7 @@ public:
     /// The store's schedule (pause, group caps), as committed.
     queue_schedule schedule(std::error_code& ec) {
         ec.clear();
+        detail_.clear();
         return locked(ec, [&]() -> queue_schedule {
             auto sc = store_.get_schedule(ec);
             if (ec) note_failure("schedule", ec, store_);
@@ -615,6 +623,7 @@ public:
     /// A group's own cap (1..4096; none: only HOME's applies). Within HOME's cap: all groups
     /// together never run more than it. Lowering it stops nothing.
     queue_schedule set_group_cap(const std::string& group, std::optional<int> cap, std::error_code& ec) {
+        detail_.clear();
         if (!valid_group_name(group)) return bad_group(group, ec);
         if (cap && validate_cap(*cap)) {
             ec = errc::invalid_limit;
@@ -641,6 +650,7 @@ public:
     /// The store's limits (written from the options first if it has none).
     kugetsu::limits limits(std::error_code& ec) {
         ec.clear();
+        detail_.clear();
         return locked(ec, [&] { return lim_; });
     }
     kugetsu::limits limits() { return throwing([&](auto& ec) { return limits(ec); }); }
@@ -649,6 +659,7 @@ public:
     /// starts until fewer than the new cap are live. errc::invalid_limit if out of range.
     void set_limits(const kugetsu::limits& l, std::error_code& ec) {
         ec.clear();
+        detail_.clear();
         if ((ec = l.validate())) {
             detail_ = "limits: " + describe_limits_error(l);
             return;
@@ -680,6 +691,7 @@ public:
     /// the waiter anyway).
     wake_plan next_wake(std::error_code& ec) {
         ec.clear();
+        detail_.clear();
         wake_plan w;
         auto earliest = [&](timestamp t) {
             if (!w.deadline || t < *w.deadline) w.deadline = t;
@@ -724,7 +736,8 @@ public:
     Store& store() noexcept { return store_; }
     Clock& clock() noexcept { return clock_; }
     Workspace& workspace() noexcept { return workspace_; }
-    /// After a failed operation: what failed, on which task or file, and why.
+    /// After a failed operation: what failed, on which task or file, and why. Each operation
+    /// clears it first, so it never describes an earlier one.
     const std::string& last_error_detail() const noexcept { return detail_; }
     /// The last failure of the durable notifier's relay ("" after a relay that worked). The
     /// events it could not keep stay in the store; the next relay gives them again.
@@ -776,6 +789,7 @@ private:
     }
 
     queue_schedule set_paused(const std::string& group, bool paused, std::error_code& ec) {
+        detail_.clear();
         if (!group.empty() && !valid_group_name(group)) return bad_group(group, ec);
         return change_schedule([&](queue_schedule& sc) {
             if (group.empty()) {
@@ -1041,7 +1055,7 @@ private:
     void reap_locked(reap_report& rep, std::error_code& ec) {
         auto sessions = store_.list_sessions(ec);
         if (ec) return note_failure("sessions", ec, store_);
-        if constexpr (requires(std::vector<process_ref> refs) { spawner_.sweep(refs); }) {
+        if constexpr (spawner_with_sweep<Spawner>) {
             std::vector<process_ref> refs;
             refs.reserve(sessions.size());
             for (auto& s : sessions) refs.push_back(s.process);
@@ -1264,7 +1278,7 @@ private:
     /// Spawners that keep a record per agent (fork_spawner's slot files) drop it once the
     /// agent's end is recorded.
     void forget(const process_ref& p) noexcept {
-        if constexpr (requires { spawner_.forget(p); }) spawner_.forget(p);
+        if constexpr (spawner_with_forget<Spawner>) spawner_.forget(p);
     }
 
     void remove_workspace(queue_item& it) {
@@ -1273,7 +1287,7 @@ private:
         if (!wec) return;
         // Kept (uncommitted work) or failed: say so on the item; the task's outcome stands.
         std::string why = "workspace kept: " + wec.message();
-        if constexpr (requires { workspace_.last_error_detail(); }) why += ": " + std::string(workspace_.last_error_detail());
+        if constexpr (with_error_detail<Workspace>) why += ": " + std::string(workspace_.last_error_detail());
         it.last_error = it.last_error.empty() ? why : it.last_error + "; " + why;
     }
 
@@ -1344,7 +1358,7 @@ private:
         std::vector<std::error_code> spawned(reqs.size());
         std::vector<std::string> spawn_why(reqs.size());
         std::vector<process_ref> procs;
-        if constexpr (requires(std::vector<std::error_code>& e) { spawner_.spawn_many(reqs, e); spawner_.detail_of(0); }) {
+        if constexpr (spawner_with_batches<Spawner>) {
             procs = spawner_.spawn_many(reqs, spawned);
             for (std::size_t k = 0; k < reqs.size(); ++k)
                 if (spawned[k]) spawn_why[k] = "spawn: " + std::string(spawner_.detail_of(k));
@@ -1384,7 +1398,7 @@ private:
         // goes into the next unit.
         std::vector<std::error_code> released(held.size());
         std::vector<std::string> why(held.size());
-        if constexpr (requires(std::vector<process_ref> r, std::vector<std::error_code>& e) { spawner_.release_many(r, e); }) {
+        if constexpr (spawner_with_batches<Spawner>) {
             std::vector<process_ref> refs;
             for (auto& h : held) refs.push_back(h.proc);
             spawner_.release_many(refs, released);
@@ -1682,7 +1696,7 @@ private:
     template <class P>
     static std::string describe(const char* step, const std::error_code& ec, P& policy) {
         std::string s = std::string(step) + ": ";
-        if constexpr (requires { policy.last_error_detail(); }) {
+        if constexpr (with_error_detail<P>) {
             const std::string d(policy.last_error_detail());
             if (!d.empty()) return s + d;
         }

@@ -125,6 +125,6 @@ private:
     std::string detail_;
 };
 
-static_assert(kugetsu::try_lock<flock_lock> && kugetsu::lockable<flock_lock>);
+static_assert(kugetsu::try_lock<flock_lock> && kugetsu::lockable<flock_lock> && kugetsu::with_error_detail<flock_lock>);
 
 } // namespace kugetsu

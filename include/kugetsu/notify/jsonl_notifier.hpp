@@ -98,6 +98,7 @@ public:
     /// header comment); returns that number after the appends.
     std::uint64_t relay(const event_source& source, std::error_code& ec) noexcept {
         ec.clear();
+        detail_.clear();   // the detail describes this operation only
         failure f;
         std::uint64_t last = 0;
         try {
@@ -119,6 +120,7 @@ public:
     /// dropped; on failure the file is unchanged and ec says why (last_error_detail()).
     std::size_t compact(const std::function<bool(const event&)>& drop, std::error_code& ec) noexcept {
         ec.clear();
+        detail_.clear();   // the detail describes this operation only
         failure f;
         std::size_t dropped = 0;
         try {
@@ -399,6 +401,6 @@ private:
     std::optional<file_state> known_;   // the file as the last relay left it
 };
 
-static_assert(kugetsu::durable_notifier<jsonl_notifier>);
+static_assert(kugetsu::durable_notifier<jsonl_notifier> && kugetsu::with_error_detail<jsonl_notifier>);
 
 } // namespace kugetsu

@@ -477,6 +477,7 @@ public:
     /// fork fails.
     process_ref spawn(const spawn_request& r, std::error_code& ec) {
         ec.clear();
+        detail_.clear();   // the detail describes this operation only
         if (!check_dirs(ec)) return {};
         auto pending = launch(r, ec);
         if (ec) return {};
@@ -490,6 +491,7 @@ public:
         std::vector<process_ref> refs(rs.size());
         ecs.assign(rs.size(), {});
         pending_detail_.assign(rs.size(), {});
+        detail_.clear();
         std::error_code dec;
         if (!check_dirs(dec)) {
             for (auto& e : ecs) e = dec;
@@ -644,6 +646,7 @@ public:
     /// ENOEXEC). errc::not_held: no such held agent.
     void release(const process_ref& p, std::error_code& ec) {
         ec.clear();
+        detail_.clear();   // the detail describes this operation only
         auto it = held_.find(p.pid);
         if (it == held_.end()) return fail(ec, errc::not_held, "release");
         held h = std::move(it->second);
@@ -657,6 +660,7 @@ public:
     void release_many(const std::vector<process_ref>& refs, std::vector<std::error_code>& ecs) {
         ecs.assign(refs.size(), {});
         pending_detail_.assign(refs.size(), {});
+        detail_.clear();
         std::vector<std::optional<held>> hs(refs.size());
         for (std::size_t i = 0; i < refs.size(); ++i) {
             auto it = held_.find(refs[i].pid);
@@ -754,6 +758,7 @@ public:
     /// Never blocks. See the header comment for how liveness is decided.
     process_status poll(const process_ref& p, std::error_code& ec) {
         ec.clear();
+        detail_.clear();   // the detail describes this operation only
         reap();
         if (!p) return {process_state::gone, -1};
         if (held_.count(p.pid)) return {process_state::running, -1};
@@ -764,6 +769,7 @@ public:
     /// Blocks until the agent's end is recorded (its slot released), then answers as poll().
     process_status wait(const process_ref& p, std::error_code& ec) {
         ec.clear();
+        detail_.clear();   // the detail describes this operation only
         if (!p || held_.count(p.pid)) return poll(p, ec);
         if (p.boot_id != detail::boot_id()) return {process_state::gone, -1};
         reap();
@@ -799,6 +805,7 @@ public:
     /// Signals the agent's process group; nothing if p no longer denotes that process.
     void signal(const process_ref& p, stop_signal s, std::error_code& ec) {
         ec.clear();
+        detail_.clear();   // the detail describes this operation only
         if (!p || held_.count(p.pid)) return;
         const int sig = s == stop_signal::kill ? SIGKILL : SIGTERM;
         // Hold a pidfd while checking the identity, so the check and the kill are about the
@@ -1388,5 +1395,7 @@ private:
 };
 
 static_assert(kugetsu::spawner<fork_spawner>);
+static_assert(kugetsu::spawner_with_forget<fork_spawner> && kugetsu::spawner_with_sweep<fork_spawner> &&
+              kugetsu::spawner_with_batches<fork_spawner> && kugetsu::with_error_detail<fork_spawner>);
 
 } // namespace kugetsu

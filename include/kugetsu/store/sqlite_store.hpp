@@ -969,8 +969,10 @@ private:
         db_ = nullptr;
     }
 
+    // Every operation starts here: its detail describes it only.
     bool ready(std::error_code& ec) {
         ec.clear();
+        detail_.clear();
         if (!db_) open(ec);
         return !ec;
     }
@@ -1268,5 +1270,6 @@ private:
 static_assert(kugetsu::store<sqlite_store>);
 static_assert(kugetsu::store_with_quarantine<sqlite_store>);
 static_assert(kugetsu::store_with_removal<sqlite_store>);
+static_assert(kugetsu::with_error_detail<sqlite_store>);
 
 } // namespace kugetsu

@@ -105,6 +105,7 @@ public:
     /// last_error_detail(); a dirty leftover is kept), invalid_task_id.
     std::string prepare(const queue_item& it, std::error_code& ec) {
         ec.clear();
+        detail_.clear();   // the detail describes this operation only
         const std::string& repo = repo_for(it);
         if (repo.empty()) return {};
         if (!check_id(it, ec)) return {};
@@ -139,6 +140,7 @@ public:
     /// is kept; invalid_task_id.
     void remove(const queue_item& it, std::error_code& ec) {
         ec.clear();
+        detail_.clear();   // the detail describes this operation only
         const std::string& repo = repo_for(it);
         if (repo.empty()) return;
         if (!check_id(it, ec)) return;
@@ -260,6 +262,6 @@ private:
     std::string detail_;
 };
 
-static_assert(kugetsu::workspace<git_worktree_workspace>);
+static_assert(kugetsu::workspace<git_worktree_workspace> && kugetsu::with_error_detail<git_worktree_workspace>);
 
 } // namespace kugetsu
