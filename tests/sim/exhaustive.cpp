@@ -20,6 +20,16 @@ using namespace kugetsu::sim;
 using kugetsu::test::describe;
 
 namespace {
+/// The six-task race with kills, exec failures, crashes and PID reuse.
+scenario faulty_scenario() {
+    scenario sc;
+    sc.faults.kill = 0.01;
+    sc.faults.exec_failure = 0.2;
+    sc.faults.agent_crash = 0.1;
+    sc.faults.pid_reuse = true;
+    return sc;
+}
+
 std::string serialise(const run_result& r) {
     std::ostringstream out;
     for (auto& t : r.trace) out << t.step << ' ' << format_rfc3339(t.time) << ' ' << t.actor << ' ' << t.op << ' ' << t.detail << '\n';
@@ -105,11 +115,7 @@ TEST_CASE("partial-order reduction agrees with the full search on a small config
 }
 
 TEST_CASE("the same seed gives a byte-identical trace; another seed gives another") {
-    scenario sc;
-    sc.faults.kill = 0.01;
-    sc.faults.exec_failure = 0.2;
-    sc.faults.agent_crash = 0.1;
-    sc.faults.pid_reuse = true;
+    const scenario sc = faulty_scenario();
     random_chooser a(42, sc.faults.kill), b(42, sc.faults.kill), c(43, sc.faults.kill);
     const auto ra = run(sc, 5, a), rb = run(sc, 5, b), rc_ = run(sc, 5, c);
     CHECK(serialise(ra) == serialise(rb));
@@ -202,11 +208,7 @@ scenario small_legacy(std::array<bool, 4> fixed) {
 } // namespace
 
 TEST_CASE("exploration on several threads finds exactly what one thread finds") {
-    scenario faulty;
-    faulty.faults.kill = 0.01;
-    faulty.faults.exec_failure = 0.2;
-    faulty.faults.agent_crash = 0.1;
-    faulty.faults.pid_reuse = true;
+    const scenario faulty = faulty_scenario();
     for (unsigned threads : {2u, 3u}) {
         CAPTURE(threads);
         const auto legacy1 = explore_random(scenario::legacy(), 5, 120, false, 3, 1);

@@ -1,6 +1,8 @@
 // The dispatcher's semantics, on the in-memory store with the fake spawner and a manual clock.
 #include <catch2/catch.hpp>
 
+#include <functional>
+
 #include <kugetsu/kugetsu.hpp>
 #include <kugetsu/store/sqlite_store.hpp>
 
@@ -122,6 +124,26 @@ TEST_CASE("enqueue refuses a duplicate id, a hostile id and a PM task, and chang
     std::error_code lec;
     CHECK(r.store.list_items(lec).size() == 1);
     CHECK(r.events->size() == 1);
+}
+
+TEST_CASE("last_error_detail() describes the last operation only: each operation clears it first") {
+    rig r;
+    std::error_code ec;
+    r.d.enqueue(r.spec("../x"), ec);
+    REQUIRE(ec == errc::invalid_task_id);
+    REQUIRE_FALSE(r.d.last_error_detail().empty());
+    for (auto op : std::initializer_list<std::function<void()>>{
+             [&] { r.d.enqueue(r.spec("t1"), ec); }, [&] { r.d.cancel("t1", ec); },
+             [&] { r.d.restart(std::vector<std::string>{"t1"}, ec); }, [&] { r.d.reap(ec); },
+             [&] { r.d.process_queue(ec); }, [&] { r.d.schedule(ec); }, [&] { r.d.pause("", ec); },
+             [&] { r.d.resume("", ec); }, [&] { r.d.set_group_cap("g", 2, ec); }, [&] { r.d.limits(ec); },
+             [&] { r.d.next_wake(ec); }}) {
+        r.d.enqueue(r.spec("../y"), ec);   // a failure that leaves a detail
+        REQUIRE_FALSE(r.d.last_error_detail().empty());
+        op();
+        CHECK_FALSE(ec);
+        CHECK(r.d.last_error_detail().empty());
+    }
 }
 
 TEST_CASE("start admits cap dev agents and answers no_slot after, leaving nothing behind") {
@@ -1582,4 +1604,25 @@ TEST_CASE("clean deletes finished tasks by state and age with their events, neve
     CHECK(r.d.clean({}, ec).size() == 3);
     std::error_code lec;
     CHECK(r.store.list_items(lec).empty());
+}
+
+TEST_CASE("sqlite_store's last_error_detail() describes its last operation only") {
+    kugetsu::test::temp_dir home;
+    sqlite_store s(home / "state.db");
+    std::error_code ec;
+    queue_item it;
+    it.id = "a";
+    it.argv = {"agent"};
+    s.begin(ec);
+    s.create_item(it, ec);
+    s.commit(durability::durable, ec);
+    REQUIRE_FALSE(ec);
+    s.begin(ec);
+    s.create_item(it, ec);   // a duplicate: refused, with a detail naming it
+    CHECK(ec);
+    CHECK(s.last_error_detail().find("\"a\" already exists") != std::string::npos);
+    s.rollback();
+    CHECK(s.get_item("a", ec));
+    CHECK_FALSE(ec);
+    CHECK(s.last_error_detail().empty());
 }

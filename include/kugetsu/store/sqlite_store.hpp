@@ -211,6 +211,7 @@ public:
 
     void commit(durability d, std::error_code& ec) {
         ec.clear();
+        detail_.clear();
         if (!unit_) return;
         if (!exec_stmt(stmt::commit, "commit", ec)) {
             rollback();
@@ -242,6 +243,7 @@ public:
     /// idle, outside its critical section. Costs two fsyncs (the WAL, the database).
     void checkpoint(std::error_code& ec) {
         ec.clear();
+        detail_.clear();
         if (!db_ || unit_) return;
         no_wait_ = true;
         int log = 0, done = 0;
