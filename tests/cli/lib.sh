@@ -9,6 +9,13 @@ export KUGETSU_HOME="$T/home"
 # HOME keeps its own limits (cap 3 by default): a test changes them with `ku config`, never
 # through the environment, which must agree with HOME's.
 unset MAX_CONCURRENT_AGENTS KUGETSU_TEST_NO_LOCK KUGETSU_TEST_BARRIER KUGETSU_MAX_ATTEMPTS KUGETSU_KILL_GRACE
+# Under AddressSanitizer, LeakSanitizer checks every kugetsu process for leaks as it exits, by
+# stopping it with ptrace, and that stop sporadically never completes (google/sanitizers#777).
+# Seen in CI twice, in scheduling.sh: a `kugetsu daemon` given SIGTERM stayed in state R for
+# more than 20 s while LeakSanitizer's tracer, its child, waited on it in wait4(__WALL). These
+# tests run hundreds of processes that exit so: here leaks are not checked (the unit, process
+# and simulator tests check them). Without ASan the option does nothing.
+export ASAN_OPTIONS="${ASAN_OPTIONS:+$ASAN_OPTIONS:}detect_leaks=0"
 BACKGROUND=()
 TEST_PID=$$
 # Every test ends with a diagnostic well before ctest's timeout (300 s): `ku wait` gives up
