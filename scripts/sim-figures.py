@@ -59,7 +59,7 @@ EXHAUSTIVE = [
     ("fixed", ["--starters", "3", "--early-ends", "0"], "fixed, 3 starters, agents end only at their drawn times"),
     ("fixed", ["--starters", "4", "--early-ends", "0"], "fixed, 4 starters, agents end only at their drawn times"),
     ("fixed", ["--starters", "5", "--early-ends", "0"], "fixed, 5 starters, agents end only at their drawn times"),
-    ("fixed", ["--starters", "0", "--kills", "1"], "fixed, daemon only, up to one kill of any process at any step"),
+    ("fixed", ["--starters", "0", "--kills", "1"], "fixed, daemon only, up to one kill of any simulated process at any step"),
     ("fixed", ["--starters", "1", "--kills", "1", "--early-ends", "0"],
      "fixed, 1 starter, up to one kill anywhere, agents end at their drawn times"),
     ("fixed+at-most-once-events", ["--starters", "0", "--early-ends", "0", "--kills", "1"],

@@ -81,9 +81,11 @@ idle slot).
                        exhaustive: every step of a critical section is a choice point too
                        (no partial-order reduction; far more states). The legacy designs
                        are always searched so (the reduction is not sound for them)
-  --kills N            exhaustive: in each schedule up to N SIGKILLs, each of any process
-                       at any step (critical sections included), 0..8 (default 0). With
-                       --replay --atomic-sections: replay a schedule found so
+  --kills N            exhaustive: in each schedule up to N SIGKILLs, each of any simulated
+                       process (enqueuer, starters, PM starter, daemons; not the agents'
+                       supervisors) at any step, critical sections included, 0..8
+                       (default 0). With --replay --atomic-sections: replay a schedule
+                       found so
   --early-ends N       exhaustive: in each schedule up to N agents end by a choice, at any
                        step where agents are looked at, before their drawn end (the others
                        at their drawn times); 0..64 (default 1). Random and pct: no bound
@@ -409,7 +411,7 @@ options parse_args(int argc, char** argv) {
     if (o.order_given && o.explore != "exhaustive") throw usage_error("--order: only with --explore exhaustive");
     if (o.explore == "exhaustive" && o.sc.faults.kill > 0)
         throw usage_error("--faults kill=P: the exhaustive search does not draw kills at random; --kills N branches on "
-                          "up to N kills of any process at any step");
+                          "up to N kills of any simulated process at any step");
     if (o.kills_given && !(o.explore == "exhaustive" || (o.replay && o.atomic_sections)))
         throw usage_error("--kills: only with --explore exhaustive, or with --replay --atomic-sections");
     if (o.kills_given) o.sc.faults.max_kills = o.kills;   // every replay of this run has that budget
@@ -628,7 +630,7 @@ int run_explore(options& o, outputs& out) {
            << (o.order == ks::search_order::breadth_first ? "breadth-first, " : "depth-first, ")
            << (ex.complete ? "every state reachable with up to " + std::to_string(o.early_ends) +
                                  " agent end(s) by choice and " +
-                                 (o.kills ? "up to " + std::to_string(o.kills) + " kill(s) of any process at any step"
+                                 (o.kills ? "up to " + std::to_string(o.kills) + " kill(s) of any simulated process at any step"
                                           : std::string("no kill"))
                            : broken ? "stopped at the first violation" : "stopped at --max-states")
            << (ex.reduced ? ", critical sections atomic" : ", no reduction") << ")";

@@ -318,7 +318,7 @@ TEST_CASE("the timeline of a counterexample counts steps, names the actor that s
         if (p.status != proc_status::running) CHECK(p.started_step <= p.ended_step);
 }
 
-TEST_CASE("the exhaustive search branches on a kill of any process at any step, critical sections included") {
+TEST_CASE("the exhaustive search branches on a kill of any simulated process at any step, critical sections included") {
     scenario sc;
     sc.starters = 0;
     const auto calm = explore_exhaustive(sc, 1, {.stop_at_violation = false, .early_ends = 0});

@@ -443,7 +443,7 @@ public:
     /// (fault_plan::max_kills) lasts, each step an atomic section would take without a choice
     /// point is a kill point, where the only choices are the actor's step and its SIGKILL
     /// there (no other actor moves, so the reduction still holds). The exhaustive search
-    /// branches on both, so a kill at any step of any process is explored.
+    /// branches on both, so a kill at any step of any simulated process is explored.
     void set_kill_points(bool on) noexcept { kill_points_ = on; }
     /// Whether the pending choice is a kill point (only the actor, or its kill).
     bool at_kill_point() const noexcept { return exclusive_ >= 0; }
