@@ -48,8 +48,8 @@ constexpr int exit_ok = 0, exit_violation = 1, exit_usage = 64, exit_software = 
 constexpr const char* usage_text = R"(usage: kugetsu-sim [options]
 
 Explores the schedules of a simulated kugetsu scenario and checks its invariants (the cap,
-no agent running unrecorded, no duplicate start, no lost task, attempts, exact events, no
-idle slot).
+no agent running unrecorded, no duplicate start, no lost task, attempts, exact events, exit
+codes, no idle slot).
 
   --scenario NAME      six-task-race (the default)
   --design D           fixed (the default), legacy, or legacy with some of its four causes
@@ -63,7 +63,10 @@ idle slot).
                        priority); its wrong variants, each caught: +ignore-group-caps,
                        +ignore-pause, +wrong-priority, +ignore-dependencies;
                        fixed+edge-triggered-wait: the daemon loop's waiter forgets what
-                       happened during a pass (a lost wake-up, caught as lost_task)
+                       happened during a pass (a lost wake-up, caught as lost_task);
+                       fixed+unrecorded-exits: the agents' supervisors never write the
+                       exit record (caught as exit_code). fixed+unsupervised: agents are
+                       their spawners' children, with no supervisors (earlier releases)
   --seed N             the seed of agent durations, faults and exploration (default 1)
   --explore MODE       random (the default), pct, exhaustive, or commit-kills (for each
                        commit of a random schedule, the committing process killed just
@@ -82,8 +85,9 @@ idle slot).
                        (no partial-order reduction; far more states). The legacy designs
                        are always searched so (the reduction is not sound for them)
   --kills N            exhaustive: in each schedule up to N SIGKILLs, each of any simulated
-                       process (enqueuer, starters, PM starter, daemons; not the agents'
-                       supervisors) at any step, critical sections included, 0..8
+                       process (enqueuer, starters, PM starter, daemons, the agents'
+                       supervisors and their on-exit reaps) at any step, critical
+                       sections included, 0..8
                        (default 0). With --replay --atomic-sections: replay a schedule
                        found so
   --early-ends N       exhaustive: in each schedule up to N agents end by a choice, at any
@@ -95,7 +99,8 @@ idle slot).
   --no-pm              no PM agent
   --enqueue-race       enqueues race with everything else (default: queued first)
   --faults SPEC        comma-separated: kill=P, exec=P, crash=P, hang=P (P in 0..1),
-                       pid-reuse, max-kills=N; or none, or all
+                       pid-reuse, max-kills=N (kills per run; default 3 with a
+                       kill chance, else 0); or none, or all
                        (all = kill=0.01,exec=0.2,crash=0.1,hang=0.05,pid-reuse)
   --timeout SECONDS    per-task timeout, 1..86400 (default: none; 20 when hang > 0)
   --replay LIST        replay exactly this schedule (actor ids, a kill as -(id+1), the
@@ -176,6 +181,7 @@ void parse_design(std::string_view text, ks::scenario& sc) {
         sc.outbox = true;
         sc.scheduling = sc.ignore_group_caps = sc.ignore_pause = sc.wrong_priority = sc.ignore_dependencies = false;
         sc.edge_triggered_wait = false;
+        sc.supervisors = sc.supervisor_records = true;
         for (std::size_t i = 1; i < parts.size(); ++i) {
             auto once = [&](bool& flag, bool value) {
                 if (flag == value) return false;
@@ -190,12 +196,17 @@ void parse_design(std::string_view text, ks::scenario& sc) {
                             (p == "ignore-pause" && once(sc.ignore_pause, true)) ||
                             (p == "wrong-priority" && once(sc.wrong_priority, true)) ||
                             (p == "ignore-dependencies" && once(sc.ignore_dependencies, true)) ||
-                            (p == "edge-triggered-wait" && once(sc.edge_triggered_wait, true));
+                            (p == "edge-triggered-wait" && once(sc.edge_triggered_wait, true)) ||
+                            (p == "unsupervised" && once(sc.supervisors, false)) ||
+                            (p == "unrecorded-exits" && once(sc.supervisor_records, false));
             if (!ok)
                 throw usage_error("--design: unknown or repeated part '" + std::string(p) + "' in '" + std::string(text) +
                                   "' (expected release-before-commit, at-most-once-events, scheduling, ignore-group-caps, "
-                                  "ignore-pause, wrong-priority, ignore-dependencies or edge-triggered-wait)");
+                                  "ignore-pause, wrong-priority, ignore-dependencies, edge-triggered-wait, unsupervised or "
+                                  "unrecorded-exits)");
         }
+        if (!sc.supervisors && !sc.supervisor_records)
+            throw usage_error("--design: unrecorded-exits is a variant of the agents' supervisors, and unsupervised has none");
         if ((sc.ignore_group_caps || sc.ignore_pause || sc.wrong_priority || sc.ignore_dependencies) && !sc.scheduling)
             throw usage_error("--design: ignore-group-caps, ignore-pause, wrong-priority and ignore-dependencies are "
                               "variants of fixed+scheduling");
@@ -281,7 +292,7 @@ std::string faults_text(const ks::fault_plan& f) {
     if (f.agent_crash > 0) add("crash=" + shortest(f.agent_crash));
     if (f.agent_hang > 0) add("hang=" + shortest(f.agent_hang));
     if (f.pid_reuse) add("pid-reuse");
-    if (f.max_kills != ks::fault_plan{}.max_kills) add("max-kills=" + std::to_string(f.max_kills));
+    if (f.max_kills) add("max-kills=" + std::to_string(*f.max_kills));
     return s.empty() ? "none" : s;
 }
 
@@ -430,7 +441,7 @@ std::string scenario_args(const options& o) {
     if (sc.starters != def.starters) s += " --starters " + std::to_string(sc.starters);
     if (!sc.pm) s += " --no-pm";
     if (!sc.enqueue_first) s += " --enqueue-race";
-    if (sc.faults.any() || sc.faults.max_kills != def.faults.max_kills) s += " --faults " + faults_text(sc.faults);
+    if (sc.faults.any() || sc.faults.max_kills) s += " --faults " + faults_text(sc.faults);
     if (sc.timeout) s += " --timeout " + std::to_string(std::chrono::duration_cast<std::chrono::seconds>(*sc.timeout).count());
     return s + " --seed " + std::to_string(o.seed);
 }

@@ -45,6 +45,7 @@ scenario three_tasks_daemon_alone() {
     sc.tasks = 3;
     sc.starters = 0;
     sc.pm = false;
+    sc.faults.max_kills = 1;   // the choosers below kill once (no kill chance: no budget by default)
     return sc;
 }
 
@@ -125,7 +126,7 @@ TEST_CASE("a unit of work killed just before its commit leaves none of its write
         CHECK(r.kills == 1);
         // The daemon's three held agents were abandoned: every agent that ran is daemon-2's.
         CHECK(r.agents.size() == 3);
-        for (const auto& p : r.agents) CHECK(r.actor_names.at(static_cast<std::size_t>(p.parent)) == "daemon-2");
+        for (const auto& p : r.agents) CHECK(r.actor_names.at(static_cast<std::size_t>(p.spawner)) == "daemon-2");
         for (const char* t : {"t1", "t2", "t3"}) {
             INFO(t);
             const auto* it = item(r, t);
@@ -143,7 +144,7 @@ TEST_CASE("a unit of work killed just before its commit leaves none of its write
         CHECK(r.ok());
         CHECK(r.kills == 1);
         CHECK(r.agents.size() == 3);
-        for (const auto& p : r.agents) CHECK(r.actor_names.at(static_cast<std::size_t>(p.parent)) == "daemon-2");
+        for (const auto& p : r.agents) CHECK(r.actor_names.at(static_cast<std::size_t>(p.spawner)) == "daemon-2");
         for (const char* t : {"t1", "t2", "t3"}) {
             INFO(t);
             const auto* it = item(r, t);
@@ -178,7 +179,8 @@ TEST_CASE("a unit's staged writes are outside the committed state's hash and ins
 }
 
 TEST_CASE("a relay killed midway leaves what it appended, and a later relay brings the rest once") {
-    const scenario sc;
+    scenario sc;
+    sc.faults.max_kills = 1;   // the chooser kills once (no kill chance: no budget by default)
     op_kill_chooser base("notifier.append", 3, 0, false);
     REQUIRE(run(sc, 1, base).ok());
     const std::uint64_t appends = base.count();

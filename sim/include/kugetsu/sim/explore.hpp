@@ -517,7 +517,7 @@ inline exploration explore_commit_kills(const scenario& sc, std::uint64_t seed, 
     opt.keep_trace = false;
     opt.keep_ops = false;
     scenario s = sc;
-    s.faults.max_kills = std::max(s.faults.max_kills, 1);
+    s.faults.max_kills = std::max(s.faults.kill_budget(), 1);
     ex.seconds = detail::timed([&] {
         std::vector<exploration> parts(ex.threads);
         detail::parallel_for(bases, ex.threads, 1, [&](unsigned worker, std::uint64_t b) {

@@ -451,10 +451,11 @@ public:
         p.ref = w_->new_ref();
         p.task_id = r.task_id;
         p.role = r.task_id == pm_task_ ? role::pm : role::dev;
-        p.parent = w_->current();
+        p.spawner = p.parent = w_->current();
         p.status = proc_status::held;
         p.attempt = ++w_->spawns_of(r.task_id);
-        w_->procs()[p.ref.start_time] = p;
+        proc& added = w_->procs()[p.ref.start_time] = p;
+        if (w_->on_spawn) w_->on_spawn(added);
         w_->observe(p.ref.start_time);
         if (w_->tracing()) w_->trace(w_->current(), "spawn", r.task_id + " pid " + std::to_string(p.ref.pid) + " (held)");
         return p.ref;
@@ -464,7 +465,7 @@ public:
         ec.clear();
         w_->choice({"release", ref.pid});
         proc* p = w_->find_proc(ref);
-        if (!p || p->status != proc_status::held || p->parent != w_->current()) {
+        if (!p || p->status != proc_status::held || p->spawner != w_->current()) {
             ec = errc::not_held;
             return;
         }
@@ -491,7 +492,7 @@ public:
     }
 
     void abandon(const process_ref& ref) noexcept {
-        if (proc* p = w_->find_proc(ref); p && p->status == proc_status::held) p->status = proc_status::abandoned;
+        if (proc* p = w_->find_proc(ref); p && p->status == proc_status::held) w_->mark_abandoned(*p);
     }
 
     process_status poll(const process_ref& ref, std::error_code& ec) {
@@ -510,16 +511,20 @@ public:
             case proc_status::exited:
                 if (p->parent == w_->current()) {   // our child: waitpid gives the code
                     st = {process_state::exited, p->exit_code, false, p->ended};
+                    if (p->sup >= 0) p->recorded = p->adopted = true;   // an adopted orphan: its exit record
                     w_->reaped(*p);
                 } else if (w_->actor_alive(p->parent)) {
-                    st.state = process_state::running;   // a zombie: its parent has not reaped it
+                    // Its supervisor holds the slot's lock until it has written the exit
+                    // record; or a zombie whose parent (a subreaper) has not reaped it yet.
+                    st.state = process_state::running;
                 } else {
                     w_->reaped(*p);   // reparented to init, which reaped it
                     st.ran = p->ran;  // its slot says it exec'd
                 }
                 break;
             case proc_status::reaped:
-                if (p->exec_failed) st.state = process_state::never_ran;   // known: its exec failed
+                if (p->recorded) st = {process_state::exited, p->exit_code, false, p->ended};   // the slot's exit record
+                else if (p->exec_failed) st.state = process_state::never_ran;   // known: its exec failed
                 else st.ran = p->ran;
                 break;
             case proc_status::abandoned: st.state = process_state::never_ran; break;   // held, never released

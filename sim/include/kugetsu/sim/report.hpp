@@ -133,7 +133,7 @@ inline nlohmann::json summary_json(const scenario& sc, const exploration& ex, st
         shortest_by_kind[k] = {{"steps", c.schedule.size()}, {"replay", detail::schedule_text(c.schedule)}};
     const fault_plan& f = sc.faults;
     nlohmann::json faults = {{"kill", f.kill},          {"exec", f.exec_failure}, {"crash", f.agent_crash},
-                             {"hang", f.agent_hang},    {"pid_reuse", f.pid_reuse}, {"max_kills", f.max_kills}};
+                             {"hang", f.agent_hang},    {"pid_reuse", f.pid_reuse}, {"max_kills", f.kill_budget()}};
     return {{"scenario", sc.name},
             {"design", sc.design()},
             {"cap", sc.cap},
@@ -339,9 +339,9 @@ inline void write_svg(std::ostream& os, const run_result& r, const std::string& 
         const proc& p = *l.p;
         const double ty = lanes_top + static_cast<double>(i) * (lane_h + lane_gap);
         const bool pm = p.role == role::pm;
-        const bool named = p.parent >= 0 && static_cast<std::size_t>(p.parent) < r.actor_names.size();
+        const bool named = p.spawner >= 0 && static_cast<std::size_t>(p.spawner) < r.actor_names.size();
         const std::string label = p.task_id + " \xc2\xb7 pid " + std::to_string(p.ref.pid) +
-                                  (named ? " \xc2\xb7 " + r.actor_names[static_cast<std::size_t>(p.parent)] : std::string());
+                                  (named ? " \xc2\xb7 " + r.actor_names[static_cast<std::size_t>(p.spawner)] : std::string());
         std::string how;
         if (l.open) how = "still running at the end";
         else how = "exit " + std::to_string(p.exit_code);

@@ -11,6 +11,9 @@
 //   2. the count of active sessions includes the PM's;
 //   3. no lock around "count sessions, create session, spawn";
 //   4. the daemon spawns all pending tasks at once, in background jobs.
+// The fixed design runs each agent under a supervisor of its own (supervisor_body: the held
+// agent, its exit record, the on-exit `kugetsu reap` while no daemon holds daemon.lock), and
+// the daemon holds daemon.lock and adopts the agents of killed supervisors it started.
 // Each cause can be fixed alone (`fixes`), to see which fixes matter; with all four fixed the
 // real dispatcher runs. Two deliberately wrong variants of it exist for the negative tests:
 // release_before_commit (held agents released before their sessions commit) and outbox off
@@ -25,6 +28,9 @@
 //   events           fixed design: after dropping copies (the same seq), each task has exactly
 //                    the events its history implies, and the events file holds every event
 //                    the store committed; legacy: each task's events form a valid sequence
+//   exit_code        supervised agents: a final task's exit code is its last agent's when its
+//                    exit record was written or its supervisor lived to write it, and no code
+//                    is claimed for one init reaped (check_exit_code)
 //   idle_slot        when the daemon goes to sleep, no slot is free while tasks are runnable
 //                    (pending, their group neither paused nor at its cap), unless it is to
 //                    look again soon at an agent it cannot watch (as the real watcher does)
@@ -93,6 +99,14 @@ struct scenario {
     /// A deliberately wrong daemon loop (negative test, design "fixed+edge-triggered-wait"): its
     /// waiter forgets the events of the pass, as a loop that drains after its pass would.
     bool edge_triggered_wait = false;
+    /// Fixed design: each agent runs under its own supervisor, a process of its own (as
+    /// fork_spawner's): see detail::supervisor_body. Off: the agent is its spawner's child,
+    /// which alone gets its exit code (the simulator of earlier releases). The legacy design
+    /// never has supervisors (the original tool forked its agents directly).
+    bool supervisors = true;
+    /// A deliberately wrong supervisor (negative test, design "fixed+unrecorded-exits"): it
+    /// never writes the exit record, so every exit code is lost.
+    bool supervisor_records = true;
 
     /// Scheduling: the group, priority and dependencies of queued task t<i>.
     static std::string group_of(int i) { return i % 2 ? "a" : "b"; }
@@ -115,6 +129,8 @@ struct scenario {
             if (wrong_priority) s += "+wrong-priority";
             if (ignore_dependencies) s += "+ignore-dependencies";
             if (edge_triggered_wait) s += "+edge-triggered-wait";
+            if (!supervisors) s += "+unsupervised";
+            else if (!supervisor_records) s += "+unrecorded-exits";
             return s;
         }
         std::string s = "legacy";
@@ -168,6 +184,9 @@ struct shared {
     std::set<std::string> queued;   // the ids given to enqueue()
     std::string pm_task = "pm-1";
     int daemon_restarts = 0;
+    int daemon_lock = -1;          // the actor that holds daemon.lock (while it lives)
+    bool passed_after_clients = false;   // the daemon's last pass began once every client was done
+    bool daemon_present() const { return daemon_lock >= 0 && w.actor_alive(daemon_lock); }
     bool no_daemon_left = false;   // a daemon was killed past max_daemon_restarts
     int peak = 0;
     bool cap_reported = false, dup_reported = false, unrecorded_reported = false;
@@ -488,8 +507,17 @@ struct sim_waiter {
     wake wait(const wake_plan& plan, std::error_code& ec) {
         ec.clear();
         world& w = s.w;
-        if (s.clients_done() && unfinished(s.store) == 0) return wake::stop;
+        // The end of the run: every client done, every dev task final, and a pass since the
+        // last client ended (it may have left a claim to recover, or an agent to adopt).
+        if (s.clients_done() && unfinished(s.store) == 0 && s.passed_after_clients) return wake::stop;
         w.choice("daemon.wait", /*observes_agents=*/true);   // an agent may end just before it looks
+        // The owners of claims, watched through pidfds: one already gone wakes it at once.
+        w.me().watch_deaths.clear();
+        for (const auto& o : plan.owners)
+            if (const actor* a = w.find_actor(o)) {
+                if (!w.actor_alive(a->id)) return wake::process;
+                w.me().watch_deaths.push_back(a->id);
+            }
         if (edge_triggered) w.consume_events();
         if (w.has_unseen_event()) return wake::changed;   // something happened during the pass
         // As the watcher: an agent that no pidfd can watch (already ended: a zombie whose
@@ -515,23 +543,85 @@ struct sim_waiter {
     }
 };
 
+/// An agent's supervisor (fork_spawner's), from the moment spawn() forked it: it waits for
+/// its agent's fate; if the agent ran and ended, it writes the exit record (the slot's lock is
+/// held until then, so every poll sees the agent running) and, as `kugetsu reap` does on
+/// exit, records the end in the store unless a daemon holds daemon.lock. Killed, it leaves
+/// a held agent to exit without running, and a running one to the daemon that spawned it
+/// (a subreaper, which records its code when it polls it) or else to init (its code lost).
+/// Not simulated: its own timeout signals (the dispatcher's, which it duplicates, are).
+///
+/// Its steps. With kills left in the run's budget: a first step while its agent is held and
+/// one once it runs (kill points), one when the agent has ended (the exit record), then the
+/// on-exit check of daemon.lock. Without kills the first step is the record itself (it waits
+/// from its fork: nothing shared changes before), and the check is made in the same step: the
+/// daemon's presence can then change only at the daemon's stop, at the end of the run, once
+/// every dev task is final. With atomic critical sections (the exhaustive search), kills or
+/// not, the record is its only step (and lazy: offered where agents are looked at). Its agent
+/// is held only inside its spawner's critical section, where no other actor moves; a kill
+/// while the agent runs is seen as a kill at the record (the agent goes to the same new
+/// parent, and polls see it running until then); and a daemon killed between the record and
+/// the check is seen as killed just after it (its successor records the end). Each holds but
+/// for a second kill in between, which random and PCT exploration reach.
+inline void supervisor_body(shared& s, process_ref agent, bool watching) {
+    world& w = s.w;
+    if (watching) {   // this was the first step, a kill point while it is held: now its run
+        w.wait_agent(agent, /*released=*/true);
+        if (const proc* p = w.find_proc(agent); p && p->status == proc_status::running)
+            w.lazy_choice({"sup.watch", agent.pid});   // a kill point while it runs
+        w.wait_agent(agent);
+        const proc* p = w.find_proc(agent);
+        if (!p || p->status != proc_status::exited) return;   // never ran: its slot says so
+        w.lazy_choice({"sup.record", agent.pid});
+    }
+    proc* q = w.find_proc(agent);
+    if (!q || q->status != proc_status::exited || q->parent != w.current()) return;
+    if (s.sc.supervisor_records) q->recorded = true;
+    w.reaped(*q);
+    w.notify_event();   // the slot's last close: IN_CLOSE_WRITE on run/
+    if (w.tracing()) w.trace(w.current(), "exit record", q->task_id + " pid " + std::to_string(agent.pid) + " code " +
+                                                       std::to_string(q->exit_code));
+    // The on-exit command, `kugetsu reap`, unless a daemon holds daemon.lock.
+    if (w.can_kill() && !w.atomic()) w.choice({"sup.on_exit", agent.pid});   // (see above)
+    const bool daemon = s.daemon_present();
+    w.observe(daemon ? 1 : 2);
+    if (daemon) return;
+    auto d = make_fixed(s);
+    std::error_code ec;
+    d.reap(ec);
+    w.die_if_killed();
+}
+
 inline void daemon_body(shared& s) {
     world& w = s.w;
     if (s.sc.all_fixed()) {
+        // daemon.lock, for its whole life (the kernel releases it when it dies).
+        w.choice("daemon.lock");
+        s.daemon_lock = w.current();
         // The real daemon loop (serve.hpp) over the real dispatcher.
         auto d = make_fixed(s);
         sim_waiter waiter{s, s.sc.edge_triggered_wait};
         struct host {
             world& w;
+            shared& s;
+            fixed_dispatcher& d;
             // Here the daemon's future depends on the shared state only: nothing it saw in
             // an earlier pass is kept (the dispatcher holds no state between calls).
-            void before_pass() { w.reset_history(); }
-            bool pass(const pass_report&, const std::error_code&) {
+            void before_pass() {
+                w.reset_history();
+                s.passed_after_clients = s.clients_done();
+                w.observe(s.passed_after_clients ? 3 : 4);
+            }
+            bool pass(const pass_report&, const std::error_code& ec) {
                 w.die_if_killed();   // killed during its relay (which cannot throw)
+                if (ec && w.tracing()) w.trace(w.current(), "pass failed", ec.message() + ": " + d.last_error_detail());
                 return true;
             }
+            void plan_failed(const std::error_code& ec) {
+                if (w.tracing()) w.trace(w.current(), "next_wake failed", ec.message() + ": " + d.last_error_detail());
+            }
         };
-        serve(d, waiter, {}, host{w});
+        serve(d, waiter, {}, host{w, s, d});
         return;
     }
     legacy_kugetsu legacy(s);
@@ -762,6 +852,24 @@ inline std::string check_events_exact(const std::vector<event>& held, const queu
     return {};
 }
 
+/// Supervised agents: a final task's exit code is its last agent's, known exactly when it
+/// can be: the agent's exit record was written, or its supervisor lived to write it. An
+/// agent whose supervisor was killed and that init reaped has no code, and none is claimed.
+inline std::string check_exit_code(const world& w, const queue_item& it) {
+    if (it.state != task_state::completed && it.state != task_state::error) return {};
+    const proc* last = nullptr;
+    for (const auto& [k, p] : w.procs())
+        if (p.task_id == it.id && (!last || p.attempt > last->attempt)) last = &p;
+    if (!last || last->sup < 0 || !last->ran || last->status != proc_status::reaped) return {};
+    const bool known = last->recorded || !last->sup_killed;
+    const std::string agent = "its agent (attempt " + std::to_string(last->attempt) + ") exited with " +
+                              std::to_string(last->exit_code) + (last->recorded ? ", recorded" : ", not recorded");
+    if (known && it.exit_code != last->exit_code)
+        return agent + ", and the store says " + (it.exit_code ? std::to_string(*it.exit_code) : std::string("no code"));
+    if (!known && it.exit_code) return agent + " (its supervisor killed), and the store claims " + std::to_string(*it.exit_code);
+    return {};
+}
+
 /// A later process's relay (the next `kugetsu` command to run): after the run, the events
 /// the store committed that the notifier does not hold yet. Returns how many it brought.
 inline int final_relay(world& w, event_log& log, memory_store& store) {
@@ -836,7 +944,7 @@ inline run_result run(const scenario& sc, std::uint64_t seed, chooser& ch, const
                     detail::legacy_kugetsu(s).start_new(s.pm_spec());
                 }
             });
-        w.add_actor("daemon", [&s] { detail::daemon_body(s); }, /*client=*/false);
+        w.add_actor("daemon", [&s] { detail::daemon_body(s); }, actor_kind::daemon);
         if (s.sc.scheduling && fixed)
             w.add_actor("pauser", [&s] {
                 auto d = detail::make_fixed(s);
@@ -891,15 +999,26 @@ inline run_result run(const scenario& sc, std::uint64_t seed, chooser& ch, const
                 s.w.die_if_killed();
             });
         }
-        if (!a.client) {
+        if (a.kind == actor_kind::daemon) {
             if (s.daemon_restarts < s.sc.max_daemon_restarts) {   // a supervisor restarts it
                 ++s.daemon_restarts;
-                s.w.add_actor("daemon-" + std::to_string(s.daemon_restarts + 1), [&s] { detail::daemon_body(s); }, false);
+                s.w.add_actor("daemon-" + std::to_string(s.daemon_restarts + 1), [&s] { detail::daemon_body(s); },
+                              actor_kind::daemon);
             } else {
                 s.no_daemon_left = true;
             }
         }
     };
+    if (fixed && sc.supervisors)
+        w.on_spawn = [&s](proc& p) {
+            const process_ref agent = p.ref;
+            const bool watching = s.w.can_kill() && !s.w.atomic();
+            p.sup = p.parent = s.w.add_actor("sup-" + p.task_id + "#" + std::to_string(p.attempt),
+                                             [&s, agent, watching] { detail::supervisor_body(s, agent, watching); },
+                                             actor_kind::supervisor);
+            if (watching) s.w.set_first_op(p.sup, {"sup.watch", agent.pid}, /*lazy=*/true);
+            else s.w.start_waiting_for(p.sup, agent, {"sup.record", agent.pid}, /*lazy=*/true);
+        };
     w.check_step = [&s] { detail::check_step(s); };
     w.run(ch, opt.max_steps);
 
@@ -946,6 +1065,7 @@ inline run_result run(const scenario& sc, std::uint64_t seed, chooser& ch, const
             if (!fixed)
                 if (auto why = detail::check_events(evs, it, w.kills() > 0); !why.empty())
                     w.add_violation("events", "task " + it.id + ": " + why);
+            if (auto why = detail::check_exit_code(w, it); !why.empty()) w.add_violation("exit_code", "task " + it.id + ": " + why);
         }
         if (fixed && sc.outbox) {
             // Nothing committed is lost: the events file holds the whole outbox. And without

@@ -128,7 +128,11 @@ struct step_op {
 };
 
 enum class actor_status { ready, blocked, done };
-enum class wait_kind { none, lock, event };
+enum class wait_kind { none, lock, event, agent };
+/// What an actor is: a client command (enqueue, start, pause; the daemon stops once every
+/// client is done), a daemon (restarted when killed, as a service manager would; a child
+/// subreaper: it adopts the agents of the supervisors it started), or an agent's supervisor.
+enum class actor_kind { client, daemon, supervisor };
 
 /// The world's locks. Each blocks while another actor holds it and is released when its
 /// holder dies.
@@ -153,11 +157,16 @@ struct actor {
     bool started = false;
     bool kill_requested = false;
     bool killed = false;
-    bool client = true;            ///< a client (starter, enqueuer, PM starter), not a daemon
+    actor_kind kind = actor_kind::client;
+    bool client = true;            ///< kind == client (starter, enqueuer, PM starter)
+    std::uint64_t watched = 0;     ///< waiting for an agent's end: its start time (proc key)
+    bool watch_release = false;    ///< ... or only for its release (wait_agent(ref, true))
+    std::vector<int> watch_deaths; ///< waiting for an event: actors whose end also wakes it (pidfds)
     std::uint64_t history = 0;     ///< hash of everything it observed
     std::uint64_t seen_events = 0; ///< the world's event count when it last looked
     step_op next_op;
     bool observes_agents = false;  ///< its next step looks at agents (poll, signal, the wait)
+    bool lazy = false;             ///< its next step is seen only by steps that look at agents (lazy_choice)
     process_ref self;
     boost::context::fiber fiber;   ///< where it resumes (empty while it runs, and once done)
     const char* stack_base = nullptr;   ///< its stack's lowest address (for AddressSanitizer)
@@ -221,7 +230,13 @@ struct proc {
     bool exec_failed = false;        ///< released, and its exec failed: it never ran
     std::string task_id;
     kugetsu::role role = role::dev;
-    int parent = -1;                 ///< the actor that spawned it (gets its exit code)
+    int spawner = -1;                ///< the actor that spawned it (held: it releases or abandons it)
+    int sup = -1;                    ///< its supervisor actor (-1: none, the legacy design)
+    int parent = -1;                 ///< the actor that reaps it: its supervisor, else its spawner;
+                                     ///< -1 once init has it (an orphan: its exit code is lost)
+    bool recorded = false;           ///< its supervisor (or an adopting daemon) wrote its exit record
+    bool sup_killed = false;         ///< its supervisor was SIGKILLed
+    bool adopted = false;            ///< its exit record was written by the daemon that adopted it
     proc_status status = proc_status::held;
     bool ran = false;                ///< released: the program ran
     std::optional<timestamp> ends_at;  ///< running: when it exits by itself; none: hangs
@@ -254,8 +269,10 @@ struct fault_plan {
     double agent_crash = 0;    ///< chance that an agent exits non-zero
     double agent_hang = 0;     ///< chance that an agent never exits by itself
     double kill = 0;           ///< chance, at each step, that the chosen actor is SIGKILLed
-    int max_kills = 3;
+    /// Kills per run at most; unset: 3 with a kill chance, else none (kill_budget()).
+    std::optional<int> max_kills;
     bool pid_reuse = false;    ///< reuse the pids of reaped processes
+    int kill_budget() const noexcept { return max_kills.value_or(kill > 0 ? 3 : 0); }
     bool any() const noexcept { return exec_failure > 0 || agent_crash > 0 || agent_hang > 0 || kill > 0 || pid_reuse; }
 };
 
@@ -287,20 +304,24 @@ public:
     // ---- building a run ------------------------------------------------------------------
 
     /// Adds an actor. It may be called while running (a background job, a restarted daemon).
-    int add_actor(std::string name, std::function<void()> body, bool client = true) {
+    int add_actor(std::string name, std::function<void()> body, actor_kind kind = actor_kind::client) {
         auto a = std::make_unique<actor>();
         a->id = static_cast<int>(actors_.size());
         a->name = std::move(name);
         a->body = std::move(body);
-        a->client = client;
+        a->kind = kind;
+        a->client = kind == actor_kind::client;
         a->self = new_ref();
         actors_.push_back(std::move(a));
         if (tracing_) trace(actors_.back()->id, "actor", actors_.back()->name);
         return actors_.back()->id;
     }
 
-    /// Called when the daemon is killed: the scenario can restart it.
+    /// Called when an actor is killed: the scenario can restart a daemon.
     std::function<void(const actor&)> on_killed;
+    /// Called when an agent is spawned (the caller's step): the scenario can add its
+    /// supervisor (set proc::sup and proc::parent to the new actor). Unset: no supervisors.
+    std::function<void(proc&)> on_spawn;
     /// Invariants checked after every step; may add violations.
     std::function<void()> check_step;
 
@@ -315,8 +336,18 @@ public:
             if (exclusive_ >= 0) {   // a kill point inside a critical section: it, or its kill
                 ready.push_back(exclusive_);
             } else {
+                // With atomic critical sections, a lazy step is offered only where another
+                // ready step looks at agents, or where nothing else is ready (see lazy_choice).
+                bool eager = false, observer = false;
+                if (atomic_cs_)
+                    for (auto& a : actors_)
+                        if (a->status == actor_status::ready && !a->lazy) {
+                            eager = true;
+                            observer = observer || a->observes_agents;
+                        }
+                const bool offer_lazy = !atomic_cs_ || observer || !eager;
                 for (auto& a : actors_)
-                    if (a->status == actor_status::ready) ready.push_back(a->id);
+                    if (a->status == actor_status::ready && (offer_lazy || !a->lazy)) ready.push_back(a->id);
             }
             if (ready.empty()) {
                 if (!advance_time()) break;
@@ -325,7 +356,7 @@ public:
             // An agent may end at any step, not only when every actor sleeps: each running
             // agent that would end by itself is a choice too (see agent_choice()).
             if (early_ends_ < max_early_ends_ && exclusive_ < 0 &&
-                std::any_of(ready.begin(), ready.end(), [&](int id) { return get(id).observes_agents; }))
+                std::any_of(ready.begin(), ready.end(), [&](int id) { return get(id).observes_agents && !get(id).lazy; }))
                 for (auto& [k, p] : procs_)
                     if (p.status == proc_status::running && p.ends_at) ready.push_back(agent_choice(p.ref.pid));
             if (step_ >= max_steps) {
@@ -351,7 +382,7 @@ public:
             }
             actor& a = *actors_.at(static_cast<std::size_t>(who));
             if (recording_ops_) step_ops_.push_back(a.next_op);
-            if (kills_ < faults_.max_kills && ch.kill_here(who)) {
+            if (kills_ < faults_.kill_budget() && ch.kill_here(who)) {
                 a.kill_requested = true;
                 ++kills_;
                 schedule_.push_back(-(who + 1));   // a kill is part of the schedule
@@ -410,13 +441,29 @@ public:
     [[nodiscard]] bool choice_nothrow(step_op op, bool reorderable = false, bool observes_agents = false) {
         me().next_op = std::move(op);
         me().observes_agents = observes_agents;
+        me().lazy = false;
         if (atomic_cs_ && (reorderable || holds_any(current_))) {
-            if (!kill_points_ || kills_ >= faults_.max_kills || unwinding_) return false;
+            if (!kill_points_ || kills_ >= faults_.kill_budget() || unwinding_) return false;
             // A kill point: no other actor runs here (the reduction stands), but the actor
             // may be SIGKILLed before this step, a choice of its own.
             exclusive_ = current_;
         }
         return switch_out_nothrow();
+    }
+
+    /// A choice point for a step whose effects only steps that look at agents can see (a
+    /// supervisor's exit record: a poll or a daemon's wait sees it, nothing else does), taken
+    /// by an actor that holds no lock. With atomic critical sections (exhaustive search) it is
+    /// offered only where another ready step looks at agents, or where no other step is
+    /// ready: moving it later past steps that cannot see it changes nothing any actor sees, so
+    /// no outcome is lost (the reduction test compares outcomes with and without). Its kill
+    /// is deferred with it, which is sound when the kill's effects are seen only by those
+    /// steps too (a supervisor's: its agent's new parent, seen when a poll meets its end).
+    void lazy_choice(step_op op) {
+        me().next_op = std::move(op);
+        me().observes_agents = false;
+        me().lazy = true;
+        if (switch_out_nothrow()) die();
     }
 
     /// Unwinds the current actor now if it was killed at a choice_nothrow() (or the run is
@@ -439,16 +486,17 @@ public:
     /// order, what committed units wrote. Not used with kills (a kill inside a critical
     /// section matters).
     void set_atomic(bool on) noexcept { atomic_cs_ = on; }
+    bool atomic() const noexcept { return atomic_cs_; }
     /// With atomic critical sections, kills inside them too: while the run's kill budget
-    /// (fault_plan::max_kills) lasts, each step an atomic section would take without a choice
+    /// (fault_plan::kill_budget()) lasts, each step an atomic section would take without a choice
     /// point is a kill point, where the only choices are the actor's step and its SIGKILL
     /// there (no other actor moves, so the reduction still holds). The exhaustive search
     /// branches on both, so a kill at any step of any simulated process is explored.
     void set_kill_points(bool on) noexcept { kill_points_ = on; }
     /// Whether the pending choice is a kill point (only the actor, or its kill).
     bool at_kill_point() const noexcept { return exclusive_ >= 0; }
-    /// Whether a kill can still be chosen in this run (its budget, fault_plan::max_kills).
-    bool can_kill() const noexcept { return kills_ < faults_.max_kills; }
+    /// Whether a kill can still be chosen in this run (its budget, fault_plan::kill_budget()).
+    bool can_kill() const noexcept { return kills_ < faults_.kill_budget(); }
 
     /// Forgets what the current actor observed: for an actor at a point of its program where
     /// its future depends on the shared state only (a daemon at the top of its loop).
@@ -541,6 +589,56 @@ public:
         switch_out();
         consume_events();
     }
+    /// Blocks the current actor until agent `ref` is neither held nor running (it exited, was
+    /// abandoned, or its exec failed). Not a choice point: the step that follows is.
+    /// `released`: only until it is no longer held.
+    void wait_agent(const process_ref& ref, bool released = false) {
+        for (;;) {
+            const proc* p = find_proc(ref);
+            if (!p || (p->status != proc_status::held && (released || p->status != proc_status::running))) return;
+            me().status = actor_status::blocked;
+            me().waiting = wait_kind::agent;
+            me().watched = ref.start_time;
+            me().watch_release = released;
+            switch_out();
+        }
+    }
+    /// What actor `id`, not started yet, is shown doing at its first step.
+    /// `lazy`: that step is a lazy one (lazy_choice).
+    void set_first_op(int id, step_op op, bool lazy = false) {
+        actor& a = *actors_.at(static_cast<std::size_t>(id));
+        a.next_op = std::move(op);
+        a.lazy = lazy;
+    }
+    /// Makes actor `id`, not started yet, wait for agent `ref` as wait_agent() would: its first
+    /// step, `op`, is a choice once the agent is neither held nor running (so that an actor
+    /// whose first act is to react to an agent's end takes no step before it).
+    void start_waiting_for(int id, const process_ref& ref, step_op op, bool lazy = false) {
+        set_first_op(id, std::move(op), lazy);
+        actor& a = *actors_.at(static_cast<std::size_t>(id));
+        const proc* p = find_proc(ref);
+        if (!p || (p->status != proc_status::held && p->status != proc_status::running)) return;
+        a.status = actor_status::blocked;
+        a.waiting = wait_kind::agent;
+        a.watched = ref.start_time;
+        a.watch_release = false;
+    }
+    /// An agent left the held or running state: its watchers (wait_agent) become ready.
+    /// `released`: it was released and runs (only watchers of its release wake).
+    void agent_settled(const proc& p, bool released = false) noexcept {
+        for (auto& a : actors_)
+            if (a->waiting == wait_kind::agent && a->status == actor_status::blocked && a->watched == p.ref.start_time &&
+                (!released || a->watch_release)) {
+                a->status = actor_status::ready;
+                a->waiting = wait_kind::none;
+            }
+    }
+    /// The actor that adopts the agents of a killed supervisor spawned by `spawner`: the
+    /// spawner if it is a live daemon (a child subreaper), else -1 (init).
+    int subreaper_for(int spawner) const {
+        return actor_alive(spawner) && get(spawner).kind == actor_kind::daemon ? spawner : -1;
+    }
+
     /// Wakes every actor waiting for an event.
     void notify_event() {
         ++event_seq_;
@@ -582,6 +680,7 @@ public:
     /// of times each task's program ran (the per-step invariants read them in O(1)).
     void mark_running(proc& p) {
         p.status = proc_status::running;
+        agent_settled(p, /*released=*/true);   // those waiting for its release go on
         p.ran = true;
         p.started_step = step_;
         ++recording_changes_;
@@ -592,6 +691,13 @@ public:
         if (p.status == proc_status::running && p.role == role::dev) --live_dev_;
         if (p.status == proc_status::running) p.ended_step = step_;
         p.status = proc_status::exited;
+        agent_settled(p);
+    }
+    /// A held agent exits without running the program (its spawner or supervisor died, or
+    /// it was abandoned).
+    void mark_abandoned(proc& p) {
+        p.status = proc_status::abandoned;
+        agent_settled(p);
     }
     int live_dev() const noexcept { return live_dev_; }
     /// Counts the changes that can leave an agent running unrecorded: an agent starts
@@ -603,7 +709,9 @@ public:
 
     /// A process's pid becomes reusable once it has been reaped.
     void reaped(proc& pr) {
+        const bool settles = pr.status == proc_status::held || pr.status == proc_status::running;
         pr.status = proc_status::reaped;
+        if (settles) agent_settled(pr);
         if (faults_.pid_reuse) free_pids_.push_back(pr.ref.pid);
     }
     bool actor_alive(int id) const { return id >= 0 && !get(id).killed && get(id).status != actor_status::done; }
@@ -646,11 +754,11 @@ public:
         h = mix(h, events_hash);
         for (auto& [k, p] : procs_)
             h = mix(h, mix(p.ref.start_time, (static_cast<std::uint64_t>(p.status) << 32) ^ (p.ran ? 1u : 0u) ^
-                                                 (static_cast<std::uint64_t>(p.parent + 1) << 8)));
+                                                 (p.recorded ? 2u : 0u) ^ (static_cast<std::uint64_t>(p.parent + 1) << 8)));
         for (auto& a : actors_)
             h = mix(h, mix(a->history ^ mix(event_seq_ - a->seen_events), op_hash(a->next_op) ^ (static_cast<std::uint64_t>(a->status) << 1) ^
                                            (static_cast<std::uint64_t>(a->waiting) << 4) ^ (a->killed ? 1u << 7 : 0u) ^
-                                           (static_cast<std::uint64_t>(a->lock_wanted + 1) << 8)));
+                                           (static_cast<std::uint64_t>(a->lock_wanted + 1) << 8) ^ (a->watched << 20)));
         return h;
     }
 
@@ -689,12 +797,31 @@ private:
         // unit of work was rolled back as it unwound: the store object was destroyed.)
         for (std::size_t k = 0; k < lock_kinds; ++k)
             if (holders_[k] == a.id) free_lock(static_cast<lock_kind>(k));
-        for (auto& [k, p] : procs_)   // a held child whose spawner died exits without running
-            if (p.parent == a.id && p.status == proc_status::held) {
-                p.status = proc_status::abandoned;
+        for (auto& [k, p] : procs_) {
+            // A held agent whose spawner or supervisor died exits without running.
+            if ((p.spawner == a.id || p.sup == a.id) && p.status == proc_status::held) {
+                mark_abandoned(p);
                 if (!unwinding_ && tracing_) trace(a.id, "abandoned", "pid " + std::to_string(p.ref.pid));
             }
+            // A supervisor's agent goes to the nearest subreaper (a live daemon that spawned
+            // it), or to init, which reaps it at once if it has ended: its code is lost.
+            if (p.sup == a.id && a.killed) p.sup_killed = true;
+            if (p.sup >= 0 && p.parent == a.id) {
+                p.parent = subreaper_for(p.spawner);
+                if (p.parent < 0 && p.status == proc_status::exited) reaped(p);
+                if (!unwinding_ && tracing_ && p.status != proc_status::reaped)
+                    trace(a.id, "orphaned", "pid " + std::to_string(p.ref.pid) + " to " + (p.parent < 0 ? "init" : get(p.parent).name));
+            }
+        }
         if (!unwinding_) {
+            // Its pidfd becomes readable: actors that watch it wake.
+            for (auto& b : actors_)
+                if (b->waiting == wait_kind::event && b->status == actor_status::blocked &&
+                    std::find(b->watch_deaths.begin(), b->watch_deaths.end(), a.id) != b->watch_deaths.end()) {
+                    b->status = actor_status::ready;
+                    b->waiting = wait_kind::none;
+                    b->wake_at.reset();
+                }
             trace(a.id, a.killed ? "killed" : "exit");
             if (a.killed && on_killed) on_killed(a);
         }
