@@ -39,7 +39,8 @@ std::string serialise(const run_result& r) {
 } // namespace
 
 TEST_CASE("the six-task race is checked exhaustively for the fixed design, with the daemon loop, up to 3 starters and "
-          "an agent ending at any step") {
+          "an agent ending at any step",
+          "[heavy]") {
     // Up to 1 starter with one agent ending by choice anywhere; 2 and 3 starters with agents
     // ending at their drawn times (with one by choice they take minutes: measured by
     // scripts/sim-figures.py into docs/simulator.md, not run here).
@@ -212,7 +213,7 @@ scenario small_legacy(std::array<bool, 4> fixed) {
 }
 } // namespace
 
-TEST_CASE("exploration on several threads finds exactly what one thread finds") {
+TEST_CASE("exploration on several threads finds exactly what one thread finds", "[heavy]") {
     const scenario faulty = faulty_scenario();
     for (unsigned threads : {2u, 3u}) {
         CAPTURE(threads);
@@ -236,7 +237,8 @@ TEST_CASE("exploration on several threads finds exactly what one thread finds") 
 }
 
 TEST_CASE("breadth-first search finds a shortest counterexample: depth-first, random and PCT shrunk ones are never "
-          "shorter") {
+          "shorter",
+          "[heavy]") {
     // Each legacy cause alone, and all four, on 3 tasks and 1 starter (the PM and the daemon
     // beside them). docs/simulator.md reports the same comparison on the six-task race.
     for (const auto fixed : {std::array{false, false, false, false}, std::array{false, true, true, true},

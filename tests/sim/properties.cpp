@@ -183,7 +183,7 @@ TEST_CASE("fixed design: every schedule rapidcheck generates keeps every invaria
     rc::prop("schedules as data", [](const std::vector<unsigned>& choices) {
         scenario sc;
         index_chooser ch(choices);
-        const auto r = run(sc, 1, ch, {false});
+        const auto r = run(sc, 1, ch, {.keep_trace = false});
         RC_ASSERT(r.violations.empty());
         RC_ASSERT(r.peak_live == 3);
     });
@@ -220,7 +220,7 @@ check_outcome check_schedules(const scenario& sc) {
     const auto result = rc::detail::checkProperty(
         rc::detail::toProperty([&](const std::vector<unsigned>& choices) {
             index_chooser ch(choices);
-            const auto r = run(sc, 7, ch, {false});
+            const auto r = run(sc, 7, ch, {.keep_trace = false});
             const auto it = std::find_if(r.violations.begin(), r.violations.end(),
                                          [](const violation& v) { return v.kind == "cap"; });
             if (it != r.violations.end()) {

@@ -412,6 +412,7 @@ inline counterexample shrink(const scenario& sc, counterexample c, int passes = 
     opt.keep_ops = false;
     opt.atomic_critical_sections = c.atomic_sections;
     opt.kill_points = c.kill_points > 0;
+    opt.stop_at = c.first.kind;   // a replay ends where it breaks that invariant
     int replays = 0;
     auto attempt = [&](const std::vector<int>& candidate) -> bool {
         if (++replays > max_replays) return false;

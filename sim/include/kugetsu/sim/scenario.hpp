@@ -898,6 +898,9 @@ struct run_options {
     bool kill_points = false;
     /// How many agents may end by a choice, before their drawn end (world::set_max_early_ends).
     int max_early_ends = INT_MAX;
+    /// Stop at the first violation of this kind found during the run (world::stop_at); the
+    /// run is then aborted, without the checks at its end. Empty: run to the end.
+    std::string stop_at = {};
 };
 
 /// One run of the scenario under the chooser's schedule.
@@ -908,6 +911,7 @@ inline run_result run(const scenario& sc, std::uint64_t seed, chooser& ch, const
     w.set_atomic(opt.atomic_critical_sections);
     w.set_kill_points(opt.kill_points);
     w.set_max_early_ends(opt.max_early_ends);
+    w.stop_at(opt.stop_at);
     detail::shared s(w, sc);
     s.pm_task = "pm-1";
     s.log->outbox = sc.outbox;

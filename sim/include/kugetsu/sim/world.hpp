@@ -727,8 +727,12 @@ public:
 
     // results
     void add_violation(std::string kind, std::string detail) {
+        if (!stop_at_.empty() && kind == stop_at_) stop_ = true;
         if (violations_.size() < 64) violations_.push_back({std::move(kind), std::move(detail), step_, now_});
     }
+    /// Stops the run at the first violation of this kind (the shrinker's replays: what comes
+    /// after it cannot make that violation earlier). Empty: run on.
+    void stop_at(std::string kind) { stop_at_ = std::move(kind); }
     const std::vector<violation>& violations() const noexcept { return violations_; }
     const std::vector<trace_entry>& trace_log() const noexcept { return trace_; }
     const std::vector<int>& schedule() const noexcept { return schedule_; }
@@ -973,6 +977,7 @@ private:
     int kills_ = 0;
     chooser* chooser_ = nullptr;
     bool stop_ = false;
+    std::string stop_at_;
     bool want_hash_ = false;
     bool unwinding_ = false;
     bool atomic_cs_ = false;
