@@ -745,7 +745,7 @@ int cmd_start(const globals& g, const task_flags& f, bool wait) {
 int wait_code(const queue_item& it) {
     if (it.state == task_state::completed) return ex_ok;
     if (it.state == task_state::cancelled) return 125;
-    if (it.stop_reason == "timeout") return 124;
+    if (it.stop_reason == stop_reason::timeout) return 124;
     if (it.exit_code && *it.exit_code > 0) return *it.exit_code;
     if (!it.started_at) return 126;   // never ran: attempts exhausted, start interrupted, dependency_failed
     return 127;

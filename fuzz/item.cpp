@@ -53,8 +53,8 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
     KUGETSU_FUZZ_CHECK(it->state != task_state::running || it->process, "running without a process");
     KUGETSU_FUZZ_CHECK(!it->process || it->process.pid > 0, it->id);
     KUGETSU_FUZZ_CHECK(!it->exit_code || (*it->exit_code >= -1 && *it->exit_code <= 255), it->id);
-    KUGETSU_FUZZ_CHECK(it->stop_reason.empty() || it->stop_reason == "timeout" || it->stop_reason == "cancelled",
-                       it->stop_reason);
+    KUGETSU_FUZZ_CHECK(parse_stop_reason(to_string(it->stop_reason)) == it->stop_reason,
+                       "stop_reason " + std::to_string(static_cast<int>(it->stop_reason)));
 
     // Round trip: written as the stores write it, read back equal, written again the same.
     const std::string once = nlohmann::json(*it).dump();

@@ -423,7 +423,7 @@ public:
                 e.reason = "cancelled";
                 add_event(std::move(e), durability::durable, ec);
             } else if (it->state == task_state::running) {
-                if (it->stop_reason.empty()) it->stop_reason = "cancelled";
+                if (it->stop_reason == stop_reason::none) it->stop_reason = stop_reason::cancelled;
                 enforce_stop(*it, rep, ec);
             } else {
                 refuse(errc::invalid_transition, "task \"" + it->id + "\" is already " + std::string(to_string(it->state)));
@@ -707,7 +707,7 @@ public:
         for (const auto& it : running) {
             w.agents.push_back(it.process);
             if (it.term_sent_at && !it.kill_sent) earliest(*it.term_sent_at + grace);
-            else if (!it.term_sent_at && !it.stop_reason.empty()) earliest(it.updated_at);
+            else if (!it.term_sent_at && it.stop_reason != stop_reason::none) earliest(it.updated_at);
             else if (!it.term_sent_at && it.timeout && it.started_at) earliest(*it.started_at + *it.timeout);
         }
         const auto waiting = store_.items_in_state(task_state::waiting, all, ec);
@@ -877,7 +877,7 @@ private:
         it.finished_at.reset();
         it.term_sent_at.reset();
         it.kill_sent = false;
-        it.stop_reason.clear();
+        it.stop_reason = stop_reason::none;
         it.exit_code.reset();
     }
 
@@ -1142,9 +1142,9 @@ private:
     /// The item stays running until its agent has been reaped.
     void enforce_stop(queue_item& it, reap_report& rep, std::error_code& ec) {
         const timestamp now = clock_.now();
-        if (it.stop_reason.empty() && it.timeout && it.started_at && now - *it.started_at >= *it.timeout)
-            it.stop_reason = "timeout";
-        if (it.stop_reason.empty()) return;
+        if (it.stop_reason == stop_reason::none && it.timeout && it.started_at && now - *it.started_at >= *it.timeout)
+            it.stop_reason = stop_reason::timeout;
+        if (it.stop_reason == stop_reason::none) return;
         std::error_code sec;
         if (!it.term_sent_at) {
             spawner_.signal(it.process, stop_signal::terminate, sec);
@@ -1186,11 +1186,11 @@ private:
             if (st.state == process_state::exited) item.exit_code = st.exit_code;
             event e = make_event(event_type::task_error, item);
             e.exit_code = item.exit_code;
-            if (item.stop_reason == "cancelled") {
+            if (item.stop_reason == stop_reason::cancelled) {
                 item.state = task_state::cancelled;
                 e.reason = "cancelled";
-            } else if (item.stop_reason == "timeout" || st.timed_out) {
-                item.stop_reason = "timeout";
+            } else if (item.stop_reason == stop_reason::timeout || st.timed_out) {
+                item.stop_reason = stop_reason::timeout;
                 item.state = task_state::error;
                 item.last_error = e.reason = "timeout";
             } else if (st.state == process_state::exited && st.exit_code == 0) {
@@ -1430,7 +1430,7 @@ private:
             it.started_at = h.s.started_at;
             it.term_sent_at.reset();
             it.kill_sent = false;
-            it.stop_reason.clear();
+            it.stop_reason = stop_reason::none;
             it.exit_code.reset();
             it.updated_at = clock_.now();
             // Visible is enough: after a power loss the session (durable) says that this

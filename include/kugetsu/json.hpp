@@ -123,7 +123,7 @@ inline void to_json(nlohmann::json& j, const queue_item& it) {
          {"finished_at", detail::opt_time(it.finished_at)},
          {"term_sent_at", detail::opt_time(it.term_sent_at)},
          {"kill_sent", it.kill_sent},
-         {"stop_reason", it.stop_reason},
+         {"stop_reason", to_string(it.stop_reason)},
          {"exit_code", it.exit_code ? nlohmann::json(*it.exit_code) : nlohmann::json(nullptr)},
          {"last_error", it.last_error}};
     // Only when set: the record of a task that uses none of them stays as it was.
@@ -370,9 +370,11 @@ inline std::optional<queue_item> parse_item(const nlohmann::json& j, std::error_
     it.finished_at = o.opt_time("finished_at");
     it.term_sent_at = o.opt_time("term_sent_at");
     it.kill_sent = o.boolean("kill_sent");
-    it.stop_reason = o.string("stop_reason", 64);
-    if (o.ok() && !(it.stop_reason.empty() || it.stop_reason == "timeout" || it.stop_reason == "cancelled"))
-        o.wrong("stop_reason", "\"\", \"timeout\" or \"cancelled\"");
+    const std::string stop = o.string("stop_reason", 64);
+    if (o.ok()) {
+        if (auto r = parse_stop_reason(stop)) it.stop_reason = *r;
+        else o.wrong("stop_reason", "\"\", \"timeout\" or \"cancelled\"");
+    }
     if (auto* e = o.nullable("exit_code")) it.exit_code = o.integer<int>(e, "exit_code", -1, 255);
     it.last_error = o.string("last_error", 65536);
     if (o.ok() && it.state == task_state::running && !it.process)

@@ -78,7 +78,7 @@ inline std::vector<timeline_run> timeline_runs(const std::vector<queue_item>& it
             const bool running = it.state == task_state::running;
             timeline_run t{it.id, it.restarts + 1, it.role, *it.started_at,
                            std::max(*it.started_at, running ? now : it.finished_at.value_or(*it.started_at)),
-                           running ? "running" : detail::outcome_of(it.state, it.last_error, it.stop_reason == "timeout"),
+                           running ? "running" : detail::outcome_of(it.state, it.last_error, it.stop_reason == stop_reason::timeout),
                            it.exit_code, it.last_error, 0};
             out.push_back(std::move(t));
         }

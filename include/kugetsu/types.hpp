@@ -4,18 +4,31 @@
 // These are plain values. Validation of untrusted input lives in json.hpp (from_json) and
 // in validate_* below; the dispatcher validates every spec it is given.
 //
-// Queue item states:
+// Queue item states (each `next` is a state the dispatcher may write over it: can_follow()
+// below is this table, and the simulator checks every write it explores against it):
 //
-//   state      | meaning                                   | next
-//   -----------+-------------------------------------------+------------------------------
-//   waiting    | enqueued --after tasks not all completed, | pending, error, cancelled
-//              | or a retry's backoff not over             |
-//   pending    | runnable, waiting for a slot              | notified, running, cancelled
-//   notified   | taken by a daemon pass, start in progress | running, pending, error, cancelled
-//   running    | an agent process is live (has a session)  | completed, error
-//   completed  | the agent exited 0                        | (final)
-//   error      | failed: exit != 0, timeout, attempts out  | (final)
-//   cancelled  | cancelled before it ran                   | (final)
+//   state      | meaning                                      | next
+//   -----------+----------------------------------------------+---------------------------------
+//   (new)      |                                              | pending, waiting (enqueue);
+//              |                                              | notified (start: claimed at birth)
+//   waiting    | its --after tasks are not all completed, or  | pending; error (a dependency
+//              | a retry's backoff is not over                | failed or is missing); cancelled
+//   pending    | runnable, waiting for a slot                 | notified; cancelled
+//   notified   | claimed by a start or a daemon pass, its     | running; pending (the attempt
+//              | attempt counted; its agent not yet released  | failed or was cut short, attempts
+//              |                                              | left); error; cancelled;
+//              |                                              | completed (its starter died, the
+//              |                                              | agent ran and ended: start and
+//              |                                              | end recorded in one write)
+//   running    | its agent was released to exec (a session)   | completed; error; cancelled
+//              |                                              | (stopped by cancel); waiting (a
+//              |                                              | retry); pending (it never ran)
+//   completed  | the agent exited 0                           | pending, waiting (restart)
+//   error      | exit != 0 or unknown, timeout, attempts out, | pending, waiting (restart)
+//              | a failed dependency                          |
+//   cancelled  | cancelled: before it ran, or stopped         | pending, waiting (restart)
+//
+// completed, error and cancelled are final (is_final): nothing but restart() changes them.
 #pragma once
 
 #include <algorithm>
@@ -42,6 +55,10 @@ inline constexpr int record_version = 1;
 inline constexpr std::string_view pm_session_id = "pm-agent";
 
 enum class role { dev, pm };
+
+/// Why a running task is being stopped (its agent sent SIGTERM, then SIGKILL after the grace):
+/// its timeout passed, or it was cancelled. Records write it as "", "timeout", "cancelled".
+enum class stop_reason { none, timeout, cancelled };
 /// (waiting is last so that the numbers of the others, which stores may keep, are unchanged.)
 enum class task_state { pending, notified, running, completed, error, cancelled, waiting };
 
@@ -52,6 +69,28 @@ inline constexpr task_state all_task_states[] = {task_state::waiting,   task_sta
 
 constexpr bool is_final(task_state s) noexcept {
     return s == task_state::completed || s == task_state::error || s == task_state::cancelled;
+}
+
+/// The states a new task is written in: the table's (new) row.
+constexpr bool can_begin(task_state s) noexcept {
+    return s == task_state::pending || s == task_state::waiting || s == task_state::notified;
+}
+
+/// Whether the dispatcher may write `to` over `from` (the table above; a state may always be
+/// written over itself).
+constexpr bool can_follow(task_state from, task_state to) noexcept {
+    using enum task_state;
+    if (from == to) return true;
+    switch (from) {
+    case waiting: return to == pending || to == error || to == cancelled;
+    case pending: return to == notified || to == cancelled;
+    case notified: return to == running || to == pending || to == error || to == cancelled || to == completed;
+    case running: return to == completed || to == error || to == cancelled || to == waiting || to == pending;
+    case completed:
+    case error:
+    case cancelled: return to == pending || to == waiting;
+    }
+    return false;
 }
 
 /// Who a process is, in a way that survives PID reuse: the pid together with the process's
@@ -123,7 +162,7 @@ struct queue_item {
     std::optional<timestamp> finished_at;
     std::optional<timestamp> term_sent_at;  ///< timeout: when SIGTERM was sent
     bool kill_sent = false;                 ///< timeout: SIGKILL was sent too
-    std::string stop_reason;                ///< why it is being stopped: "timeout", "cancelled"
+    kugetsu::stop_reason stop_reason = stop_reason::none;   ///< why it is being stopped
     std::optional<int> exit_code;
     std::string last_error;            ///< empty: none
     int restarts = 0;                  ///< times it was run again, by restart() or a retry (this is run restarts + 1)
@@ -176,6 +215,15 @@ constexpr std::string_view to_string(task_state s) noexcept {
     return "?";
 }
 
+constexpr std::string_view to_string(stop_reason r) noexcept {
+    switch (r) {
+    case stop_reason::none: return "";
+    case stop_reason::timeout: return "timeout";
+    case stop_reason::cancelled: return "cancelled";
+    }
+    return "?";
+}
+
 constexpr std::string_view to_string(event_type t) noexcept {
     switch (t) {
     case event_type::task_queued: return "task_queued";
@@ -191,6 +239,12 @@ constexpr std::string_view to_string(event_type t) noexcept {
 inline std::optional<role> parse_role(std::string_view s) noexcept {
     if (s == "dev") return role::dev;
     if (s == "pm") return role::pm;
+    return std::nullopt;
+}
+
+inline std::optional<stop_reason> parse_stop_reason(std::string_view s) noexcept {
+    for (auto r : {stop_reason::none, stop_reason::timeout, stop_reason::cancelled})
+        if (to_string(r) == s) return r;
     return std::nullopt;
 }
 

@@ -623,7 +623,7 @@ private:
             f_.expect(by_id.count(id) && by_id[id]->state == task_state::cancelled, "accepted cancel undone: " + id);
         for (auto& id : acc_.cancelled_running)
             f_.expect(by_id.count(id) && (by_id[id]->state == task_state::cancelled ||
-                                          (by_id[id]->state == task_state::running && by_id[id]->stop_reason == "cancelled")),
+                                          (by_id[id]->state == task_state::running && by_id[id]->stop_reason == stop_reason::cancelled)),
                       "accepted cancel of a running task undone: " + id);
         // Nothing half-written: sessions and tasks agree.
         for (auto& s : sessions) {

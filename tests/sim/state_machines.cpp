@@ -1,11 +1,13 @@
 // State-machine tests (rapidcheck's rc::state): random sequences of operations on the store
-// and on the dispatcher, each checked against a simple model after every step.
+// and on the dispatcher, each checked against a simple model after every step; and the state
+// table of types.hpp (can_follow), which the dispatcher machine and the simulator check.
 #include <catch2/catch.hpp>
 #include <rapidcheck.h>
 #include <rapidcheck/catch.h>
 #include <rapidcheck/state.h>
 
 #include <kugetsu/kugetsu.hpp>
+#include <kugetsu/sim/explore.hpp>
 #include <kugetsu/store/sqlite_store.hpp>
 
 #include <filesystem>
@@ -368,15 +370,32 @@ struct sut {
         auto it = store.get_item(id, ec);
         return it ? it->state : task_state::pending;
     }
+    std::map<std::string, task_state> seen;   // each task's state after the last command
 };
 
 using cmd = rc::state::Command<model, sut>;
 
-/// After every command: every task's state in the store is the model's, and live agents match.
+/// Whether types.hpp's state table goes from `from` (none: a new task) to `to` in at most two
+/// writes: what one command may do to a task (a start claims it, then marks it running).
+bool table_path(std::optional<task_state> from, task_state to) {
+    for (auto mid : all_task_states)
+        if ((from ? can_follow(*from, mid) : can_begin(mid)) && (mid == to || can_follow(mid, to))) return true;
+    return false;
+}
+
+/// After every command: every task's state in the store is the model's, and live agents match;
+/// and each task went from its state after the last command to its state now along the state
+/// table (at most two of its transitions: the simulator checks every single write).
 void compare(const model& m, sut& s) {
     for (auto& [id, st] : m.state) RC_ASSERT(s.state_of(id) == st);
     std::error_code ec;
-    RC_ASSERT(static_cast<int>(s.store.list_items(ec).size()) == static_cast<int>(m.state.size()));
+    const auto items = s.store.list_items(ec);
+    for (const auto& it : items) {
+        const auto was = s.seen.find(it.id);
+        RC_ASSERT(table_path(was == s.seen.end() ? std::nullopt : std::optional(was->second), it.state));
+        s.seen[it.id] = it.state;
+    }
+    RC_ASSERT(static_cast<int>(items.size()) == static_cast<int>(m.state.size()));
     RC_ASSERT(s.spawner.running() == m.live());
     RC_ASSERT(s.spawner.running() <= m.cap);
 }
@@ -488,13 +507,79 @@ struct cancel : cmd {
     void show(std::ostream& o) const override { o << "cancel " << id; }
 };
 
+struct restart : cmd {
+    std::string id = *rc::gen::elementOf(ids);
+    void apply(model& m) const override {
+        auto it = m.state.find(id);
+        if (it == m.state.end() || !is_final(it->second)) return;
+        it->second = task_state::pending;   // enqueued now: behind every task already queued
+        std::erase(m.order, id);
+        m.order.push_back(id);
+    }
+    void run(const model& m, sut& s) const override {
+        model after = m;
+        apply(after);
+        std::error_code ec;
+        s.clock.advance(1ms);
+        s.d.restart(std::string_view(id), ec);
+        auto it = m.state.find(id);
+        if (it == m.state.end()) RC_ASSERT(ec == errc::unknown_task);
+        else if (!is_final(it->second)) RC_ASSERT(ec == errc::task_active);
+        else RC_ASSERT(!ec);
+        compare(after, s);
+    }
+    void show(std::ostream& o) const override { o << "restart " << id; }
+};
+
 } // namespace disp_sm
 
-TEST_CASE("dispatcher state machine: enqueue, start, process_queue, exits and cancels match the model") {
+TEST_CASE("dispatcher state machine: enqueue, start, process_queue, exits, cancels and restarts match the model, "
+          "each state change one the state table allows") {
     rc::prop("dispatcher", [] {
         disp_sm::sut s;
         rc::state::check(disp_sm::model{}, s,
                          rc::state::gen::execOneOfWithArgs<disp_sm::enqueue, disp_sm::start, disp_sm::process_queue,
-                                                           disp_sm::agent_exits, disp_sm::cancel>());
+                                                           disp_sm::agent_exits, disp_sm::cancel, disp_sm::restart>());
     });
+}
+
+TEST_CASE("the state table: the simulator flags a write it does not allow (negative), and allows what it lists") {
+    STATIC_REQUIRE(can_follow(task_state::running, task_state::completed));
+    STATIC_REQUIRE(can_follow(task_state::error, task_state::pending));   // restart
+    STATIC_REQUIRE_FALSE(can_follow(task_state::completed, task_state::running));
+    STATIC_REQUIRE_FALSE(can_follow(task_state::pending, task_state::running));   // never without a claim
+    STATIC_REQUIRE_FALSE(can_begin(task_state::running));
+    CHECK(disp_sm::table_path(std::nullopt, task_state::running));   // start: claimed, then running
+    CHECK_FALSE(disp_sm::table_path(task_state::completed, task_state::running));
+    auto writes = [](bool check, std::vector<task_state> states) {
+        sim::world w(1);
+        auto shared = std::make_shared<sim::store_shared>();
+        shared->check_transitions = check;
+        memory_store mem;
+        w.add_actor("writer", [&] {
+            sim::sim_store st(w, mem, shared);
+            std::error_code ec;
+            queue_item it;
+            it.id = "t1";
+            it.state = states.front();
+            st.create_item(it, ec);
+            for (std::size_t i = 1; i < states.size(); ++i) {
+                it.state = states[i];
+                st.put_item(it, ec);
+            }
+        });
+        sim::random_chooser ch(1, 0);
+        w.run(ch);
+        std::vector<std::string> kinds;
+        for (const auto& v : w.violations()) kinds.push_back(v.kind + ": " + v.detail);
+        return kinds;
+    };
+    using enum task_state;
+    CHECK(writes(true, {pending, notified, running, completed, pending, notified, running, waiting, pending, cancelled})
+              .empty());
+    const auto bad = writes(true, {pending, notified, running, completed, running});
+    REQUIRE(bad.size() == 1u);
+    CHECK(bad[0] == "transition: task t1: completed -> running is not in the state table");
+    CHECK(writes(true, {running}).size() == 1u);   // created running
+    CHECK(writes(false, {pending, notified, running, completed, running}).empty());   // the check off (legacy)
 }

@@ -24,7 +24,7 @@ queue_item sample_item() {
     it.updated_at = *parse_rfc3339("2026-11-27T18:59:00Z");
     it.started_at = *parse_rfc3339("2026-11-27T18:58:30Z");
     it.term_sent_at = *parse_rfc3339("2026-11-27T19:00:00Z");
-    it.stop_reason = "timeout";
+    it.stop_reason = stop_reason::timeout;
     it.exit_code = 143;
     it.last_error = "exec: No such file";
     return it;
@@ -143,7 +143,7 @@ TEST_CASE("a queue item survives a JSON round trip unchanged") {
     CHECK(back->started_at == it.started_at);
     CHECK_FALSE(back->finished_at);
     CHECK(back->term_sent_at == it.term_sent_at);
-    CHECK(back->stop_reason == "timeout");
+    CHECK(back->stop_reason == stop_reason::timeout);
     CHECK(back->exit_code == 143);
     CHECK(back->last_error == it.last_error);
     CHECK(j["pid"] == 4242);

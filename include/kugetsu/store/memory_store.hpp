@@ -142,6 +142,17 @@ public:
     void prune_events(std::error_code& ec) {
         auto_unit(ec, [&](unit& u) { u.prune_events = true; });
     }
+    /// The task's state as get_item() would read it (no copy of the item); none if unknown.
+    std::optional<task_state> state_of(std::string_view id) const {
+        if (unit_) {
+            if (auto i = unit_->items.find(id); i != unit_->items.end()) return i->second.state;
+            if (unit_->removed.count(id)) return std::nullopt;
+        }
+        std::lock_guard g(s_->m);
+        auto i = s_->items.find(id);
+        if (i == s_->items.end()) return std::nullopt;
+        return i->second.state;
+    }
     std::optional<queue_item> get_item(std::string_view id, std::error_code& ec) const {
         ec.clear();
         if (unit_) {

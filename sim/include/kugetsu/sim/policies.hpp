@@ -83,6 +83,9 @@ struct store_shared {
     bool ignore_dependencies = false;
     /// Called with the committing store (its reads see the unit) just before each commit.
     std::function<void(memory_store&)> before_commit;
+    /// Check each task write against types.hpp's state table (can_begin, can_follow): a
+    /// write it does not allow is a `transition` violation (the fixed design's dispatcher).
+    bool check_transitions = false;
 };
 
 /// The store: the real memory_store, with SQLite's unit of work modelled in the world.
@@ -171,10 +174,20 @@ public:
 
     bool in_unit() const noexcept { return s_.in_unit() && !deferred_; }
 
+    /// A write of `it` that types.hpp's state table does not allow is a violation.
+    void check_transition(const queue_item& it) {
+        const auto from = s_.state_of(it.id);
+        if (from ? can_follow(*from, it.state) : can_begin(it.state)) return;
+        w_->add_violation("transition", "task " + it.id + ": " + (from ? std::string(to_string(*from)) : "(new)") +
+                                            " -> " + std::string(to_string(it.state)) + " is not in the state table");
+    }
+
     // ---- tasks ----------------------------------------------------------------------------
 
     void create_item(const queue_item& it, std::error_code& ec) {
         write({"store.create", it.id}, ec, [&] {
+            if (sh_ && sh_->check_transitions && !can_begin(it.state))
+                w_->add_violation("transition", "task " + it.id + " created " + std::string(to_string(it.state)));
             s_.create_item(it, ec);
             return std::pair{"i:" + it.id, record_hash(it)};
         });
@@ -187,6 +200,7 @@ public:
     }
     void put_item(const queue_item& it, std::error_code& ec) {
         write({"store.put", it.id}, ec, [&] {
+            if (sh_ && sh_->check_transitions) check_transition(it);
             s_.put_item(it, ec);
             return std::pair{"i:" + it.id, record_hash(it)};
         });
@@ -354,7 +368,7 @@ private:
         x = mix(x, it.exit_code ? static_cast<std::uint64_t>(*it.exit_code) + 1 : 0);
         x = mix(x, static_cast<std::uint64_t>(it.enqueued_at.time_since_epoch().count()));
         x = mix(x, static_cast<std::uint64_t>(it.updated_at.time_since_epoch().count()));
-        x = mix(x, hash_text(it.stop_reason));
+        x = mix(x, static_cast<std::uint64_t>(it.stop_reason));
         return mix(x, hash_text(it.last_error)) | 1;
     }
     std::uint64_t record_hash(const session& se) const {

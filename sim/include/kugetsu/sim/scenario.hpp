@@ -920,6 +920,7 @@ inline run_result run(const scenario& sc, std::uint64_t seed, chooser& ch, const
     s.hashes->ignore_pause = sc.ignore_pause;
     s.hashes->wrong_priority = sc.wrong_priority;
     s.hashes->ignore_dependencies = sc.ignore_dependencies;
+    s.hashes->check_transitions = sc.all_fixed();
     if (sc.scheduling) {
         s.hashes->before_commit = [&s](memory_store& unit) { detail::check_priorities(s, unit); };
         queue_schedule groups;   // HOME's group caps, set before anything runs
