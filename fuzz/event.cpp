@@ -3,8 +3,8 @@
 // Checks: parse_event never throws or crashes; a refusal sets ec and says why; an accepted
 // event names a valid task and keeps its numbers in range (a sequence number, when there is
 // one, 1 to 2^53-1: exact in a double); it re-serialises, and the result parses back to an
-// equal event (its sequence number too) that serialises to the same text (an empty reason is
-// the same as none, and a sequence number 0 the same as none: neither is written).
+// equal event (its sequence number too) that serialises to the same text (a sequence number 0
+// is the same as none: it is not written). A reason outside the vocabulary is refused.
 #include <cstddef>
 #include <cstdint>
 #include <string>

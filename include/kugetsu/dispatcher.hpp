@@ -420,7 +420,7 @@ public:
                 it->finished_at = it->updated_at = clock_.now();
                 if (!put_item(*it, durability::durable, ec)) return *it;
                 auto e = make_event(event_type::task_error, *it);
-                e.reason = "cancelled";
+                e.reason = event_reason::cancelled;
                 add_event(std::move(e), durability::durable, ec);
             } else if (it->state == task_state::running) {
                 if (it->stop_reason == stop_reason::none) it->stop_reason = stop_reason::cancelled;
@@ -508,7 +508,7 @@ public:
             store_.remove_item(it.id, e);
             if (e) return note_failure("remove \"" + it.id + "\"", e, store_);
             auto ev = make_event(event_type::task_removed, it);
-            ev.reason = std::string(to_string(it.state));
+            ev.reason = removed_in(it.state);
             add_event(std::move(ev), durability::durable, e);
             if (!e) removed.push_back(it);   // (for after_commit, which runs before this returns)
         });
@@ -850,7 +850,7 @@ private:
         it.last_error.clear();
         if (!put_item(it, durability::durable, e)) return;
         auto ev = make_event(event_type::task_queued, it);
-        ev.reason = "restarted";
+        ev.reason = event_reason::restarted;
         add_event(std::move(ev), durability::durable, e);
     }
 
@@ -1040,7 +1040,7 @@ private:
                     e.type = event_type::task_error;
                     e.task_id = r.task_id;
                     e.time = clock_.now();
-                    e.reason = "quarantined";
+                    e.reason = event_reason::quarantined;
                     committed_.push_back(std::move(e));
                 }
             } catch (...) {   // out of memory: the store still lists them
@@ -1126,7 +1126,7 @@ private:
             if (!put_item(it, settled(it), ec)) return;
             if (it.state == task_state::error) {
                 auto e = make_event(event_type::task_error, it);
-                e.reason = it.role == role::pm ? "start_interrupted" : "attempts_exhausted";
+                e.reason = it.role == role::pm ? event_reason::start_interrupted : event_reason::attempts_exhausted;
                 add_event(std::move(e), durability::durable, ec);
                 if (ec) return;
             }
@@ -1188,26 +1188,27 @@ private:
             e.exit_code = item.exit_code;
             if (item.stop_reason == stop_reason::cancelled) {
                 item.state = task_state::cancelled;
-                e.reason = "cancelled";
+                e.reason = event_reason::cancelled;
             } else if (item.stop_reason == stop_reason::timeout || st.timed_out) {
                 item.stop_reason = stop_reason::timeout;
                 item.state = task_state::error;
-                item.last_error = e.reason = "timeout";
+                item.last_error = "timeout";
+                e.reason = event_reason::timeout;
             } else if (st.state == process_state::exited && st.exit_code == 0) {
                 item.state = task_state::completed;
                 e.type = event_type::task_completed;
             } else if (st.state == process_state::exited) {
                 item.state = task_state::error;
-                e.reason = "exit_code";
+                e.reason = event_reason::exit_code;
                 item.last_error = "exited with code " + std::to_string(st.exit_code);
             } else {
                 item.state = task_state::error;
-                e.reason = "exit_unknown";
+                e.reason = event_reason::exit_unknown;
                 item.last_error = "the agent ended and its exit code is unknown (its supervisor died, "
                                   "or it ran before a reboot); finished_at is when the end was noticed";
             }
             remove_workspace(item);
-            if (item.state == task_state::error && (e.reason == "exit_code" || e.reason == "timeout") &&
+            if (item.state == task_state::error && (e.reason == event_reason::exit_code || e.reason == event_reason::timeout) &&
                 item.retried < item.retries) {
                 // Retried: this run is kept, and the task waits out its backoff (resolve_waiting
                 // makes it pending then); task_queued, reason retry, with this run's exit code.
@@ -1219,7 +1220,7 @@ private:
                 item.last_error = "run " + std::to_string(item.restarts) + " " + why + "; retry " +
                                   std::to_string(item.retried) + "/" + std::to_string(item.retries);
                 e.type = event_type::task_queued;
-                e.reason = "retry";
+                e.reason = event_reason::retry;
             }
             if (!put_item(item, durability::durable, ec)) return;
             add_event(std::move(e), durability::durable, ec);
@@ -1250,7 +1251,7 @@ private:
             if (!put_item(item, durability::durable, ec)) return;
             if (item.state == task_state::error) {
                 auto e = make_event(event_type::task_error, item);
-                e.reason = "start_interrupted";
+                e.reason = event_reason::start_interrupted;
                 add_event(std::move(e), durability::durable, ec);
                 if (ec) return;
             }
@@ -1476,7 +1477,7 @@ private:
         if (!put_item(it, settled(it), ec)) return {start_status::failed, it, detail_};
         if (it.state == task_state::error) {
             auto e = make_event(event_type::task_error, it);
-            e.reason = "attempts_exhausted";
+            e.reason = event_reason::attempts_exhausted;
             add_event(std::move(e), durability::durable, ec);
             if (ec) return {start_status::failed, it, detail_};
         }
@@ -1610,7 +1611,7 @@ private:
         it.last_error = "dependency_failed: " + dep.describe();
         if (!put_item(it, durability::durable, ec)) return false;
         auto e = make_event(event_type::task_error, it);
-        e.reason = "dependency_failed";
+        e.reason = event_reason::dependency_failed;
         add_event(std::move(e), durability::durable, ec);
         return !ec;
     }

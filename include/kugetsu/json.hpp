@@ -167,7 +167,7 @@ inline void to_json(nlohmann::json& j, const event& e) {
     if (e.attempt) j["attempt"] = *e.attempt;
     if (e.pid) j["pid"] = *e.pid;
     if (e.exit_code) j["exit_code"] = *e.exit_code;
-    if (!e.reason.empty()) j["reason"] = e.reason;
+    if (e.reason != event_reason::none) j["reason"] = to_string(e.reason);
 }
 
 // ---------------------------------------------------------------------------------------
@@ -484,7 +484,11 @@ inline std::optional<event> parse_event(const nlohmann::json& j, std::error_code
         if (j.contains("attempt")) e.attempt = o.integer<int>("attempt", 0, max_attempts_limit);
         if (j.contains("pid")) e.pid = o.integer<int>("pid", 1, 4194304);
         if (j.contains("exit_code")) e.exit_code = o.integer<int>("exit_code", -1, 255);
-        if (j.contains("reason")) e.reason = o.string("reason", 4096);
+        if (j.contains("reason")) {
+            const std::string r = o.string("reason", 64);
+            if (auto known = parse_event_reason(r); known && *known != event_reason::none) e.reason = *known;
+            else if (o.ok()) o.wrong("reason", "an event reason (exit_code, timeout, cancelled, ...)");
+        }
     }
     o.no_unknown_fields();
     if (ec) return std::nullopt;

@@ -182,6 +182,26 @@ struct session {
 
 enum class event_type { task_queued, task_dequeued, task_started, task_completed, task_error, task_removed };
 
+/// Why an event happened (event::reason). Records write its name ("exit_code", ...); none is
+/// written as no field.
+enum class event_reason {
+    none,
+    exit_code,            ///< task_error: the agent exited with a code other than 0 (exit_code)
+    exit_unknown,         ///< task_error: the agent ended, its code unknown (its supervisor died)
+    timeout,              ///< task_error: its timeout passed
+    cancelled,            ///< task_error: cancelled; task_removed: removed while cancelled
+    retry,                ///< task_queued: a failed run, retried (exit_code: that run's)
+    restarted,            ///< task_queued: restart()
+    dependency_failed,    ///< task_error: a task it runs --after failed, or is missing
+    attempts_exhausted,   ///< task_error: its last attempt was cut short
+    start_interrupted,    ///< task_error: its last attempt never ran (or a PM's start was cut short)
+    quarantined,          ///< task_error: its record was unreadable, and is kept in quarantine
+    pending,              ///< task_removed: removed while pending
+    waiting,              ///< task_removed: removed while waiting
+    completed,            ///< task_removed: removed after it completed
+    error,                ///< task_removed: removed after it failed
+};
+
 /// A notification. Optional fields are written only when known. An event a store has
 /// committed carries its sequence number: its stable id, unique in that store and growing
 /// in commit order, with which a reader that may see an event twice (after a crash, events
@@ -193,7 +213,7 @@ struct event {
     std::optional<int> attempt;
     std::optional<int> pid;
     std::optional<int> exit_code;
-    std::string reason;                ///< empty: none
+    event_reason reason = event_reason::none;
     std::uint64_t seq = 0;             ///< its number in the store; 0: not (yet) in a store
 };
 
@@ -224,6 +244,27 @@ constexpr std::string_view to_string(stop_reason r) noexcept {
     return "?";
 }
 
+constexpr std::string_view to_string(event_reason r) noexcept {
+    switch (r) {
+    case event_reason::none: return "";
+    case event_reason::exit_code: return "exit_code";
+    case event_reason::exit_unknown: return "exit_unknown";
+    case event_reason::timeout: return "timeout";
+    case event_reason::cancelled: return "cancelled";
+    case event_reason::retry: return "retry";
+    case event_reason::restarted: return "restarted";
+    case event_reason::dependency_failed: return "dependency_failed";
+    case event_reason::attempts_exhausted: return "attempts_exhausted";
+    case event_reason::start_interrupted: return "start_interrupted";
+    case event_reason::quarantined: return "quarantined";
+    case event_reason::pending: return "pending";
+    case event_reason::waiting: return "waiting";
+    case event_reason::completed: return "completed";
+    case event_reason::error: return "error";
+    }
+    return "?";
+}
+
 constexpr std::string_view to_string(event_type t) noexcept {
     switch (t) {
     case event_type::task_queued: return "task_queued";
@@ -240,6 +281,33 @@ inline std::optional<role> parse_role(std::string_view s) noexcept {
     if (s == "dev") return role::dev;
     if (s == "pm") return role::pm;
     return std::nullopt;
+}
+
+inline constexpr event_reason all_event_reasons[] = {
+    event_reason::none,      event_reason::exit_code,         event_reason::exit_unknown,
+    event_reason::timeout,   event_reason::cancelled,         event_reason::retry,
+    event_reason::restarted, event_reason::dependency_failed, event_reason::attempts_exhausted,
+    event_reason::start_interrupted, event_reason::quarantined, event_reason::pending,
+    event_reason::waiting,   event_reason::completed,         event_reason::error};
+
+inline std::optional<event_reason> parse_event_reason(std::string_view s) noexcept {
+    for (auto r : all_event_reasons)
+        if (to_string(r) == s) return r;
+    return std::nullopt;
+}
+
+/// task_removed's reason: the state the task was removed in (a final or queued one).
+constexpr event_reason removed_in(task_state s) noexcept {
+    switch (s) {
+    case task_state::pending: return event_reason::pending;
+    case task_state::waiting: return event_reason::waiting;
+    case task_state::completed: return event_reason::completed;
+    case task_state::error: return event_reason::error;
+    case task_state::cancelled: return event_reason::cancelled;
+    case task_state::notified:
+    case task_state::running: break;   // never removed (remove() refuses them)
+    }
+    return event_reason::none;
 }
 
 inline std::optional<stop_reason> parse_stop_reason(std::string_view s) noexcept {

@@ -163,7 +163,9 @@ event make_event(const std::string& id, int n) {
     e.task_id = id;
     e.time = timestamp{std::chrono::seconds(1'800'000'000 + n)};
     e.attempt = n;
-    e.reason = std::string(200 + 37 * n, 'r');
+    e.pid = 1000 + n;
+    e.exit_code = n % 256;
+    e.reason = event_reason::exit_code;
     return e;
 }
 

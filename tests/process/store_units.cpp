@@ -40,12 +40,12 @@ queue_item task(std::string id, int second) {
     return it;
 }
 
-event ev(event_type t, std::string id, std::string reason = {}) {
+event ev(event_type t, std::string id, std::optional<int> pid = {}) {
     event e;
     e.type = t;
     e.task_id = std::move(id);
     e.time = timestamp{std::chrono::seconds(1'800'000'000)};
-    e.reason = std::move(reason);
+    e.pid = pid;
     return e;
 }
 
@@ -200,7 +200,7 @@ TEST_CASE("four processes running 200 units each on one counter lose no update a
                 c->last_error = std::to_string(next);
                 s.put_item(*c, ec);
                 if (ec) return 3;
-                s.append_event(ev(event_type::task_started, "p" + std::to_string(p), std::to_string(next)), ec);
+                s.append_event(ev(event_type::task_started, "p" + std::to_string(p), next), ec);
                 if (ec) return 4;
                 s.commit(durability::durable, ec);
                 if (ec) return 5;
@@ -224,7 +224,7 @@ TEST_CASE("four processes running 200 units each on one counter lose no update a
     bool numbered_in_commit_order = true;
     for (std::size_t i = 0; i < all.size(); ++i) {
         // Event i was appended by the unit that made the counter i: commit order is seq order.
-        if (all[i].seq != i + 1 || all[i].reason != std::to_string(i + 1)) numbered_in_commit_order = false;
+        if (all[i].seq != i + 1 || all[i].pid != static_cast<int>(i + 1)) numbered_in_commit_order = false;
         ++per_process[all[i].task_id];
     }
     CHECK(numbered_in_commit_order);

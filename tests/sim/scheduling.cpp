@@ -70,7 +70,7 @@ TEST_CASE("fixed+scheduling: the scheduling checks are exercised (tasks wait, fa
     const auto r2 = run(failing, 7, ch2);
     REQUIRE(r2.ok());
     int dependency_failed = 0;
-    for (const auto& e : r2.events) dependency_failed += e.reason == "dependency_failed";
+    for (const auto& e : r2.events) dependency_failed += e.reason == event_reason::dependency_failed;
     CHECK(dependency_failed == 2);   // t4 (after t1) and t6 (after t5)
 }
 

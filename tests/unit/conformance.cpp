@@ -34,12 +34,12 @@ queue_item item(std::string id, task_state st, int enqueued_second) {
     return it;
 }
 
-event ev(event_type t, std::string task, std::string reason = {}) {
+event ev(event_type t, std::string task, event_reason reason = event_reason::none) {
     event e;
     e.type = t;
     e.task_id = std::move(task);
     e.time = timestamp{std::chrono::seconds(1'800'000'000)};
-    e.reason = std::move(reason);
+    e.reason = reason;
     return e;
 }
 
@@ -238,7 +238,7 @@ TEMPLATE_TEST_CASE("store: a unit rolled back, or whose object is destroyed, lea
         st.create_item(item("gone", task_state::pending, 2), ec);
         st.put_item(item("kept", task_state::cancelled, 1), ec);
         st.put_session({"kept", role::dev, "kept", {9, 9, "b"}, "", timestamp{}}, ec);
-        st.append_event(ev(event_type::task_error, "kept", "cancelled"), ec);
+        st.append_event(ev(event_type::task_error, "kept", event_reason::cancelled), ec);
         st.put_limits({1, 1, 0s}, ec);
         REQUIRE_FALSE(ec);
     };
@@ -708,7 +708,7 @@ TEST_CASE("sqlite_store moves a task row that fails validation to quarantine, wi
         REQUIRE(e != evs.end());
         CHECK(e->type == event_type::task_error);
         CHECK(e->task_id == b.id);
-        CHECK(e->reason == "quarantined");
+        CHECK(e->reason == event_reason::quarantined);
     }
     auto rows = s.quarantine_rows(ec);
     REQUIRE(rows.size() == 3);
@@ -851,7 +851,7 @@ std::vector<event> all_events() {
     for (auto t : {event_type::task_queued, event_type::task_dequeued, event_type::task_started,
                    event_type::task_completed, event_type::task_error})
         v.push_back({.type = t, .task_id = "t1", .time = timestamp{std::chrono::seconds(1'800'000'000)}, .attempt = 1,
-                     .pid = 42, .exit_code = 0, .reason = "r"});
+                     .pid = 42, .exit_code = 0, .reason = event_reason::retry});
     return v;
 }
 } // namespace
@@ -900,8 +900,10 @@ TEST_CASE("jsonl_notifier lines from concurrent processes never interleave") {
     for (int k = 0; k < 4; ++k)
         kids.push_back(kugetsu::test::fork_child([&, k] {
             jsonl_notifier n(d / "events.jsonl");
-            event e{.type = event_type::task_error, .task_id = "writer-" + std::to_string(k), .time = timestamp{},
-                    .attempt = 1, .pid = 1, .exit_code = 1, .reason = std::string(2000, 'x')};   // long lines: still one write each
+            // The longest line an event makes (a task id of the longest length): still one write each.
+            event e{.type = event_type::task_error,
+                    .task_id = "writer-" + std::to_string(k) + "-" + std::string(max_task_id_length - 9, 'x'),
+                    .time = timestamp{}, .attempt = 1, .pid = 1, .exit_code = 1, .reason = event_reason::exit_code};
             for (int i = 0; i < 300; ++i) n.notify(e);
             return static_cast<int>(n.failures());
         }));

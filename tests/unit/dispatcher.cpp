@@ -224,7 +224,7 @@ TEST_CASE("an agent that exits non-zero makes its task error, with the exit code
     CHECK(r.item("a").exit_code == 2);
     CHECK(r.last_of("a")->type == event_type::task_error);
     CHECK(r.last_of("a")->exit_code == 2);
-    CHECK(r.last_of("a")->reason == "exit_code");
+    CHECK(r.last_of("a")->reason == event_reason::exit_code);
 }
 
 TEST_CASE("an agent that vanishes without an exit code makes its task error, reason exit_unknown") {
@@ -234,7 +234,7 @@ TEST_CASE("an agent that vanishes without an exit code makes its task error, rea
     r.d.reap();
     CHECK(r.item("a").state == task_state::error);
     CHECK_FALSE(r.item("a").exit_code);
-    CHECK(r.last_of("a")->reason == "exit_unknown");
+    CHECK(r.last_of("a")->reason == event_reason::exit_unknown);
 }
 
 TEST_CASE("process_queue takes as many pending tasks as there are free slots, oldest first") {
@@ -292,7 +292,7 @@ TEST_CASE("after max attempts the task is error with reason attempts_exhausted")
     CHECK(it.attempts == 3);
     CHECK(it.last_error.find("spawn") != std::string::npos);
     CHECK(r.last_of("t1")->type == event_type::task_error);
-    CHECK(r.last_of("t1")->reason == "attempts_exhausted");
+    CHECK(r.last_of("t1")->reason == event_reason::attempts_exhausted);
     CHECK(r.sessions() == 0);
     CHECK(r.ws.s->removed.size() == 3);
     CHECK(r.d.process_queue().taken == 0);
@@ -401,7 +401,7 @@ TEST_CASE("a task past its timeout gets SIGTERM, then SIGKILL after the grace, a
     CHECK(it.state == task_state::error);
     CHECK(it.last_error == "timeout");
     CHECK(it.exit_code == 137);
-    CHECK(r.last_of("slow")->reason == "timeout");
+    CHECK(r.last_of("slow")->reason == event_reason::timeout);
 }
 
 TEST_CASE("a task left notified by a starter that died returns to pending") {
@@ -454,7 +454,7 @@ TEST_CASE("cancel makes a pending task cancelled and stops a running one") {
     r.d.enqueue(r.spec("p"));
     r.d.start(r.spec("run"));
     CHECK(r.d.cancel("p").state == task_state::cancelled);
-    CHECK(r.last_of("p")->reason == "cancelled");
+    CHECK(r.last_of("p")->reason == event_reason::cancelled);
     r.d.cancel("run");
     const int pid = r.item("run").process.pid;
     CHECK(r.spawner.get(pid).signals == std::vector<stop_signal>{stop_signal::terminate});
@@ -504,7 +504,7 @@ TEST_CASE("a task whose last attempt was interrupted by its starter's death ends
     CHECK(r.d.reap().recovered == 1);
     CHECK(r.item("t1").state == task_state::error);
     CHECK(r.item("t1").attempts == 3);
-    CHECK(r.last_of("t1")->reason == "attempts_exhausted");
+    CHECK(r.last_of("t1")->reason == event_reason::attempts_exhausted);
     CHECK(r.d.process_queue().taken == 0);
     CHECK(r.spawner.requests().empty());
 }
@@ -528,7 +528,7 @@ TEST_CASE("a PM start interrupted by its caller's death ends error and is never 
     auto rep = r.d.process_queue();
     CHECK(rep.started == 1);
     CHECK(r.item("pm-1").state == task_state::error);
-    CHECK(r.last_of("pm-1")->reason == "start_interrupted");
+    CHECK(r.last_of("pm-1")->reason == event_reason::start_interrupted);
     CHECK(r.item("t1").state == task_state::running);
 }
 
@@ -786,8 +786,8 @@ TEST_CASE("an agent that never ran gives its task back with start_interrupted, i
     CHECK_FALSE(it.exit_code);
     REQUIRE(r.last_of("t1"));
     CHECK(r.last_of("t1")->type == event_type::task_error);
-    CHECK(r.last_of("t1")->reason == "start_interrupted");
-    for (auto& e : *r.events) CHECK(e.reason != "exit_unknown");
+    CHECK(r.last_of("t1")->reason == event_reason::start_interrupted);
+    for (auto& e : *r.events) CHECK(e.reason != event_reason::exit_unknown);
     CHECK(r.d.process_queue().taken == 0);
     CHECK(r.spawner.requests().size() == 3);
 }
@@ -1114,7 +1114,7 @@ TEST_CASE("over sqlite_store, a corrupt task row is quarantined with a task_erro
     CHECK(q[1].task_id == "a");
     std::vector<std::uint64_t> told;
     for (auto& e : *events)
-        if (e.type == event_type::task_error && e.reason == "quarantined") told.push_back(e.seq);
+        if (e.type == event_type::task_error && e.reason == event_reason::quarantined) told.push_back(e.seq);
     CHECK(told == std::vector<std::uint64_t>{q[0].event_seq, q[1].event_seq});
     CHECK(d.store().get_item("c", ec)->state == task_state::completed);
     CHECK(d.store().get_item("d", ec)->state == task_state::completed);
@@ -1156,7 +1156,7 @@ TEST_CASE("restart runs a finished task again under its id: fresh attempts, behi
     CHECK(it.enqueued_at > r.item("waiting").enqueued_at);
     CHECK(r.item("done") == it);
     CHECK(r.last_of("done")->type == event_type::task_queued);
-    CHECK(r.last_of("done")->reason == "restarted");
+    CHECK(r.last_of("done")->reason == event_reason::restarted);
     // cap 1: the task that was waiting goes first, then the restarted one.
     CHECK(r.d.process_queue().taken == 1);
     CHECK(r.item("waiting").state == task_state::running);
@@ -1269,8 +1269,8 @@ TEST_CASE("remove deletes pending and finished tasks with task_removed, refuses 
     CHECK_FALSE(r.store.get_item("p", ec));
     CHECK_FALSE(r.store.get_item("done", ec));
     CHECK(r.last_of("p")->type == event_type::task_removed);
-    CHECK(r.last_of("p")->reason == "pending");
-    CHECK(r.last_of("done")->reason == "completed");
+    CHECK(r.last_of("p")->reason == event_reason::pending);
+    CHECK(r.last_of("done")->reason == event_reason::completed);
     CHECK(r.store.list_items(ec).size() == 1);
     CHECK(r.d.process_queue().taken == 0);   // the removed pending task never runs
     r.d.enqueue(r.spec("p"));                // a new task, with nothing of the old one
@@ -1333,7 +1333,7 @@ TEST_CASE("over sqlite_store, restart keeps its runs in the record and remove de
     const auto evs = other.events_after(0, 100, ec);
     REQUIRE_FALSE(evs.empty());
     CHECK(evs.back().type == event_type::task_removed);
-    CHECK(evs.back().reason == "pending");
+    CHECK(evs.back().reason == event_reason::pending);
 }
 
 // ---- scheduling: priorities, groups, dependencies, pause ---------------------------------------
@@ -1443,7 +1443,7 @@ TEST_CASE("dependencies: a task waits for its dependencies, runs once all comple
     CHECK(deploy.attempts == 0);
     CHECK(deploy.last_error.find("\"test\" (error)") != std::string::npos);
     REQUIRE(r.last_of("deploy"));
-    CHECK(r.last_of("deploy")->reason == "dependency_failed");
+    CHECK(r.last_of("deploy")->reason == event_reason::dependency_failed);
     // start_item refuses a waiting task; a task enqueued after a completed one is pending at once
     r.d.enqueue(sched_spec("w", 0, {}, {"deploy"}));
     CHECK(r.item("w").state == task_state::error);   // its dependency already failed
@@ -1519,7 +1519,7 @@ TEST_CASE("retries: a non-zero exit or a timeout runs the task again after its b
     CHECK(r.d.next_wake().deadline == it.not_before);   // a daemon wakes for it
     REQUIRE(r.last_of("flaky"));
     CHECK(r.last_of("flaky")->type == event_type::task_queued);
-    CHECK(r.last_of("flaky")->reason == "retry");
+    CHECK(r.last_of("flaky")->reason == event_reason::retry);
     CHECK(r.last_of("flaky")->exit_code == 3);
     // not before its backoff (2 s)
     r.clock.advance(1999ms);

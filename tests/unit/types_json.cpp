@@ -209,7 +209,7 @@ TEST_CASE("a session round-trips and must be keyed by its task id, or pm-agent f
 
 TEST_CASE("an event has type, task_id and an RFC 3339 timestamp, plus the fields that are known") {
     event e{.type = event_type::task_error, .task_id = "t9", .time = *parse_rfc3339("2026-11-27T00:00:00Z"), .attempt = 3,
-            .pid = 1234, .exit_code = 2, .reason = "exit_code"};
+            .pid = 1234, .exit_code = 2, .reason = event_reason::exit_code};
     const json j = e;
     CHECK(j["type"] == "task_error");
     CHECK(j["task_id"] == "t9");
@@ -230,9 +230,28 @@ TEST_CASE("an event has type, task_id and an RFC 3339 timestamp, plus the fields
     auto back = parse_event(j.dump(), ec, why);
     REQUIRE(back);
     CHECK(back->exit_code == 2);
+    CHECK(back->reason == event_reason::exit_code);
     json bad = j;
     bad["type"] = "task_exploded";
     CHECK_FALSE(parse_event(bad, ec, why));
+    // A reason outside the vocabulary (or an empty one: none is written as no field) is refused,
+    // and the error names the field.
+    for (const char* r : {"bored", ""}) {
+        bad = j;
+        bad["reason"] = r;
+        CHECK_FALSE(parse_event(bad, ec, why));
+        CHECK(ec == errc::invalid_record);
+        CHECK(why.find("reason") != std::string::npos);
+    }
+    // Every reason's name reads back as itself.
+    for (auto r : all_event_reasons) {
+        if (r == event_reason::none) continue;
+        bad = j;
+        bad["reason"] = std::string(to_string(r));
+        auto got = parse_event(bad, ec, why);
+        REQUIRE(got);
+        CHECK(got->reason == r);
+    }
 }
 
 TEST_CASE("an event a store numbered carries its seq, which must be a positive integer exact in a double") {

@@ -1122,7 +1122,7 @@ private:
                 e.type = event_type::task_error;
                 e.task_id = b.task_id;
                 e.time = std::chrono::time_point_cast<std::chrono::microseconds>(std::chrono::system_clock::now());
-                e.reason = "quarantined";
+                e.reason = event_reason::quarantined;
                 q.event_seq = append_event(e, ec);
                 if (ec) break;
             }

@@ -345,7 +345,7 @@ public:
         return mix(mix(e.seq, hash_text(e.task_id)),
                    static_cast<std::uint64_t>(e.type) | static_cast<std::uint64_t>(e.attempt.value_or(0)) << 8 |
                        static_cast<std::uint64_t>(e.exit_code.value_or(-1) + 1) << 24) ^
-               hash_text(e.reason);
+               mix(0x5eed, static_cast<std::uint64_t>(e.reason));
     }
 
 private:
@@ -646,7 +646,7 @@ public:
             if (!w.unwinding() && w.tracing())
                 w.trace(w.current(), "event", (e.seq ? "#" + std::to_string(e.seq) + " " : std::string()) +
                                                    std::string(to_string(e.type)) + " " + e.task_id +
-                                                   (e.reason.empty() ? "" : " (" + e.reason + ")"));
+                                                   (e.reason == event_reason::none ? "" : " (" + std::string(to_string(e.reason)) + ")"));
         } catch (...) {
         }
     }

@@ -392,7 +392,7 @@ private:
             store_.put_item(it, rec);
             if (it.state == task_state::error) {
                 auto e = ev(event_type::task_error, it);
-                e.reason = "attempts_exhausted";
+                e.reason = event_reason::attempts_exhausted;
                 n_.notify(e);
             }
             return start_status::failed;
@@ -808,7 +808,7 @@ inline std::string check_events_exact(const std::vector<event>& held, const queu
     for (const auto& e : evs) {
         got += (got.empty() ? "" : ", ") + std::string(to_string(e.type));
         if (e.attempt) got += "#" + std::to_string(*e.attempt);
-        if (!e.reason.empty()) got += " (" + e.reason + ")";
+        if (e.reason != event_reason::none) got += " (" + std::string(to_string(e.reason)) + ")";
     }
     const std::string history = std::string(queued ? "queued" : "started") + ", " + std::string(to_string(it.state)) +
                                 " after " + std::to_string(it.attempts) + " attempts, ran " + std::to_string(ran) +
