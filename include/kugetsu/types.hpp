@@ -56,7 +56,7 @@ inline constexpr std::string_view pm_session_id = "pm-agent";
 
 enum class role { dev, pm };
 
-/// Why a running task is being stopped (its agent sent SIGTERM, then SIGKILL after the grace):
+/// Why a running task is being stopped (its agent is sent SIGTERM, then SIGKILL after the grace):
 /// its timeout passed, or it was cancelled. Records write it as "", "timeout", "cancelled".
 enum class stop_reason { none, timeout, cancelled };
 /// (waiting is last so that the numbers of the others, which stores may keep, are unchanged.)
