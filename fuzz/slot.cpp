@@ -1,4 +1,4 @@
-// fuzz/slot.cpp: the bytes of a slot file (HOME/run/<pid>-<start>.slot), as fork_spawner reads
+// fuzz/slot.cpp: the bytes of a slot file (HOME/run/<pid>-<start>.slot), as slot_file.hpp reads
 // them: detail::parse_slot_record, and detail::read_slot_record on a file holding them.
 //
 // Checks: it never crashes (it allocates nothing, throws nothing); only the first line counts
@@ -22,7 +22,7 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
-#include <kugetsu/spawn/fork_spawner.hpp>
+#include <kugetsu/spawn/slot_file.hpp>
 
 #include "check.hpp"
 

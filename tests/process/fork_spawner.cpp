@@ -15,6 +15,7 @@
 #include <random>
 #include <sstream>
 #include <thread>
+#include <utility>
 
 #include <poll.h>
 #include <sys/file.h>
@@ -935,4 +936,61 @@ TEST_CASE("the slot record parser never crashes on garbage, and what it accepts 
         if (r.at && r.at->time_since_epoch().count() < 0) FAIL("negative time in \"" << s << "\"");
     }
     CHECK(accepted > 1000);   // the mutations do reach the accepting paths
+}
+
+TEST_CASE("one parser of /proc/PID/stat: a comm with spaces and parentheses, truncated text refused, and both readers agree") {
+    using kugetsu::detail::parse_proc_stat;
+    // Field 22 is the start time; comm "a) b (c" holds the characters that fool a naive split.
+    std::string line = "4242 (a) b (c) S 17";
+    for (int field = 5; field <= 21; ++field) line += " " + std::to_string(field * 10);
+    line += " 987654321 18 19\n";
+    const auto st = parse_proc_stat(line);
+    REQUIRE(st);
+    CHECK(st->state == 'S');
+    CHECK(st->ppid == 17);
+    CHECK(st->start_time == 987654321u);
+    // Cut anywhere before field 22: no stat (field 22 must have a separator before it).
+    const auto field22 = line.find(" 987654321");
+    for (std::size_t cut : {std::size_t{0}, std::size_t{5}, line.find(')'), line.rfind(')') + 1, field22})
+        CHECK_FALSE(parse_proc_stat(std::string_view(line).substr(0, cut)));
+    CHECK_FALSE(parse_proc_stat("no parenthesis at all 1 2 3"));
+
+    // This process, through the allocating reader and the async-signal-safe one.
+    std::error_code ec;
+    const auto self = kugetsu::detail::read_proc_stat(::getpid(), ec);
+    REQUIRE_FALSE(ec);
+    REQUIRE(self);
+    CHECK(self->start_time != 0);
+    CHECK(self->ppid == ::getppid());
+    CHECK(kugetsu::detail::start_time_of(::getpid()) == self->start_time);
+    CHECK(kugetsu::detail::start_time_of(0x7ffffffe) == 0);   // no such process
+}
+
+TEST_CASE("slot file names: the allocating and the async-signal-safe writers agree, and the parser reads back only what they write") {
+    using kugetsu::detail::slot_file;
+    const std::string run = "/some/run";
+    for (const auto& [pid, start] : {std::pair{1, std::uint64_t{0}}, std::pair{0x7fffffff, ~std::uint64_t{0}},
+                                     std::pair{4242, std::uint64_t{123456789}}}) {
+        const std::string path = slot_file::path(run, pid, start);
+        char buf[128];
+        slot_file::put_path(buf, run.c_str(), pid, start);
+        CHECK(path == buf);
+        const std::string name = path.substr(run.size() + 1);
+        int p = 0;
+        std::uint64_t s = 0;
+        REQUIRE(slot_file::parse_name(name, p, s));
+        CHECK(p == pid);
+        CHECK(s == start);
+        CHECK_FALSE(slot_file::is_temp_name(name));
+    }
+    const std::string temp = slot_file::temp_path(run, 77, 3);
+    CHECK(temp == "/some/run/.slot.77.3");
+    CHECK(slot_file::is_temp_name(temp.substr(run.size() + 1)));
+    int p = 0;
+    std::uint64_t s = 0;
+    for (const char* bad : {"", ".slot", "1-2", "-2.slot", "1-.slot", "0-5.slot", "2147483648-1.slot",
+                            "1-18446744073709551616.slot", "1-2.slot.", "a-2.slot", "1-2-3.slot", "../1-2.slot"})
+        CHECK_FALSE(slot_file::parse_name(bad, p, s));
+    for (const char* bad : {".slot.", ".slot.1", ".slot.1.", ".slot..1", ".slot.x.1", "slot.1.2"})
+        CHECK_FALSE(slot_file::is_temp_name(bad));
 }

@@ -15,47 +15,18 @@
 // ever runs without the session the dispatcher writes in between; nor does one whose
 // supervisor died while it was held.
 //
-// THE HANDSHAKE. spawn() waits for one message: the supervisor's hello (the agent's pid and
-// start time, sent once the slot is in place). release() sends the go-ahead byte 'g' through
-// the same control socket, which the held agent reads itself (the supervisor closes its copy
-// after the hello), and returns when the error pipe closes on exec: two process wake-ups in
-// all, and no polling interval. abandon() sends 'a' and closes its end; end-of-file without a
-// byte means that the caller died. The supervisor learns the agent's fate from its own pipe:
-// "about to exec" then end-of-file (exec'd), or a report of why the program never ran
-// (abandoned; the caller or the supervisor died; chdir or exec failed), or end-of-file alone
-// (killed while held): it records an end and runs the on-exit command only for an agent that
-// exec'd. It never removes the slot: forget() or sweep() does.
+// THE HANDSHAKE (go_ahead.hpp). spawn() waits for the supervisor's hello (the agent is
+// held); release() sends the go-ahead and returns once the agent has exec'd or failed to;
+// abandon() tells the agent never to run. The supervisor (supervisor.hpp) learns the agent's
+// fate from its own pipe, and records an end only for an agent that exec'd.
 //
-// THE SLOT FILE. The supervisor creates RUN_DIR/<agent pid>-<agent start time>.slot and takes
-// an exclusive flock on it before the agent is forked; the agent inherits that open file (as
-// descriptor 5, KUGETSU_SLOT_FD=5), so the lock is held exactly while the supervisor or the
-// agent (or a descendant that keeps the descriptor) is alive, and the kernel releases it when
-// the last of them dies, however it dies. The file holds one record: a line at offset 0 that
-// replaces the one before (bytes after the first newline are left-overs, and ignored):
-//   kugetsu-held 2\n            by the supervisor, before it forks the agent (never empty)
-//   kugetsu-exec 2 US\n         by the agent, once it has the go-ahead, just before execve
-//   kugetsu-noexec 2\n          by the agent, as it exits without running the program
-//   kugetsu-exit 2 CODE T US\n  by the supervisor, once the agent has ended and before it
-//                               reaps it (killed in between, it leaves a zombie whose code a
-//                               subreaper records, see ORPHANS): CODE, T = timed
-//                               out (0|1), US = when the end was seen (realtime microseconds)
-//   kugetsu-exit 1 CODE T\n     by a kugetsu 0.1 supervisor (whose slot is empty before it)
-// So poll() from ANY process answers:
-//   lock held                            -> running (also: a zombie not yet reaped); with a
-//                                           held or noexec record, running with `held` set
-//                                           (not released: not to be adopted as started)
-//   lock free, exit record               -> exited, with the code, timed_out and (v2) end time
-//   lock free, held or noexec            -> never_ran (the agent is dead: alive, it holds the lock)
-//   lock free, exec (supervisor killed)  -> running while the agent's identity (pid, start time,
-//                                           boot id) is alive, or while it is a zombie whose
-//                                           parent is a live process other than init (a
-//                                           subreaper that records it: ORPHANS); else gone
-//   lock free, empty (0.1), or no file   -> running while the identity is alive, else gone
-// The slot file's last close is an inotify IN_CLOSE_WRITE on RUN_DIR: a daemon wakes on it.
-// The file stays after the end (the caller may have committed a session naming the agent)
-// until forget(), which the dispatcher calls once it has committed what happened (or for an
-// agent it abandoned). sweep() removes the free ones no session names, and
-// the temporary ones (.slot.<pid>.<n>) that supervisors killed during setup left behind.
+// THE SLOT FILE (slot_file.hpp). RUN_DIR/<agent pid>-<agent start time>.slot, created and
+// flock'd by the supervisor before the agent is forked and inherited by the agent (as
+// descriptor 5, KUGETSU_SLOT_FD=5): its lock is held exactly while either (or a descendant
+// that keeps the descriptor) is alive, and its one record says how far the agent got: held,
+// exec, noexec or exit. So poll() from ANY process answers from the lock and the record (see
+// slot_file.hpp for the table), and a daemon wakes on the file's last close (IN_CLOSE_WRITE).
+// The file stays after the end until forget(); sweep() removes the free ones no session names.
 //
 // ORPHANS. An agent whose supervisor is killed is given by the kernel to the nearest child
 // subreaper (prctl PR_SET_CHILD_SUBREAPER) among its ancestors, or else to init, which reaps it
@@ -104,7 +75,6 @@
 
 #include <dirent.h>
 #include <fcntl.h>
-#include <linux/close_range.h>
 #include <poll.h>
 #include <sys/file.h>
 #include <sys/socket.h>
@@ -116,7 +86,11 @@
 #include "../concepts.hpp"
 #include "../detail/posix.hpp"
 #include "../detail/proc.hpp"
+#include "../detail/signal_safe.hpp"
 #include "../state_dir.hpp"
+#include "go_ahead.hpp"
+#include "slot_file.hpp"
+#include "supervisor.hpp"
 
 extern char** environ;
 
@@ -149,288 +123,12 @@ inline std::string resolve_program(const std::string& argv0, std::error_code& ec
     return {};
 }
 
-/// What a child that could not exec writes back: which step failed, and errno. To its
-/// supervisor, the agent first writes step 0 (about to exec) once it has the go-ahead.
-struct child_failure {
-    int step;   // 0 = about to exec, 1 = chdir, 2 = exec, 3 = no go-ahead (the caller or the
-                // supervisor died), 4 = abandoned (the caller said 'a'), 5 = the exec record
-                // could not be written into the slot
-    int error;
-};
-
-/// What the supervisor tells the caller once the agent is held (or why it is not).
-struct supervisor_hello {
-    int ok;           // 1: held; 0: setup failed
-    int pid;          // the agent
-    std::uint64_t start_time;
-    int error;        // setup failed: errno
-};
-
-inline int exit_code_of(int status) noexcept {
-    if (WIFEXITED(status)) return WEXITSTATUS(status);
-    if (WIFSIGNALED(status)) return 128 + WTERMSIG(status);
-    return -1;
-}
-
-/// Waits until the child `pid` has ended, without reaping it (WNOWAIT): its exit code as
-/// exit_code_of() gives it, -1 if waitid fails. The zombie keeps its status for whoever reaps
-/// it: if the caller dies before it writes the code down, a subreaper can still read it.
-inline int peek_exit_code(pid_t pid) noexcept {
-    siginfo_t si{};
-    for (;;) {
-        if (::waitid(P_PID, static_cast<id_t>(pid), &si, WEXITED | WNOWAIT) == 0) break;
-        if (errno != EINTR) return -1;
-    }
-    if (si.si_code == CLD_EXITED) return si.si_status;
-    if (si.si_code == CLD_KILLED || si.si_code == CLD_DUMPED) return 128 + si.si_status;
-    return -1;
-}
-
-/// waitpid with EINTR retried.
-inline pid_t wait_for(pid_t pid, int* status, int flags) noexcept {
-    for (;;) {
-        const pid_t r = ::waitpid(pid, status, flags);
-        if (r >= 0 || errno != EINTR) return r;
-    }
-}
-
-// ---- async-signal-safe helpers for the supervisor ------------------------------------------
-
-/// Appends the decimal digits of v at p; returns the end. No allocation.
-inline char* put_uint(char* p, std::uint64_t v) noexcept {
-    char tmp[24];
-    int n = 0;
-    do tmp[n++] = static_cast<char>('0' + v % 10);
-    while ((v /= 10) != 0);
-    while (n) *p++ = tmp[--n];
-    return p;
-}
-
-inline char* put_str(char* p, const char* s) noexcept {
-    while (*s) *p++ = *s++;
-    return p;
-}
-
-inline std::int64_t monotonic_ms() noexcept {
-    timespec ts{};
-    ::clock_gettime(CLOCK_MONOTONIC, &ts);
-    return static_cast<std::int64_t>(ts.tv_sec) * 1000 + ts.tv_nsec / 1000000;
-}
-
-/// Microseconds since the epoch (CLOCK_REALTIME), as the slot records carry them.
-inline std::int64_t realtime_us() noexcept {
-    timespec ts{};
-    ::clock_gettime(CLOCK_REALTIME, &ts);
-    return static_cast<std::int64_t>(ts.tv_sec) * 1000000 + ts.tv_nsec / 1000;
-}
-
-/// Writes a slot record at offset 0, EINTR retried; false unless all of it was written.
-inline bool put_record(int fd, const char* rec, std::size_t len) noexcept {
-    ssize_t w;
-    while ((w = ::pwrite(fd, rec, len, 0)) < 0 && errno == EINTR) {}
-    return w == static_cast<ssize_t>(len);
-}
-
-inline constexpr char held_record[] = "kugetsu-held 2\n";
-inline constexpr char noexec_record[] = "kugetsu-noexec 2\n";
-
-/// "kugetsu-exec 2 US\n" into buf (at least 64 bytes); returns its length.
-inline std::size_t exec_record(char* buf, std::int64_t us) noexcept {
-    char* q = put_str(buf, "kugetsu-exec 2 ");
-    q = put_uint(q, static_cast<std::uint64_t>(std::max<std::int64_t>(0, us)));
-    q = put_str(q, "\n");
-    return static_cast<std::size_t>(q - buf);
-}
-
-/// "kugetsu-exit 2 CODE T US\n" into buf (at least 64 bytes); returns its length.
-inline std::size_t exit_record(char* buf, int code, bool timed_out, std::int64_t us) noexcept {
-    char* q = put_str(buf, "kugetsu-exit 2 ");
-    q = put_uint(q, static_cast<std::uint64_t>(std::clamp(code, 0, 255)));
-    q = put_str(q, timed_out ? " 1 " : " 0 ");
-    q = put_uint(q, static_cast<std::uint64_t>(std::max<std::int64_t>(0, us)));
-    q = put_str(q, "\n");
-    return static_cast<std::size_t>(q - buf);
-}
-
-/// /proc/PID/stat field 22 without allocating; 0 on failure.
-inline std::uint64_t start_time_of(int pid) noexcept {
-    char path[64];
-    char* e = put_str(path, "/proc/");
-    e = put_uint(e, static_cast<std::uint64_t>(pid));
-    e = put_str(e, "/stat");
-    *e = '\0';
-    const int fd = ::open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0) return 0;
-    char buf[2048];
-    std::size_t got = 0;
-    for (;;) {
-        const ssize_t n = ::read(fd, buf + got, sizeof buf - 1 - got);
-        if (n < 0 && errno == EINTR) continue;
-        if (n <= 0) break;
-        got += static_cast<std::size_t>(n);
-        if (got == sizeof buf - 1) break;
-    }
-    ::close(fd);
-    buf[got] = '\0';
-    const char* p = nullptr;
-    for (std::size_t i = 0; i < got; ++i)
-        if (buf[i] == ')') p = buf + i;
-    if (!p) return 0;
-    p += 2;   // state
-    for (int field = 3; field < 22; ++field) {
-        while (*p && *p != ' ') ++p;
-        if (!*p) return 0;
-        ++p;
-    }
-    std::uint64_t v = 0;
-    while (*p >= '0' && *p <= '9') v = v * 10 + static_cast<std::uint64_t>(*p++ - '0');
-    return v;
-}
-
-inline bool write_full(int fd, const void* data, std::size_t len) noexcept {
-    const char* p = static_cast<const char*>(data);
-    while (len) {
-        const ssize_t n = ::write(fd, p, len);
-        if (n < 0 && errno == EINTR) continue;
-        if (n <= 0) return false;
-        p += n;
-        len -= static_cast<std::size_t>(n);
-    }
-    return true;
-}
-
-inline bool read_full(int fd, void* data, std::size_t len) noexcept {
-    char* p = static_cast<char*>(data);
-    while (len) {
-        const ssize_t n = ::read(fd, p, len);
-        if (n < 0 && errno == EINTR) continue;
-        if (n <= 0) return false;
-        p += n;
-        len -= static_cast<std::size_t>(n);
-    }
-    return true;
-}
-
-/// What a held agent hears: the go-ahead, an abandon, or nothing it may run on.
-enum class go_ahead { go, abandoned, lost };
-
-/// A held agent waits here for the caller's word: one byte on the control socket `ctl`, 'g'
-/// (run) or 'a' (abandoned). `lost` if the caller closed its end without a byte (it died), if
-/// the byte is neither, or if the supervisor died: `supervisor` is the write end of a pipe
-/// only the supervisor reads, which polls POLLERR once no reader is left. Checked again after
-/// a 'g', so that an agent whose supervisor is already gone does not start. Async-signal-safe.
-inline go_ahead await_go_ahead(int ctl, int supervisor) noexcept {
-    constexpr short gone = POLLERR | POLLHUP | POLLNVAL;
-    for (;;) {
-        pollfd pf[2] = {{ctl, POLLIN, 0}, {supervisor, 0, 0}};
-        const int r = ::poll(pf, 2, -1);
-        if (r < 0) {
-            if (errno == EINTR) continue;
-            return go_ahead::lost;
-        }
-        if (pf[1].revents & gone) return go_ahead::lost;
-        if (pf[0].revents) break;
-    }
-    char c;
-    ssize_t n;
-    while ((n = ::read(ctl, &c, 1)) < 0 && errno == EINTR) {}
-    if (n == 1 && c == 'a') return go_ahead::abandoned;
-    if (n != 1 || c != 'g') return go_ahead::lost;
-    pollfd pf{supervisor, 0, 0};
-    int r;
-    while ((r = ::poll(&pf, 1, 0)) < 0 && errno == EINTR) {}
-    return r == 0 || (r > 0 && !(pf.revents & gone)) ? go_ahead::go : go_ahead::lost;
-}
-
-/// A slot file's record (its first line), as parse_slot_record reads it.
-struct slot_record {
-    enum class kind {
-        none,     ///< empty (a kugetsu 0.1 slot before its end), incomplete, or not a record
-        held,     ///< "kugetsu-held 2": the agent was forked and held
-        exec,     ///< "kugetsu-exec 2 US": the agent had the go-ahead and was about to exec
-        noexec,   ///< "kugetsu-noexec 2": the agent exited without running the program
-        exited,   ///< "kugetsu-exit 2 CODE T US" or (0.1) "kugetsu-exit 1 CODE T"
-    };
-    kind what = kind::none;
-    int version = 0;
-    int exit_code = -1;                ///< exited: 0-255
-    bool timed_out = false;            ///< exited: the supervisor stopped it at its timeout
-    std::optional<timestamp> at{};     ///< exec: when; exited (version 2): when it ended
-};
-
-/// Reads the record on the first line of `s` (up to its newline: what follows is ignored).
-/// Strict: anything else, including a line without its newline, is kind::none. Never
-/// allocates, never throws, whatever the bytes.
-inline slot_record parse_slot_record(std::string_view s) noexcept {
-    slot_record r;
-    const auto nl = s.find('\n');
-    if (nl == std::string_view::npos) return r;
-    std::string_view line = s.substr(0, nl);
-    auto eat = [&](std::string_view w) {
-        if (line.substr(0, w.size()) != w) return false;
-        line.remove_prefix(w.size());
-        return true;
-    };
-    // Decimal digits, at most `max_digits` of them and then no other digit.
-    auto number = [&](int max_digits, std::uint64_t& v) {
-        v = 0;
-        int digits = 0;
-        while (!line.empty() && line.front() >= '0' && line.front() <= '9') {
-            if (++digits > max_digits) return false;
-            v = v * 10 + static_cast<std::uint64_t>(line.front() - '0');
-            line.remove_prefix(1);
-        }
-        return digits > 0;
-    };
-    std::uint64_t v = 0;
-    if (line == "kugetsu-held 2") {
-        r.what = slot_record::kind::held;
-        r.version = 2;
-    } else if (line == "kugetsu-noexec 2") {
-        r.what = slot_record::kind::noexec;
-        r.version = 2;
-    } else if (eat("kugetsu-exec 2 ")) {
-        if (!number(18, v) || !line.empty()) return r;
-        r.what = slot_record::kind::exec;
-        r.version = 2;
-        r.at = timestamp(duration(static_cast<std::int64_t>(v)));
-    } else if (eat("kugetsu-exit ")) {
-        const int version = eat("1 ") ? 1 : eat("2 ") ? 2 : 0;
-        if (version == 0 || !number(3, v) || v > 255 || !eat(" ") || line.empty() ||
-            (line.front() != '0' && line.front() != '1'))
-            return r;
-        const int code = static_cast<int>(v);
-        const bool timed_out = line.front() == '1';
-        line.remove_prefix(1);
-        std::optional<timestamp> at;
-        if (version == 2) {
-            if (!eat(" ") || !number(18, v)) return r;
-            at = timestamp(duration(static_cast<std::int64_t>(v)));
-        }
-        if (!line.empty()) return r;
-        r.what = slot_record::kind::exited;
-        r.version = version;
-        r.exit_code = code;
-        r.timed_out = timed_out;
-        r.at = at;
-    }
-    return r;
-}
-
-/// Reads the record of the slot file open as `fd` (pread at offset 0, EINTR retried).
-inline slot_record read_slot_record(int fd) noexcept {
-    char buf[64];
-    ssize_t n;
-    while ((n = ::pread(fd, buf, sizeof buf, 0)) < 0 && errno == EINTR) {}
-    return n > 0 ? parse_slot_record(std::string_view(buf, static_cast<std::size_t>(n))) : slot_record{};
-}
-
 } // namespace detail
 
 class fork_spawner {
 public:
     /// The descriptor through which an agent holds its slot.
-    static constexpr int slot_fd = 5;
+    static constexpr int slot_fd = detail::slot_file::agent_fd;
 
     /// Effects: logs go to LOG_DIR/<task id>.log, slot files to RUN_DIR (default: LOG_DIR);
     /// both are created (0700) when needed.
@@ -568,7 +266,7 @@ private:
         detail::unique_fd err_read(err[0]), err_write(err[1]);
 
         // Everything the supervisor and the agent need, built before fork: they must not allocate.
-        plan pl;
+        detail::supervisor_plan pl;
         pl.program = program.c_str();
         for (const auto& a : r.argv) pl.argv.push_back(const_cast<char*>(a.c_str()));
         pl.argv.push_back(nullptr);
@@ -585,7 +283,7 @@ private:
         pl.hook.push_back(nullptr);
         pl.hook_lock = on_exit_unless_locked_.empty() ? nullptr : on_exit_unless_locked_.c_str();
         pl.cwd = r.working_dir.empty() ? nullptr : r.working_dir.c_str();
-        const std::string tmp = run_dir_ + "/.slot." + std::to_string(::getpid()) + "." + std::to_string(++counter_);
+        const std::string tmp = detail::slot_file::temp_path(run_dir_, ::getpid(), ++counter_);
         pl.slot_tmp = tmp.c_str();
         pl.run_dir = run_dir_.c_str();
         std::string slot_buf(run_dir_.size() + 64, '\0');
@@ -596,7 +294,7 @@ private:
 
         const pid_t sup = ::fork();
         if (sup < 0) return fail(ec, detail::last_error(), "fork"), launched{};
-        if (sup == 0) supervise(pl);
+        if (sup == 0) detail::supervisor::run(pl);
         return {sup, std::move(ctl_parent), std::move(err_read), program, r.working_dir, log_path};
     }
 
@@ -651,7 +349,7 @@ public:
         if (it == held_.end()) return fail(ec, errc::not_held, "release");
         held h = std::move(it->second);
         held_.erase(it);
-        go_ahead(h);
+        detail::send_go_ahead(h.ctl.get());
         exec_result(p, h, ec);
     }
 
@@ -671,7 +369,7 @@ public:
             }
             hs[i].emplace(std::move(it->second));
             held_.erase(it);
-            go_ahead(*hs[i]);
+            detail::send_go_ahead(hs[i]->ctl.get());
         }
         for (std::size_t i = 0; i < refs.size(); ++i) {
             if (!hs[i]) continue;
@@ -681,28 +379,15 @@ public:
     }
 
 private:
-    static void go_ahead(held& h) noexcept {
-        const char go = 'g';
-        for (;;) {
-            if (::send(h.ctl.get(), &go, 1, MSG_NOSIGNAL) >= 0 || errno != EINTR) break;
-        }
-    }
-
     /// Reads the agent's exec outcome after its go-ahead: end-of-file = it exec'd.
     void exec_result(const process_ref& p, held& h, std::error_code& ec) {
-        detail::child_failure f{};
-        std::size_t got = 0;
-        while (got < sizeof f) {
-            const ssize_t n = detail::sys().read(h.err.get(), reinterpret_cast<char*>(&f) + got, sizeof f - got);
-            if (n < 0 && errno == EINTR) continue;
-            if (n <= 0) break;
-            got += static_cast<std::size_t>(n);
-        }
-        if (got == 0) return;   // the pipe closed on exec: the program runs
+        const auto out = detail::read_exec_outcome(h.err.get());
+        if (out.what == detail::exec_outcome::ran) return;   // the pipe closed on exec: the program runs
         // The program never ran: its slot stays, with its noexec record (poll() says never_ran),
         // until forget(). Wait for the supervisor, so that the agent is reaped when this returns.
         wait_supervisor(p.pid);
-        if (got != sizeof f) return fail(ec, errc::spawn_failed, "the agent died before exec");
+        const auto& f = out.failure;
+        if (out.what == detail::exec_outcome::died) return fail(ec, errc::spawn_failed, "the agent died before exec");
         if (f.step == 3) return fail(ec, errc::spawn_failed, "the supervisor died before the agent could start");
         if (f.step == 5) return fail(ec, detail::errno_code(f.error), "write the slot of the agent");
         cannot_run(ec, detail::errno_code(f.error), f.step == 1 ? "chdir \"" + h.cwd + "\"" : "exec \"" + h.program + "\"",
@@ -749,8 +434,7 @@ public:
     void abandon(const process_ref& p) noexcept {
         auto it = held_.find(p.pid);
         if (it == held_.end()) return;
-        const char a = 'a';
-        while (::send(it->second.ctl.get(), &a, 1, MSG_NOSIGNAL | MSG_DONTWAIT) < 0 && errno == EINTR) {}
+        detail::send_abandon(it->second.ctl.get());
         held_.erase(it);   // closes the control socket and the error pipe
         wait_supervisor(p.pid);
     }
@@ -835,7 +519,7 @@ public:
 
     /// RUN_DIR/<pid>-<start time>.slot: where the agent p's slot is.
     std::string slot_path(const process_ref& p) const {
-        return run_dir_ + "/" + std::to_string(p.pid) + "-" + std::to_string(p.start_time) + ".slot";
+        return detail::slot_file::path(run_dir_, p.pid, p.start_time);
     }
     const std::string& log_dir() const noexcept { return log_dir_; }
     const std::string& run_dir() const noexcept { return run_dir_; }
@@ -843,19 +527,6 @@ public:
     const std::string& last_error_detail() const noexcept { return detail_; }
 
 private:
-
-    struct plan {
-        const char* program = nullptr;
-        std::vector<char*> argv, envp, hook;
-        const char* hook_lock = nullptr;
-        const char* cwd = nullptr;
-        const char* slot_tmp = nullptr;
-        const char* run_dir = nullptr;
-        char* slot_path = nullptr;
-        std::int64_t timeout_ms = -1;
-        std::int64_t grace_ms = 0;
-        struct { int null_fd, log, ctl, err; } fds{};
-    };
 
     process_status status_of(const process_ref& p, bool block, std::error_code& ec) {
         const std::string path = slot_path(p);
@@ -1057,8 +728,7 @@ private:
             // held, noexec: it never ran, and says so; exited: recorded; none: not ours to write.
             if (detail::read_slot_record(fd.get()).what != detail::slot_record::kind::exec) return;
             ::flock(fd.get(), LOCK_EX | LOCK_NB);
-            char rec[64];
-            detail::put_record(fd.get(), rec, detail::exit_record(rec, code, false, detail::realtime_us()));
+            detail::slot_file(fd.get()).write_exit(code, false, detail::realtime_us());
         } catch (...) {   // out of memory: the end is gone
         }
     }
@@ -1082,11 +752,11 @@ private:
             int pid = 0;
             std::uint64_t start = 0;
             bool temp = false;
-            if (parse_slot_name(name, pid, start)) {
+            if (detail::slot_file::parse_name(name, pid, start)) {
                 if (std::any_of(referenced.begin(), referenced.end(),
                                 [&](const process_ref& r) { return r.pid == pid && r.start_time == start; }))
                     continue;
-            } else if (is_temp_slot_name(name)) {
+            } else if (detail::slot_file::is_temp_name(name)) {
                 temp = true;
             } else {
                 continue;
@@ -1107,266 +777,6 @@ private:
                 continue;
             ::unlinkat(dirfd.get(), de->d_name, 0);
         }
-    }
-
-    /// "<pid>-<start time>.slot", both decimal.
-    static bool parse_slot_name(std::string_view name, int& pid, std::uint64_t& start) noexcept {
-        constexpr std::string_view ext = ".slot";
-        if (name.size() <= ext.size() || name.substr(name.size() - ext.size()) != ext) return false;
-        name.remove_suffix(ext.size());
-        const auto dash = name.find('-');
-        if (dash == std::string_view::npos) return false;
-        std::uint64_t p = 0;
-        if (!digits(name.substr(0, dash), 10, p) || p == 0 || p > 0x7fffffff) return false;
-        if (!digits(name.substr(dash + 1), 20, start)) return false;
-        pid = static_cast<int>(p);
-        return true;
-    }
-
-    /// ".slot.<pid>.<n>", as spawn() names a slot before its supervisor renames it.
-    static bool is_temp_slot_name(std::string_view name) noexcept {
-        constexpr std::string_view head = ".slot.";
-        if (name.substr(0, head.size()) != head) return false;
-        name.remove_prefix(head.size());
-        const auto dot = name.find('.');
-        std::uint64_t v = 0;
-        return dot != std::string_view::npos && digits(name.substr(0, dot), 10, v) && digits(name.substr(dot + 1), 20, v);
-    }
-
-    static bool digits(std::string_view s, std::size_t max, std::uint64_t& v) noexcept {
-        if (s.empty() || s.size() > max) return false;
-        v = 0;
-        for (char c : s) {
-            if (c < '0' || c > '9') return false;
-            const std::uint64_t d = static_cast<std::uint64_t>(c - '0');
-            if (v > (~std::uint64_t{0} - d) / 10) return false;
-            v = v * 10 + d;
-        }
-        return true;
-    }
-
-    /// The supervisor. Async-signal-safe calls only.
-    [[noreturn]] static void supervise(const plan& pl) noexcept {
-        // Its own session: a terminal's ^C or hangup reaches neither it nor the agent.
-        ::setsid();
-        // Keep exactly: 0 /dev/null, 1 and 2 the log, 3 the control socket, 4 the error pipe.
-        // Everything else is closed now (the dispatcher's lock among it), not merely at exec:
-        // the supervisor never execs the agent itself.
-        const int src[4] = {pl.fds.null_fd, pl.fds.log, pl.fds.ctl, pl.fds.err};
-        int high[4];
-        for (int i = 0; i < 4; ++i)
-            if ((high[i] = ::fcntl(src[i], F_DUPFD_CLOEXEC, 16)) < 0) ::_exit(127);
-        if (::dup2(high[0], 0) < 0 || ::dup2(high[1], 1) < 0 || ::dup2(high[1], 2) < 0 ||
-            ::dup3(high[2], 3, O_CLOEXEC) < 0 || ::dup3(high[3], 4, O_CLOEXEC) < 0)
-            ::_exit(127);
-        if (::syscall(SYS_close_range, 5u, ~0u, 0u) != 0)
-            for (int fd = 5; fd < 65536; ++fd) ::close(fd);
-        const int ctl = 3, err = 4;
-        struct sigaction act{};
-        act.sa_handler = SIG_DFL;
-        for (int s = 1; s < NSIG; ++s) ::sigaction(s, &act, nullptr);
-        act.sa_handler = SIG_IGN;
-        static constexpr int ignored[] = {SIGPIPE, SIGHUP, SIGINT, SIGQUIT, SIGTSTP, SIGTTIN, SIGTTOU};
-        for (int s : ignored) ::sigaction(s, &act, nullptr);
-        sigset_t none;
-        ::sigemptyset(&none);
-        ::sigprocmask(SIG_SETMASK, &none, nullptr);
-
-        detail::supervisor_hello hello{};
-        auto setup_failed = [&](int e) {
-            hello.error = e;
-            detail::write_full(ctl, &hello, sizeof hello);
-            ::_exit(127);
-        };
-        // The slot: created and locked before the agent exists, so the agent inherits the lock.
-        // O_EXCL: a file or link planted under this name is never written (the spawn fails
-        // and the next attempt takes the next name).
-        int slot = ::open(pl.slot_tmp, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0600);
-        if (slot < 0) setup_failed(errno);
-        if (slot != fork_spawner::slot_fd) {
-            if (::dup3(slot, fork_spawner::slot_fd, O_CLOEXEC) < 0) setup_failed(errno);
-            ::close(slot);
-            slot = fork_spawner::slot_fd;
-        }
-        while (::flock(slot, LOCK_EX) != 0)
-            if (errno != EINTR) {
-                const int saved = errno;
-                ::unlink(pl.slot_tmp);
-                setup_failed(saved);
-            }
-        // A v2 slot is never empty: "held" until the agent writes what it did.
-        errno = 0;
-        if (!detail::put_record(slot, detail::held_record, sizeof detail::held_record - 1)) {
-            const int saved = errno ? errno : EIO;
-            ::unlink(pl.slot_tmp);
-            setup_failed(saved);
-        }
-        // sync: the agent's exec failure, to the supervisor. It is also how a held agent learns
-        // that its supervisor died: its write end polls POLLERR once no reader is left.
-        int sync[2];
-        if (::pipe2(sync, O_CLOEXEC) != 0) setup_failed(errno);
-
-        const pid_t agent = ::fork();
-        if (agent < 0) {
-            ::unlink(pl.slot_tmp);
-            setup_failed(errno);
-        }
-        if (agent == 0) {
-            // The agent keeps the control socket (3, close-on-exec) while it is held: the
-            // caller's word comes to it directly (no relay through the supervisor): 'g' lets it
-            // exec, 'a' abandons it, and end-of-file without a byte means the caller died.
-            ::close(sync[0]);
-            ::setpgid(0, 0);
-            // Its dispositions are the supervisor's: SIG_DFL for every signal but the ignored
-            // ones, so no handler can run here. Those stay ignored while it is held (SIGPIPE
-            // among them: a report to a reader that died must not kill it) and are reset to
-            // SIG_DFL just before exec.
-            ::fcntl(slot, F_SETFD, 0);   // the agent holds its slot across exec
-            // The program never runs: the slot says so first (its last word, which replaces
-            // "held" or "exec"), then the supervisor and the caller are told why.
-            auto report = [&](int step) {
-                const detail::child_failure f{step, errno};
-                act.sa_handler = SIG_IGN;
-                ::sigaction(SIGPIPE, &act, nullptr);
-                detail::put_record(slot, detail::noexec_record, sizeof detail::noexec_record - 1);
-                detail::write_full(sync[1], &f, sizeof f);
-                detail::write_full(err, &f, sizeof f);
-                ::_exit(127);
-            };
-            if (pl.cwd && ::chdir(pl.cwd) != 0) report(1);
-            // Abandoned, or the caller or the supervisor died: the program never runs.
-            const detail::go_ahead word = detail::await_go_ahead(ctl, sync[1]);
-            if (word != detail::go_ahead::go) {
-                errno = ECONNABORTED;
-                report(word == detail::go_ahead::abandoned ? 4 : 3);
-            }
-            // The slot says "exec" before the program can run (or no exec: a slot saying
-            // "held" must never outlive a program that ran); then the supervisor is told that
-            // the exec comes: end-of-file without that means the agent died while held.
-            char rec[64];
-            errno = 0;
-            if (!detail::put_record(slot, rec, detail::exec_record(rec, detail::realtime_us()))) {
-                if (errno == 0) errno = EIO;
-                report(5);
-            }
-            const detail::child_failure go_ahead{0, 0};
-            if (!detail::write_full(sync[1], &go_ahead, sizeof go_ahead)) {
-                errno = ECONNABORTED;
-                report(3);
-            }
-            act.sa_handler = SIG_DFL;
-            for (int s : ignored) ::sigaction(s, &act, nullptr);
-            ::execve(pl.program, pl.argv.data(), pl.envp.data());
-            report(2);
-        }
-        ::setpgid(agent, agent);   // also here, so the group exists before anyone signals it
-        ::close(sync[1]);
-        ::close(err);              // the caller's read end sees EOF once the agent has exec'd
-        hello.pid = agent;
-        hello.start_time = detail::start_time_of(agent);
-        char* e = detail::put_str(pl.slot_path, pl.run_dir);
-        e = detail::put_str(e, "/");
-        e = detail::put_uint(e, static_cast<std::uint64_t>(agent));
-        e = detail::put_str(e, "-");
-        e = detail::put_uint(e, hello.start_time);
-        e = detail::put_str(e, ".slot");
-        *e = '\0';
-        auto drop_agent = [&] {
-            // Held, so it has not exec'd (the caller sends the go-ahead only after a hello):
-            // the program never runs.
-            ::kill(agent, SIGKILL);
-            int status;
-            detail::wait_for(agent, &status, 0);
-        };
-        if (hello.start_time == 0 || ::rename(pl.slot_tmp, pl.slot_path) != 0) {
-            const int saved = hello.start_time == 0 ? ESRCH : errno;
-            drop_agent();
-            ::unlink(pl.slot_tmp);
-            setup_failed(saved);
-        }
-        hello.ok = 1;
-        if (!detail::write_full(ctl, &hello, sizeof hello)) {
-            drop_agent();   // the caller died
-            ::unlink(pl.slot_path);
-            ::_exit(0);
-        }
-        ::close(ctl);   // from here on the agent alone listens to the caller
-        // The agent says "about to exec" once it has the go-ahead, then its exec succeeds
-        // (end-of-file: sync closes on exec) or it reports why it did not run: chdir or exec
-        // failed, it was abandoned ('a'), or the caller died (end-of-file on the control
-        // socket). End-of-file without "about to exec": it died while held (a signal).
-        bool exec_comes = false, abandoned = false;
-        for (detail::child_failure m{}; detail::read_full(sync[0], &m, sizeof m);) {
-            if (m.step == 0) {
-                exec_comes = true;
-                continue;
-            }
-            exec_comes = false;   // the program never ran
-            abandoned = m.step == 4;
-            break;
-        }
-        if (!exec_comes) {
-            // The caller learns why through its own pipe; there is no end to record and no hook
-            // to run (a caller in abandon() waits for this process). The slot stays, saying
-            // "noexec" (or "held": killed while held), for whoever committed a session naming
-            // the agent: its reap answers never_ran, then forget() (or sweep()) removes it. So
-            // does an abandoned one: its session may be visible after all (a commit reported
-            // failed after COMMIT: its fsync failed).
-            int status;
-            detail::wait_for(agent, &status, 0);
-            (void)abandoned;
-            ::_exit(0);
-        }
-        ::close(sync[0]);
-
-        // Supervise: wait for the agent, enforcing the timeout. Its end is stamped when seen.
-        // It is reaped only once its exit record is written: killed in between, this process
-        // leaves a zombie whose code a subreaper (a daemon) still records (record_orphan).
-        int code = -1;
-        bool timed_out = false;
-        std::int64_t ended_us = 0;
-        const int pidfd = static_cast<int>(::syscall(SYS_pidfd_open, agent, 0));
-        std::int64_t deadline = pl.timeout_ms >= 0 ? detail::monotonic_ms() + pl.timeout_ms : -1;
-        bool term_sent = false;
-        for (;;) {
-            if (pidfd < 0 || deadline < 0) {
-                code = detail::peek_exit_code(agent);
-                ended_us = detail::realtime_us();
-                break;
-            }
-            const std::int64_t left = std::max<std::int64_t>(0, deadline - detail::monotonic_ms());
-            pollfd pf{pidfd, POLLIN, 0};
-            const int r = ::poll(&pf, 1, static_cast<int>(std::min<std::int64_t>(left, 1 << 30)));
-            if (r < 0 && errno == EINTR) continue;
-            if (r > 0) {
-                ended_us = detail::realtime_us();
-                code = detail::peek_exit_code(agent);
-                break;
-            }
-            if (r == 0 && detail::monotonic_ms() >= deadline) {
-                if (!term_sent) {
-                    ::kill(-agent, SIGTERM);
-                    term_sent = timed_out = true;
-                    deadline = detail::monotonic_ms() + pl.grace_ms;
-                } else {
-                    ::kill(-agent, SIGKILL);
-                    deadline = -1;
-                }
-            }
-        }
-        // The exit record goes into the slot before the lock is let go, and before the reaping.
-        char rec[64];
-        detail::put_record(slot, rec, detail::exit_record(rec, code, timed_out, ended_us));
-        int status = 0;
-        detail::wait_for(agent, &status, 0);
-        if (pl.hook.size() > 1) {
-            // A daemon holds the lock: it records the end itself.
-            if (!pl.hook_lock || !daemon_running(pl.hook_lock)) {
-                ::close(slot);   // released before the hook records the end
-                ::execve(pl.hook[0], pl.hook.data(), pl.envp.data());
-            }
-        }
-        ::_exit(0);
     }
 
     void fail(std::error_code& ec, std::error_code e, const std::string& what) {
