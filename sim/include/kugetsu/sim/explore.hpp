@@ -23,7 +23,7 @@
 #include <unordered_set>
 #include <vector>
 
-#include "scenario.hpp"
+#include "run.hpp"
 
 namespace kugetsu::sim {
 

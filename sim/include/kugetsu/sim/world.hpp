@@ -1,5 +1,5 @@
 // kugetsu/sim/world.hpp: the deterministic simulator's core: simulated kugetsu processes
-// (actors) as coroutines on one OS thread, a scheduler that decides which actor moves at
+// (actors) as fibers on one OS thread (fiber.hpp), a scheduler that decides which actor moves at
 // every shared step, a virtual clock, simulated agents, and the shared state they act on.
 //
 // An actor runs real code (for kugetsu, the real basic_dispatcher template) with policies
@@ -42,28 +42,7 @@
 #include <string_view>
 #include <vector>
 
-// Actors switch stacks with Boost.Context's fiber: in user space, with no syscall (glibc's
-// swapcontext makes a sigprocmask syscall on every switch). AddressSanitizer must be told
-// when the stack changes under it, or it reports false errors when an exception unwinds a
-// fiber (google/sanitizers#189): Boost 1.74 does that only in its ucontext back end, which
-// Debian's libboost_context is not built with, so world.hpp announces each switch itself.
-#if defined(__SANITIZE_ADDRESS__)
-#define KUGETSU_SIM_ASAN 1
-#elif defined(__has_feature)
-#if __has_feature(address_sanitizer)
-#define KUGETSU_SIM_ASAN 1
-#endif
-#endif
-#if defined(KUGETSU_SIM_ASAN)
-#include <sanitizer/common_interface_defs.h>
-#define KUGETSU_SIM_FIBER_START(save, bottom, size) __sanitizer_start_switch_fiber(save, bottom, size)
-#define KUGETSU_SIM_FIBER_FINISH(save, bottom, size) __sanitizer_finish_switch_fiber(save, bottom, size)
-#else
-#define KUGETSU_SIM_FIBER_START(save, bottom, size) ((void)0)
-#define KUGETSU_SIM_FIBER_FINISH(save, bottom, size) ((void)0)
-#endif
-#include <boost/context/fiber.hpp>
-#include <boost/context/stack_context.hpp>
+#include "fiber.hpp"
 
 #include <kugetsu/json.hpp>
 #include <kugetsu/store/memory_store.hpp>
@@ -154,7 +133,6 @@ struct actor {
     wait_kind waiting = wait_kind::none;
     int lock_wanted = -1;          ///< waiting for a lock: which (lock_kind)
     std::optional<timestamp> wake_at;
-    bool started = false;
     bool kill_requested = false;
     bool killed = false;
     actor_kind kind = actor_kind::client;
@@ -168,58 +146,7 @@ struct actor {
     bool observes_agents = false;  ///< its next step looks at agents (poll, signal, the wait)
     bool lazy = false;             ///< its next step is seen only by steps that look at agents (lazy_choice)
     process_ref self;
-    boost::context::fiber fiber;   ///< where it resumes (empty while it runs, and once done)
-    const char* stack_base = nullptr;   ///< its stack's lowest address (for AddressSanitizer)
-    void* fake_stack = nullptr;    ///< AddressSanitizer's bookkeeping while switched away
-};
-
-/// Fixed-size actor stacks, kept for reuse on each thread: a run creates several actors and
-/// an exploration many thousand runs; allocating each stack anew (and faulting its pages in)
-/// would cost more than the steps. A StackAllocator for boost::context::fiber.
-class stack_pool {
-public:
-    static constexpr std::size_t size = 256 * 1024;
-    stack_pool() = default;
-    /// Stores each stack's lowest address in *base (AddressSanitizer needs it).
-    explicit stack_pool(const char** base) noexcept : base_(base) {}
-    boost::context::stack_context allocate() {
-        auto& free = cache().stacks;
-        char* base;
-        if (free.empty()) {
-            base = static_cast<char*>(::operator new(size, std::align_val_t{64}));
-        } else {
-            base = free.back();
-            free.pop_back();
-        }
-        boost::context::stack_context sc;
-        sc.size = size;
-        sc.sp = base + size;   // stacks grow down
-        if (base_) *base_ = base;
-        return sc;
-    }
-    void deallocate(boost::context::stack_context& sc) noexcept {
-        char* base = static_cast<char*>(sc.sp) - size;
-        auto& free = cache().stacks;
-        if (free.size() < free.capacity()) {   // reserved: push_back cannot throw
-            free.push_back(base);
-            return;
-        }
-        ::operator delete(base, std::align_val_t{64});
-    }
-
-private:
-    struct cache_t {
-        std::vector<char*> stacks;
-        cache_t() { stacks.reserve(64); }
-        ~cache_t() {
-            for (char* p : stacks) ::operator delete(p, std::align_val_t{64});
-        }
-    };
-    static cache_t& cache() {
-        thread_local cache_t c;
-        return c;
-    }
-    const char** base_ = nullptr;
+    sim::fiber fiber;              ///< its stack (fiber.hpp); started() once it first ran
 };
 
 enum class proc_status { held, running, exited, reaped, abandoned };
@@ -833,23 +760,7 @@ private:
 
     void resume(actor& a) {
         current_ = a.id;
-        if (!a.started) {
-            // Its fiber is made when it first runs, so that no fiber is ever destroyed before
-            // it ran (Boost unwinds such a fiber with an exception on its own stack).
-            a.fiber = boost::context::fiber(std::allocator_arg, stack_pool{&a.stack_base},
-                                            [this, ap = &a](boost::context::fiber&& scheduler) {
-                                                KUGETSU_SIM_FIBER_FINISH(nullptr, &main_bottom_, &main_size_);
-                                                scheduler_ = std::move(scheduler);
-                                                body_of(*ap);
-                                                // This stack is done with: no fake stack to keep.
-                                                KUGETSU_SIM_FIBER_START(nullptr, main_bottom_, main_size_);
-                                                return std::move(scheduler_);
-                                            });
-        }
-        a.started = true;
-        KUGETSU_SIM_FIBER_START(&main_fake_stack_, a.stack_base, stack_size);
-        a.fiber = std::move(a.fiber).resume();   // back when it switches out, or is done
-        KUGETSU_SIM_FIBER_FINISH(main_fake_stack_, nullptr, nullptr);
+        switch_.resume(a.fiber, [this, ap = &a] { body_of(*ap); });
         current_ = -1;
     }
 
@@ -860,9 +771,7 @@ private:
     /// Back to the scheduler; on return, true if the actor must die (killed or aborted).
     bool switch_out_nothrow() {
         actor& a = me();
-        KUGETSU_SIM_FIBER_START(&a.fake_stack, main_bottom_, main_size_);
-        scheduler_ = std::move(scheduler_).resume();
-        KUGETSU_SIM_FIBER_FINISH(a.fake_stack, &main_bottom_, &main_size_);
+        switch_.suspend(a.fiber);
         if (a.kill_requested && !a.killed) {
             a.killed = true;
             if (!unwinding_ && tracing_) trace(a.id, "SIGKILL", "before " + a.next_op.str());
@@ -943,17 +852,14 @@ private:
         if (unwinding_) return;
         unwinding_ = true;
         for (auto& a : actors_)
-            if (a->status != actor_status::done && a->started) resume(*a);
+            if (a->status != actor_status::done && a->fiber.started()) resume(*a);
         unwinding_ = false;
     }
 
     std::uint64_t seed_;
     fault_plan faults_;
     std::vector<std::unique_ptr<actor>> actors_;
-    boost::context::fiber scheduler_;   ///< while an actor runs: where run() resumes
-    void* main_fake_stack_ = nullptr;   // AddressSanitizer's bookkeeping of run()'s stack
-    const void* main_bottom_ = nullptr;
-    std::size_t main_size_ = 0;
+    fiber_switch switch_;   ///< the scheduler's side of every actor's switch (fiber.hpp)
     int current_ = -1;
     std::array<int, lock_kinds> holders_{-1, -1, -1};
     timestamp now_{std::chrono::sys_days{std::chrono::year{2026} / std::chrono::January / 1}};
