@@ -16,6 +16,9 @@
 #include <unistd.h>
 
 #include <kugetsu/types.hpp>
+#include <range/v3/range/conversion.hpp>
+#include <range/v3/view/join.hpp>
+#include <range/v3/view/transform.hpp>
 
 namespace kugetsu::cli {
 
@@ -71,10 +74,14 @@ inline std::string shell_quote(std::string_view a) {
     return safe ? out : "'" + out + "'";
 }
 
+/// The strings of `r` (any range of strings), separated by `sep`.
+template <class R>
+std::string joined(R&& r, std::string_view sep) {
+    return std::forward<R>(r) | ranges::views::join(sep) | ranges::to<std::string>();
+}
+
 inline std::string shell_join(const std::vector<std::string>& argv) {
-    std::string out;
-    for (const auto& a : argv) out += (out.empty() ? "" : " ") + shell_quote(a);
-    return out;
+    return joined(argv | ranges::views::transform(shell_quote), " ");
 }
 
 /// Columns `s` takes on a terminal: its UTF-8 code points (wide characters count one).

@@ -52,6 +52,9 @@
 #include <kugetsu/kugetsu.hpp>
 #include <kugetsu/timeline.hpp>
 #include <kugetsu/watcher.hpp>
+#include <range/v3/view/filter.hpp>
+#include <range/v3/view/transform.hpp>
+#include <range/v3/view/zip.hpp>
 
 #include "format.hpp"
 #include "options.hpp"
@@ -573,20 +576,22 @@ int cmd_status(const globals& g, bool json, const std::vector<std::string>& ids,
     std::printf("home %s\ncap %d (max attempts %d, kill grace %s s): %d dev agent%s live, PM %s\n", g.home.c_str(),
                 lim.cap, lim.max_attempts, seconds_text(lim.kill_grace).c_str(), rep.live, rep.live == 1 ? "" : "s",
                 rep.pm_live ? "live" : "not running");
-    std::string summary;
-    for (auto st : state_order)
-        if (counts[static_cast<std::size_t>(st)] || st == task_state::pending || st == task_state::running)
-            summary += (summary.empty() ? "" : ", ") + std::to_string(counts[static_cast<std::size_t>(st)]) + " " +
-                       std::string(to_string(st));
+    const auto count_of = [&](task_state st) { return counts[static_cast<std::size_t>(st)]; };
+    std::string summary = cli::joined(
+        state_order |
+            ranges::views::filter([&](task_state st) { return count_of(st) || st == task_state::pending || st == task_state::running; }) |
+            ranges::views::transform([&](task_state st) { return std::to_string(count_of(st)) + " " + std::string(to_string(st)); }),
+        ", ");
     if (quarantined_tasks) summary += ", " + std::to_string(quarantined_tasks) + " quarantined";
     std::printf("tasks: %s%s\n", summary.c_str(), sched.paused ? "; the queue is PAUSED (kugetsu resume)" : "");
     if (!group_names.empty()) {
-        std::string line;
-        for (const auto& gname : group_names) {
-            const auto p = sched.group(gname);
-            line += (line.empty() ? "" : ", ") + gname + " " + std::to_string(live_in(gname)) + "/" +
-                    (p.cap ? std::to_string(*p.cap) : std::string("-")) + (p.paused ? " paused" : "");
-        }
+        const std::string line = cli::joined(group_names | ranges::views::transform([&](const std::string& gname) {
+                                                 const auto p = sched.group(gname);
+                                                 return gname + " " + std::to_string(live_in(gname)) + "/" +
+                                                        (p.cap ? std::to_string(*p.cap) : std::string("-")) +
+                                                        (p.paused ? " paused" : "");
+                                             }),
+                                             ", ");
         std::printf("groups (live/cap): %s\n", line.c_str());
     }
     if (!quarantined.empty())
@@ -645,9 +650,7 @@ int cmd_status(const globals& g, bool json, const std::vector<std::string>& ids,
         if (it.state == task_state::waiting && it.not_before && *it.not_before > now)
             std::printf("    retry in %s\n", cli::human_duration(*it.not_before - now).c_str());
         else if (it.state == task_state::waiting) {
-            std::string names;
-            for (const auto& a : it.after) names += (names.empty() ? "" : " ") + a;
-            std::printf("    after: %s\n", cli::fit(names, width > 11 ? width - 11 : 0).c_str());
+            std::printf("    after: %s\n", cli::fit(cli::joined(it.after, " "), width > 11 ? width - 11 : 0).c_str());
         }
     }
     for (const auto& q : q_tasks) {
@@ -768,15 +771,14 @@ int cmd_wait(const globals& g, std::vector<std::string> ids, bool json, const st
         if (!valid_task_id(id)) return report(errc::invalid_task_id, "\"" + shown_id(id) + "\" is not a task id");
     std::vector<std::optional<queue_item>> final(ids.size());   // a final state never changes: not re-read
     return until(g, d, [&]() -> int {
-        for (std::size_t i = 0; i < ids.size(); ++i) {
-            if (final[i]) continue;
-            const auto& id = ids[i];
+        for (auto [id, fin] : ranges::views::zip(ids, final)) {
+            if (fin) continue;
             std::error_code e;
             auto it = d.store().get_item(id, e);
             if (e) return report(e, "task \"" + id + "\": " + std::string(d.store().last_error_detail()));
             if (!it) return report(errc::unknown_task, no_task(d.store(), id));
             if (!is_final(it->state)) return -1;
-            final[i] = std::move(it);
+            fin = std::move(it);
         }
         // The first task (in the order given) that did not complete gives the status.
         int rc = ex_ok;
@@ -805,11 +807,11 @@ int cmd_wait(const globals& g, std::vector<std::string> ids, bool json, const st
     }, {}, give_up, [&]() -> int {
         // Given up: the tasks not yet final, as they stand now.
         std::vector<std::pair<std::string, std::string>> open;
-        for (std::size_t i = 0; i < ids.size(); ++i) {
-            if (final[i]) continue;
+        for (const auto& [id, fin] : ranges::views::zip(ids, final)) {
+            if (fin) continue;
             std::error_code e;
-            const auto it = d.store().get_item(ids[i], e);
-            open.emplace_back(ids[i], e ? "unreadable" : it ? to_string(it->state) : "gone");
+            const auto it = d.store().get_item(id, e);
+            open.emplace_back(id, e ? "unreadable" : it ? to_string(it->state) : "gone");
         }
         if (json) {
             auto tasks = nlohmann::json::array();

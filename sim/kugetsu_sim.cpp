@@ -37,6 +37,11 @@
 #include <vector>
 
 #include <kugetsu/sim/explore.hpp>
+#include <range/v3/algorithm/max.hpp>
+#include <range/v3/view/iota.hpp>
+#include <range/v3/view/map.hpp>
+#include <range/v3/view/transform.hpp>
+#include <range/v3/view/zip.hpp>
 #include <kugetsu/sim/report.hpp>
 
 namespace {
@@ -503,12 +508,11 @@ void print_steps(std::ostream& os, const options& o, const std::vector<int>& sch
                  const ks::run_options& opt) {
     const auto ops = ks::step_ops(o.sc, o.seed, schedule, opt);
     const int width = static_cast<int>(std::to_string(schedule.size()).size());
-    for (std::size_t i = 0; i < schedule.size(); ++i) {
-        const int e = schedule[i];
+    for (const auto& [n, e, op] : ranges::views::zip(ranges::views::iota(std::size_t{1}), schedule, ops)) {
         const std::string who = ks::detail::schedule_entry_name(e < 0 ? -e - 1 : e, actors);
         char num[32];
-        std::snprintf(num, sizeof num, "  %*zu. ", width, i + 1);
-        os << num << who << ": " << ops[i] << '\n';
+        std::snprintf(num, sizeof num, "  %*zu. ", width, n);
+        os << num << who << ": " << op << '\n';
     }
 }
 
@@ -657,8 +661,9 @@ int run_explore(options& o, outputs& out) {
         os << "no invariant broken\n";
     } else {
         os << "invariants broken in " << ex.violating << " of " << ex.schedules << " schedules:\n";
-        std::size_t w = 0;
-        for (const auto& [k, n] : ex.by_kind) w = std::max(w, k.size());
+        // (broken: by_kind has an entry)
+        const std::size_t w =
+            ranges::max(ex.by_kind | ranges::views::keys | ranges::views::transform([](const std::string& k) { return k.size(); }));
         for (const auto& [k, n] : ex.by_kind) os << "  " << k << std::string(w + 2 - k.size(), ' ') << n << '\n';
     }
     os << "lost tasks: " << ex.lost_tasks << ", duplicate starts: " << ex.duplicate_starts << " (summed over schedules)\n";

@@ -28,6 +28,11 @@
 #include <vector>
 
 #include <nlohmann/json.hpp>
+#include <range/v3/range/conversion.hpp>
+#include <range/v3/view/enumerate.hpp>
+#include <range/v3/view/join.hpp>
+#include <range/v3/view/transform.hpp>
+#include <range/v3/view/zip.hpp>
 
 #include <kugetsu/json.hpp>
 #include <kugetsu/timeline.hpp>
@@ -55,12 +60,8 @@ inline std::string schedule_entry_name(int e, const std::vector<std::string>& ac
 
 /// A schedule as --replay takes it: "0,0,2,-3,1".
 inline std::string schedule_text(const std::vector<int>& schedule) {
-    std::string s;
-    for (std::size_t i = 0; i < schedule.size(); ++i) {
-        if (i) s += ',';
-        s += std::to_string(schedule[i]);
-    }
-    return s;
+    return schedule | ranges::views::transform([](int e) { return std::to_string(e); }) | ranges::views::join(',') |
+           ranges::to<std::string>();
 }
 
 using kugetsu::detail::xml_escape;   // (timeline.hpp)
@@ -175,8 +176,8 @@ inline std::vector<std::string> step_ops(const scenario& sc, std::uint64_t seed,
     const run_result r = replay(sc, seed, schedule, options);
     std::vector<std::string> ops(r.ops.begin(),
                                  r.ops.begin() + static_cast<std::ptrdiff_t>(std::min(r.ops.size(), schedule.size())));
-    for (std::size_t k = 0; k < ops.size(); ++k)
-        if (schedule[k] < 0) ops[k] = "kill before " + ops[k];
+    for (auto [e, op] : ranges::views::zip(schedule, ops))
+        if (e < 0) op = "kill before " + op;
     return ops;
 }
 
@@ -334,8 +335,7 @@ inline void write_svg(std::ostream& os, const run_result& r, const std::string& 
 
     // The lanes.
     os << "<g>\n";
-    for (std::size_t i = 0; i < lanes.size(); ++i) {
-        const lane& l = lanes[i];
+    for (const auto& [i, l] : ranges::views::enumerate(lanes)) {
         const proc& p = *l.p;
         const double ty = lanes_top + static_cast<double>(i) * (lane_h + lane_gap);
         const bool pm = p.role == role::pm;
