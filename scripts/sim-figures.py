@@ -3,8 +3,8 @@
 
     python3 scripts/sim-figures.py KUGETSU_SIM [DOC]     # DOC: docs/simulator.md
 
-Runs `KUGETSU_SIM --design D --schedules 300 --seed 1 --json` (random exploration of the
-six-task race) for every design below, and replaces the block
+Runs `KUGETSU_SIM --design D [ARGS] --schedules 300 --seed 1 --json` (random exploration of
+the six-task race) for every design below, and replaces the block
 
     <!-- sim:designs -->
     ...generated...
@@ -26,28 +26,30 @@ import subprocess
 import sys
 
 DESIGNS = [
-    ("legacy", "legacy (all four causes)"),
-    ("legacy+fix2+fix3+fix4", "only cause 1 left"),
-    ("legacy+fix1+fix3+fix4", "only cause 2 left"),
-    ("legacy+fix1+fix2+fix4", "only cause 3 left"),
-    ("legacy+fix1+fix2+fix3", "only cause 4 left"),
-    ("legacy+fix2+fix3", "causes 1 and 4 left"),
-    ("fixed", "fixed"),
-    ("fixed+edge-triggered-wait", "wrong: the daemon loop's waiter forgets what happened during a pass"),
-    ("fixed+unrecorded-exits", "wrong: the agents' supervisors never write the exit record"),
-    ("fixed+unsupervised", "fixed, agents without supervisors (the simulator of earlier releases)"),
-    ("fixed+scheduling", "fixed, with groups, priorities, dependencies and a pauser"),
-    ("fixed+scheduling+ignore-group-caps", "wrong: group caps hidden from the dispatcher"),
-    ("fixed+scheduling+ignore-pause", "wrong: pauses hidden"),
-    ("fixed+scheduling+wrong-priority", "wrong: runnable tasks given oldest first"),
-    ("fixed+scheduling+ignore-dependencies", "wrong: dependencies hidden"),
+    ("legacy", [], "legacy (all four causes)"),
+    ("legacy+fix2+fix3+fix4", [], "only cause 1 left"),
+    ("legacy+fix1+fix3+fix4", [], "only cause 2 left"),
+    ("legacy+fix1+fix2+fix4", [], "only cause 3 left"),
+    ("legacy+fix1+fix2+fix3", [], "only cause 4 left"),
+    ("legacy+fix2+fix3", [], "causes 1 and 4 left"),
+    ("fixed", [], "fixed"),
+    ("fixed+edge-triggered-wait", [], "wrong: the daemon loop's waiter forgets what happened during a pass"),
+    ("fixed+unrecorded-exits", [], "wrong: the agents' supervisors never write the exit record"),
+    ("fixed+unsupervised", [], "fixed, agents without supervisors (the simulator of earlier releases)"),
+    ("fixed", ["--waiters", "2", "--cancels", "1"], "fixed, with 2 `kugetsu wait` and a `kugetsu cancel`"),
+    ("fixed+deaf-wait", ["--waiters", "2"], "wrong: `kugetsu wait` deaf to the store's commits, 2 waits"),
+    ("fixed+scheduling", [], "fixed, with groups, priorities, dependencies and a pauser"),
+    ("fixed+scheduling+ignore-group-caps", [], "wrong: group caps hidden from the dispatcher"),
+    ("fixed+scheduling+ignore-pause", [], "wrong: pauses hidden"),
+    ("fixed+scheduling+wrong-priority", [], "wrong: runnable tasks given oldest first"),
+    ("fixed+scheduling+ignore-dependencies", [], "wrong: dependencies hidden"),
 ]
 SCHEDULES, SEED = 300, 1
 MAX_STATES = 1_000_000   # per exhaustive row: a bound on the script's time (a few minutes a row)
 
 
-def measure(sim, design):
-    out = subprocess.run([sim, "--design", design, "--schedules", str(SCHEDULES), "--seed", str(SEED), "--json"],
+def measure(sim, design, args):
+    out = subprocess.run([sim, "--design", design, *args, "--schedules", str(SCHEDULES), "--seed", str(SEED), "--json"],
                          capture_output=True, text=True)
     if out.returncode not in (0, 1):
         sys.exit(f"{sim} --design {design} exited {out.returncode}: {out.stderr.strip()}")
@@ -75,6 +77,10 @@ EXHAUSTIVE = [
     ("fixed+edge-triggered-wait", ["--starters", "1", "--early-ends", "0"], "the same, agents end only at their drawn times"),
     ("fixed+unrecorded-exits", ["--starters", "0", "--early-ends", "0"], "wrong: supervisors never write the exit record, daemon only"),
     ("fixed+unsupervised", ["--starters", "3"], "fixed without supervisors (earlier releases), 3 starters"),
+    ("fixed", ["--tasks", "2", "--starters", "0", "--no-pm", "--waiters", "1", "--cancels", "1"],
+     "fixed, 2 tasks, daemon only, a `kugetsu wait` and a `kugetsu cancel`"),
+    ("fixed+deaf-wait", ["--tasks", "2", "--starters", "0", "--no-pm", "--waiters", "1"],
+     "wrong: a `kugetsu wait` deaf to commits, 2 tasks, daemon only"),
     ("legacy", ["--order", "depth-first"], "legacy (all four causes), depth-first"),
     ("legacy+fix2+fix3+fix4", [], "only cause 1 left"),
     ("legacy+fix1+fix3+fix4", [], "only cause 2 left"),
@@ -115,12 +121,13 @@ def main():
     sim = sys.argv[1]
     doc = sys.argv[2] if len(sys.argv) == 3 else "docs/simulator.md"
     stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    rows = ["| design | `--design` | schedules that broke an invariant | peak live dev agents | violations by kind |",
+    rows = ["| design | `--design` (and flags) | schedules that broke an invariant | peak live dev agents | violations by kind |",
             "|---|---|---|---|---|"]
-    for design, name in DESIGNS:
-        j = measure(sim, design)
+    for design, args, name in DESIGNS:
+        j = measure(sim, design, args)
         kinds = ", ".join(f"{k} {n}" for k, n in sorted(j.get("violations_by_kind", {}).items())) or "none"
-        rows.append(f"| {name} | `{design}` | {j['violations']} / {j['schedules_explored']} | {j['peak_live']} | {kinds} |")
+        flags = " ".join([design, *args])
+        rows.append(f"| {name} | `{flags}` | {j['violations']} / {j['schedules_explored']} | {j['peak_live']} | {kinds} |")
     designs = "\n".join(rows) + (f"\n\n(Generated by `python3 scripts/sim-figures.py` on {stamp}: "
                                  f"`kugetsu-sim --design D --schedules {SCHEDULES} --seed {SEED}`, random exploration "
                                  "of the six-task race: 6 tasks, cap 3, PM, daemon, 3 starters.)")

@@ -71,7 +71,9 @@ codes, no idle slot).
                        happened during a pass (a lost wake-up, caught as lost_task);
                        fixed+unrecorded-exits: the agents' supervisors never write the
                        exit record (caught as exit_code). fixed+unsupervised: agents are
-                       their spawners' children, with no supervisors (earlier releases)
+                       their spawners' children, with no supervisors (earlier releases);
+                       fixed+deaf-wait: `kugetsu wait` does not wake for the store's
+                       commits (with --waiters: caught as hang)
   --seed N             the seed of agent durations, faults and exploration (default 1)
   --explore MODE       random (the default), pct, exhaustive, or commit-kills (for each
                        commit of a random schedule, the committing process killed just
@@ -102,6 +104,11 @@ codes, no idle slot).
   --tasks N            queued tasks, 0..1000 (default 6)
   --cap C              the cap of live dev agents, 1..64 (default 3)
   --no-pm              no PM agent
+  --waiters N          fixed design: N clients run `kugetsu wait t1` .. `wait tN` (the
+                       library's serve_until: reaping while no daemon runs), 0..16, at
+                       most --tasks; each must return (invariant hang). Default 0
+  --cancels N          fixed design: N clients run `kugetsu cancel` of the last N queued
+                       tasks, 0..16, at most --tasks. Default 0
   --enqueue-race       enqueues race with everything else (default: queued first)
   --faults SPEC        comma-separated: kill=P, exec=P, crash=P, hang=P (P in 0..1),
                        pid-reuse, max-kills=N (kills per run; default 3 with a
@@ -185,7 +192,7 @@ void parse_design(std::string_view text, ks::scenario& sc) {
         sc.release_before_commit = false;
         sc.outbox = true;
         sc.scheduling = sc.ignore_group_caps = sc.ignore_pause = sc.wrong_priority = sc.ignore_dependencies = false;
-        sc.edge_triggered_wait = false;
+        sc.edge_triggered_wait = sc.deaf_wait = false;
         sc.supervisors = sc.supervisor_records = true;
         for (std::size_t i = 1; i < parts.size(); ++i) {
             auto once = [&](bool& flag, bool value) {
@@ -202,12 +209,13 @@ void parse_design(std::string_view text, ks::scenario& sc) {
                             (p == "wrong-priority" && once(sc.wrong_priority, true)) ||
                             (p == "ignore-dependencies" && once(sc.ignore_dependencies, true)) ||
                             (p == "edge-triggered-wait" && once(sc.edge_triggered_wait, true)) ||
+                            (p == "deaf-wait" && once(sc.deaf_wait, true)) ||
                             (p == "unsupervised" && once(sc.supervisors, false)) ||
                             (p == "unrecorded-exits" && once(sc.supervisor_records, false));
             if (!ok)
                 throw usage_error("--design: unknown or repeated part '" + std::string(p) + "' in '" + std::string(text) +
                                   "' (expected release-before-commit, at-most-once-events, scheduling, ignore-group-caps, "
-                                  "ignore-pause, wrong-priority, ignore-dependencies, edge-triggered-wait, unsupervised or "
+                                  "ignore-pause, wrong-priority, ignore-dependencies, edge-triggered-wait, deaf-wait, unsupervised or "
                                   "unrecorded-exits)");
         }
         if (!sc.supervisors && !sc.supervisor_records)
@@ -388,6 +396,10 @@ options parse_args(int argc, char** argv) {
             o.sc.tasks = static_cast<int>(parse_uint(flag, value(), 0, 1000));
         } else if (flag == "--cap") {
             o.sc.cap = static_cast<int>(parse_uint(flag, value(), 1, 64));
+        } else if (flag == "--waiters") {
+            o.sc.waiters = static_cast<int>(parse_uint(flag, value(), 0, 16));
+        } else if (flag == "--cancels") {
+            o.sc.cancels = static_cast<int>(parse_uint(flag, value(), 0, 16));
         } else if (flag == "--no-pm") {
             no_value();
             o.sc.pm = false;
@@ -422,6 +434,11 @@ options parse_args(int argc, char** argv) {
         }
     }
     if (o.atomic_sections && !o.replay) throw usage_error("--atomic-sections: only with --replay");
+    if ((o.sc.waiters || o.sc.cancels) && !o.sc.all_fixed())
+        throw usage_error("--waiters, --cancels: only with the fixed design (the legacy tool had no wait or cancel)");
+    if (o.sc.waiters > o.sc.tasks || o.sc.cancels > o.sc.tasks)
+        throw usage_error("--waiters " + std::to_string(o.sc.waiters) + ", --cancels " + std::to_string(o.sc.cancels) +
+                          ": each names a queued task, and there are " + std::to_string(o.sc.tasks) + " (--tasks)");
     if (!o.reduce && o.explore != "exhaustive") throw usage_error("--no-reduction: only with --explore exhaustive");
     if (o.early_ends_given && o.explore != "exhaustive") throw usage_error("--early-ends: only with --explore exhaustive");
     if (o.order_given && o.explore != "exhaustive") throw usage_error("--order: only with --explore exhaustive");
@@ -445,6 +462,8 @@ std::string scenario_args(const options& o) {
     if (sc.cap != def.cap) s += " --cap " + std::to_string(sc.cap);
     if (sc.starters != def.starters) s += " --starters " + std::to_string(sc.starters);
     if (!sc.pm) s += " --no-pm";
+    if (sc.waiters) s += " --waiters " + std::to_string(sc.waiters);
+    if (sc.cancels) s += " --cancels " + std::to_string(sc.cancels);
     if (!sc.enqueue_first) s += " --enqueue-race";
     if (sc.faults.any() || sc.faults.max_kills) s += " --faults " + faults_text(sc.faults);
     if (sc.timeout) s += " --timeout " + std::to_string(std::chrono::duration_cast<std::chrono::seconds>(*sc.timeout).count());
@@ -491,6 +510,8 @@ std::string describe(const ks::scenario& sc) {
                     std::to_string(sc.tasks) + " queued tasks, " + std::to_string(sc.starters) + " starters, " +
                     (sc.pm ? "a PM agent" : "no PM");
     if (!sc.enqueue_first) s += ", enqueues racing";
+    if (sc.waiters) s += ", " + std::to_string(sc.waiters) + " wait" + (sc.waiters == 1 ? "" : "s");
+    if (sc.cancels) s += ", " + std::to_string(sc.cancels) + " cancel" + (sc.cancels == 1 ? "" : "s");
     if (sc.faults.any()) s += ", faults " + faults_text(sc.faults);
     if (sc.timeout)
         s += ", timeout " + std::to_string(std::chrono::duration_cast<std::chrono::seconds>(*sc.timeout).count()) + " s";

@@ -7,6 +7,8 @@
 //   unrecorded       every running agent has a committed session naming it, at any step
 //   duplicate_start  no task's program runs twice
 //   lost_task        at the end every task is completed, error or cancelled
+//   hang             at the end every client (enqueuer, starters, waits, cancels) has
+//                    returned: none is blocked for ever (unless no daemon is left; run.hpp)
 //   attempts         attempts never exceed max_attempts
 //   events           fixed design: after dropping copies (the same seq), each task has exactly
 //                    the events its history implies, and the events file holds every event

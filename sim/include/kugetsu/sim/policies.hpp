@@ -413,6 +413,7 @@ private:
         if (ok) {
             for (auto& [k, hh] : staged_) apply(k, hh);
             if (created_) w_->notify_event();   // a daemon wakes on enqueue
+            if (!staged_.empty()) w_->notify_commit();   // a client's wait wakes on any change
         }
         const std::size_t n = staged_.size();
         staged_.clear();

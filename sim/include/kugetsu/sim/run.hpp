@@ -72,6 +72,71 @@ struct sim_waiter {
     }
 };
 
+/// A client's waiter (`kugetsu wait`'s home_waiter): wakes for the store's commits (its change
+/// signal), agents' ends and enqueues, the death of the daemon it leaves the reaping to (the
+/// last close of daemon.lock), the death of a claim's owner, and the plan's deadline (the plan
+/// is empty while a daemon runs: serve_until then only reads). With `deaf` (a deliberately
+/// wrong design, "+deaf-wait") commits do not wake it.
+struct client_waiter {
+    shared& s;
+    bool deaf = false;
+    void drain() {
+        s.w.consume_events();
+        if (!deaf) s.w.consume_commits();
+    }
+    wake wait(const wake_plan& plan, std::error_code& ec) {
+        ec.clear();
+        world& w = s.w;
+        w.choice("wait.sleep", /*observes_agents=*/true);
+        w.me().watch_deaths.clear();
+        for (const auto& o : plan.owners)
+            if (const actor* a = w.find_actor(o)) {
+                if (!w.actor_alive(a->id)) return wake::process;
+                w.me().watch_deaths.push_back(a->id);
+            }
+        if (s.daemon_present()) w.me().watch_deaths.push_back(s.daemon_lock);
+        if (!deaf && w.has_unseen_commit()) return wake::store;
+        if (w.has_unseen_event()) return wake::changed;
+        // An agent no pidfd can watch is looked at again after 20 ms (as in sim_waiter).
+        std::optional<timestamp> deadline = plan.deadline;
+        bool recheck = false;
+        for (const auto& a : plan.agents) {
+            const proc* p = w.find_proc(a);
+            if (p && (p->status == proc_status::running || p->status == proc_status::held)) continue;
+            const timestamp t = w.now() + std::chrono::milliseconds(20);
+            if (!deadline || t < *deadline) deadline = t, recheck = true;
+            break;
+        }
+        w.wait_event(deadline);
+        if (deadline && w.now() >= *deadline) return recheck ? wake::process : wake::deadline;
+        return wake::changed;
+    }
+};
+
+/// `kugetsu wait ID`: the library's serve_until over client_waiter, until the task is final
+/// (or unknown: a wait that raced its enqueue returns, as the command does with exit 66).
+inline void waiter_body(shared& s, const std::string& id) {
+    world& w = s.w;
+    w.me().wants_commits = !s.sc.deaf_wait;
+    auto d = make_fixed(s);
+    client_waiter cw{s, s.sc.deaf_wait};
+    serve_until<bool>(
+        d, cw,
+        [&]() -> std::optional<bool> {
+            std::error_code ec;
+            const auto it = d.store().get_item(id, ec);
+            if (ec || !it) return false;
+            return is_final(it->state) ? std::optional<bool>(true) : std::nullopt;
+        },
+        [&] {   // daemon_running(): F_OFD_GETLK on daemon.lock
+            w.choice("wait.daemon_lock");
+            const bool daemon = s.daemon_present();
+            w.observe(daemon ? 1 : 2);
+            return daemon;
+        });
+    w.die_if_killed();
+}
+
 /// An agent's supervisor (fork_spawner's), from the moment spawn() forked it: it waits for
 /// its agent's fate; if the agent ran and ended, it writes the exit record (the slot's lock is
 /// held until then, so every poll sees the agent running) and, as `kugetsu reap` does on
@@ -257,6 +322,17 @@ inline run_result run(const scenario& sc, std::uint64_t seed, chooser& ch, const
                 d.resume("a", ec);
                 s.w.die_if_killed();
             });
+        if (fixed) {
+            for (int k = 1; k <= s.sc.waiters && k <= s.sc.tasks; ++k)
+                w.add_actor("wait-" + std::to_string(k), [&s, k] { detail::waiter_body(s, "t" + std::to_string(k)); });
+            for (int k = 1; k <= s.sc.cancels && k <= s.sc.tasks; ++k)
+                w.add_actor("cancel-" + std::to_string(k), [&s, k] {
+                    auto d = detail::make_fixed(s);
+                    std::error_code ec;
+                    d.cancel("t" + std::to_string(s.sc.tasks + 1 - k), ec);
+                    s.w.die_if_killed();
+                });
+        }
         for (int k = 1; k <= s.sc.starters; ++k)
             w.add_actor("starter-" + std::to_string(k), [&s, fixed, k] {
                 const auto spec = s.task("s" + std::to_string(k));
@@ -335,6 +411,12 @@ inline run_result run(const scenario& sc, std::uint64_t seed, chooser& ch, const
     std::error_code ec;
     r.items = s.store.list_items(ec);
     if (!r.aborted) {
+        // Every client returns (a `kugetsu wait` that never wakes is a hang), unless no daemon
+        // is left to run what it waits for.
+        if (!s.no_daemon_left)
+            for (const int id : w.blocked_at_end())
+                if (w.get(id).client)
+                    w.add_violation("hang", w.get(id).name + " never returned: blocked for ever at the end of the run");
         // The next process to relay (any kugetsu command) brings what no process relayed.
         if (fixed && sc.outbox) r.late_events = detail::final_relay(w, *s.log, s.store);
         std::map<std::string, int> ran;

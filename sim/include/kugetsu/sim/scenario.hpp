@@ -87,6 +87,16 @@ struct scenario {
     /// A deliberately wrong supervisor (negative test, design "fixed+unrecorded-exits"): it
     /// never writes the exit record, so every exit code is lost.
     bool supervisor_records = true;
+    /// Clients in other processes (fixed design only): `waiters` run `kugetsu wait t<k>`
+    /// (k = 1, 2, ...: serve_until over client_waiter, reaping while no daemon runs), and
+    /// `cancels` run `kugetsu cancel t<N+1-k>` (the last queued tasks first). Each must return
+    /// (invariant hang).
+    int waiters = 0;
+    int cancels = 0;
+    /// A deliberately wrong `wait` (negative test, design "fixed+deaf-wait"): its waiter does
+    /// not wake for the store's commits, only for agents' ends, enqueues and deadlines, so a
+    /// task recorded final by the daemon may never be seen.
+    bool deaf_wait = false;
 
     /// Scheduling: the group, priority and dependencies of queued task t<i>.
     static std::string group_of(int i) { return i % 2 ? "a" : "b"; }
@@ -109,6 +119,7 @@ struct scenario {
             if (wrong_priority) s += "+wrong-priority";
             if (ignore_dependencies) s += "+ignore-dependencies";
             if (edge_triggered_wait) s += "+edge-triggered-wait";
+            if (deaf_wait) s += "+deaf-wait";
             if (!supervisors) s += "+unsupervised";
             else if (!supervisor_records) s += "+unrecorded-exits";
             return s;

@@ -142,6 +142,8 @@ struct actor {
     std::vector<int> watch_deaths; ///< waiting for an event: actors whose end also wakes it (pidfds)
     std::uint64_t history = 0;     ///< hash of everything it observed
     std::uint64_t seen_events = 0; ///< the world's event count when it last looked
+    bool wants_commits = false;    ///< a commit also wakes it from wait_event (a client's wait)
+    std::uint64_t seen_commits = 0;   ///< the world's commit count when it last looked
     step_op next_op;
     bool observes_agents = false;  ///< its next step looks at agents (poll, signal, the wait)
     bool lazy = false;             ///< its next step is seen only by steps that look at agents (lazy_choice)
@@ -319,8 +321,15 @@ public:
             resume(a);
             if (check_step) check_step();
         }
+        // Quiescent (nothing ready, no time to move to): who is still blocked, for ever.
+        if (!stop_)
+            for (auto& a : actors_)
+                if (a->status == actor_status::blocked) blocked_at_end_.push_back(a->id);
         unwind_all();
     }
+    /// The actors still blocked when the run went quiescent (none if it was stopped): each
+    /// would wait for ever.
+    const std::vector<int>& blocked_at_end() const noexcept { return blocked_at_end_; }
 
     /// A choice that is not an actor: "the running agent with this pid ends now" (exit code
     /// as drawn for it), recorded in schedules as agent_choice_base + pid.
@@ -567,6 +576,21 @@ public:
     }
 
     /// Wakes every actor waiting for an event.
+    /// A unit of work committed: wakes the actors that wait for commits (wants_commits), as
+    /// the store's change signal wakes a `kugetsu wait`. Daemons do not wake on it (they wake
+    /// for enqueues and agents' ends: notify_event).
+    void notify_commit() {
+        ++commit_seq_;
+        for (auto& a : actors_)
+            if (a->wants_commits && a->waiting == wait_kind::event && a->status == actor_status::blocked) {
+                a->status = actor_status::ready;
+                a->waiting = wait_kind::none;
+                a->wake_at.reset();
+            }
+    }
+    bool has_unseen_commit() const { return commit_seq_ != get(current_).seen_commits; }
+    void consume_commits() { me().seen_commits = commit_seq_; }
+
     void notify_event() {
         ++event_seq_;
         for (auto& a : actors_)
@@ -689,7 +713,8 @@ public:
         for (auto& a : actors_)
             h = mix(h, mix(a->history ^ mix(event_seq_ - a->seen_events), op_hash(a->next_op) ^ (static_cast<std::uint64_t>(a->status) << 1) ^
                                            (static_cast<std::uint64_t>(a->waiting) << 4) ^ (a->killed ? 1u << 7 : 0u) ^
-                                           (static_cast<std::uint64_t>(a->lock_wanted + 1) << 8) ^ (a->watched << 20)));
+                                           (static_cast<std::uint64_t>(a->lock_wanted + 1) << 8) ^ (a->watched << 20) ^
+                                           (a->wants_commits && commit_seq_ != a->seen_commits ? 1u << 19 : 0u)));
         return h;
     }
 
@@ -880,6 +905,8 @@ private:
     std::vector<step_op> step_ops_;
     std::uint64_t step_ = 0;
     std::uint64_t event_seq_ = 0;
+    std::uint64_t commit_seq_ = 0;
+    std::vector<int> blocked_at_end_;
     int kills_ = 0;
     chooser* chooser_ = nullptr;
     bool stop_ = false;
