@@ -21,6 +21,36 @@ namespace kugetsu::sim {
 
 namespace detail {
 
+/// The owners of the plan's claims, watched as through pidfds: each one's death wakes the
+/// current actor from wait_event. False if one is already gone (wake at once).
+inline bool watch_owners(world& w, const wake_plan& plan) {
+    w.me().watch_deaths.clear();
+    for (const auto& o : plan.owners)
+        if (const actor* a = w.find_actor(o)) {
+            if (!w.actor_alive(a->id)) return false;
+            w.me().watch_deaths.push_back(a->id);
+        }
+    return true;
+}
+
+/// The plan's deadline, as the watcher keeps it: an agent that no pidfd can watch (already
+/// ended: a zombie whose parent has not reaped it, or gone) is looked at again after 20 ms,
+/// since nothing may announce its reaping; `recheck` says that deadline is the earlier one.
+/// (The watcher doubles the 20 ms up to 1 s; the simulated one keeps no state between waits,
+/// so that its future depends on the shared state only.)
+inline std::optional<timestamp> plan_deadline(world& w, const wake_plan& plan, bool& recheck) {
+    std::optional<timestamp> deadline = plan.deadline;
+    recheck = false;
+    for (const auto& a : plan.agents) {
+        const proc* p = w.find_proc(a);
+        if (p && (p->status == proc_status::running || p->status == proc_status::held)) continue;
+        const timestamp t = w.now() + std::chrono::milliseconds(20);
+        if (!deadline || t < *deadline) deadline = t, recheck = true;
+        break;
+    }
+    return deadline;
+}
+
 /// The daemon's waiter in the simulated world: level-triggered as home_waiter (an event since
 /// the last drain ends the wait at once), waking for events (an agent's end, an enqueue, a
 /// commit), the plan's deadline (virtual time), and stop at the end of the run. With
@@ -40,28 +70,11 @@ struct sim_waiter {
         // last client ended (it may have left a claim to recover, or an agent to adopt).
         if (s.clients_done() && unfinished(s.store) == 0 && s.passed_after_clients) return wake::stop;
         w.choice("daemon.wait", /*observes_agents=*/true);   // an agent may end just before it looks
-        // The owners of claims, watched through pidfds: one already gone wakes it at once.
-        w.me().watch_deaths.clear();
-        for (const auto& o : plan.owners)
-            if (const actor* a = w.find_actor(o)) {
-                if (!w.actor_alive(a->id)) return wake::process;
-                w.me().watch_deaths.push_back(a->id);
-            }
+        if (!watch_owners(w, plan)) return wake::process;
         if (edge_triggered) w.consume_events();
         if (w.has_unseen_event()) return wake::changed;   // something happened during the pass
-        // As the watcher: an agent that no pidfd can watch (already ended: a zombie whose
-        // parent has not reaped it, or gone) is looked at again after 20 ms, since nothing
-        // may announce its reaping. (The watcher doubles that up to 1 s; the simulated one
-        // keeps no state between waits, so that its future depends on the shared state only.)
-        std::optional<timestamp> deadline = plan.deadline;
         bool recheck = false;
-        for (const auto& a : plan.agents) {
-            const proc* p = w.find_proc(a);
-            if (p && (p->status == proc_status::running || p->status == proc_status::held)) continue;
-            const timestamp t = w.now() + std::chrono::milliseconds(20);
-            if (!deadline || t < *deadline) deadline = t, recheck = true;
-            break;
-        }
+        const std::optional<timestamp> deadline = plan_deadline(w, plan, recheck);
         // A slot left free while tasks are runnable is a lost wake-up unless the daemon is to
         // look again soon (an agent it cannot watch may have freed it: found by PCT, a zombie
         // counted live by the pass and reaped by init just after it).
@@ -88,25 +101,12 @@ struct client_waiter {
         ec.clear();
         world& w = s.w;
         w.choice("wait.sleep", /*observes_agents=*/true);
-        w.me().watch_deaths.clear();
-        for (const auto& o : plan.owners)
-            if (const actor* a = w.find_actor(o)) {
-                if (!w.actor_alive(a->id)) return wake::process;
-                w.me().watch_deaths.push_back(a->id);
-            }
+        if (!watch_owners(w, plan)) return wake::process;
         if (s.daemon_present()) w.me().watch_deaths.push_back(s.daemon_lock);
         if (!deaf && w.has_unseen_commit()) return wake::store;
         if (w.has_unseen_event()) return wake::changed;
-        // An agent no pidfd can watch is looked at again after 20 ms (as in sim_waiter).
-        std::optional<timestamp> deadline = plan.deadline;
         bool recheck = false;
-        for (const auto& a : plan.agents) {
-            const proc* p = w.find_proc(a);
-            if (p && (p->status == proc_status::running || p->status == proc_status::held)) continue;
-            const timestamp t = w.now() + std::chrono::milliseconds(20);
-            if (!deadline || t < *deadline) deadline = t, recheck = true;
-            break;
-        }
+        const std::optional<timestamp> deadline = plan_deadline(w, plan, recheck);
         w.wait_event(deadline);
         if (deadline && w.now() >= *deadline) return recheck ? wake::process : wake::deadline;
         return wake::changed;
