@@ -279,7 +279,13 @@ public:
                     if (a->status == actor_status::ready && (offer_lazy || !a->lazy)) ready.push_back(a->id);
             }
             if (ready.empty()) {
-                if (!advance_time()) break;
+                if (!advance_time()) {
+                    // Quiescent (nothing ready, no time to move to): who is still blocked,
+                    // for ever.
+                    for (auto& a : actors_)
+                        if (a->status == actor_status::blocked) blocked_at_end_.push_back(a->id);
+                    break;
+                }
                 continue;
             }
             // An agent may end at any step, not only when every actor sleeps: each running
@@ -321,14 +327,10 @@ public:
             resume(a);
             if (check_step) check_step();
         }
-        // Quiescent (nothing ready, no time to move to): who is still blocked, for ever.
-        if (!stop_)
-            for (auto& a : actors_)
-                if (a->status == actor_status::blocked) blocked_at_end_.push_back(a->id);
         unwind_all();
     }
-    /// The actors still blocked when the run went quiescent (none if it was stopped): each
-    /// would wait for ever.
+    /// The actors still blocked when the run went quiescent (none if it was stopped, or ended
+    /// at its step limit): each would wait for ever.
     const std::vector<int>& blocked_at_end() const noexcept { return blocked_at_end_; }
 
     /// A choice that is not an actor: "the running agent with this pid ends now" (exit code
@@ -575,7 +577,6 @@ public:
         return actor_alive(spawner) && get(spawner).kind == actor_kind::daemon ? spawner : -1;
     }
 
-    /// Wakes every actor waiting for an event.
     /// A unit of work committed: wakes the actors that wait for commits (wants_commits), as
     /// the store's change signal wakes a `kugetsu wait`. Daemons do not wake on it (they wake
     /// for enqueues and agents' ends: notify_event).
@@ -591,6 +592,7 @@ public:
     bool has_unseen_commit() const { return commit_seq_ != get(current_).seen_commits; }
     void consume_commits() { me().seen_commits = commit_seq_; }
 
+    /// Wakes every actor waiting for an event.
     void notify_event() {
         ++event_seq_;
         for (auto& a : actors_)
