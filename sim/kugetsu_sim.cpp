@@ -73,7 +73,9 @@ codes, no idle slot).
                        exit record (caught as exit_code). fixed+unsupervised: agents are
                        their spawners' children, with no supervisors (earlier releases);
                        fixed+deaf-wait: `kugetsu wait` does not wake for the store's
-                       commits (with --waiters: caught as hang)
+                       commits (with --waiters: caught as hang);
+                       fixed+unheard-restarts: a restart's commit does not wake the
+                       daemon (with --restarts: caught as idle_slot, lost_task)
   --seed N             the seed of agent durations, faults and exploration (default 1)
   --explore MODE       random (the default), pct, exhaustive, or commit-kills (for each
                        commit of a random schedule, the committing process killed just
@@ -109,6 +111,11 @@ codes, no idle slot).
                        most --tasks; each must return (invariant hang). Default 0
   --cancels N          fixed design: N clients run `kugetsu cancel` of the last N queued
                        tasks, 0..16, at most --tasks. Default 0
+  --reapers N          fixed design: N clients run `kugetsu reap` once each, 0..16.
+                       Default 0
+  --restarts N         fixed design: N clients run `kugetsu wait tK && kugetsu restart
+                       tK` (K = 1..N): each task run again once final, 0..16, at most
+                       --tasks. Default 0
   --enqueue-race       enqueues race with everything else (default: queued first)
   --faults SPEC        comma-separated: kill=P, exec=P, crash=P, hang=P (P in 0..1),
                        pid-reuse, max-kills=N (kills per run; default 3 with a
@@ -192,7 +199,7 @@ void parse_design(std::string_view text, ks::scenario& sc) {
         sc.release_before_commit = false;
         sc.outbox = true;
         sc.scheduling = sc.ignore_group_caps = sc.ignore_pause = sc.wrong_priority = sc.ignore_dependencies = false;
-        sc.edge_triggered_wait = sc.deaf_wait = false;
+        sc.edge_triggered_wait = sc.deaf_wait = sc.unheard_restarts = false;
         sc.supervisors = sc.supervisor_records = true;
         for (std::size_t i = 1; i < parts.size(); ++i) {
             auto once = [&](bool& flag, bool value) {
@@ -210,13 +217,14 @@ void parse_design(std::string_view text, ks::scenario& sc) {
                             (p == "ignore-dependencies" && once(sc.ignore_dependencies, true)) ||
                             (p == "edge-triggered-wait" && once(sc.edge_triggered_wait, true)) ||
                             (p == "deaf-wait" && once(sc.deaf_wait, true)) ||
+                            (p == "unheard-restarts" && once(sc.unheard_restarts, true)) ||
                             (p == "unsupervised" && once(sc.supervisors, false)) ||
                             (p == "unrecorded-exits" && once(sc.supervisor_records, false));
             if (!ok)
                 throw usage_error("--design: unknown or repeated part '" + std::string(p) + "' in '" + std::string(text) +
                                   "' (expected release-before-commit, at-most-once-events, scheduling, ignore-group-caps, "
-                                  "ignore-pause, wrong-priority, ignore-dependencies, edge-triggered-wait, deaf-wait, unsupervised or "
-                                  "unrecorded-exits)");
+                                  "ignore-pause, wrong-priority, ignore-dependencies, edge-triggered-wait, deaf-wait, "
+                                  "unheard-restarts, unsupervised or unrecorded-exits)");
         }
         if (!sc.supervisors && !sc.supervisor_records)
             throw usage_error("--design: unrecorded-exits is a variant of the agents' supervisors, and unsupervised has none");
@@ -400,6 +408,10 @@ options parse_args(int argc, char** argv) {
             o.sc.waiters = static_cast<int>(parse_uint(flag, value(), 0, 16));
         } else if (flag == "--cancels") {
             o.sc.cancels = static_cast<int>(parse_uint(flag, value(), 0, 16));
+        } else if (flag == "--reapers") {
+            o.sc.reapers = static_cast<int>(parse_uint(flag, value(), 0, 16));
+        } else if (flag == "--restarts") {
+            o.sc.restarts = static_cast<int>(parse_uint(flag, value(), 0, 16));
         } else if (flag == "--no-pm") {
             no_value();
             o.sc.pm = false;
@@ -434,11 +446,13 @@ options parse_args(int argc, char** argv) {
         }
     }
     if (o.atomic_sections && !o.replay) throw usage_error("--atomic-sections: only with --replay");
-    if ((o.sc.waiters || o.sc.cancels) && !o.sc.all_fixed())
-        throw usage_error("--waiters, --cancels: only with the fixed design (the legacy tool had no wait or cancel)");
-    if (o.sc.waiters > o.sc.tasks || o.sc.cancels > o.sc.tasks)
+    if ((o.sc.waiters || o.sc.cancels || o.sc.reapers || o.sc.restarts) && !o.sc.all_fixed())
+        throw usage_error("--waiters, --cancels, --reapers, --restarts: only with the fixed design (the legacy tool had "
+                          "no wait, cancel, reap or restart)");
+    if (o.sc.waiters > o.sc.tasks || o.sc.cancels > o.sc.tasks || o.sc.restarts > o.sc.tasks)
         throw usage_error("--waiters " + std::to_string(o.sc.waiters) + ", --cancels " + std::to_string(o.sc.cancels) +
-                          ": each names a queued task, and there are " + std::to_string(o.sc.tasks) + " (--tasks)");
+                          ", --restarts " + std::to_string(o.sc.restarts) + ": each names a queued task, and there are " +
+                          std::to_string(o.sc.tasks) + " (--tasks)");
     if (!o.reduce && o.explore != "exhaustive") throw usage_error("--no-reduction: only with --explore exhaustive");
     if (o.early_ends_given && o.explore != "exhaustive") throw usage_error("--early-ends: only with --explore exhaustive");
     if (o.order_given && o.explore != "exhaustive") throw usage_error("--order: only with --explore exhaustive");
@@ -464,6 +478,8 @@ std::string scenario_args(const options& o) {
     if (!sc.pm) s += " --no-pm";
     if (sc.waiters) s += " --waiters " + std::to_string(sc.waiters);
     if (sc.cancels) s += " --cancels " + std::to_string(sc.cancels);
+    if (sc.reapers) s += " --reapers " + std::to_string(sc.reapers);
+    if (sc.restarts) s += " --restarts " + std::to_string(sc.restarts);
     if (!sc.enqueue_first) s += " --enqueue-race";
     if (sc.faults.any() || sc.faults.max_kills) s += " --faults " + faults_text(sc.faults);
     if (sc.timeout) s += " --timeout " + std::to_string(std::chrono::duration_cast<std::chrono::seconds>(*sc.timeout).count());
@@ -512,6 +528,8 @@ std::string describe(const ks::scenario& sc) {
     if (!sc.enqueue_first) s += ", enqueues racing";
     if (sc.waiters) s += ", " + std::to_string(sc.waiters) + " wait" + (sc.waiters == 1 ? "" : "s");
     if (sc.cancels) s += ", " + std::to_string(sc.cancels) + " cancel" + (sc.cancels == 1 ? "" : "s");
+    if (sc.reapers) s += ", " + std::to_string(sc.reapers) + " reap" + (sc.reapers == 1 ? "" : "s");
+    if (sc.restarts) s += ", " + std::to_string(sc.restarts) + " restart" + (sc.restarts == 1 ? "" : "s");
     if (sc.faults.any()) s += ", faults " + faults_text(sc.faults);
     if (sc.timeout)
         s += ", timeout " + std::to_string(std::chrono::duration_cast<std::chrono::seconds>(*sc.timeout).count()) + " s";

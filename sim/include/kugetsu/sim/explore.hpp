@@ -402,11 +402,13 @@ inline run_result replay(const scenario& sc, std::uint64_t seed, const std::vect
 }
 
 /// Shortens a counterexample. First the shortest prefix that, run on with the lowest ready
-/// actor, still breaks the same invariant; then single steps are dropped, neighbours
-/// swapped and pairs of steps dropped while the run still breaks it at an earlier step.
-/// Every candidate is a real replay.
+/// actor, still breaks the same invariant; then, pass after pass while one helps, single
+/// steps are dropped, neighbours swapped, a block of one actor's consecutive steps moved
+/// earlier, one step moved later and pairs of steps dropped, each kept if the run still
+/// breaks it at an earlier step. Every candidate is a real replay. A local search: it may
+/// stop above the shortest counterexample (the breadth-first search's).
 /// At most `max_replays` replays: large scenarios get a partly shrunk counterexample.
-inline counterexample shrink(const scenario& sc, counterexample c, int passes = 3, int max_replays = 6000) {
+inline counterexample shrink(const scenario& sc, counterexample c, int passes = 50, int max_replays = 10000) {
     run_options opt;
     opt.keep_trace = false;
     opt.keep_ops = false;
@@ -448,6 +450,37 @@ inline counterexample shrink(const scenario& sc, counterexample c, int passes = 
             std::swap(candidate[i], candidate[i + 1]);
             if (attempt(candidate)) better = true;
         }
+        // A block of one actor's consecutive steps moved earlier, past other actors' steps:
+        // the same steps, interleaved so that the invariant breaks sooner (the swap of
+        // neighbours moves one step by one place only).
+        for (std::size_t i = 1; i < c.schedule.size() && replays < max_replays; ++i) {
+            std::size_t run = 1;
+            while (i + run < c.schedule.size() && c.schedule[i + run] == c.schedule[i]) ++run;
+            for (std::size_t k = 1; k <= run && replays < max_replays; ++k)
+                for (std::size_t j = 0; j < i && replays < max_replays; ++j) {
+                    if (c.schedule[j] == c.schedule[i]) continue;   // the same as a move from j on
+                    auto candidate = c.schedule;
+                    std::rotate(candidate.begin() + static_cast<std::ptrdiff_t>(j), candidate.begin() + static_cast<std::ptrdiff_t>(i),
+                                candidate.begin() + static_cast<std::ptrdiff_t>(i + k));
+                    if (attempt(candidate)) {
+                        better = true;
+                        k = run + 1;   // the schedule changed: look again at i
+                        break;
+                    }
+                }
+        }
+        // And one step moved later, past others.
+        for (std::size_t i = 0; i + 1 < c.schedule.size() && replays < max_replays; ++i)
+            for (std::size_t j = i + 2; j <= c.schedule.size() && replays < max_replays; ++j) {
+                if (c.schedule[j - 1] == c.schedule[i]) continue;
+                auto candidate = c.schedule;
+                std::rotate(candidate.begin() + static_cast<std::ptrdiff_t>(i), candidate.begin() + static_cast<std::ptrdiff_t>(i + 1),
+                            candidate.begin() + static_cast<std::ptrdiff_t>(j));
+                if (attempt(candidate)) {
+                    better = true;
+                    break;
+                }
+            }
         for (std::size_t i = 0; i < c.schedule.size() && replays < max_replays; ++i)
             for (std::size_t j = i + 1; j < c.schedule.size() && replays < max_replays; ++j) {
                 auto candidate = c.schedule;

@@ -188,9 +188,19 @@ inline void check_step(shared& s) {
         s.cap_reported = true;
         s.w.add_violation("cap", std::to_string(live) + " live dev agents, cap " + std::to_string(s.sc.cap));
     }
+    // A task's program runs once per run of the task: once, and once more after each
+    // restart committed (`--restarts`), never twice in one run.
     if (!s.w.ran_twice().empty() && !s.dup_reported) {
-        s.dup_reported = true;
-        s.w.add_violation("duplicate_start", "task " + s.w.ran_twice() + " ran twice");
+        const std::string id = s.w.ran_twice();
+        s.w.clear_ran_twice();
+        std::error_code ec;
+        const auto it = s.store.get_item(id, ec);
+        const int runs = 1 + (it ? it->restarts : 0);
+        if (s.w.runs_of(id) > runs) {
+            s.dup_reported = true;
+            s.w.add_violation("duplicate_start", "task " + id + " ran " + std::to_string(s.w.runs_of(id)) + " times in " +
+                                                     std::to_string(runs) + (runs == 1 ? " run" : " runs"));
+        }
     }
     // Every running agent is counted: a committed session names it (its task and process).
     // Looked at again only after an agent started or a commit wrote sessions.
@@ -255,12 +265,15 @@ inline std::string check_events(const std::vector<event>& events, const queue_it
 /// The events a task's history implies, in the fixed design, with or without kills.
 /// `held`: the task's events as the notifier holds them (copies of one seq dropped here);
 /// `queued`: the task was created by enqueue(), else by start(); `ran`: how many of its
-/// agents ran their program (the process table). Exactly: task_queued once, first (queued
-/// tasks only); one task_dequeued per attempt the queue took, numbered 1..attempts for a
-/// queued task, k..attempts for a started one (start() made the attempts before k); one
-/// task_started per agent that ran; one end event, last, for a final task, none otherwise.
-/// An attempt that never ran has its task_dequeued (if the queue took it) and no
-/// task_started.
+/// agents ran their program (the process table). A task restarted (`--restarts`) has one run
+/// per restart more: its events split into runs at each task_queued after the first, one per
+/// past run the item keeps (`runs`, oldest first) and the current one. Exactly, in each run:
+/// task_queued once, first (every run of a queued task, and every run of a started task but
+/// its first; a restart's has reason restarted); one task_dequeued per attempt the queue took,
+/// numbered 1..attempts for a run that was queued, k..attempts for a started task's first run
+/// (start() made the attempts before k); one end event, last, for a final run (each past run
+/// is), none otherwise. Over all runs: one task_started per agent that ran. An attempt that
+/// never ran has its task_dequeued (if the queue took it) and no task_started.
 inline std::string check_events_exact(const std::vector<event>& held, const queue_item& it, bool queued, int ran) {
     std::vector<event> evs;
     std::set<std::uint64_t> seen;
@@ -273,44 +286,63 @@ inline std::string check_events_exact(const std::vector<event>& held, const queu
         if (e.reason != event_reason::none) got += " (" + std::string(to_string(e.reason)) + ")";
     }
     const std::string history = std::string(queued ? "queued" : "started") + ", " + std::string(to_string(it.state)) +
-                                " after " + std::to_string(it.attempts) + " attempts, ran " + std::to_string(ran) +
-                                " times; events: " + (got.empty() ? "none" : got);
-    int q = 0, starts = 0, ends = 0;
-    std::vector<int> dequeued;
-    for (std::size_t i = 0; i < evs.size(); ++i) {
-        const auto& e = evs[i];
-        switch (e.type) {
-        case event_type::task_queued:
-            ++q;
-            if (i != 0) return "task_queued is not its first event (" + history + ")";
-            break;
-        case event_type::task_dequeued: dequeued.push_back(e.attempt.value_or(0)); break;
-        case event_type::task_started: ++starts; break;
-        case event_type::task_completed:
-        case event_type::task_error:
-            ++ends;
-            if (i + 1 != evs.size()) return "an event after its end event (" + history + ")";
-            break;
-        case event_type::task_removed: return "task_removed, and no scenario removes a task (" + history + ")";
+                                " after " + std::to_string(it.attempts) + " attempts, " +
+                                (it.runs.empty() ? std::string() : std::to_string(it.runs.size()) + " runs before, ") +
+                                "ran " + std::to_string(ran) + " times; events: " + (got.empty() ? "none" : got);
+    // The runs: each begins at a task_queued (a started task's first at its first event).
+    std::vector<std::size_t> begins;
+    if (!queued || evs.empty() || evs.front().type != event_type::task_queued) begins.push_back(0);
+    for (std::size_t i = 0; i < evs.size(); ++i)
+        if (evs[i].type == event_type::task_queued) begins.push_back(i);
+    const std::size_t runs = it.runs.size() + 1;
+    if (queued && (evs.empty() || evs.front().type != event_type::task_queued))
+        return "task_queued is not its first event (" + history + ")";
+    if (begins.size() != runs)
+        return "expected " + std::to_string(runs - (queued ? 0 : 1)) + " task_queued (" + std::to_string(runs) +
+               (runs == 1 ? " run" : " runs") + "), got " + std::to_string(begins.size() - (queued ? 0 : 1)) + " (" +
+               history + ")";
+    int starts = 0;
+    for (std::size_t r = 0; r < runs; ++r) {
+        const bool current = r + 1 == runs;
+        const int attempts = current ? it.attempts : it.runs[r].attempts;
+        const bool final = current ? is_final(it.state) : true;
+        const bool was_queued = queued || r > 0;
+        const std::size_t from = begins[r], to = current ? evs.size() : begins[r + 1];
+        const std::string which = runs == 1 ? "" : " in run " + std::to_string(r + 1);
+        if (r > 0 && evs[from].reason != event_reason::restarted)
+            return "run " + std::to_string(r + 1) + " began with a task_queued not marked restarted (" + history + ")";
+        int ends = 0;
+        std::vector<int> dequeued;
+        for (std::size_t i = from; i < to; ++i) {
+            const auto& e = evs[i];
+            switch (e.type) {
+            case event_type::task_queued: break;
+            case event_type::task_dequeued: dequeued.push_back(e.attempt.value_or(0)); break;
+            case event_type::task_started: ++starts; break;
+            case event_type::task_completed:
+            case event_type::task_error:
+                ++ends;
+                if (i + 1 != to) return "an event after its end event" + which + " (" + history + ")";
+                break;
+            case event_type::task_removed: return "task_removed, and no scenario removes a task (" + history + ")";
+            }
         }
+        // One task_dequeued per attempt the queue took: every attempt of a queued run, a
+        // started task's attempts after those its start() made.
+        const int first = was_queued ? 1 : (dequeued.empty() ? attempts + 1 : dequeued.front());
+        bool exact = first >= (was_queued ? 1 : 2) && static_cast<int>(dequeued.size()) == attempts - first + 1;
+        for (std::size_t k = 0; exact && k < dequeued.size(); ++k) exact = dequeued[k] == first + static_cast<int>(k);
+        if (!exact)
+            return "expected one task_dequeued per attempt the queue took" + which + " (attempts " +
+                   std::to_string(was_queued ? 1 : 2) + ".." + std::to_string(attempts) + (was_queued ? "" : ", or none") +
+                   "), got " + std::to_string(dequeued.size()) + " (" + history + ")";
+        if (ends != (final ? 1 : 0))
+            return std::string(final ? "expected one end event" : "expected no end event for a task not final") + which +
+                   ", got " + std::to_string(ends) + " (" + history + ")";
     }
-    if (q != (queued ? 1 : 0))
-        return "expected " + std::to_string(queued ? 1 : 0) + " task_queued, got " + std::to_string(q) + " (" + history + ")";
-    // One task_dequeued per attempt the queue took: a queued task's every attempt, a started
-    // task's attempts after those its start() made.
-    const int first = queued ? 1 : (dequeued.empty() ? it.attempts + 1 : dequeued.front());
-    bool exact = first >= (queued ? 1 : 2) && static_cast<int>(dequeued.size()) == it.attempts - first + 1;
-    for (std::size_t k = 0; exact && k < dequeued.size(); ++k) exact = dequeued[k] == first + static_cast<int>(k);
-    if (!exact)
-        return "expected one task_dequeued per attempt the queue took (attempts " + std::to_string(queued ? 1 : 2) + ".." +
-               std::to_string(it.attempts) + (queued ? "" : ", or none") + "), got " + std::to_string(dequeued.size()) +
-               " (" + history + ")";
     if (starts != ran)
         return "expected one task_started per agent that ran (" + std::to_string(ran) + "), got " + std::to_string(starts) +
                " (" + history + ")";
-    if (ends != (is_final(it.state) ? 1 : 0))
-        return std::string(is_final(it.state) ? "expected one end event" : "expected no end event for a task not final") +
-               ", got " + std::to_string(ends) + " (" + history + ")";
     return {};
 }
 

@@ -81,6 +81,9 @@ struct store_shared {
     bool ignore_pause = false;
     bool wrong_priority = false;
     bool ignore_dependencies = false;
+    /// A deliberately wrong design ("+unheard-restarts"): a restart's commit does not wake the
+    /// daemon, as if its waiter heard only enqueues, not the store's bell.
+    bool unheard_restarts = false;
     /// Called with the committing store (its reads see the unit) just before each commit.
     std::function<void(memory_store&)> before_commit;
     /// Check each task write against types.hpp's state table (can_begin, can_follow): a
@@ -199,11 +202,20 @@ public:
         if (w_->tracing()) w_->trace(w_->current(), "create_item", it.id + (ec ? " (exists)" : ""));
     }
     void put_item(const queue_item& it, std::error_code& ec) {
+        bool rerun = false;   // a final task pending again: restart()
         write({"store.put", it.id}, ec, [&] {
             if (sh_ && sh_->check_transitions) check_transition(it);
+            const auto from = s_.state_of(it.id);
+            rerun = from && is_final(*from) && !is_final(it.state);
             s_.put_item(it, ec);
             return std::pair{"i:" + it.id, record_hash(it)};
         });
+        // A daemon wakes for it as for an enqueue (the bell rings at every commit); not in
+        // the deliberately wrong "+unheard-restarts".
+        if (!ec && rerun && !(sh_ && sh_->unheard_restarts)) {
+            if (in_unit()) created_ = true;
+            else w_->notify_event();
+        }
         if (w_->tracing()) w_->trace(w_->current(), "put_item", it.id + " " + std::string(to_string(it.state)));
     }
     std::optional<queue_item> get_item(std::string_view id, std::error_code& ec) {

@@ -282,6 +282,7 @@ inline run_result run(const scenario& sc, std::uint64_t seed, chooser& ch, const
     s.hashes->ignore_pause = sc.ignore_pause;
     s.hashes->wrong_priority = sc.wrong_priority;
     s.hashes->ignore_dependencies = sc.ignore_dependencies;
+    s.hashes->unheard_restarts = sc.unheard_restarts;
     s.hashes->check_transitions = sc.all_fixed();
     if (sc.scheduling) {
         s.hashes->before_commit = [&s](memory_store& unit) { detail::check_priorities(s, unit); };
@@ -325,6 +326,23 @@ inline run_result run(const scenario& sc, std::uint64_t seed, chooser& ch, const
         if (fixed) {
             for (int k = 1; k <= s.sc.waiters && k <= s.sc.tasks; ++k)
                 w.add_actor("wait-" + std::to_string(k), [&s, k] { detail::waiter_body(s, "t" + std::to_string(k)); });
+            for (int k = 1; k <= s.sc.reapers; ++k)
+                w.add_actor("reap-" + std::to_string(k), [&s] {
+                    auto d = detail::make_fixed(s);
+                    std::error_code ec;
+                    d.reap(ec);
+                    s.w.die_if_killed();
+                });
+            // `kugetsu wait t<k> && kugetsu restart t<k>`: the task run again once final.
+            for (int k = 1; k <= s.sc.restarts && k <= s.sc.tasks; ++k)
+                w.add_actor("restart-" + std::to_string(k), [&s, k] {
+                    const std::string id = "t" + std::to_string(k);
+                    detail::waiter_body(s, id);
+                    auto d = detail::make_fixed(s);
+                    std::error_code ec;
+                    d.restart(id, ec);
+                    s.w.die_if_killed();
+                });
             for (int k = 1; k <= s.sc.cancels && k <= s.sc.tasks; ++k)
                 w.add_actor("cancel-" + std::to_string(k), [&s, k] {
                     auto d = detail::make_fixed(s);
@@ -422,7 +440,8 @@ inline run_result run(const scenario& sc, std::uint64_t seed, chooser& ch, const
         std::map<std::string, int> ran;
         for (auto& [k, p] : w.procs())
             if (p.ran) ++ran[p.task_id];
-        for (auto& [t, n] : ran) r.duplicates += n > 1;
+        for (const auto& it : r.items)   // more agents ran than the task had runs
+            if (const auto n = ran.find(it.id); n != ran.end()) r.duplicates += n->second > 1 + it.restarts;
         static const std::vector<event> none;
         for (auto& it : r.items) {
             const auto held = s.log->by_task.find(it.id);

@@ -93,10 +93,20 @@ struct scenario {
     /// (invariant hang).
     int waiters = 0;
     int cancels = 0;
+    /// `reapers` run `kugetsu reap` once each (a reap pass from a process of its own, under
+    /// the cap lock like any other); `restarts` run `kugetsu wait t<k> && kugetsu restart
+    /// t<k>`: once t<k> is final it is pending again, with fresh attempts and its last run
+    /// kept, and the daemon runs it again. Each must return (invariant hang).
+    int reapers = 0;
+    int restarts = 0;
     /// A deliberately wrong `wait` (negative test, design "fixed+deaf-wait"): its waiter does
     /// not wake for the store's commits, only for agents' ends, enqueues and deadlines, so a
     /// task recorded final by the daemon may never be seen.
     bool deaf_wait = false;
+    /// A deliberately wrong daemon (negative test, design "fixed+unheard-restarts"): a
+    /// restart's commit does not wake it (its waiter hears enqueues, not every commit), so
+    /// with `--restarts` a task pending again may wait with a slot free.
+    bool unheard_restarts = false;
 
     /// Scheduling: the group, priority and dependencies of queued task t<i>.
     static std::string group_of(int i) { return i % 2 ? "a" : "b"; }
@@ -120,6 +130,7 @@ struct scenario {
             if (ignore_dependencies) s += "+ignore-dependencies";
             if (edge_triggered_wait) s += "+edge-triggered-wait";
             if (deaf_wait) s += "+deaf-wait";
+            if (unheard_restarts) s += "+unheard-restarts";
             if (!supervisors) s += "+unsupervised";
             else if (!supervisor_records) s += "+unrecorded-exits";
             return s;

@@ -657,8 +657,15 @@ public:
     /// running, a commit writes sessions (the simulated store calls sessions_committed()).
     std::uint64_t recording_changes() const noexcept { return recording_changes_; }
     void sessions_committed() noexcept { ++recording_changes_; }
-    /// A task whose program ran twice, or "".
+    /// The last task whose program ran again (a second agent of it, or a later one), or "".
     const std::string& ran_twice() const noexcept { return twice_; }
+    /// Forgets ran_twice() (the per-step check has looked at it).
+    void clear_ran_twice() noexcept { twice_.clear(); }
+    /// How many agents of `task` ran their program.
+    int runs_of(const std::string& task) const {
+        const auto it = ran_.find(task);
+        return it == ran_.end() ? 0 : it->second;
+    }
 
     /// A process's pid becomes reusable once it has been reaped.
     void reaped(proc& pr) {
