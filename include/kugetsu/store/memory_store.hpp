@@ -166,36 +166,43 @@ public:
     }
     std::vector<queue_item> list_items(std::error_code& ec) const {
         ec.clear();
+        std::vector<const queue_item*> seen;   // sorted as pointers, copied once
+        std::lock_guard g(s_->m);
+        seen.reserve(s_->items.size() + (unit_ ? unit_->items.size() : 0));
+        visit_locked([&](const queue_item& it) { seen.push_back(&it); });
+        std::sort(seen.begin(), seen.end(), [](const queue_item* a, const queue_item* b) { return detail::older(*a, *b); });
         std::vector<queue_item> v;
-        {
-            std::lock_guard g(s_->m);
-            v.reserve(s_->items.size());
-            for (auto& [k, it] : s_->items)
-                if (!unit_ || (!unit_->items.count(k) && !unit_->removed.count(k))) v.push_back(it);
-        }
-        if (unit_)
-            for (auto& [k, it] : unit_->items) v.push_back(it);
-        std::sort(v.begin(), v.end(), detail::older);
+        v.reserve(seen.size());
+        for (const queue_item* it : seen) v.push_back(*it);
         return v;
     }
     std::vector<queue_item> items_in_state(task_state st, std::size_t limit, std::error_code& ec) const {
         ec.clear();
-        std::vector<queue_item> v;
-        {
-            std::lock_guard g(s_->m);
-            for (const auto& [t, id] : s_->by_state[index(st)]) {   // oldest first
-                if (v.size() >= limit) break;
-                if (unit_ && (unit_->items.count(id) || unit_->removed.count(id))) continue;   // its unit decides
-                v.push_back(s_->items.find(id)->second);
-            }
+        std::vector<const queue_item*> seen;
+        std::lock_guard g(s_->m);
+        for (const auto& [t, id] : s_->by_state[index(st)]) {   // oldest first
+            if (seen.size() >= limit) break;
+            if (unit_ && (unit_->items.count(id) || unit_->removed.count(id))) continue;   // its unit decides
+            seen.push_back(&s_->items.find(id)->second);
         }
         if (unit_) {
             for (auto& [k, it] : unit_->items)
-                if (it.state == st) v.push_back(it);
-            std::sort(v.begin(), v.end(), detail::older);
-            if (v.size() > limit) v.resize(limit);
+                if (it.state == st) seen.push_back(&it);
+            std::sort(seen.begin(), seen.end(), [](const queue_item* a, const queue_item* b) { return detail::older(*a, *b); });
+            if (seen.size() > limit) seen.resize(limit);
         }
+        std::vector<queue_item> v;
+        v.reserve(seen.size());
+        for (const queue_item* it : seen) v.push_back(*it);
         return v;
+    }
+    /// Calls f(item) for each task as this object sees it (its unit's writes included), in no
+    /// particular order and without a copy: for a host that only looks (the simulator's
+    /// checks). `f` must not call this store (its lock is held).
+    template <class F>
+    void visit_items(F&& f) const {
+        std::lock_guard g(s_->m);
+        visit_locked(f);
     }
 
     /// Pending tasks whose group is not in `skip`, higher priority first, then oldest.
@@ -293,6 +300,14 @@ private:
     using rkey = std::tuple<int, timestamp, std::string>;
     static rkey rank_key(const queue_item& it) { return {-it.priority, it.enqueued_at, it.id}; }
     static constexpr std::size_t state_count = static_cast<std::size_t>(task_state::waiting) + 1;
+
+    template <class F>
+    void visit_locked(F&& f) const {   // with s_->m held
+        for (auto& [k, it] : s_->items)
+            if (!unit_ || (!unit_->items.count(k) && !unit_->removed.count(k))) f(it);
+        if (unit_)
+            for (auto& [k, it] : unit_->items) f(it);
+    }
 
     void unindex(const queue_item& it) {   // with s_->m held
         s_->by_state[index(it.state)].erase(order_key(it));

@@ -43,10 +43,9 @@
 namespace kugetsu::sim::detail {
 
 /// Dev tasks not yet completed, error or cancelled (read directly, not a step).
-inline int unfinished(memory_store& store) {
-    std::error_code ec;
+inline int unfinished(const memory_store& store) {
     int n = 0;
-    for (auto& it : store.list_items(ec)) n += it.role == role::dev && !is_final(it.state);
+    store.visit_items([&](const queue_item& it) { n += it.role == role::dev && !is_final(it.state); });
     return n;
 }
 

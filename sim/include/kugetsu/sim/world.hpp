@@ -260,8 +260,9 @@ public:
     void run(chooser& ch, std::uint64_t max_steps = 200000) {
         chooser_ = &ch;
         ch.running = this;
+        std::vector<int> ready;   // kept across steps: no allocation per step
         while (!stop_) {
-            std::vector<int> ready;
+            ready.clear();
             if (exclusive_ >= 0) {   // a kill point inside a critical section: it, or its kill
                 ready.push_back(exclusive_);
             } else {
