@@ -96,11 +96,11 @@ public:
     int choose(const std::vector<int>& ready, std::uint64_t h) override {
         if (i_ >= s_.size()) {
             if (stop_mode_) {
-                frontier_ready = ready;
-                frontier_hash = h;
-                frontier_can_kill = running && running->can_kill();
-                reached_end = true;
-                stop_run = true;
+                // A state past the schedule's end: the schedule's own, then (extended) those
+                // of its first choice, that one's first choice, ...
+                points.push_back({ready, h, running && running->can_kill(), !running || running->violations().empty()});
+                // Past the last, or once an invariant is broken (the run is then this one's).
+                if (points.size() > extend_ || !points.back().clean) stop_run = true;
                 return ready.front();
             }
             kill_ = false;
@@ -116,19 +116,29 @@ public:
         return ready.front();
     }
     bool kill_here(int) override { return kill_; }
+    bool wants_state_hash() const override { return stop_mode_ && i_ >= s_.size(); }   // the points only
     void stop_at_end(bool on) noexcept { stop_mode_ = on; }
+    /// With stop_at_end: past the schedule's end, take the first ready choice up to `n`
+    /// times, recording each state reached (points): the runs of the schedule extended by
+    /// one first choice, two, ..., n, for the price of one.
+    void extend_by_first_choices(std::size_t n) noexcept { extend_ = n; }
 
-    bool reached_end = false;
+    /// A state reached past the schedule's end (stop_at_end).
+    struct point {
+        std::vector<int> ready;
+        std::uint64_t hash = 0;
+        bool can_kill = false;   ///< a kill is still in the run's budget there
+        bool clean = false;      ///< no invariant was broken when it was reached
+    };
+    std::vector<point> points;
     bool diverged = false;
-    std::vector<int> frontier_ready;
-    std::uint64_t frontier_hash = 0;
-    bool frontier_can_kill = false;   ///< a kill is still in the run's budget there
 
 private:
     std::vector<int> s_;
     std::size_t i_ = 0;
     bool kill_ = false;
     bool stop_mode_ = false;
+    std::size_t extend_ = 0;
 };
 
 /// Random schedules (seeded) in which the actor that takes the `target`-th step named `op`
@@ -259,24 +269,39 @@ struct probe {
     std::optional<run_result> run;  ///< complete, or broke an invariant on the way
 };
 
-inline probe run_prefix(const scenario& sc, std::uint64_t seed, const std::vector<int>& prefix, const run_options& opt) {
+/// A frontier's choices: the ready ones, then (with a kill in the budget) each actor's kill.
+inline std::vector<int> frontier_choices(std::vector<int> ready, bool can_kill) {
+    if (can_kill) {   // each actor may also be SIGKILLed there
+        const std::size_t n = ready.size();
+        for (std::size_t i = 0; i < n; ++i)
+            if (!world::is_agent_choice(ready[i])) ready.push_back(-(ready[i] + 1));
+    }
+    return ready;
+}
+
+/// The probes of `prefix` and of its extensions by first choices (up to `extend` of them),
+/// from one run, in that order: [0] the prefix's, [k] that of the prefix and k first choices
+/// (ready.front() each time), as long as the states before were frontiers.
+inline std::vector<probe> run_prefix(const scenario& sc, std::uint64_t seed, const std::vector<int>& prefix,
+                                     const run_options& opt, std::size_t extend = 0) {
     scripted_chooser ch(prefix);
     ch.stop_at_end(true);
+    ch.extend_by_first_choices(extend);
     auto r = run(sc, seed, ch, opt);
-    probe p;
-    if (ch.reached_end && r.violations.empty()) {
+    std::vector<probe> out;
+    out.reserve(ch.points.size() + 1);
+    for (auto& pt : ch.points) {
+        if (!pt.clean) break;   // the run's (below)
+        probe& p = out.emplace_back();
         p.frontier = true;
-        p.hash = ch.frontier_hash;
-        p.ready = std::move(ch.frontier_ready);
-        if (ch.frontier_can_kill) {   // each actor may also be SIGKILLed there
-            const std::size_t n = p.ready.size();
-            for (std::size_t i = 0; i < n; ++i)
-                if (!world::is_agent_choice(p.ready[i])) p.ready.push_back(-(p.ready[i] + 1));
-        }
-    } else {
-        p.run = std::move(r);
+        p.hash = pt.hash;
+        p.ready = frontier_choices(std::move(pt.ready), pt.can_kill);
     }
-    return p;
+    // The run is that of the first state that is not a frontier: one where an invariant was
+    // broken, or the end of the run within the last first choice (or within the prefix).
+    if (out.size() == ch.points.size() && out.size() > extend && !out.empty()) return out;
+    out.emplace_back().run = std::move(r);
+    return out;
 }
 
 /// Whether counterexample `a` is kept over `b`: shorter, or as short and found by an earlier
@@ -671,7 +696,7 @@ inline exploration explore_exhaustive(const scenario& scenario_in, std::uint64_t
             while (!stack.empty()) {
                 const std::vector<int> prefix = std::move(stack.back());
                 stack.pop_back();
-                const auto p = detail::run_prefix(sc, seed, prefix, opt);
+                const auto p = std::move(detail::run_prefix(sc, seed, prefix, opt).front());
                 ++order;
                 if (!p.frontier) {
                     if (detail::account_probe(ex, p, seed, reduce, order, o.stop_at_violation)) break;
@@ -696,29 +721,46 @@ inline exploration explore_exhaustive(const scenario& scenario_in, std::uint64_t
             std::reverse(p.begin(), p.end());
             return p;
         };
+        // Each run of a prefix goes on along first choices (run_prefix's `extend`), so a
+        // node reached by first choices from a node that was run already has its probe:
+        // known[i] holds the probes of node i of the level and of its first descendants,
+        // deepest first (node i's at the back; an empty vector allocates nothing).
+        constexpr std::size_t extend = 16;
         std::vector<std::uint64_t> level{0}, next;
+        std::vector<std::vector<detail::probe>> known(1), next_known;
         std::uint64_t parent = 0;
+        std::vector<detail::probe>* firsts = nullptr;   // the first descendants of the node expanded
         auto push = [&](const std::vector<int>&, const std::vector<int>& ready) {
-            for (int c : ready) {
+            for (std::size_t k = 0; k < ready.size(); ++k) {
                 next.push_back(tree.size());
-                tree.push_back({parent, c});
+                tree.push_back({parent, ready[k]});
+                next_known.emplace_back();
+                if (k == 0 && firsts) next_known.back() = std::move(*firsts);
             }
         };
         bool stop = false;
         while (!level.empty() && !stop) {
-            std::vector<detail::probe> probes(level.size());
             detail::parallel_for(level.size(), ex.threads, 8, [&](unsigned, std::uint64_t i) {
-                probes[i] = detail::run_prefix(sc, seed, prefix_of(level[i]), opt);
+                if (known[i].empty()) {
+                    known[i] = detail::run_prefix(sc, seed, prefix_of(level[i]), opt, extend);
+                    std::reverse(known[i].begin(), known[i].end());
+                }
             });
             next.clear();
-            for (std::size_t i = 0; i < probes.size() && !stop; ++i) {
+            next_known.clear();
+            for (std::size_t i = 0; i < level.size() && !stop; ++i) {
                 ++order;
                 parent = level[i];
-                if (!probes[i].frontier) stop = detail::account_probe(ex, probes[i], seed, reduce, order, o.stop_at_violation);
-                else stop = !expand(probes[i], {}, push);
-                std::vector<int>().swap(probes[i].ready);
+                detail::probe p = std::move(known[i].back());
+                known[i].pop_back();
+                firsts = &known[i];
+                if (!p.frontier) stop = detail::account_probe(ex, p, seed, reduce, order, o.stop_at_violation);
+                else stop = !expand(p, {}, push);
+                std::vector<detail::probe>().swap(known[i]);
             }
+            firsts = nullptr;
             level.swap(next);
+            known.swap(next_known);
         }
         mark_kill_points();
         if (ex.shortest) ex.shortest->minimal = true;

@@ -215,6 +215,9 @@ public:
     virtual ~chooser() = default;
     /// ready: the ids of the ready actors, ascending, never empty. Returns one of them.
     virtual int choose(const std::vector<int>& ready, std::uint64_t state_hash) = 0;
+    /// Whether the next choose() reads its state_hash (with hashing on; else it gets 0): the
+    /// hash of the whole state is computed only for the steps that need it.
+    virtual bool wants_state_hash() const { return true; }
     /// Whether the actor just chosen is SIGKILLed there (faults). Schedules record a kill
     /// as -(actor + 1).
     virtual bool kill_here(int /*actor*/) { return false; }
@@ -299,7 +302,7 @@ public:
                 add_violation("step_limit", "no quiescence after " + std::to_string(step_) + " steps");
                 break;
             }
-            const std::uint64_t h = want_hash_ ? state_hash() : 0;
+            const std::uint64_t h = want_hash_ && ch.wants_state_hash() ? state_hash() : 0;
             const int who = ch.choose(ready, h);
             exclusive_ = -1;
             if (ch.stop_run) stop_ = true;
