@@ -47,7 +47,7 @@ DESIGNS = [
     ("fixed+scheduling+ignore-dependencies", [], "wrong: dependencies hidden"),
 ]
 SCHEDULES, SEED = 300, 1
-MAX_STATES = 1_000_000   # per exhaustive row: a bound on the script's time (a few minutes a row)
+MAX_STATES = 2_000_000   # per exhaustive row: a bound on the script's time (a few minutes a row)
 
 
 def measure(sim, design, args):
@@ -67,6 +67,8 @@ EXHAUSTIVE = [
     ("fixed", ["--starters", "4", "--early-ends", "0"], "fixed, 4 starters, agents end only at their drawn times"),
     ("fixed", ["--starters", "5", "--early-ends", "0"], "fixed, 5 starters, agents end only at their drawn times"),
     ("fixed", ["--starters", "0", "--kills", "1"], "fixed, daemon only, up to one kill of any simulated process at any step"),
+    ("fixed", ["--starters", "0", "--kills", "1", "--early-ends", "0"],
+     "fixed, daemon only, up to one kill anywhere, agents end at their drawn times"),
     ("fixed", ["--starters", "1", "--kills", "1", "--early-ends", "0"],
      "fixed, 1 starter, up to one kill anywhere, agents end at their drawn times"),
     ("fixed+at-most-once-events", ["--starters", "0", "--early-ends", "0", "--kills", "1"],

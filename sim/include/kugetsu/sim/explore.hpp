@@ -14,6 +14,7 @@
 #include <chrono>
 #include <exception>
 #include <map>
+#include <memory>
 #include <mutex>
 #include <optional>
 #include <set>
@@ -266,7 +267,8 @@ struct probe {
     bool frontier = false;          ///< stopped at the prefix's end, no invariant broken
     std::uint64_t hash = 0;
     std::vector<int> ready;
-    std::optional<run_result> run;  ///< complete, or broke an invariant on the way
+    std::unique_ptr<run_result> run;   ///< complete, or broke an invariant on the way (a pointer:
+                                       ///< a level keeps many probes, few of them runs)
 };
 
 /// A frontier's choices: the ready ones, then (with a kill in the budget) each actor's kill.
@@ -300,7 +302,7 @@ inline std::vector<probe> run_prefix(const scenario& sc, std::uint64_t seed, con
     // The run is that of the first state that is not a frontier: one where an invariant was
     // broken, or the end of the run within the last first choice (or within the prefix).
     if (out.size() == ch.points.size() && out.size() > extend && !out.empty()) return out;
-    out.emplace_back().run = std::move(r);
+    out.emplace_back().run = std::make_unique<run_result>(std::move(r));
     return out;
 }
 
