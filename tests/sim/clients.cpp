@@ -24,6 +24,15 @@ scenario with_clients(int waiters, int cancels) {
     return sc;
 }
 
+/// `sc` on a smaller race, for exhaustive search: `tasks` queued tasks, the daemon and the
+/// clients, no starter and no PM.
+scenario daemon_only(scenario sc, int tasks) {
+    sc.tasks = tasks;
+    sc.starters = 0;
+    sc.pm = false;
+    return sc;
+}
+
 } // namespace
 
 TEST_CASE("clients: every kugetsu wait returns and every kugetsu cancel ends its task, under random, PCT and exhaustive search") {
@@ -54,10 +63,7 @@ TEST_CASE("clients: every kugetsu wait returns and every kugetsu cancel ends its
     CHECK(cancelled > 0);
     CHECK(waited == 30);   // both waits returned in every run
     // Exhaustively, on a smaller race: one wait, two tasks, no starter.
-    scenario small = with_clients(1, 0);
-    small.tasks = 2;
-    small.starters = 0;
-    small.pm = false;
+    const scenario small = daemon_only(with_clients(1, 0), 2);
     const auto ex = explore_exhaustive(small, 1, {.stop_at_violation = false});
     INFO(describe(ex));
     CHECK(ex.complete);
@@ -82,11 +88,8 @@ TEST_CASE("negative: a kugetsu wait deaf to the store's commits is caught as a h
         CHECK(r.violations.front().kind == "hang");
         CHECK(r.violations.front().detail.rfind("wait-", 0) == 0);
     }
-    scenario small = sc;
+    scenario small = daemon_only(sc, 2);
     small.waiters = 1;
-    small.tasks = 2;
-    small.starters = 0;
-    small.pm = false;
     const auto ex = explore_exhaustive(small, 1);
     INFO(describe(ex));
     CHECK(ex.by_kind.count("hang") == 1u);
@@ -130,10 +133,7 @@ TEST_CASE("clients: kugetsu reap from processes of their own, and kugetsu restar
     }
     CHECK(rerun == 40);
     // Exhaustively, on a smaller race: one task, the daemon, a restart, and then a reap.
-    scenario small;
-    small.tasks = 1;
-    small.starters = 0;
-    small.pm = false;
+    scenario small = daemon_only({}, 1);
     small.restarts = 1;
     auto ex = explore_exhaustive(small, 1, {.stop_at_violation = false});
     INFO(describe(ex));
@@ -163,11 +163,8 @@ TEST_CASE("negative: a daemon that a restart does not wake is caught by random, 
         const auto r = replay(sc, ex.shortest->seed, ex.shortest->schedule);
         CHECK_FALSE(r.violations.empty());
     }
-    scenario small = sc;
+    scenario small = daemon_only(sc, 1);
     small.restarts = 1;
-    small.tasks = 1;
-    small.starters = 0;
-    small.pm = false;
     const auto ex = explore_exhaustive(small, 1);
     INFO(describe(ex));
     CHECK(ex.violating > 0u);
