@@ -107,12 +107,16 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
         return 0;
     }
     KUGETSU_FUZZ_CHECK(!unknown, what + ": parsed, yet \"" + unknown.value_or("") + "\" was called an unknown command");
+    // Exactly one command was chosen: one of those command_line names (every one of them),
+    // and CLI11 saw no other.
     int chosen = 0;
     for (const CLI::App* c :
          {cl.enqueue, cl.start, cl.daemon, cl.status, cl.wait, cl.cancel, cl.logs, cl.events, cl.reap, cl.config,
-          cl.check, cl.restart, cl.retry, cl.remove})
+          cl.check, cl.restart, cl.retry, cl.remove, cl.clean, cl.timeline, cl.pause, cl.resume})
         chosen += bool(*c);
     KUGETSU_FUZZ_CHECK(chosen == 1, what + ": " + std::to_string(chosen) + " commands");
+    KUGETSU_FUZZ_CHECK(cl.app.get_subcommands().size() == 1u,
+                       what + ": CLI11 chose " + std::to_string(cl.app.get_subcommands().size()) + " commands");
 
     cli::globals g;
     try {
