@@ -93,6 +93,9 @@ codes, no idle slot).
                        exhaustive: every step of a critical section is a choice point too
                        (no partial-order reduction; far more states). The legacy designs
                        are always searched so (the reduction is not sound for them)
+  --fine-states        exhaustive: states also differ by what has no future (a finished
+                       actor's history, a waiting daemon's view of its last pass); more
+                       states, the same outcomes: to check the coarser state against
   --kills N            exhaustive: in each schedule up to N SIGKILLs, each of any simulated
                        process (enqueuer, starters, PM starter, daemons, the agents'
                        supervisors and their on-exit reaps) at any step, critical
@@ -325,6 +328,7 @@ struct options {
     int depth = 3;
     std::uint64_t max_states = 2'000'000;
     bool reduce = true;
+    bool fine_states = false;
     int early_ends = 1;
     bool early_ends_given = false;
     unsigned threads = 0;
@@ -395,6 +399,9 @@ options parse_args(int argc, char** argv) {
         } else if (flag == "--no-reduction" || flag == "--no-reduce") {
             no_value();
             o.reduce = false;
+        } else if (flag == "--fine-states") {
+            no_value();
+            o.fine_states = true;
         } else if (flag == "--early-ends") {
             o.early_ends = static_cast<int>(parse_uint(flag, value(), 0, 64));
             o.early_ends_given = true;
@@ -454,6 +461,7 @@ options parse_args(int argc, char** argv) {
                           ", --restarts " + std::to_string(o.sc.restarts) + ": each names a queued task, and there are " +
                           std::to_string(o.sc.tasks) + " (--tasks)");
     if (!o.reduce && o.explore != "exhaustive") throw usage_error("--no-reduction: only with --explore exhaustive");
+    if (o.fine_states && o.explore != "exhaustive") throw usage_error("--fine-states: only with --explore exhaustive");
     if (o.early_ends_given && o.explore != "exhaustive") throw usage_error("--early-ends: only with --explore exhaustive");
     if (o.order_given && o.explore != "exhaustive") throw usage_error("--order: only with --explore exhaustive");
     if (o.explore == "exhaustive" && o.sc.faults.kill > 0)
@@ -617,7 +625,7 @@ int run_explore(options& o, outputs& out) {
     if (o.explore == "exhaustive")
         ex = ks::explore_exhaustive(o.sc, o.seed,
                                     {.max_states = o.max_states, .reduce = o.reduce, .early_ends = o.early_ends,
-                                     .order = o.order, .threads = o.threads, .kills = o.kills});
+                                     .order = o.order, .threads = o.threads, .kills = o.kills, .fine_states = o.fine_states});
     else if (o.explore == "commit-kills") ex = ks::explore_commit_kills(o.sc, o.seed, o.schedules, o.threads);
     else ex = ks::explore_random(o.sc, o.seed, o.schedules, o.explore == "pct", o.depth, o.threads);
     // The explorers shrink only the overall shortest counterexample; shrink each kind's too,

@@ -123,6 +123,59 @@ TEST_CASE("partial-order reduction agrees with the full search on small configur
     }
 }
 
+TEST_CASE("the coarser state (nothing without a future) visits fewer states and loses no outcome") {
+    // world::state_hash leaves out what changes no future (a finished actor's history, how
+    // many events an actor missed, a waiting daemon's view of its pass); set_fine_states
+    // keeps it. Both searches must reach the same terminal outcomes and the same violations:
+    // a state merged with one whose future differs would lose some. With a starter and an
+    // agent ending by choice, with a kill anywhere, with a client that restarts and one that
+    // waits, and with a deliberately wrong design (its violation found both ways).
+    struct config {
+        int tasks, starters, early_ends, kills, waiters, restarts;
+        bool pm, unheard;
+    };
+    for (const auto& c : {config{2, 1, 1, 0, 0, 0, true, false}, config{2, 0, 0, 1, 0, 0, true, false},
+                          config{2, 0, 0, 0, 0, 1, false, false}, config{2, 0, 0, 0, 1, 0, false, false},
+                          config{2, 0, 0, 0, 0, 1, false, true}}) {
+        scenario sc;
+        sc.tasks = c.tasks;
+        sc.starters = c.starters;
+        sc.pm = c.pm;
+        sc.waiters = c.waiters;
+        sc.restarts = c.restarts;
+        sc.unheard_restarts = c.unheard;
+        INFO(sc.design() << ", " << c.tasks << " tasks, " << c.starters << " starters, " << c.early_ends << " early ends, "
+                         << c.kills << " kills, " << c.waiters << " waits, " << c.restarts << " restarts, PM " << c.pm);
+        const exhaustive_options o{.max_states = 5'000'000, .stop_at_violation = false, .early_ends = c.early_ends, .kills = c.kills};
+        auto fine_o = o;
+        fine_o.fine_states = true;
+        const auto coarse = explore_exhaustive(sc, 1, o);
+        const auto fine = explore_exhaustive(sc, 1, fine_o);
+        REQUIRE(coarse.complete);
+        REQUIRE(fine.complete);
+        std::vector<std::string> only_coarse, only_fine;
+        std::set_difference(coarse.outcomes.begin(), coarse.outcomes.end(), fine.outcomes.begin(), fine.outcomes.end(),
+                            std::back_inserter(only_coarse));
+        std::set_difference(fine.outcomes.begin(), fine.outcomes.end(), coarse.outcomes.begin(), coarse.outcomes.end(),
+                            std::back_inserter(only_fine));
+        for (const auto& oc : only_coarse) UNSCOPED_INFO("only coarse: " << oc);
+        for (const auto& oc : only_fine) UNSCOPED_INFO("only fine: " << oc);
+        CHECK(coarse.outcomes == fine.outcomes);
+        CHECK(coarse.outcomes.size() > 1u);
+        std::set<std::string> coarse_kinds, fine_kinds;
+        for (const auto& [k, n] : coarse.by_kind) coarse_kinds.insert(k);
+        for (const auto& [k, n] : fine.by_kind) fine_kinds.insert(k);
+        CHECK(coarse_kinds == fine_kinds);
+        CHECK(coarse.peak_live == fine.peak_live);
+        CHECK((coarse.violating > 0u) == c.unheard);
+        if (coarse.shortest && fine.shortest) CHECK(coarse.shortest->schedule.size() == fine.shortest->schedule.size());
+        CHECK(coarse.states < fine.states);
+        std::cout << "coarser state, " << c.tasks << " tasks, " << c.starters << " starters, " << c.early_ends << " early ends, "
+                  << c.kills << " kills, " << c.waiters << " waits, " << c.restarts << " restarts"
+                  << (c.unheard ? ", unheard restarts" : "") << ": " << coarse.states << " states, fine " << fine.states << "\n";
+    }
+}
+
 TEST_CASE("the same seed gives a byte-identical trace; another seed gives another") {
     const scenario sc = faulty_scenario();
     random_chooser a(42, sc.faults.kill), b(42, sc.faults.kill), c(43, sc.faults.kill);

@@ -625,6 +625,8 @@ struct exhaustive_options {
     /// reduction, at every step inside a critical section too: world::set_kill_points). The
     /// scenario's own kill budget is replaced by it.
     int kills = 0;
+    /// The finer state hash (world::set_fine_states): more states, the same outcomes.
+    bool fine_states = false;
 };
 
 namespace detail {
@@ -665,6 +667,7 @@ inline exploration explore_exhaustive(const scenario& scenario_in, std::uint64_t
     opt.keep_trace = false;
     opt.keep_ops = false;
     opt.state_hash = true;
+    opt.fine_states = o.fine_states;
     opt.atomic_critical_sections = reduce;
     opt.kill_points = reduce && o.kills > 0;
     opt.max_early_ends = o.early_ends;

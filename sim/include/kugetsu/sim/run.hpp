@@ -214,6 +214,18 @@ inline void daemon_body(shared& s) {
             void plan_failed(const std::error_code& ec) {
                 if (w.tracing()) w.trace(w.current(), "next_wake failed", ec.message() + ": " + d.last_error_detail());
             }
+            // And here, before its wait, on the plan only: serve() keeps nothing else of the
+            // pass (the simulated store has no data version and no checkpoints).
+            void idle(const wake_plan& plan) {
+                static_assert(!kugetsu::detail::knows_data_version<sim_store> && !kugetsu::detail::checkpoints<sim_store>,
+                              "serve() would keep the store's data version or a checkpoint wish across the wait");
+                if (w.fine_states()) return;
+                w.reset_history();
+                w.observe(plan.deadline ? static_cast<std::uint64_t>(plan.deadline->time_since_epoch().count()) : 1);
+                for (const auto& o : plan.owners) w.observe(mix(static_cast<std::uint64_t>(o.pid), o.start_time));
+                w.observe(2);
+                for (const auto& a : plan.agents) w.observe(mix(static_cast<std::uint64_t>(a.pid), a.start_time));
+            }
         };
         serve(d, waiter, {}, host{w, s, d});
         return;
@@ -255,6 +267,8 @@ struct run_options {
     bool keep_ops = true;
     std::uint64_t max_steps = 200000;
     bool state_hash = false;
+    /// The finer state hash (world::set_fine_states): to check the coarser one against.
+    bool fine_states = false;
     bool atomic_critical_sections = false;
     /// With atomic critical sections: kill points inside them (world::set_kill_points).
     bool kill_points = false;
@@ -269,6 +283,7 @@ struct run_options {
 inline run_result run(const scenario& sc, std::uint64_t seed, chooser& ch, const run_options& opt = {}) {
     world w(seed, sc.faults);
     w.want_state_hash(opt.state_hash);
+    w.set_fine_states(opt.fine_states);
     w.set_recording(opt.keep_trace, opt.keep_trace || opt.keep_ops);
     w.set_atomic(opt.atomic_critical_sections);
     w.set_kill_points(opt.kill_points);

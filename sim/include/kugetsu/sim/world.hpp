@@ -352,6 +352,11 @@ public:
     void stop() noexcept { stop_ = true; }
     bool stopped() const noexcept { return stop_; }
     void want_state_hash(bool on) noexcept { want_hash_ = on; }
+    /// The state hash keeps what has no future too (see state_hash()): a finished actor's
+    /// history, how many events an actor has not seen, a daemon's observations of its last
+    /// pass while it waits. The finer state space, to check the coarser one against.
+    void set_fine_states(bool on) noexcept { fine_states_ = on; }
+    bool fine_states() const noexcept { return fine_states_; }
     /// Whether histories and record hashes are kept (exhaustive search needs them).
     bool hashing() const noexcept { return want_hash_; }
 
@@ -711,7 +716,14 @@ public:
     std::uint64_t steps() const noexcept { return step_; }
     int kills() const noexcept { return kills_; }
 
-    /// Global state, for exhaustive search: store, lock, processes, actors, time.
+    /// Global state, for exhaustive search: store, lock, processes, actors, time. Two states
+    /// with the same hash are taken to have the same futures. Each actor's own state is its
+    /// next step and the hash of what it observed (its history: the program's local data is
+    /// on its stack, out of sight). Left out, as they change no future: what a finished actor
+    /// saw (it takes no more steps; that it finished, and whether killed, stays), how many
+    /// events an actor has missed beyond one, and (run.hpp) a waiting daemon's observations
+    /// before its wake plan, which is all serve() keeps across the wait. set_fine_states
+    /// keeps them, and a test compares the outcomes of both searches.
     std::uint64_t state_hash() const {
         std::uint64_t h = mix(static_cast<std::uint64_t>(now_.time_since_epoch().count()) ^
                                   (static_cast<std::uint64_t>(early_ends_) << 56) ^ (static_cast<std::uint64_t>(kills_) << 60),
@@ -723,11 +735,18 @@ public:
         for (auto& [k, p] : procs_)
             h = mix(h, mix(p.ref.start_time, (static_cast<std::uint64_t>(p.status) << 32) ^ (p.ran ? 1u : 0u) ^
                                                  (p.recorded ? 2u : 0u) ^ (static_cast<std::uint64_t>(p.parent + 1) << 8)));
-        for (auto& a : actors_)
-            h = mix(h, mix(a->history ^ mix(event_seq_ - a->seen_events), op_hash(a->next_op) ^ (static_cast<std::uint64_t>(a->status) << 1) ^
+        for (auto& a : actors_) {
+            if (a->status == actor_status::done && !fine_states_) {   // no future: only that it is done
+                h = mix(h, a->killed ? 3u : 5u);
+                continue;
+            }
+            // Only whether it has missed an event is read (has_unseen_event()), not how many.
+            const std::uint64_t unseen = fine_states_ ? mix(event_seq_ - a->seen_events) : event_seq_ != a->seen_events ? 0x9e3779b97f4a7c15ull : 0u;
+            h = mix(h, mix(a->history ^ unseen, op_hash(a->next_op) ^ (static_cast<std::uint64_t>(a->status) << 1) ^
                                            (static_cast<std::uint64_t>(a->waiting) << 4) ^ (a->killed ? 1u << 7 : 0u) ^
                                            (static_cast<std::uint64_t>(a->lock_wanted + 1) << 8) ^ (a->watched << 20) ^
                                            (a->wants_commits && commit_seq_ != a->seen_commits ? 1u << 19 : 0u)));
+        }
         return h;
     }
 
@@ -925,6 +944,7 @@ private:
     bool stop_ = false;
     std::string stop_at_;
     bool want_hash_ = false;
+    bool fine_states_ = false;
     bool unwinding_ = false;
     bool atomic_cs_ = false;
     bool kill_points_ = false;
