@@ -47,7 +47,7 @@ DESIGNS = [
     ("fixed+scheduling+ignore-dependencies", [], "wrong: dependencies hidden"),
 ]
 SCHEDULES, SEED = 300, 1
-MAX_STATES = 2_000_000   # per exhaustive row: a bound on the script's time (a few minutes a row)
+MAX_STATES = 3_000_000   # per exhaustive row: a bound on the script's time (a few minutes a row)
 
 
 def measure(sim, design, args):
@@ -61,6 +61,7 @@ def measure(sim, design, args):
 EXHAUSTIVE = [
     ("fixed", ["--starters", "0"], "fixed, daemon only"),
     ("fixed", ["--starters", "1"], "fixed, 1 starter"),
+    ("fixed", ["--starters", "1", "--fine-states"], "the same, with the finer state (`--fine-states`)"),
     ("fixed", ["--starters", "2"], "fixed, 2 starters"),
     ("fixed", ["--starters", "3"], "fixed, 3 starters"),
     ("fixed", ["--starters", "3", "--early-ends", "0"], "fixed, 3 starters, agents end only at their drawn times"),
@@ -69,8 +70,15 @@ EXHAUSTIVE = [
     ("fixed", ["--starters", "0", "--kills", "1"], "fixed, daemon only, up to one kill of any simulated process at any step"),
     ("fixed", ["--starters", "0", "--kills", "1", "--early-ends", "0"],
      "fixed, daemon only, up to one kill anywhere, agents end at their drawn times"),
+    ("fixed", ["--starters", "0", "--kills", "1", "--early-ends", "0", "--fine-states"],
+     "the same, with the finer state (`--fine-states`)"),
+    ("fixed", ["--starters", "1", "--kills", "1"], "fixed, 1 starter, up to one kill anywhere"),
     ("fixed", ["--starters", "1", "--kills", "1", "--early-ends", "0"],
      "fixed, 1 starter, up to one kill anywhere, agents end at their drawn times"),
+    ("fixed", ["--starters", "2", "--kills", "1", "--early-ends", "0"],
+     "fixed, 2 starters, up to one kill anywhere, agents end at their drawn times"),
+    ("fixed", ["--starters", "3", "--kills", "1", "--early-ends", "0"],
+     "fixed, 3 starters, up to one kill anywhere, agents end at their drawn times"),
     ("fixed+at-most-once-events", ["--starters", "0", "--early-ends", "0", "--kills", "1"],
      "wrong: at-most-once events, daemon only, up to one kill"),
     ("fixed+at-most-once-events", ["--starters", "0", "--early-ends", "0"], "the same without kills"),

@@ -645,8 +645,9 @@ inline bool account_probe(exploration& ex, const probe& p, std::uint64_t seed, b
 
 } // namespace detail
 
-/// Every state reachable within the bounds (early_ends; no kills), each visited once (by
-/// state hashing), over choice prefixes each replayed from the start; see search_order.
+/// Every state reachable within the bounds (early_ends, kills), each visited once (by state
+/// hashing, world::state_hash), over choice prefixes; each run starts from the beginning and
+/// covers its prefix and up to 16 extensions of it by first choices; see search_order.
 /// Breadth first, a level's runs are split across threads and then, in the level's order, a
 /// state already seen is not expanded again: each state is visited at its least depth, and
 /// the first counterexample is a shortest one (marked `minimal`, not shrunk), of those the

@@ -195,10 +195,7 @@ public:
             return std::pair{"i:" + it.id, record_hash(it)};
         });
         w_->observe(ec.value());
-        if (!ec) {
-            if (in_unit()) created_ = true;
-            else w_->notify_event();   // committed: a daemon wakes on enqueue
-        }
+        if (!ec) wake_daemon();   // a daemon wakes on enqueue
         if (w_->tracing()) w_->trace(w_->current(), "create_item", it.id + (ec ? " (exists)" : ""));
     }
     void put_item(const queue_item& it, std::error_code& ec) {
@@ -212,10 +209,7 @@ public:
         });
         // A daemon wakes for it as for an enqueue (the bell rings at every commit); not in
         // the deliberately wrong "+unheard-restarts".
-        if (!ec && rerun && !(sh_ && sh_->unheard_restarts)) {
-            if (in_unit()) created_ = true;
-            else w_->notify_event();
-        }
+        if (!ec && rerun && !(sh_ && sh_->unheard_restarts)) wake_daemon();
         if (w_->tracing()) w_->trace(w_->current(), "put_item", it.id + " " + std::string(to_string(it.state)));
     }
     std::optional<queue_item> get_item(std::string_view id, std::error_code& ec) {
@@ -335,10 +329,7 @@ public:
             s_.put_schedule(sc, ec);
             return std::pair{std::string("q"), schedule_hash(sc)};
         });
-        if (!ec) {   // a daemon wakes for it (the bell rings at every commit)
-            if (in_unit()) created_ = true;
-            else w_->notify_event();
-        }
+        if (!ec) wake_daemon();   // a daemon wakes for it (the bell rings at every commit)
         if (w_->tracing()) w_->trace(w_->current(), "put_schedule", std::string(sc.paused ? "paused" : "running") + ", " +
                                                      std::to_string(sc.groups.size()) + " groups");
     }
@@ -442,6 +433,12 @@ private:
         deferred_ = false;
         std::error_code ec;
         publish(durability::durable, ec);
+    }
+
+    /// The write wakes the daemon: at the commit of the open unit, or now (a unit of its own).
+    void wake_daemon() {
+        if (in_unit()) created_ = true;
+        else w_->notify_event();
     }
 
     /// A committed record's hash into the world's store hash.
