@@ -36,6 +36,17 @@ std::string serialise(const run_result& r) {
     for (auto& v : r.violations) out << "violation " << v.kind << ' ' << v.detail << ' ' << v.step << '\n';
     return out.str();
 }
+
+/// Whether two complete searches reached the same terminal outcomes; each one only one of
+/// them reached is reported (as "only A: ..." / "only B: ...").
+bool same_outcomes(const exploration& a, const exploration& b, const char* a_name, const char* b_name) {
+    std::vector<std::string> only_a, only_b;
+    std::set_difference(a.outcomes.begin(), a.outcomes.end(), b.outcomes.begin(), b.outcomes.end(), std::back_inserter(only_a));
+    std::set_difference(b.outcomes.begin(), b.outcomes.end(), a.outcomes.begin(), a.outcomes.end(), std::back_inserter(only_b));
+    for (const auto& oc : only_a) UNSCOPED_INFO("only " << a_name << ": " << oc);
+    for (const auto& oc : only_b) UNSCOPED_INFO("only " << b_name << ": " << oc);
+    return only_a.empty() && only_b.empty();
+}
 } // namespace
 
 TEST_CASE("the six-task race is checked exhaustively for the fixed design, with the daemon loop, up to 3 starters and "
@@ -103,14 +114,7 @@ TEST_CASE("partial-order reduction agrees with the full search on small configur
         CHECK_FALSE(full.reduced);
         // The same terminal outcomes (each task's final state, attempts, exit code, runs), with
         // and without: the reduction drops interleavings, never an outcome.
-        std::vector<std::string> only_reduced, only_full;
-        std::set_difference(reduced.outcomes.begin(), reduced.outcomes.end(), full.outcomes.begin(), full.outcomes.end(),
-                            std::back_inserter(only_reduced));
-        std::set_difference(full.outcomes.begin(), full.outcomes.end(), reduced.outcomes.begin(), reduced.outcomes.end(),
-                            std::back_inserter(only_full));
-        for (const auto& oc : only_reduced) UNSCOPED_INFO("only reduced: " << oc);
-        for (const auto& oc : only_full) UNSCOPED_INFO("only full: " << oc);
-        CHECK(reduced.outcomes == full.outcomes);
+        CHECK(same_outcomes(reduced, full, "reduced", "full"));
         if (tasks > 1) CHECK(reduced.outcomes.size() > 1u);   // the order of starts and ends varies
         CHECK(reduced.violating == 0u);
         CHECK(full.violating == 0u);
@@ -153,14 +157,7 @@ TEST_CASE("the coarser state (nothing without a future) visits fewer states and 
         const auto fine = explore_exhaustive(sc, 1, fine_o);
         REQUIRE(coarse.complete);
         REQUIRE(fine.complete);
-        std::vector<std::string> only_coarse, only_fine;
-        std::set_difference(coarse.outcomes.begin(), coarse.outcomes.end(), fine.outcomes.begin(), fine.outcomes.end(),
-                            std::back_inserter(only_coarse));
-        std::set_difference(fine.outcomes.begin(), fine.outcomes.end(), coarse.outcomes.begin(), coarse.outcomes.end(),
-                            std::back_inserter(only_fine));
-        for (const auto& oc : only_coarse) UNSCOPED_INFO("only coarse: " << oc);
-        for (const auto& oc : only_fine) UNSCOPED_INFO("only fine: " << oc);
-        CHECK(coarse.outcomes == fine.outcomes);
+        CHECK(same_outcomes(coarse, fine, "coarse", "fine"));
         CHECK(coarse.outcomes.size() > 1u);
         std::set<std::string> coarse_kinds, fine_kinds;
         for (const auto& [k, n] : coarse.by_kind) coarse_kinds.insert(k);
