@@ -95,7 +95,8 @@ codes, no idle slot).
                        are always searched so (the reduction is not sound for them)
   --fine-states        exhaustive: states also differ by what has no future (a finished
                        actor's history, a waiting daemon's view of its last pass); more
-                       states, the same outcomes: to check the coarser state against
+                       states: to check the coarser state against (a test compares the
+                       outcomes of both on small configurations)
   --kills N            exhaustive: in each schedule up to N SIGKILLs, each of any simulated
                        process (enqueuer, starters, PM starter, daemons, the agents'
                        supervisors and their on-exit reaps) at any step, critical

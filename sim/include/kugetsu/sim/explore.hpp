@@ -625,7 +625,8 @@ struct exhaustive_options {
     /// reduction, at every step inside a critical section too: world::set_kill_points). The
     /// scenario's own kill budget is replaced by it.
     int kills = 0;
-    /// The finer state hash (world::set_fine_states): more states, the same outcomes.
+    /// The finer state hash (world::set_fine_states): more states; a test checks that the
+    /// outcomes are the same on small configurations.
     bool fine_states = false;
 };
 

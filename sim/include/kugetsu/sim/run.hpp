@@ -219,7 +219,7 @@ inline void daemon_body(shared& s) {
             void idle(const wake_plan& plan) {
                 static_assert(!kugetsu::detail::knows_data_version<sim_store> && !kugetsu::detail::checkpoints<sim_store>,
                               "serve() would keep the store's data version or a checkpoint wish across the wait");
-                if (w.fine_states()) return;
+                if (!w.hashing() || w.fine_states()) return;   // (random exploration hashes nothing)
                 w.reset_history();
                 w.observe(plan.deadline ? static_cast<std::uint64_t>(plan.deadline->time_since_epoch().count()) : 1);
                 for (const auto& o : plan.owners) w.observe(mix(static_cast<std::uint64_t>(o.pid), o.start_time));
