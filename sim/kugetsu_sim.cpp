@@ -97,6 +97,10 @@ codes, no idle slot).
                        actor's history, a waiting daemon's view of its last pass); more
                        states: to check the coarser state against (a test compares the
                        outcomes of both on small configurations)
+  --kind K             exhaustive: only violations of invariant K count (cap, unrecorded,
+                       duplicate_start, lost_task, hang, attempts, events, exit_code,
+                       idle_slot, ...): a schedule that breaks another goes on, and
+                       breadth first the counterexample is a shortest one breaking K
   --kills N            exhaustive: in each schedule up to N SIGKILLs, each of any simulated
                        process (enqueuer, starters, PM starter, daemons, the agents'
                        supervisors and their on-exit reaps) at any step, critical
@@ -330,6 +334,7 @@ struct options {
     std::uint64_t max_states = 2'000'000;
     bool reduce = true;
     bool fine_states = false;
+    std::string kind;
     int early_ends = 1;
     bool early_ends_given = false;
     unsigned threads = 0;
@@ -400,6 +405,14 @@ options parse_args(int argc, char** argv) {
         } else if (flag == "--no-reduction" || flag == "--no-reduce") {
             no_value();
             o.reduce = false;
+        } else if (flag == "--kind") {
+            o.kind = value();
+            if (std::find(ks::violation_kinds.begin(), ks::violation_kinds.end(), o.kind) == ks::violation_kinds.end())
+                throw usage_error("--kind " + o.kind + ": not an invariant (" + [] {
+                    std::string all;
+                    for (auto k : ks::violation_kinds) all += (all.empty() ? "" : ", ") + std::string(k);
+                    return all;
+                }() + ")");
         } else if (flag == "--fine-states") {
             no_value();
             o.fine_states = true;
@@ -463,6 +476,7 @@ options parse_args(int argc, char** argv) {
                           std::to_string(o.sc.tasks) + " (--tasks)");
     if (!o.reduce && o.explore != "exhaustive") throw usage_error("--no-reduction: only with --explore exhaustive");
     if (o.fine_states && o.explore != "exhaustive") throw usage_error("--fine-states: only with --explore exhaustive");
+    if (!o.kind.empty() && o.explore != "exhaustive") throw usage_error("--kind: only with --explore exhaustive");
     if (o.early_ends_given && o.explore != "exhaustive") throw usage_error("--early-ends: only with --explore exhaustive");
     if (o.order_given && o.explore != "exhaustive") throw usage_error("--order: only with --explore exhaustive");
     if (o.explore == "exhaustive" && o.sc.faults.kill > 0)
@@ -626,17 +640,20 @@ int run_explore(options& o, outputs& out) {
     if (o.explore == "exhaustive")
         ex = ks::explore_exhaustive(o.sc, o.seed,
                                     {.max_states = o.max_states, .reduce = o.reduce, .early_ends = o.early_ends,
-                                     .order = o.order, .threads = o.threads, .kills = o.kills, .fine_states = o.fine_states});
+                                     .order = o.order, .threads = o.threads, .kills = o.kills, .fine_states = o.fine_states,
+                                     .kind = o.kind});
     else if (o.explore == "commit-kills") ex = ks::explore_commit_kills(o.sc, o.seed, o.schedules, o.threads);
     else ex = ks::explore_random(o.sc, o.seed, o.schedules, o.explore == "pct", o.depth, o.threads);
-    // The explorers shrink only the overall shortest counterexample; shrink each kind's too,
-    // so that its replay line is short. shrink() costs about 3n replays of n steps, so long
-    // ones (a kind found only at the end of a long run, such as events) are left as found.
+    // The explorers shrink only the overall shortest counterexample (to one that may break
+    // another invariant sooner); shrink each kind's too, with local moves only, so that its
+    // replay line is short. shrink() costs about 3n replays of n steps, so long ones (a kind
+    // found only at the end of a long run, such as events) are left as found.
     constexpr std::size_t max_shrink_steps = 300;
     ex.seconds += ks::detail::timed([&] {
+        if (ex.shortest) ex.shortest_by_kind.try_emplace(ex.shortest->first.kind, *ex.shortest);
         for (auto& [kind, c] : ex.shortest_by_kind) {
             if (ex.shortest && ex.shortest->first.kind == kind) c = *ex.shortest;
-            else if (c.schedule.size() <= max_shrink_steps && !c.minimal) c = ks::shrink(o.sc, c);
+            else if (c.schedule.size() <= max_shrink_steps && !c.minimal) c = ks::shrink(o.sc, c, {.max_states = 0});
         }
     });
 
@@ -695,8 +712,9 @@ int run_explore(options& o, outputs& out) {
                                  " agent end(s) by choice and " +
                                  (o.kills ? "up to " + std::to_string(o.kills) + " kill(s) of any simulated process at any step"
                                           : std::string("no kill"))
-                           : broken ? "stopped at the first violation" : "stopped at --max-states")
-           << (ex.reduced ? ", critical sections atomic" : ", no reduction") << ")";
+                           : ex.shortest ? "stopped at the first violation" : "stopped at --max-states")
+           << (ex.reduced ? ", critical sections atomic" : ", no reduction")
+           << (o.kind.empty() ? "" : ", only a violation of " + o.kind + " ends a path") << ")";
     else if (ex.mode == "commit-kills")
         os << ex.schedules << " schedules (" << o.schedules << " random base schedules, and each with the committing "
            << "process killed just before and just after each of its commits: " << ex.kills << " kills)";
@@ -720,7 +738,10 @@ int run_explore(options& o, outputs& out) {
            << ex.stranded_tasks << " unfinished tasks stranded, not counted as lost\n";
     if (ex.shortest) {
         const auto& c = *ex.shortest;
-        os << "counterexample (" << (c.minimal ? "a shortest: no schedule breaks an invariant in fewer steps, " : "the shortest found, ")
+        os << "counterexample ("
+           << (c.minimal                  ? "a shortest: no schedule breaks an invariant in fewer steps, "
+               : c.shortest_of_its_steps ? "shrunk: no schedule made of at most its own steps breaks one sooner, "
+                                         : "the shortest found, ")
            << c.schedule.size() << " steps): " << c.first.kind << ": "
            << c.first.detail << '\n';
         // Named from the replayed run: the same schedule, so the same actors and steps.

@@ -99,7 +99,7 @@ public:
             if (stop_mode_) {
                 // A state past the schedule's end: the schedule's own, then (extended) those
                 // of its first choice, that one's first choice, ...
-                points.push_back({ready, h, running && running->can_kill(), !running || running->violations().empty()});
+                points.push_back({ready, h, running && running->can_kill(), clean()});
                 // Past the last, or once an invariant is broken (the run is then this one's).
                 if (points.size() > extend_ || !points.back().clean) stop_run = true;
                 return ready.front();
@@ -119,6 +119,9 @@ public:
     bool kill_here(int) override { return kill_; }
     bool wants_state_hash() const override { return stop_mode_ && i_ >= s_.size(); }   // the points only
     void stop_at_end(bool on) noexcept { stop_mode_ = on; }
+    /// With stop_at_end: a state is clean (a frontier) unless this invariant was broken on
+    /// the way (empty: any).
+    void only_kind(std::string kind) { kind_ = std::move(kind); }
     /// With stop_at_end: past the schedule's end, take the first ready choice up to `n`
     /// times, recording each state reached (points): the runs of the schedule extended by
     /// one first choice, two, ..., n, for the price of one.
@@ -135,11 +138,18 @@ public:
     bool diverged = false;
 
 private:
+    bool clean() const {
+        if (!running) return true;
+        const auto& v = running->violations();
+        return kind_.empty() ? v.empty() : std::none_of(v.begin(), v.end(), [&](const violation& x) { return x.kind == kind_; });
+    }
+
     std::vector<int> s_;
     std::size_t i_ = 0;
     bool kill_ = false;
     bool stop_mode_ = false;
     std::size_t extend_ = 0;
+    std::string kind_;
 };
 
 /// Random schedules (seeded) in which the actor that takes the `target`-th step named `op`
@@ -208,6 +218,10 @@ struct counterexample {
     /// Exhaustive (breadth-first) search: no schedule that breaks an invariant is shorter
     /// (within the search's bounds), so it was not shrunk.
     bool minimal = false;
+    /// Shrunk, then no schedule made of at most its own steps (each actor's, each kill's,
+    /// each agent's end's count) breaks the invariant it was shrunk for (its own, or any)
+    /// sooner: shrink()'s last search.
+    bool shortest_of_its_steps = false;
 };
 
 struct exploration {
@@ -288,6 +302,7 @@ inline std::vector<probe> run_prefix(const scenario& sc, std::uint64_t seed, con
                                      const run_options& opt, std::size_t extend = 0) {
     scripted_chooser ch(prefix);
     ch.stop_at_end(true);
+    ch.only_kind(opt.stop_at);
     ch.extend_by_first_choices(extend);
     auto r = run(sc, seed, ch, opt);
     std::vector<probe> out;
@@ -428,40 +443,142 @@ inline run_result replay(const scenario& sc, std::uint64_t seed, const std::vect
     return run(sc, seed, ch, opt);
 }
 
-/// Shortens a counterexample. First the shortest prefix that, run on with the lowest ready
-/// actor, still breaks the same invariant; then, pass after pass while one helps, single
-/// steps are dropped, neighbours swapped, a block of one actor's consecutive steps moved
-/// earlier, one step moved later and pairs of steps dropped, each kept if the run still
-/// breaks it at an earlier step. Every candidate is a real replay. A local search: it may
-/// stop above the shortest counterexample (the breadth-first search's).
-/// At most `max_replays` replays: large scenarios get a partly shrunk counterexample.
-inline counterexample shrink(const scenario& sc, counterexample c, int passes = 50, int max_replays = 10000) {
+/// The order of an exhaustive search.
+enum class search_order {
+    /// Level by level, the runs of a level on every core: the first counterexample found is
+    /// a shortest one. Every state at a lesser depth is visited first, so a deep violation in
+    /// a large state space (the legacy designs) takes long to reach.
+    breadth_first,
+    /// Depth first, on one thread: a deep violation is found early; the counterexample found
+    /// is then shrunk (not necessarily to a shortest one).
+    depth_first,
+};
+
+struct exhaustive_options {
+    std::uint64_t max_states = 2'000'000;   ///< stop after this many states (then incomplete)
+    bool stop_at_violation = true;          ///< end at the first violating schedule
+    /// Partial-order reduction (atomic critical sections), claimed sound for the fixed
+    /// designs only (reduction_sound()); for the legacy designs it is never applied.
+    bool reduce = true;
+    /// In each schedule, up to this many agents end by a choice (at any step where one is
+    /// looked at) before their drawn end; the others end at their drawn times. The state
+    /// space searched is the one within that bound (as with the kill budget).
+    int early_ends = 1;
+    search_order order = search_order::breadth_first;
+    unsigned threads = 0;                   ///< breadth first: worker threads (0: one per core)
+    /// Up to this many SIGKILLs per schedule, each of any actor at any step (with the
+    /// reduction, at every step inside a critical section too: world::set_kill_points). The
+    /// scenario's own kill budget is replaced by it.
+    int kills = 0;
+    /// The finer state hash (world::set_fine_states): more states; a test checks that the
+    /// outcomes are the same on small configurations.
+    bool fine_states = false;
+    /// Only this invariant's violations count (empty: any): a path that breaks another one
+    /// goes on, and the counterexample is a shortest one of this kind (breadth first).
+    std::string kind = {};
+    /// Only the schedules made of at most these steps: each choice (an actor's step, a kill
+    /// -(id+1), an agent's end) at most its count here; empty: no bound. States then also
+    /// differ by the counts left. The shrinker's last search (shrink()).
+    std::map<int, int> steps = {};
+};
+
+inline exploration explore_exhaustive(const scenario& scenario_in, std::uint64_t seed, const exhaustive_options& o = {});
+
+
+struct shrink_options {
+    /// Keep the invariant the counterexample breaks; false: a schedule that breaks any
+    /// invariant sooner is shorter (the explorers' overall counterexample).
+    bool same_kind = true;
+    int passes = 50;                     ///< of the local moves, while one helps
+    int max_replays = 10000;             ///< of the local moves
+    /// The last search's (over the schedules made of at most the counterexample's own
+    /// steps) bound; 0: no such search.
+    std::uint64_t max_states = 50'000;
+};
+
+/// Shortens a counterexample, keeping the invariant it breaks (or, without `same_kind`, to
+/// one that breaks any invariant sooner). First the shortest prefix that, run on with the
+/// lowest ready actor, still breaks it; then local moves, pass after pass while one helps:
+/// one actor's steps given to another, single steps dropped, neighbours swapped, a block of
+/// one actor's consecutive steps moved earlier, one step moved later, pairs of steps
+/// dropped. A move is kept if the run breaks the invariant at an earlier step; once none
+/// helps, also if it breaks it at the same step with a schedule that is lexicographically
+/// smaller (lower actor ids first: a way across a plateau that cannot cycle). Every
+/// candidate is a real replay, at most `max_replays` of them. Last, a breadth-first search
+/// (explore_exhaustive with `steps` and `kind`) of every schedule made of at most the
+/// counterexample's own steps, up to `max_states` states: if it ends, the counterexample is
+/// the shortest of those (shortest_of_its_steps). That is not the shortest of all schedules
+/// (the breadth-first search's, `minimal`): one that needs a step the counterexample lacks
+/// is not searched.
+inline counterexample shrink(const scenario& sc, counterexample c, const shrink_options& so = {}) {
+    const std::string kind = so.same_kind ? c.first.kind : std::string();
     run_options opt;
     opt.keep_trace = false;
     opt.keep_ops = false;
     opt.atomic_critical_sections = c.atomic_sections;
     opt.kill_points = c.kill_points > 0;
-    opt.stop_at = c.first.kind;   // a replay ends where it breaks that invariant
-    int replays = 0;
+    opt.stop_at = so.same_kind ? kind : "any";   // a replay ends where it breaks the invariant
+    int replays = 1;
+    std::vector<int> creators = replay(sc, c.seed, c.schedule, opt).actor_creators;   // the current run's
+    bool sideways = false;
     auto attempt = [&](const std::vector<int>& candidate) -> bool {
-        if (++replays > max_replays) return false;
+        if (++replays > so.max_replays) return false;
         auto r = replay(sc, c.seed, candidate, opt);
         auto same = std::find_if(r.violations.begin(), r.violations.end(),
-                                 [&](const violation& v) { return v.kind == c.first.kind; });
+                                 [&](const violation& v) { return kind.empty() || v.kind == kind; });
         if (same == r.violations.end()) return false;
         const violation v = *same;
         const std::size_t len = std::min<std::size_t>(r.schedule.size(), v.step);
-        if (len >= c.schedule.size()) return false;
-        c.schedule.assign(r.schedule.begin(), r.schedule.begin() + static_cast<std::ptrdiff_t>(len));
+        if (len > c.schedule.size()) return false;
+        const auto end = r.schedule.begin() + static_cast<std::ptrdiff_t>(len);
+        if (len == c.schedule.size() && (!sideways ||
+            !std::lexicographical_compare(r.schedule.begin(), end, c.schedule.begin(), c.schedule.end())))
+            return false;
+        c.schedule.assign(r.schedule.begin(), end);
         c.first = v;
         c.actors = r.actor_names;
+        creators = r.actor_creators;
         return true;
     };
-    for (std::size_t cut = 0; cut < c.schedule.size() && replays < max_replays; ++cut)
+    for (std::size_t cut = 0; cut < c.schedule.size() && replays < so.max_replays; ++cut)
         if (attempt(std::vector<int>(c.schedule.begin(), c.schedule.begin() + static_cast<std::ptrdiff_t>(cut)))) break;
-    for (int pass = 0; pass < passes; ++pass) {
+    for (int pass = 0; pass < so.passes; ++pass) {
         bool better = false;
-        for (std::size_t i = 0; i < c.schedule.size() && replays < max_replays; ++i) {
+        // One actor's steps (and kills) given to another, and those of the actors it added
+        // (its background jobs, its agents' supervisors) to the other's, in order: the same
+        // race run by an actor whose own steps are fewer (a PM start instead of a dev one).
+        const int actors = static_cast<int>(c.actors.size());
+        for (int a = 0; a < actors && replays < so.max_replays; ++a)
+            for (int b = 0; b < actors && replays < so.max_replays; ++b) {
+                if (a == b || std::find(c.schedule.begin(), c.schedule.end(), a) == c.schedule.end()) continue;
+                std::map<int, int> to;
+                auto pair = [&](auto&& self, int x, int y) -> void {
+                    if (!to.emplace(x, y).second) return;
+                    std::vector<int> xs, ys;
+                    for (int k = 0; k < static_cast<int>(creators.size()); ++k) {
+                        if (creators[static_cast<std::size_t>(k)] == x) xs.push_back(k);
+                        if (creators[static_cast<std::size_t>(k)] == y) ys.push_back(k);
+                    }
+                    for (std::size_t k = 0; k < std::min(xs.size(), ys.size()); ++k) self(self, xs[k], ys[k]);
+                };
+                pair(pair, a, b);
+                std::set<int> targets;
+                for (const auto& [x, y] : to) targets.insert(y);
+                // The other's own steps kept, or dropped (it takes over the role).
+                for (bool drop_own : {false, true}) {
+                    std::vector<int> candidate;
+                    for (int e : c.schedule) {
+                        const int who = e < 0 ? -e - 1 : e;
+                        if (auto it = to.find(who); it != to.end()) candidate.push_back(e < 0 ? -(it->second + 1) : it->second);
+                        else if (!drop_own || !targets.count(who)) candidate.push_back(e);
+                    }
+                    if (replays < so.max_replays && attempt(candidate)) {
+                        better = true;
+                        break;
+                    }
+                }
+            }
+        for (std::size_t i = 0; i < c.schedule.size() && replays < so.max_replays; ++i) {
             auto candidate = c.schedule;
             candidate.erase(candidate.begin() + static_cast<std::ptrdiff_t>(i));
             if (attempt(candidate)) {
@@ -472,7 +589,7 @@ inline counterexample shrink(const scenario& sc, counterexample c, int passes = 
         // What dropping one step cannot reach: two steps dropped together (a step that only
         // matters with another), and two neighbours swapped (the same steps, in an order
         // that breaks the invariant sooner).
-        for (std::size_t i = 0; i + 1 < c.schedule.size() && replays < max_replays; ++i) {
+        for (std::size_t i = 0; i + 1 < c.schedule.size() && replays < so.max_replays; ++i) {
             auto candidate = c.schedule;
             std::swap(candidate[i], candidate[i + 1]);
             if (attempt(candidate)) better = true;
@@ -480,11 +597,11 @@ inline counterexample shrink(const scenario& sc, counterexample c, int passes = 
         // A block of one actor's consecutive steps moved earlier, past other actors' steps:
         // the same steps, interleaved so that the invariant breaks sooner (the swap of
         // neighbours moves one step by one place only).
-        for (std::size_t i = 1; i < c.schedule.size() && replays < max_replays; ++i) {
+        for (std::size_t i = 1; i < c.schedule.size() && replays < so.max_replays; ++i) {
             std::size_t run = 1;
             while (i + run < c.schedule.size() && c.schedule[i + run] == c.schedule[i]) ++run;
-            for (std::size_t k = 1; k <= run && replays < max_replays; ++k)
-                for (std::size_t j = 0; j < i && replays < max_replays; ++j) {
+            for (std::size_t k = 1; k <= run && replays < so.max_replays; ++k)
+                for (std::size_t j = 0; j < i && replays < so.max_replays; ++j) {
                     if (c.schedule[j] == c.schedule[i]) continue;   // the same as a move from j on
                     auto candidate = c.schedule;
                     std::rotate(candidate.begin() + static_cast<std::ptrdiff_t>(j), candidate.begin() + static_cast<std::ptrdiff_t>(i),
@@ -497,8 +614,8 @@ inline counterexample shrink(const scenario& sc, counterexample c, int passes = 
                 }
         }
         // And one step moved later, past others.
-        for (std::size_t i = 0; i + 1 < c.schedule.size() && replays < max_replays; ++i)
-            for (std::size_t j = i + 2; j <= c.schedule.size() && replays < max_replays; ++j) {
+        for (std::size_t i = 0; i + 1 < c.schedule.size() && replays < so.max_replays; ++i)
+            for (std::size_t j = i + 2; j <= c.schedule.size() && replays < so.max_replays; ++j) {
                 if (c.schedule[j - 1] == c.schedule[i]) continue;
                 auto candidate = c.schedule;
                 std::rotate(candidate.begin() + static_cast<std::ptrdiff_t>(i), candidate.begin() + static_cast<std::ptrdiff_t>(i + 1),
@@ -508,8 +625,8 @@ inline counterexample shrink(const scenario& sc, counterexample c, int passes = 
                     break;
                 }
             }
-        for (std::size_t i = 0; i < c.schedule.size() && replays < max_replays; ++i)
-            for (std::size_t j = i + 1; j < c.schedule.size() && replays < max_replays; ++j) {
+        for (std::size_t i = 0; i < c.schedule.size() && replays < so.max_replays; ++i)
+            for (std::size_t j = i + 1; j < c.schedule.size() && replays < so.max_replays; ++j) {
                 auto candidate = c.schedule;
                 candidate.erase(candidate.begin() + static_cast<std::ptrdiff_t>(j));
                 candidate.erase(candidate.begin() + static_cast<std::ptrdiff_t>(i));
@@ -518,8 +635,30 @@ inline counterexample shrink(const scenario& sc, counterexample c, int passes = 
                     j = i;   // the schedule changed: look again from i
                 }
             }
-        if (!better) break;
+        if (!better) {
+            if (sideways) break;
+            sideways = true;
+        }
     }
+    if (so.max_states == 0) return c;
+    exhaustive_options o;
+    o.max_states = so.max_states;
+    o.reduce = c.atomic_sections;
+    o.kind = kind;
+    o.early_ends = 0;
+    for (int e : c.schedule) {
+        ++o.steps[e];
+        o.kills += e < 0 ? 1 : 0;
+        o.early_ends += world::is_agent_choice(e) ? 1 : 0;
+    }
+    o.kills = std::max(o.kills, c.kill_points);   // its kill points, if it was found with them
+    const auto ex = explore_exhaustive(sc, c.seed, o);
+    if (!ex.shortest) return c;   // stopped at max_states
+    c.schedule = ex.shortest->schedule;
+    c.first = ex.shortest->first;
+    c.actors = ex.shortest->actors;
+    c.kill_points = ex.shortest->kill_points;
+    c.shortest_of_its_steps = true;
     return c;
 }
 
@@ -561,7 +700,7 @@ inline exploration explore_random(const scenario& sc, std::uint64_t seed, std::u
             detail::account(parts[worker], r, seed, false, i);
         });
         for (auto& p : parts) detail::merge(ex, std::move(p));
-        if (ex.shortest) ex.shortest = shrink(sc, *ex.shortest);
+        if (ex.shortest) ex.shortest = shrink(sc, *ex.shortest, {.same_kind = false});
     });
     return ex;
 }
@@ -593,51 +732,20 @@ inline exploration explore_commit_kills(const scenario& sc, std::uint64_t seed, 
                 }
         });
         for (auto& p : parts) detail::merge(ex, std::move(p));
-        if (ex.shortest) ex.shortest = shrink(s, *ex.shortest);
+        if (ex.shortest) ex.shortest = shrink(s, *ex.shortest, {.same_kind = false});
     });
     return ex;
 }
-
-/// The order of an exhaustive search.
-enum class search_order {
-    /// Level by level, the runs of a level on every core: the first counterexample found is
-    /// a shortest one. Every state at a lesser depth is visited first, so a deep violation in
-    /// a large state space (the legacy designs) takes long to reach.
-    breadth_first,
-    /// Depth first, on one thread: a deep violation is found early; the counterexample found
-    /// is then shrunk (not necessarily to a shortest one).
-    depth_first,
-};
-
-struct exhaustive_options {
-    std::uint64_t max_states = 2'000'000;   ///< stop after this many states (then incomplete)
-    bool stop_at_violation = true;          ///< end at the first violating schedule
-    /// Partial-order reduction (atomic critical sections), claimed sound for the fixed
-    /// designs only (reduction_sound()); for the legacy designs it is never applied.
-    bool reduce = true;
-    /// In each schedule, up to this many agents end by a choice (at any step where one is
-    /// looked at) before their drawn end; the others end at their drawn times. The state
-    /// space searched is the one within that bound (as with the kill budget).
-    int early_ends = 1;
-    search_order order = search_order::breadth_first;
-    unsigned threads = 0;                   ///< breadth first: worker threads (0: one per core)
-    /// Up to this many SIGKILLs per schedule, each of any actor at any step (with the
-    /// reduction, at every step inside a critical section too: world::set_kill_points). The
-    /// scenario's own kill budget is replaced by it.
-    int kills = 0;
-    /// The finer state hash (world::set_fine_states): more states; a test checks that the
-    /// outcomes are the same on small configurations.
-    bool fine_states = false;
-};
 
 namespace detail {
 
 /// A probe that is not a frontier: accounts its run; true if the search stops there.
 inline bool account_probe(exploration& ex, const probe& p, std::uint64_t seed, bool reduce, std::uint64_t order,
-                          bool stop_at_violation) {
+                          bool stop_at_violation, const std::string& kind) {
     account(ex, *p.run, seed, reduce, order);
     if (!p.run->aborted) ex.outcomes.insert(outcome_of(*p.run));   // a complete schedule
-    if (stop_at_violation && !p.run->violations.empty()) {
+    const auto& v = p.run->violations;
+    if (stop_at_violation && (kind.empty() ? !v.empty() : std::any_of(v.begin(), v.end(), [&](const violation& x) { return x.kind == kind; }))) {
         ex.complete = false;
         return true;
     }
@@ -656,7 +764,7 @@ inline bool account_probe(exploration& ex, const probe& p, std::uint64_t seed, b
 /// depend on the thread count. Depth first, the counterexample found is shrunk.
 /// With `stop_at_violation`, the search ends at the first violating schedule (breadth first:
 /// at the end of its level's first one, in order).
-inline exploration explore_exhaustive(const scenario& scenario_in, std::uint64_t seed, const exhaustive_options& o = {}) {
+inline exploration explore_exhaustive(const scenario& scenario_in, std::uint64_t seed, const exhaustive_options& o) {
     scenario sc = scenario_in;
     sc.faults.max_kills = std::max(o.kills, 0);
     exploration ex;
@@ -673,22 +781,39 @@ inline exploration explore_exhaustive(const scenario& scenario_in, std::uint64_t
     opt.atomic_critical_sections = reduce;
     opt.kill_points = reduce && o.kills > 0;
     opt.max_early_ends = o.early_ends;
+    opt.stop_at = o.kind;   // a run ends where it breaks that invariant
     ex.seconds = detail::timed([&] {
         std::unordered_set<std::uint64_t> seen;
         std::uint64_t order = 0;
-        auto mark_kill_points = [&] {   // their schedules replay only with the kill points
-            if (!opt.kill_points) return;
-            if (ex.shortest) ex.shortest->kill_points = o.kills;
-            for (auto& [k, c] : ex.shortest_by_kind) c.kill_points = o.kills;
+        auto finish = [&] {
+            if (opt.kill_points) {   // their schedules replay only with the kill points
+                if (ex.shortest) ex.shortest->kill_points = o.kills;
+                for (auto& [k, c] : ex.shortest_by_kind) c.kill_points = o.kills;
+            }
+            if (!o.kind.empty()) {   // that kind's, not that of another found on the way
+                const auto it = ex.shortest_by_kind.find(o.kind);
+                ex.shortest = it == ex.shortest_by_kind.end() ? std::nullopt : std::optional(it->second);
+            }
         };
         // A new frontier state: false if the search stops (max_states).
+        // With a step budget (o.steps), `prefix` is the state's own, and the state is also
+        // what is left of the budget, and its choices those still in it.
         auto expand = [&](const detail::probe& p, const std::vector<int>& prefix, auto&& push) {
-            if (!seen.insert(p.hash).second) return true;
+            std::uint64_t h = p.hash;
+            std::vector<int> ready;
+            if (!o.steps.empty()) {
+                std::map<int, int> used;
+                for (int e : prefix) ++used[e];
+                for (const auto& [e, n] : o.steps) h = mix(h, static_cast<std::uint64_t>(used[e]));
+                for (int e : p.ready)
+                    if (auto it = o.steps.find(e); it != o.steps.end() && used[e] < it->second) ready.push_back(e);
+            }
+            if (!seen.insert(h).second) return true;
             if (++ex.states >= o.max_states) {
                 ex.complete = false;
                 return false;
             }
-            push(prefix, p.ready);
+            push(prefix, o.steps.empty() ? p.ready : ready);
             return true;
         };
         if (!breadth) {
@@ -706,13 +831,13 @@ inline exploration explore_exhaustive(const scenario& scenario_in, std::uint64_t
                 const auto p = std::move(detail::run_prefix(sc, seed, prefix, opt).front());
                 ++order;
                 if (!p.frontier) {
-                    if (detail::account_probe(ex, p, seed, reduce, order, o.stop_at_violation)) break;
+                    if (detail::account_probe(ex, p, seed, reduce, order, o.stop_at_violation, o.kind)) break;
                 } else if (!expand(p, prefix, push)) {
                     break;
                 }
             }
-            mark_kill_points();
-            if (ex.shortest) ex.shortest = shrink(sc, *ex.shortest);
+            finish();
+            if (ex.shortest) ex.shortest = shrink(sc, *ex.shortest, {.same_kind = !o.kind.empty()});
             return;
         }
         // The prefixes form a tree: each node is (parent, choice), and a level is a list of
@@ -732,7 +857,8 @@ inline exploration explore_exhaustive(const scenario& scenario_in, std::uint64_t
         // node reached by first choices from a node that was run already has its probe:
         // known[i] holds the probes of node i of the level and of its first descendants,
         // deepest first (node i's at the back; an empty vector allocates nothing).
-        constexpr std::size_t extend = 16;
+        // (Not with a step budget: the first choice may be out of it.)
+        const std::size_t extend = o.steps.empty() ? 16 : 0;
         std::vector<std::uint64_t> level{0}, next;
         std::vector<std::vector<detail::probe>> known(1), next_known;
         std::uint64_t parent = 0;
@@ -761,15 +887,15 @@ inline exploration explore_exhaustive(const scenario& scenario_in, std::uint64_t
                 detail::probe p = std::move(known[i].back());
                 known[i].pop_back();
                 firsts = &known[i];
-                if (!p.frontier) stop = detail::account_probe(ex, p, seed, reduce, order, o.stop_at_violation);
-                else stop = !expand(p, {}, push);
+                if (!p.frontier) stop = detail::account_probe(ex, p, seed, reduce, order, o.stop_at_violation, o.kind);
+                else stop = !expand(p, o.steps.empty() ? std::vector<int>{} : prefix_of(parent), push);
                 std::vector<detail::probe>().swap(known[i]);
             }
             firsts = nullptr;
             level.swap(next);
             known.swap(next_known);
         }
-        mark_kill_points();
+        finish();
         if (ex.shortest) ex.shortest->minimal = true;
     });
     return ex;

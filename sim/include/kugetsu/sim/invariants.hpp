@@ -33,12 +33,25 @@
 #pragma once
 
 #include <algorithm>
+#include <array>
 #include <map>
 #include <set>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "scenario.hpp"
+
+namespace kugetsu::sim {
+
+/// Every kind a violation can have: the invariants above, and the run's own failures
+/// (transition: a task state change types.hpp forbids; exception: an actor threw; step_limit:
+/// the run never came to rest).
+inline constexpr std::array<std::string_view, 16> violation_kinds{
+    "cap",       "unrecorded", "duplicate_start", "lost_task", "hang",     "attempts",   "events",     "exit_code",
+    "idle_slot", "group_cap",  "dependency",      "paused",    "priority", "transition", "exception", "step_limit"};
+
+} // namespace kugetsu::sim
 
 namespace kugetsu::sim::detail {
 

@@ -114,7 +114,8 @@ inline nlohmann::json counterexample_json(const counterexample& c) {
             {"schedule", std::move(names)},
             {"replay", detail::schedule_text(c.schedule)},
             {"seed", c.seed},
-            {"minimal", c.minimal}};
+            {"minimal", c.minimal},
+            {"shortest_of_its_steps", c.shortest_of_its_steps}};
 }
 
 /// The summary of an exploration: "design", "scenario", "cap", "tasks", "starters", "pm",
@@ -124,7 +125,9 @@ inline nlohmann::json counterexample_json(const counterexample& c) {
 /// over the schedules), "runs_without_daemon" (runs whose last daemon was killed past the
 /// restart budget) and "stranded_tasks" (their unfinished tasks, summed; not lost), "seconds",
 /// "threads" (worker threads; nothing else depends on them), "counterexample" (the shortest,
-/// or null; "minimal": true when no schedule is shorter, from exhaustive search) and
+/// or null; "minimal": true when no schedule is shorter, from exhaustive search;
+/// "shortest_of_its_steps": shrunk, and no schedule made of at most its own steps is
+/// shorter) and
 /// "shortest_by_kind".
 inline nlohmann::json summary_json(const scenario& sc, const exploration& ex, std::uint64_t seed) {
     nlohmann::json by_kind = nlohmann::json::object();

@@ -274,8 +274,9 @@ struct run_options {
     bool kill_points = false;
     /// How many agents may end by a choice, before their drawn end (world::set_max_early_ends).
     int max_early_ends = INT_MAX;
-    /// Stop at the first violation of this kind found during the run (world::stop_at); the
-    /// run is then aborted, without the checks at its end. Empty: run to the end.
+    /// Stop at the first violation of this kind found during the run ("any": of any kind;
+    /// world::stop_at); the run is then aborted, without the checks at its end. Empty: run
+    /// to the end.
     std::string stop_at = {};
 };
 
@@ -439,7 +440,10 @@ inline run_result run(const scenario& sc, std::uint64_t seed, chooser& ch, const
     r.peak_live = s.peak;
     r.schedule = w.schedule();
     r.ops = w.step_ops();
-    for (std::size_t i = 0; i < w.actor_count(); ++i) r.actor_names.push_back(w.get(static_cast<int>(i)).name);
+    for (std::size_t i = 0; i < w.actor_count(); ++i) {
+        r.actor_names.push_back(w.get(static_cast<int>(i)).name);
+        r.actor_creators.push_back(w.get(static_cast<int>(i)).creator);
+    }
     r.violations = w.violations();
     std::error_code ec;
     r.items = s.store.list_items(ec);

@@ -155,6 +155,7 @@ struct run_result {
     std::vector<int> schedule;
     std::vector<std::string> ops;        ///< what each step of the schedule did
     std::vector<std::string> actor_names;
+    std::vector<int> actor_creators;   ///< by id: the actor whose step added it, or -1
     std::uint64_t steps = 0;
     int lost = 0;
     int duplicates = 0;

@@ -127,6 +127,7 @@ constexpr std::string_view to_string(lock_kind k) noexcept {
 
 struct actor {
     int id = 0;
+    int creator = -1;              ///< the actor whose step added it (-1: added before the run)
     std::string name;
     std::function<void()> body;
     actor_status status = actor_status::ready;
@@ -239,6 +240,7 @@ public:
     int add_actor(std::string name, std::function<void()> body, actor_kind kind = actor_kind::client) {
         auto a = std::make_unique<actor>();
         a->id = static_cast<int>(actors_.size());
+        a->creator = current_;
         a->name = std::move(name);
         a->body = std::move(body);
         a->kind = kind;
@@ -696,11 +698,12 @@ public:
 
     // results
     void add_violation(std::string kind, std::string detail) {
-        if (!stop_at_.empty() && kind == stop_at_) stop_ = true;
+        if (!stop_at_.empty() && (kind == stop_at_ || stop_at_ == "any")) stop_ = true;
         if (violations_.size() < 64) violations_.push_back({std::move(kind), std::move(detail), step_, now_});
     }
-    /// Stops the run at the first violation of this kind (the shrinker's replays: what comes
-    /// after it cannot make that violation earlier). Empty: run on.
+    /// Stops the run at the first violation of this kind, or of any with "any" (the
+    /// shrinker's replays: what comes after it cannot make that violation earlier). Empty:
+    /// run on.
     void stop_at(std::string kind) { stop_at_ = std::move(kind); }
     const std::vector<violation>& violations() const noexcept { return violations_; }
     const std::vector<trace_entry>& trace_log() const noexcept { return trace_; }
