@@ -494,6 +494,10 @@ struct shrink_options {
     /// The last search's (over the schedules made of at most the counterexample's own
     /// steps) bound; 0: no such search.
     std::uint64_t max_states = 50'000;
+    /// Nor for a counterexample longer than this: such a search seldom ends within
+    /// max_states (a 387- and a 433-step hang of the six-task race did not), and costs
+    /// seconds to tens of seconds for nothing.
+    std::size_t max_searched_steps = 200;
 };
 
 /// Shortens a counterexample, keeping the invariant it breaks (or, without `same_kind`, to
@@ -507,7 +511,8 @@ struct shrink_options {
 /// candidate is a real replay, at most `max_replays` of them. Last, a breadth-first search
 /// (explore_exhaustive with `steps` and `kind`) of every schedule made of at most the
 /// counterexample's own steps, up to `max_states` states: if it ends, the counterexample is
-/// the shortest of those (shortest_of_its_steps). That is not the shortest of all schedules
+/// the shortest of those (shortest_of_its_steps); not for one longer than
+/// `max_searched_steps`. That is not the shortest of all schedules
 /// (the breadth-first search's, `minimal`): one that needs a step the counterexample lacks
 /// is not searched.
 inline counterexample shrink(const scenario& sc, counterexample c, const shrink_options& so = {}) {
@@ -640,7 +645,7 @@ inline counterexample shrink(const scenario& sc, counterexample c, const shrink_
             sideways = true;
         }
     }
-    if (so.max_states == 0) return c;
+    if (so.max_states == 0 || c.schedule.size() > so.max_searched_steps) return c;
     exhaustive_options o;
     o.max_states = so.max_states;
     o.reduce = c.atomic_sections;
