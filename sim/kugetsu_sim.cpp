@@ -739,7 +739,8 @@ int run_explore(options& o, outputs& out) {
     if (ex.shortest) {
         const auto& c = *ex.shortest;
         os << "counterexample ("
-           << (c.minimal                  ? "a shortest: no schedule breaks an invariant in fewer steps, "
+           << (c.minimal && !o.kind.empty() ? "a shortest: no schedule breaks " + o.kind + " in fewer steps, "
+               : c.minimal                  ? std::string("a shortest: no schedule breaks an invariant in fewer steps, ")
                : c.shortest_of_its_steps ? "shrunk: no schedule made of at most its own steps breaks one sooner, "
                                          : "the shortest found, ")
            << c.schedule.size() << " steps): " << c.first.kind << ": "
